@@ -1,0 +1,148 @@
+import { EventEmitter } from 'node:events'
+
+export type TransportKind = 'tcpTls'
+
+export interface HubConfig {
+  /** Port edges connect to (TLS over TCP). Default 8443; 0 picks a free port (see getStatus). */
+  tunnelPort?: number
+  /** Where tunneled connections go: `targetHost:<the edge port>`. Default '127.0.0.1'. */
+  targetHost?: string
+  /** Address the tunnel listener binds. Default '0.0.0.0'. */
+  bindAddress?: string
+  /** Certificate chain and key, PEM. Without it a self-signed key is generated at start. */
+  tls?: { certPem: string; keyPem: string }
+  /** Header sent to the target before each TCP connection's bytes. Default 'v1'. */
+  proxyProtocol?: 'v1' | 'v2' | 'none'
+  /** Header on UDP datagrams to the target. Default 'everyDatagram'. */
+  udpProxyHeader?: 'everyDatagram' | 'firstDatagram' | 'none'
+  /** Tuning for tests: how often the hub pings each edge. Default 15000. */
+  heartbeatIntervalMs?: number
+  /** Tuning for tests: an edge silent this long is dropped. Default 45000. */
+  heartbeatTimeoutMs?: number
+}
+
+export interface AllowedEdge {
+  id: string
+  secret: string
+  /** TCP ports the edge listens on. */
+  listenPorts?: number[]
+  /** UDP ports the edge listens on. */
+  listenPortsUdp?: number[]
+  /** How often the edge refreshes its public IP by STUN. Default 300. */
+  stunIntervalSecs?: number
+}
+
+export interface ConnectedEdgeStatus {
+  edgeId: string
+  remoteAddress: string
+  transport: TransportKind
+  /** Date.now() when the edge connected. */
+  connectedAt: number
+  activeStreams: number
+  activeUdpSessions: number
+  /** Tunnel bytes received from / sent to this edge. */
+  bytesIn: number
+  bytesOut: number
+}
+
+export interface HubStatus {
+  running: boolean
+  tunnelPort: number
+  /** `sha256/<base64url>` of the hub key's SubjectPublicKeyInfo; edges can pin it. */
+  certFingerprint: string
+  connectedEdges: ConnectedEdgeStatus[]
+}
+
+export interface WarningEvent {
+  code: string
+  message: string
+}
+
+export interface HubEvents {
+  edgeConnected: [{ edgeId: string; remoteAddress: string; transport: TransportKind }]
+  edgeDisconnected: [{ edgeId: string; reason: string }]
+  streamOpened: [{ edgeId: string; streamId: number; clientAddress: string; clientPort: number; port: number }]
+  streamClosed: [{ edgeId: string; streamId: number }]
+  warning: [WarningEvent]
+}
+
+export class RemoteIngressHub extends EventEmitter<HubEvents> {
+  start(config?: HubConfig): Promise<void>
+  stop(): Promise<void>
+  updateAllowedEdges(edges: AllowedEdge[]): Promise<void>
+  getStatus(): Promise<HubStatus>
+  readonly running: boolean
+}
+
+interface EdgeExtras {
+  /** Only this transport is available in this version. Default 'tcpTls'. */
+  transportMode?: 'tcpTls'
+  /** Address the edge's listeners bind. Default '0.0.0.0'. */
+  bindAddress?: string
+  /** Accept only a hub whose key has this fingerprint (the hub's certFingerprint). */
+  hubFingerprint?: string
+  /** Accept only a hub with a certificate from this CA (PEM), valid for hubHost. */
+  caPem?: string
+  /** STUN servers for public-IP discovery, 'host:port'. Default ['stun.cloudflare.com:3478']; [] turns it off. */
+  stunServers?: string[]
+  /** Tuning for tests: reconnect when nothing was heard from the hub this long. Default 45000. */
+  heartbeatTimeoutMs?: number
+  /** Tuning for tests: reconnect backoff bounds. Defaults 1000 and 30000. */
+  reconnectMinMs?: number
+  reconnectMaxMs?: number
+  /** Tuning for tests: connect + TLS + handshake limit. Default 10000. */
+  connectTimeoutMs?: number
+}
+
+export type EdgeConfig =
+  | ({ token: string } & EdgeExtras)
+  | ({ hubHost: string; hubPort?: number; edgeId: string; secret: string } & EdgeExtras)
+
+export interface EdgeStatus {
+  running: boolean
+  connected: boolean
+  publicIp: string | null
+  activeStreams: number
+  /** Ports listening now (a port that failed to bind is not listed). */
+  listenPorts: number[]
+  listenPortsUdp: number[]
+  transport: TransportKind | null
+}
+
+export interface PortsEvent {
+  listenPorts: number[]
+  listenPortsUdp: number[]
+}
+
+export interface EdgeEvents {
+  tunnelConnected: [{ transport: TransportKind }]
+  tunnelDisconnected: [{ reason: string }]
+  publicIpDiscovered: [{ ip: string }]
+  portsAssigned: [PortsEvent]
+  portsUpdated: [PortsEvent]
+  warning: [WarningEvent]
+}
+
+export class RemoteIngressEdge extends EventEmitter<EdgeEvents> {
+  start(config: EdgeConfig): Promise<void>
+  stop(): Promise<void>
+  getStatus(): Promise<EdgeStatus>
+  readonly running: boolean
+}
+
+export interface ConnectionTokenData {
+  hubHost: string
+  hubPort: number
+  edgeId: string
+  secret: string
+  /** Pins the hub's key (its certFingerprint). */
+  hubFingerprint?: string
+}
+
+/** base64url (no padding) of JSON {"h","p","e","s"[,"f"]}. Throws (code ERR_INVALID_CONFIG) on bad fields. */
+export function encodeConnectionToken(data: ConnectionTokenData): string
+/** Throws an Error with code ERR_INVALID_TOKEN and a message saying what is wrong. */
+export function decodeConnectionToken(token: string): ConnectionTokenData
+
+/** A self-signed hub certificate (ECDSA P-256) and key as PEM, with the fingerprint edges pin. */
+export function generateHubCertificate(): { certPem: string; keyPem: string; fingerprint: string }

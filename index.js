@@ -1,0 +1,128 @@
+'use strict'
+// The public API: EventEmitter classes over the native hub and edge. The native side reports
+// events through one callback and errors as "[CODE] message"; both are translated here.
+const { EventEmitter } = require('node:events')
+const native = require('./binding.js')
+
+const CODED_MESSAGE = /^\[([A-Z][A-Z0-9_]*)\] ([\s\S]*)$/
+
+/** Turns a native "[CODE] message" error into an Error with a `code` property. */
+function translateError(err) {
+  const match = err instanceof Error ? CODED_MESSAGE.exec(err.message) : null
+  if (!match) return err
+  const translated = new Error(match[2])
+  translated.code = match[1]
+  return translated
+}
+
+async function call(promiseFactory) {
+  try {
+    return await promiseFactory()
+  } catch (err) {
+    throw translateError(err)
+  }
+}
+
+function callSync(fn) {
+  try {
+    return fn()
+  } catch (err) {
+    throw translateError(err)
+  }
+}
+
+/** Shared lifecycle: the native object, event dispatch, and keeping Node alive while running. */
+class NativeRunner extends EventEmitter {
+  #native
+  #untilStopped = null
+
+  constructor(NativeClass) {
+    super()
+    this.#native = new NativeClass((event) => this.#dispatch(event))
+  }
+
+  #dispatch(event) {
+    const { type, ...payload } = event
+    this.emit(type, payload)
+  }
+
+  get _native() {
+    return this.#native
+  }
+
+  async start(config) {
+    await call(() => this.#native.start(config))
+    // A pending native promise keeps the event loop alive, like a listening net.Server; it
+    // settles in stop(), after which nothing holds the process.
+    this.#untilStopped = this.#native.waitForStop().catch(() => {})
+  }
+
+  async stop() {
+    await call(() => this.#native.stop())
+    await this.#untilStopped
+    this.#untilStopped = null
+  }
+
+  getStatus() {
+    return call(() => this.#native.getStatus())
+  }
+
+  get running() {
+    return this.#native.running
+  }
+}
+
+class RemoteIngressHub extends NativeRunner {
+  constructor() {
+    super(native.NativeHub)
+  }
+
+  /** Starts listening for edges; resolves once the tunnel port is bound. */
+  start(config = {}) {
+    return super.start(config)
+  }
+
+  /** Replaces the list of edges allowed to connect; connected edges get changes at once. */
+  updateAllowedEdges(edges) {
+    return call(() => this._native.updateAllowedEdges(edges))
+  }
+}
+
+class RemoteIngressEdge extends NativeRunner {
+  constructor() {
+    super(native.NativeEdge)
+  }
+
+  /** Starts the edge; resolves once the first connection attempt is under way. */
+  start(config) {
+    return super.start(config)
+  }
+}
+
+function encodeConnectionToken(data) {
+  return callSync(() => native.encodeConnectionToken(data))
+}
+
+function decodeConnectionToken(token) {
+  if (typeof token !== 'string') {
+    const err = new Error('token must be a string')
+    err.code = 'ERR_INVALID_TOKEN'
+    throw err
+  }
+  const decoded = callSync(() => native.decodeConnectionToken(token))
+  if (decoded.hubFingerprint == null) delete decoded.hubFingerprint
+  return decoded
+}
+
+/** A self-signed hub certificate and key (PEM) plus its fingerprint, for `tls` and pinning. */
+function generateHubCertificate() {
+  return callSync(() => native.generateHubCertificate())
+}
+
+module.exports = {
+  generateHubCertificate,
+  RemoteIngressHub,
+  RemoteIngressEdge,
+  encodeConnectionToken,
+  decodeConnectionToken,
+}

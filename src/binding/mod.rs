@@ -1,0 +1,328 @@
+//! The napi surface: two classes and the token functions. JavaScript sees them through the
+//! hand-written facade in index.js, which turns events into EventEmitter calls and the
+//! `[CODE] message` errors made here into `Error`s with a `code`.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{watch, Mutex};
+
+use crate::config::ConfigError;
+use crate::edge::options::EdgeOptions;
+use crate::edge::{Edge, EdgeEvent};
+use crate::events::EventSink;
+use crate::hub::options::{parse_allowed_edges, HubOptions};
+use crate::hub::{Hub, HubStartError};
+use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
+use crate::transport::tls::{validate_fingerprint, HubIdentity, TlsSetupError};
+
+/// Weak: events never keep Node alive; a pending `waitForStop()` does, while running.
+type EventCallback = ThreadsafeFunction<Value, (), Value, Status, false, true>;
+
+/// The one place errors become JavaScript errors: `[CODE] message`, split by the facade.
+fn js_error(code: &str, message: impl std::fmt::Display) -> Error {
+    Error::new(Status::GenericFailure, format!("[{code}] {message}"))
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        js_error("ERR_INVALID_CONFIG", e)
+    }
+}
+
+fn start_error(e: HubStartError) -> Error {
+    match e {
+        HubStartError::Listen { .. } => js_error("ERR_LISTEN", e),
+        HubStartError::Tls(tls) => tls_error(tls),
+    }
+}
+
+fn tls_error(e: TlsSetupError) -> Error {
+    match e {
+        TlsSetupError::BadPem { .. } => js_error("ERR_INVALID_CONFIG", e),
+        _ => js_error("ERR_TLS", e),
+    }
+}
+
+fn not_running() -> Error {
+    js_error("ERR_NOT_RUNNING", "not running: call start() first")
+}
+
+fn already_running() -> Error {
+    js_error("ERR_ALREADY_RUNNING", "already running: call stop() first")
+}
+
+fn event_sink<E: Serialize + 'static>(callback: Arc<EventCallback>) -> EventSink<E> {
+    Arc::new(move |event: E| {
+        if let Ok(value) = serde_json::to_value(&event) {
+            callback.call(value, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    })
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| js_error("ERR_INTERNAL", e))
+}
+
+/// Lifecycle shared by both classes: the runtime while running, and a flag `waitForStop`
+/// watches.
+struct Lifecycle<T> {
+    runtime: Mutex<Option<T>>,
+    stopped: watch::Sender<bool>,
+}
+
+impl<T> Lifecycle<T> {
+    fn new() -> Self {
+        Self {
+            runtime: Mutex::new(None),
+            stopped: watch::Sender::new(true),
+        }
+    }
+
+    fn running(&self) -> bool {
+        !*self.stopped.borrow()
+    }
+
+    async fn wait_for_stop(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
+#[napi]
+pub struct NativeHub {
+    events: Arc<EventCallback>,
+    life: Lifecycle<Hub>,
+}
+
+#[napi]
+impl NativeHub {
+    #[napi(constructor)]
+    pub fn new(
+        #[napi(ts_arg_type = "(event: any) => void")] on_event: Function<Value, ()>,
+    ) -> Result<Self> {
+        let events = on_event
+            .build_threadsafe_function()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build()?;
+        Ok(Self {
+            events: Arc::new(events),
+            life: Lifecycle::new(),
+        })
+    }
+
+    #[napi(ts_args_type = "config?: any")]
+    pub async fn start(&self, config: Option<Value>) -> Result<()> {
+        let options = HubOptions::from_json(&config.unwrap_or(Value::Null))?;
+        let mut slot = self.life.runtime.lock().await;
+        if slot.is_some() {
+            return Err(already_running());
+        }
+        let hub = Hub::start(options, event_sink(self.events.clone()))
+            .await
+            .map_err(start_error)?;
+        *slot = Some(hub);
+        self.life.stopped.send_replace(false);
+        Ok(())
+    }
+
+    #[napi]
+    pub async fn stop(&self) -> Result<()> {
+        let hub = self.life.runtime.lock().await.take();
+        if let Some(hub) = hub {
+            hub.stop().await;
+        }
+        self.life.stopped.send_replace(true);
+        Ok(())
+    }
+
+    #[napi(ts_args_type = "edges: any[]")]
+    pub async fn update_allowed_edges(&self, edges: Value) -> Result<()> {
+        let edges = parse_allowed_edges(&edges)?;
+        match self.life.runtime.lock().await.as_ref() {
+            Some(hub) => {
+                hub.update_allowed_edges(edges);
+                Ok(())
+            }
+            None => Err(not_running()),
+        }
+    }
+
+    #[napi(ts_return_type = "Promise<any>")]
+    pub async fn get_status(&self) -> Result<Value> {
+        match self.life.runtime.lock().await.as_ref() {
+            Some(hub) => to_js(&hub.status()),
+            None => Ok(serde_json::json!({
+                "running": false, "tunnelPort": 0, "certFingerprint": "", "connectedEdges": []
+            })),
+        }
+    }
+
+    /// Resolves once the hub is stopped; the facade keeps this pending to keep Node alive.
+    #[napi]
+    pub async fn wait_for_stop(&self) -> Result<()> {
+        self.life.wait_for_stop().await;
+        Ok(())
+    }
+
+    #[napi(getter)]
+    pub fn running(&self) -> bool {
+        self.life.running()
+    }
+}
+
+#[napi]
+pub struct NativeEdge {
+    events: Arc<EventCallback>,
+    life: Lifecycle<Edge>,
+}
+
+#[napi]
+impl NativeEdge {
+    #[napi(constructor)]
+    pub fn new(
+        #[napi(ts_arg_type = "(event: any) => void")] on_event: Function<Value, ()>,
+    ) -> Result<Self> {
+        let events = on_event
+            .build_threadsafe_function()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build()?;
+        Ok(Self {
+            events: Arc::new(events),
+            life: Lifecycle::new(),
+        })
+    }
+
+    #[napi(ts_args_type = "config: any")]
+    pub async fn start(&self, config: Option<Value>) -> Result<()> {
+        let options = EdgeOptions::from_json(&config.unwrap_or(Value::Null))?;
+        let mut slot = self.life.runtime.lock().await;
+        if slot.is_some() {
+            return Err(already_running());
+        }
+        let edge = Edge::start(options, event_sink::<EdgeEvent>(self.events.clone()))
+            .map_err(tls_error)?;
+        *slot = Some(edge);
+        self.life.stopped.send_replace(false);
+        Ok(())
+    }
+
+    #[napi]
+    pub async fn stop(&self) -> Result<()> {
+        let edge = self.life.runtime.lock().await.take();
+        if let Some(edge) = edge {
+            edge.stop().await;
+        }
+        self.life.stopped.send_replace(true);
+        Ok(())
+    }
+
+    #[napi(ts_return_type = "Promise<any>")]
+    pub async fn get_status(&self) -> Result<Value> {
+        match self.life.runtime.lock().await.as_ref() {
+            Some(edge) => to_js(&edge.status()),
+            None => Ok(serde_json::json!({
+                "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
+                "listenPorts": [], "listenPortsUdp": [], "transport": null
+            })),
+        }
+    }
+
+    /// Resolves once the edge is stopped; the facade keeps this pending to keep Node alive.
+    #[napi]
+    pub async fn wait_for_stop(&self) -> Result<()> {
+        self.life.wait_for_stop().await;
+        Ok(())
+    }
+
+    #[napi(getter)]
+    pub fn running(&self) -> bool {
+        self.life.running()
+    }
+}
+
+#[napi(object)]
+pub struct HubCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub fingerprint: String,
+}
+
+/// A self-signed hub certificate (ECDSA P-256) to store and pass back as `tls`.
+#[napi]
+pub fn generate_hub_certificate() -> Result<HubCertificate> {
+    let (cert_pem, key_pem) = HubIdentity::generate_pem().map_err(tls_error)?;
+    let fingerprint = HubIdentity::from_pem(&cert_pem, &key_pem)
+        .map_err(tls_error)?
+        .fingerprint;
+    Ok(HubCertificate {
+        cert_pem,
+        key_pem,
+        fingerprint,
+    })
+}
+
+#[napi(object)]
+pub struct ConnectionTokenData {
+    pub hub_host: String,
+    pub hub_port: u32,
+    pub edge_id: String,
+    pub secret: String,
+    pub hub_fingerprint: Option<String>,
+}
+
+#[napi]
+pub fn encode_connection_token(data: Value) -> Result<String> {
+    let token = token_from_json(&data)?;
+    Ok(encode_token(&token))
+}
+
+#[napi]
+pub fn decode_connection_token(token: String) -> Result<ConnectionTokenData> {
+    let t = decode_token(&token).map_err(|e| js_error("ERR_INVALID_TOKEN", e))?;
+    Ok(ConnectionTokenData {
+        hub_host: t.hub_host,
+        hub_port: u32::from(t.hub_port),
+        edge_id: t.edge_id,
+        secret: t.secret,
+        hub_fingerprint: t.hub_fingerprint,
+    })
+}
+
+/// Reads `encodeConnectionToken`'s argument with the same checks `decode` applies, so every
+/// token we make can be read back.
+fn token_from_json(data: &Value) -> Result<ConnectionToken> {
+    use crate::config::Fields;
+    use crate::protocol::handshake::{validate_edge_id, validate_secret};
+    use crate::transport::tls::server_name;
+    let f = Fields::of(
+        data,
+        "",
+        &["hubHost", "hubPort", "edgeId", "secret", "hubFingerprint"],
+    )?;
+    let hub_host = f.required_string("hubHost")?;
+    server_name(&hub_host).map_err(|reason| ConfigError::new("hubHost", reason))?;
+    let edge_id = f.required_string("edgeId")?;
+    validate_edge_id(&edge_id).map_err(|e| ConfigError::new("edgeId", e.to_string()))?;
+    let secret = f.required_string("secret")?;
+    validate_secret(&secret).map_err(|e| ConfigError::new("secret", e.to_string()))?;
+    let hub_fingerprint = f.string("hubFingerprint")?;
+    if let Some(fp) = &hub_fingerprint {
+        validate_fingerprint(fp).map_err(|reason| ConfigError::new("hubFingerprint", reason))?;
+    }
+    Ok(ConnectionToken {
+        hub_host,
+        hub_port: f
+            .port("hubPort", 1)?
+            .unwrap_or(crate::edge::options::DEFAULT_HUB_PORT),
+        edge_id,
+        secret,
+        hub_fingerprint,
+    })
+}

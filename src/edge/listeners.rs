@@ -1,0 +1,135 @@
+//! The edge's TCP listeners, one per assigned port. They outlive a tunnel reconnect; while no
+//! tunnel is up, accepted connections are reset at once.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::frame::{Frame, FrameType};
+use crate::protocol::proxy::{encode_v1, ProxyAddresses};
+use crate::tunnel::stream::{pump, stream_pair, EDGE_SIDE};
+
+use super::EdgeShared;
+
+/// Pending connections the kernel queues per listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
+pub(super) struct ListenerSet {
+    bind: IpAddr,
+    active: BTreeMap<u16, CancellationToken>,
+}
+
+impl ListenerSet {
+    pub fn new(bind: IpAddr) -> Self {
+        Self {
+            bind,
+            active: BTreeMap::new(),
+        }
+    }
+
+    /// Ports that are listening now.
+    pub fn ports(&self) -> Vec<u16> {
+        self.active.keys().copied().collect()
+    }
+
+    /// Listens on exactly `ports`: new ones start, dropped ones stop at once (connections
+    /// already accepted on them carry on). A port that cannot be bound is a warning.
+    pub fn apply(&mut self, edge: &Arc<EdgeShared>, ports: &[u16]) {
+        self.active.retain(|port, cancel| {
+            let keep = ports.contains(port);
+            if !keep {
+                cancel.cancel();
+            }
+            keep
+        });
+        for &port in ports {
+            if self.active.contains_key(&port) {
+                continue;
+            }
+            let address = SocketAddr::new(self.bind, port);
+            match bind(address) {
+                Ok(listener) => {
+                    let cancel = edge.cancel.child_token();
+                    self.active.insert(port, cancel.clone());
+                    edge.tasks
+                        .spawn(accept_loop(edge.clone(), listener, cancel));
+                }
+                Err(e) => edge.warn(
+                    "listenFailed",
+                    format!("cannot listen on {address}: {e}; the other ports keep working"),
+                ),
+            }
+        }
+    }
+
+    pub fn close_all(&mut self) {
+        for cancel in self.active.values() {
+            cancel.cancel();
+        }
+        self.active.clear();
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    // A port removed and re-added must not be blocked by connections in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((client, peer)) => carry(&edge, client, peer),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    edge.warn("acceptFailed", format!("accepting a client failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Opens a stream for an accepted client, or resets the client when no tunnel is up.
+fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
+    let Some(link) = edge.current_link() else {
+        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        return;
+    };
+    let local = match client.local_addr() {
+        Ok(local) => local,
+        Err(_) => return,
+    };
+    let _ = client.set_nodelay(true);
+    let public_ip = *edge.public_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let addresses = ProxyAddresses {
+        source: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        destination: SocketAddr::new(public_ip.unwrap_or(local.ip().to_canonical()), local.port()),
+    };
+    let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
+    let (handle, port) = stream_pair();
+    link.streams.insert(id, handle);
+    let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
+    if !link.frames.control(open) {
+        link.streams.remove(id);
+        return;
+    }
+    let cancel = link.cancel.child_token();
+    edge.tasks.spawn(async move {
+        pump(client, id, EDGE_SIDE, port, link.frames.clone(), cancel).await;
+        link.streams.remove(id);
+    });
+}

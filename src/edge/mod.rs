@@ -1,0 +1,167 @@
+//! The edge: dials the hub, listens on the ports the hub assigns, and carries every accepted
+//! connection through the tunnel.
+
+mod backoff;
+mod listeners;
+pub mod options;
+mod tunnel;
+
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::{EventSink, TransportKind};
+use crate::transport::tls::TlsSetupError;
+use crate::tunnel::stream::StreamTable;
+use crate::tunnel::writer::FrameSender;
+
+use listeners::ListenerSet;
+use options::EdgeOptions;
+
+/// Everything an edge reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum EdgeEvent {
+    TunnelConnected {
+        transport: TransportKind,
+    },
+    TunnelDisconnected {
+        reason: String,
+    },
+    PublicIpDiscovered {
+        ip: String,
+    },
+    PortsAssigned {
+        listen_ports: Vec<u16>,
+        listen_ports_udp: Vec<u16>,
+    },
+    PortsUpdated {
+        listen_ports: Vec<u16>,
+        listen_ports_udp: Vec<u16>,
+    },
+    Warning {
+        code: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeStatus {
+    pub running: bool,
+    pub connected: bool,
+    pub public_ip: Option<String>,
+    pub active_streams: usize,
+    pub listen_ports: Vec<u16>,
+    pub listen_ports_udp: Vec<u16>,
+    pub transport: Option<TransportKind>,
+}
+
+/// The tunnel that is up right now; listeners hand accepted connections to it.
+struct TunnelLink {
+    frames: FrameSender,
+    streams: StreamTable,
+    next_stream_id: AtomicU32,
+    cancel: CancellationToken,
+}
+
+/// State every task of one edge shares.
+struct EdgeShared {
+    options: EdgeOptions,
+    events: EventSink<EdgeEvent>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    link: Mutex<Option<Arc<TunnelLink>>>,
+    listeners: Mutex<ListenerSet>,
+    public_ip: Mutex<Option<IpAddr>>,
+}
+
+impl EdgeShared {
+    fn emit(&self, event: EdgeEvent) {
+        (self.events)(event);
+    }
+
+    fn warn(&self, code: &'static str, message: String) {
+        self.emit(EdgeEvent::Warning { code, message });
+    }
+
+    fn link(&self) -> MutexGuard<'_, Option<Arc<TunnelLink>>> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn listeners(&self) -> MutexGuard<'_, ListenerSet> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current_link(&self) -> Option<Arc<TunnelLink>> {
+        self.link().clone()
+    }
+}
+
+/// A running edge. `stop()` (or dropping it) ends every task and closes every socket.
+pub struct Edge {
+    shared: Arc<EdgeShared>,
+}
+
+impl Edge {
+    /// Starts the edge. It returns once the first connection attempt is under way; tunnel
+    /// state arrives as events.
+    pub fn start(
+        options: EdgeOptions,
+        events: EventSink<EdgeEvent>,
+    ) -> Result<Edge, TlsSetupError> {
+        let tls = options.trust.client_config()?;
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(EdgeShared {
+            listeners: Mutex::new(ListenerSet::new(options.bind_address)),
+            options,
+            events,
+            tasks: TaskTracker::new(),
+            cancel: cancel.clone(),
+            link: Mutex::new(None),
+            public_ip: Mutex::new(None),
+        });
+        shared.tasks.spawn(tunnel::supervise(shared.clone(), tls));
+        Ok(Edge { shared })
+    }
+
+    pub fn status(&self) -> EdgeStatus {
+        let link = self.shared.current_link();
+        EdgeStatus {
+            running: !self.shared.cancel.is_cancelled(),
+            connected: link.is_some(),
+            public_ip: self
+                .shared
+                .public_ip
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|ip| ip.to_string()),
+            active_streams: link.as_ref().map_or(0, |l| l.streams.len()),
+            listen_ports: self.shared.listeners().ports(),
+            listen_ports_udp: Vec::new(),
+            transport: link.map(|_| TransportKind::TcpTls),
+        }
+    }
+
+    /// Closes the tunnel and every listener and waits until every task has ended.
+    pub async fn stop(self) {
+        self.shared.cancel.cancel();
+        self.shared.listeners().close_all();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}

@@ -1,0 +1,266 @@
+//! Keeps a tunnel to the hub up: connect, authenticate, serve frames, and on any failure
+//! report it and reconnect with backoff.
+
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::events::TransportKind;
+use crate::protocol::frame::{decode_close, decode_ping, decode_window_credit, Frame, FrameType};
+use crate::protocol::handshake::{
+    encode_auth_line, parse_config, parse_reply, take_line_limited, EdgeConfig, HandshakeError,
+    HubReply, MAX_REPLY_LINE,
+};
+use crate::transport::tls::{server_name, HubTrust, ALPN};
+use crate::tunnel::reader::FrameReader;
+use crate::tunnel::stream::StreamTable;
+use crate::tunnel::writer::{frame_channel, run_writer};
+use crate::tunnel::TunnelError;
+
+use super::backoff::{jitter, Backoff};
+use super::{EdgeEvent, EdgeShared, TunnelLink};
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("cannot reach the hub at {0}: {1}")]
+    Unreachable(String, std::io::Error),
+    #[error("TLS handshake with the hub failed: {0}")]
+    Tls(std::io::Error),
+    #[error("the hub did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN))]
+    Alpn,
+    #[error("bad answer from the hub: {0}")]
+    Answer(#[from] HandshakeError),
+    #[error("the hub closed the connection during the handshake")]
+    Closed,
+    #[error("the hub refused this edge: {0}")]
+    Rejected(String),
+    #[error("no answer from the hub within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs until the edge is stopped.
+pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
+    let connector = TlsConnector::from(tls);
+    let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
+    if matches!(edge.options.trust, HubTrust::AnyKey) {
+        edge.warn(
+            "hubNotVerified",
+            "the hub's identity is not checked; set hubFingerprint (or caPem) to pin it".into(),
+        );
+    }
+    loop {
+        let attempt =
+            tokio::time::timeout(edge.options.connect_timeout, connect(&edge, &connector));
+        let outcome = tokio::select! {
+            _ = edge.cancel.cancelled() => return,
+            outcome = attempt => outcome.unwrap_or(Err(ConnectError::Timeout(edge.options.connect_timeout))),
+        };
+        match outcome {
+            Ok((tls, config, leftover)) => {
+                backoff.reset();
+                let reason = serve(&edge, tls, config, leftover).await;
+                if edge.cancel.is_cancelled() {
+                    edge.emit(EdgeEvent::TunnelDisconnected {
+                        reason: "edge stopped".into(),
+                    });
+                    return;
+                }
+                edge.emit(EdgeEvent::TunnelDisconnected {
+                    reason: reason.to_string(),
+                });
+            }
+            Err(e @ ConnectError::Rejected(_)) => edge.warn("authRejected", e.to_string()),
+            Err(e) => edge.warn("connectFailed", e.to_string()),
+        }
+        let delay = backoff.next_delay(jitter());
+        tokio::select! {
+            _ = edge.cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+type HubStream = TlsStream<TcpStream>;
+
+async fn connect(
+    edge: &EdgeShared,
+    connector: &TlsConnector,
+) -> Result<(HubStream, EdgeConfig, BytesMut), ConnectError> {
+    let o = &edge.options;
+    let address = format!("{}:{}", o.hub_host, o.hub_port);
+    let tcp = TcpStream::connect((o.hub_host.as_str(), o.hub_port))
+        .await
+        .map_err(|e| ConnectError::Unreachable(address, e))?;
+    tcp.set_nodelay(true)?;
+    // Validated when the options were read.
+    let name = server_name(&o.hub_host).map_err(|reason| {
+        ConnectError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            reason,
+        ))
+    })?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(ConnectError::Tls)?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(ConnectError::Alpn);
+    }
+    // Only now, with the hub's key checked, does the secret leave the edge.
+    tls.write_all(&encode_auth_line(&o.edge_id, &o.secret)?)
+        .await?;
+    tls.flush().await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let line = read_line(&mut tls, &mut buf).await?;
+    match parse_reply(&line)? {
+        HubReply::Accepted(config) => Ok((tls, config, buf)),
+        HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
+    }
+}
+
+async fn read_line<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Bytes, ConnectError> {
+    loop {
+        // The answer lists every assigned port, so it may be far longer than the auth line.
+        if let Some(line) = take_line_limited(buf, MAX_REPLY_LINE)? {
+            return Ok(line);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Err(ConnectError::Closed);
+        }
+    }
+}
+
+/// Serves one established tunnel until it fails or the edge stops.
+async fn serve(
+    edge: &Arc<EdgeShared>,
+    tls: HubStream,
+    config: EdgeConfig,
+    leftover: BytesMut,
+) -> TunnelError {
+    let (frames, queues) = frame_channel();
+    let link = Arc::new(TunnelLink {
+        frames,
+        streams: StreamTable::default(),
+        next_stream_id: AtomicU32::new(1),
+        cancel: edge.cancel.child_token(),
+    });
+    *edge.link() = Some(link.clone());
+    apply_ports(edge, &config);
+    edge.emit(EdgeEvent::PortsAssigned {
+        listen_ports: config.listen_ports,
+        listen_ports_udp: config.listen_ports_udp,
+    });
+    edge.emit(EdgeEvent::TunnelConnected {
+        transport: TransportKind::TcpTls,
+    });
+
+    let (read_half, write_half) = tokio::io::split(tls);
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = edge.tasks.spawn(run_writer(
+        write_half,
+        queues,
+        link.cancel.clone(),
+        counter.clone(),
+    ));
+    let reader = FrameReader::new(read_half, leftover, counter);
+    let ended = read_frames(edge, &link, reader, writer).await;
+
+    link.cancel.cancel();
+    let mut current = edge.link();
+    if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
+        *current = None;
+    }
+    ended
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    edge: &Arc<EdgeShared>,
+    link: &TunnelLink,
+    mut reader: FrameReader<R>,
+    writer: tokio::task::JoinHandle<Result<(), TunnelError>>,
+) -> TunnelError {
+    let timeout = edge.options.heartbeat_timeout;
+    // Check for silence a few times per timeout period.
+    let mut check = tokio::time::interval(timeout / 4);
+    let mut last_heard = Instant::now();
+    tokio::pin!(writer);
+    loop {
+        tokio::select! {
+            _ = link.cancel.cancelled() => return TunnelError::PeerClosed,
+            written = &mut writer => {
+                return match written {
+                    Ok(Err(e)) => e,
+                    _ => TunnelError::PeerClosed,
+                };
+            }
+            _ = check.tick() => {
+                let silent = last_heard.elapsed();
+                if silent >= timeout {
+                    return TunnelError::HeartbeatTimeout(silent.as_millis());
+                }
+            }
+            frame = reader.next() => {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => return e,
+                };
+                last_heard = Instant::now();
+                if let Err(e) = dispatch(edge, link, frame) {
+                    return e;
+                }
+            }
+        }
+    }
+}
+
+fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(), TunnelError> {
+    let id = frame.stream_id;
+    match frame.frame_type {
+        FrameType::DataBack => link.streams.deliver_data(id, frame.payload)?,
+        FrameType::CloseBack => link.streams.deliver_close(id, decode_close(&frame.payload)),
+        FrameType::WindowUpdateBack => link
+            .streams
+            .grant(id, decode_window_credit(&frame.payload)?)?,
+        FrameType::Config => {
+            let config = parse_config(&frame.payload)
+                .map_err(|e| TunnelError::Violation(format!("bad CONFIG: {e}")))?;
+            apply_ports(edge, &config);
+            edge.emit(EdgeEvent::PortsUpdated {
+                listen_ports: config.listen_ports,
+                listen_ports_udp: config.listen_ports_udp,
+            });
+        }
+        FrameType::Ping => {
+            let nonce = decode_ping(&frame.payload)?;
+            link.frames.control(Frame::pong(nonce));
+        }
+        FrameType::Pong => {
+            decode_ping(&frame.payload)?;
+        }
+        // UDP is not carried yet; the edge never opens UDP sessions.
+        FrameType::UdpDataBack | FrameType::UdpClose => {}
+        other @ (FrameType::Open
+        | FrameType::Data
+        | FrameType::Close
+        | FrameType::WindowUpdate
+        | FrameType::UdpOpen
+        | FrameType::UdpData) => return Err(TunnelError::UnexpectedFrame(other)),
+    }
+    Ok(())
+}
+
+fn apply_ports(edge: &Arc<EdgeShared>, config: &EdgeConfig) {
+    edge.listeners().apply(edge, &config.listen_ports);
+}

@@ -1,0 +1,231 @@
+//! The hub: accepts edges over TLS, authenticates them, and forwards each tunneled connection
+//! to `targetHost:<edge port>` behind a PROXY header.
+
+pub mod options;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::{EventSink, TransportKind};
+use crate::transport::tls::{HubIdentity, TlsSetupError};
+
+use options::{AllowedEdge, HubOptions};
+use session::EdgeSession;
+
+/// Everything a hub reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum HubEvent {
+    EdgeConnected {
+        edge_id: String,
+        remote_address: String,
+        transport: TransportKind,
+    },
+    EdgeDisconnected {
+        edge_id: String,
+        reason: String,
+    },
+    StreamOpened {
+        edge_id: String,
+        stream_id: u32,
+        client_address: String,
+        client_port: u16,
+        port: u16,
+    },
+    StreamClosed {
+        edge_id: String,
+        stream_id: u32,
+    },
+    Warning {
+        code: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum HubStartError {
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("tunnelPort: cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubStatus {
+    pub running: bool,
+    pub tunnel_port: u16,
+    pub cert_fingerprint: String,
+    pub connected_edges: Vec<ConnectedEdgeStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectedEdgeStatus {
+    pub edge_id: String,
+    pub remote_address: String,
+    pub transport: TransportKind,
+    pub connected_at: u64,
+    pub active_streams: usize,
+    pub active_udp_sessions: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// State every task of one hub shares.
+struct HubShared {
+    options: HubOptions,
+    allowed: RwLock<HashMap<String, AllowedEdge>>,
+    sessions: Mutex<HashMap<String, Arc<EdgeSession>>>,
+    events: EventSink<HubEvent>,
+    tasks: TaskTracker,
+}
+
+impl HubShared {
+    fn emit(&self, event: HubEvent) {
+        (self.events)(event);
+    }
+
+    fn warn(&self, code: &'static str, message: String) {
+        self.emit(HubEvent::Warning { code, message });
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<EdgeSession>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn allowed_edge(&self, id: &str) -> Option<AllowedEdge> {
+        self.allowed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// A running hub. `stop()` (or dropping it) ends every task and closes every socket.
+pub struct Hub {
+    shared: Arc<HubShared>,
+    tunnel_port: u16,
+    fingerprint: String,
+    cancel: CancellationToken,
+}
+
+impl Hub {
+    pub async fn start(
+        options: HubOptions,
+        events: EventSink<HubEvent>,
+    ) -> Result<Hub, HubStartError> {
+        let identity = match &options.tls {
+            Some(pem) => HubIdentity::from_pem(&pem.cert_pem, &pem.key_pem)?,
+            None => HubIdentity::generate()?,
+        };
+        let acceptor = TlsAcceptor::from(identity.server_config()?);
+        let address = SocketAddr::new(options.bind_address, options.tunnel_port);
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| HubStartError::Listen { address, source })?;
+        let tunnel_port = listener
+            .local_addr()
+            .map_err(|source| HubStartError::Listen { address, source })?
+            .port();
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(HubShared {
+            options,
+            allowed: RwLock::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            events,
+            tasks: TaskTracker::new(),
+        });
+        shared.tasks.spawn(session::accept_loop(
+            shared.clone(),
+            listener,
+            acceptor,
+            cancel.clone(),
+        ));
+        Ok(Hub {
+            shared,
+            tunnel_port,
+            fingerprint: identity.fingerprint,
+            cancel,
+        })
+    }
+
+    /// Replaces the allowed edges. Connected edges get their new ports at once; an edge that
+    /// was removed or whose secret changed is disconnected.
+    pub fn update_allowed_edges(&self, edges: Vec<AllowedEdge>) {
+        let by_id: HashMap<String, AllowedEdge> =
+            edges.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let sessions: Vec<Arc<EdgeSession>> = self.shared.sessions().values().cloned().collect();
+        *self
+            .shared
+            .allowed
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = by_id.clone();
+        for session in sessions {
+            match by_id.get(&session.edge_id) {
+                None => session.close("edge removed from the allowed list"),
+                Some(entry) if !session.secret_matches(&entry.secret) => {
+                    session.close("edge secret changed")
+                }
+                Some(entry) => session.apply_config(&entry.config),
+            }
+        }
+    }
+
+    pub fn status(&self) -> HubStatus {
+        let mut connected_edges: Vec<ConnectedEdgeStatus> = self
+            .shared
+            .sessions()
+            .values()
+            .map(|s| s.status())
+            .collect();
+        connected_edges.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
+        HubStatus {
+            running: !self.cancel.is_cancelled(),
+            tunnel_port: self.tunnel_port,
+            cert_fingerprint: self.fingerprint.clone(),
+            connected_edges,
+        }
+    }
+
+    pub fn tunnel_port(&self) -> u16 {
+        self.tunnel_port
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Disconnects every edge, stops listening and waits until every task has ended.
+    pub async fn stop(self) {
+        for session in self.shared.sessions().values() {
+            session.close("hub stopped");
+        }
+        self.cancel.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

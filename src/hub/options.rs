@@ -1,0 +1,246 @@
+//! The hub's start options and its list of allowed edges, read from JavaScript values.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::{bind_address, ConfigError, Fields};
+use crate::protocol::handshake::{
+    validate_edge_id, validate_secret, EdgeConfig, DEFAULT_STUN_INTERVAL_SECS,
+};
+
+pub const DEFAULT_TUNNEL_PORT: u16 = 8443;
+pub const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
+pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
+/// How often the hub pings each edge.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// An edge silent for this long is dropped (catches half-open TCP connections).
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Header the hub puts in front of each TCP connection to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+    None,
+}
+
+/// Header the hub puts on UDP datagrams to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpProxyHeader {
+    EveryDatagram,
+    FirstDatagram,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub tunnel_port: u16,
+    pub target_host: String,
+    pub bind_address: IpAddr,
+    pub tls: Option<TlsPem>,
+    pub proxy_protocol: ProxyProtocol,
+    pub udp_proxy_header: UdpProxyHeader,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct TlsPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPem { .. }")
+    }
+}
+
+impl HubOptions {
+    pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
+        let f = Fields::of(
+            value,
+            "",
+            &[
+                "tunnelPort",
+                "targetHost",
+                "bindAddress",
+                "tls",
+                "proxyProtocol",
+                "udpProxyHeader",
+                "heartbeatIntervalMs",
+                "heartbeatTimeoutMs",
+            ],
+        )?;
+        let tls = match f.raw("tls") {
+            None => None,
+            Some(tls) => {
+                let t = Fields::of(tls, "tls", &["certPem", "keyPem"])?;
+                Some(TlsPem {
+                    cert_pem: t.required_string("certPem")?,
+                    key_pem: t.required_string("keyPem")?,
+                })
+            }
+        };
+        let heartbeat_interval = f
+            .millis("heartbeatIntervalMs")?
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        let heartbeat_timeout = f
+            .millis("heartbeatTimeoutMs")?
+            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT);
+        if heartbeat_timeout <= heartbeat_interval {
+            return Err(ConfigError::new(
+                "heartbeatTimeoutMs",
+                "must be longer than heartbeatIntervalMs",
+            ));
+        }
+        Ok(Self {
+            tunnel_port: f.port("tunnelPort", 0)?.unwrap_or(DEFAULT_TUNNEL_PORT),
+            target_host: match f.string("targetHost")? {
+                None => DEFAULT_TARGET_HOST.to_string(),
+                Some(h) if h.is_empty() => {
+                    return Err(ConfigError::new("targetHost", "must not be empty"))
+                }
+                Some(h) => h,
+            },
+            bind_address: bind_address(&f, "bindAddress", DEFAULT_BIND_ADDRESS)?,
+            tls,
+            proxy_protocol: f
+                .choice(
+                    "proxyProtocol",
+                    &[
+                        ("v1", ProxyProtocol::V1),
+                        ("v2", ProxyProtocol::V2),
+                        ("none", ProxyProtocol::None),
+                    ],
+                )?
+                .unwrap_or(ProxyProtocol::V1),
+            udp_proxy_header: f
+                .choice(
+                    "udpProxyHeader",
+                    &[
+                        ("everyDatagram", UdpProxyHeader::EveryDatagram),
+                        ("firstDatagram", UdpProxyHeader::FirstDatagram),
+                        ("none", UdpProxyHeader::None),
+                    ],
+                )?
+                .unwrap_or(UdpProxyHeader::EveryDatagram),
+            heartbeat_interval,
+            heartbeat_timeout,
+        })
+    }
+}
+
+/// One entry of `updateAllowedEdges`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AllowedEdge {
+    pub id: String,
+    pub secret: String,
+    pub config: EdgeConfig,
+}
+
+impl std::fmt::Debug for AllowedEdge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret stays out of logs and error messages.
+        f.debug_struct("AllowedEdge")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the array `updateAllowedEdges` takes. Duplicate ids are an error.
+pub fn parse_allowed_edges(value: &Value) -> Result<Vec<AllowedEdge>, ConfigError> {
+    let Value::Array(items) = value else {
+        return Err(ConfigError::new("edges", "must be an array"));
+    };
+    let mut edges: Vec<AllowedEdge> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("edges[{i}]");
+        let f = Fields::of(
+            item,
+            &path,
+            &[
+                "id",
+                "secret",
+                "listenPorts",
+                "listenPortsUdp",
+                "stunIntervalSecs",
+            ],
+        )?;
+        let id = f.required_string("id")?;
+        validate_edge_id(&id).map_err(|e| ConfigError::new(f.name("id"), e.to_string()))?;
+        let secret = f.required_string("secret")?;
+        validate_secret(&secret).map_err(|e| ConfigError::new(f.name("secret"), e.to_string()))?;
+        if edges.iter().any(|e| e.id == id) {
+            return Err(ConfigError::new(
+                f.name("id"),
+                format!("{id:?} appears more than once"),
+            ));
+        }
+        let config = EdgeConfig {
+            listen_ports: f.port_list("listenPorts")?,
+            listen_ports_udp: f.port_list("listenPortsUdp")?,
+            stun_interval_secs: f
+                .integer("stunIntervalSecs", 1, 7 * 24 * 3600)?
+                .unwrap_or(DEFAULT_STUN_INTERVAL_SECS),
+        };
+        edges.push(AllowedEdge { id, secret, config });
+    }
+    Ok(edges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_apply_to_an_empty_config() {
+        let o = HubOptions::from_json(&Value::Null).unwrap();
+        assert_eq!(o.tunnel_port, 8443);
+        assert_eq!(o.target_host, "127.0.0.1");
+        assert_eq!(o.proxy_protocol, ProxyProtocol::V1);
+        assert_eq!(o.udp_proxy_header, UdpProxyHeader::EveryDatagram);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (json!({"tunnelPort": -1}), "tunnelPort"),
+            (json!({"tunnelPort": "80"}), "tunnelPort"),
+            (json!({"targetHost": 5}), "targetHost"),
+            (json!({"bindAddress": "nowhere"}), "bindAddress"),
+            (json!({"proxyProtocol": "v3"}), "proxyProtocol"),
+            (json!({"tls": {"certPem": "x"}}), "tls.keyPem"),
+            (json!({"tunnelport": 1}), "tunnelport"),
+        ];
+        for (config, field) in cases {
+            let err = HubOptions::from_json(&config).unwrap_err();
+            assert_eq!(err.field, field, "{config}");
+        }
+    }
+
+    #[test]
+    fn allowed_edges_are_validated() {
+        let edges = parse_allowed_edges(&json!([
+            {"id": "a", "secret": "s", "listenPorts": [443, 80]},
+            {"id": "b", "secret": "t"}
+        ]))
+        .unwrap();
+        assert_eq!(edges[0].config.listen_ports, vec![80, 443]);
+        assert_eq!(edges[1].config.stun_interval_secs, 300);
+        let err =
+            parse_allowed_edges(&json!([{"id": "a", "secret": "s"}, {"id": "a", "secret": "s"}]))
+                .unwrap_err();
+        assert_eq!(err.field, "edges[1].id");
+        let err = parse_allowed_edges(&json!([{"id": "a b", "secret": "s"}])).unwrap_err();
+        assert_eq!(err.field, "edges[0].id");
+        let err = parse_allowed_edges(&json!([{"id": "a", "secret": "my secret"}])).unwrap_err();
+        assert_eq!(err.field, "edges[0].secret");
+        assert!(!err.to_string().contains("my secret"));
+        assert!(parse_allowed_edges(&json!({})).is_err());
+    }
+}

@@ -1,0 +1,507 @@
+//! One connected edge: the handshake, the frame loop, and the streams it opens.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{unix_millis, TransportKind};
+use crate::protocol::frame::{
+    decode_close, decode_ping, decode_window_credit, Frame, FrameType, ResetReason,
+    CONTROL_STREAM_ID,
+};
+use crate::protocol::handshake::{
+    encode_config, encode_reply, parse_auth_line, take_line, EdgeConfig, HandshakeError, HubReply,
+};
+use crate::protocol::proxy::{encode_v2, parse_v1, ProxyAddresses, ProxyHeader, ProxyTransport};
+use crate::transport::tls::ALPN;
+use crate::tunnel::reader::FrameReader;
+use crate::tunnel::stream::{pump, reset_frame, stream_pair, StreamTable, HUB_SIDE};
+use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
+use crate::tunnel::TunnelError;
+
+use super::options::ProxyProtocol;
+use super::{ConnectedEdgeStatus, HubEvent, HubShared};
+
+/// TLS handshake plus the edge's auth line must finish within this, or the socket is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A failed login waits this long before its answer, to slow down guessing.
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(300);
+/// Streams one edge may have open at once; more are refused, so one edge cannot exhaust the
+/// hub's sockets.
+pub const MAX_STREAMS_PER_EDGE: usize = 65_536;
+/// Connecting to the target must succeed within this.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn accept_loop(
+    hub: Arc<HubShared>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    hub.warn("acceptFailed", format!("accepting an edge connection failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        hub.tasks.spawn(serve_edge_connection(
+            hub.clone(),
+            tcp,
+            peer,
+            acceptor.clone(),
+            cancel.child_token(),
+        ));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeFailure {
+    #[error("TLS: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the edge did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN))]
+    Alpn,
+    #[error("{0}")]
+    Line(#[from] HandshakeError),
+    #[error("closed before the handshake finished")]
+    Closed,
+    #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+}
+
+async fn serve_edge_connection(
+    hub: Arc<HubShared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    cancel: CancellationToken,
+) {
+    let handshake = async {
+        let mut tls = acceptor.accept(tcp).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+            return Err(HandshakeFailure::Alpn);
+        }
+        let mut buf = BytesMut::with_capacity(1024);
+        let line = read_line(&mut tls, &mut buf).await?;
+        Ok((tls, line, buf))
+    };
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => return,
+        outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => outcome,
+    };
+    let (mut tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
+        Ok(parts) => parts,
+        Err(e) => {
+            hub.warn(
+                "handshakeFailed",
+                format!("edge connection from {peer}: {e}"),
+            );
+            return;
+        }
+    };
+    let allowed = match parse_auth_line(&line) {
+        Ok(auth) => {
+            authenticate(&hub, &auth.edge_id, &auth.secret).map(|edge| (auth.edge_id, edge))
+        }
+        Err(e) => {
+            hub.warn(
+                "handshakeFailed",
+                format!("edge connection from {peer}: {e}"),
+            );
+            None
+        }
+    };
+    let Some((edge_id, edge)) = allowed else {
+        hub.warn(
+            "authFailed",
+            format!("edge connection from {peer}: unknown edge id or wrong secret"),
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
+        }
+        let reply = encode_reply(&HubReply::Rejected {
+            error: "unauthorized".into(),
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            tls.write_all(&reply).await?;
+            tls.shutdown().await
+        })
+        .await;
+        return;
+    };
+    let reply = encode_reply(&HubReply::Accepted(edge.config.clone()));
+    if let Err(e) = tls.write_all(&reply).await.and(tls.flush().await) {
+        hub.warn(
+            "handshakeFailed",
+            format!("edge {edge_id} from {peer}: {e}"),
+        );
+        return;
+    }
+
+    let (frames, queues) = frame_channel();
+    let session = Arc::new(EdgeSession {
+        edge_id: edge_id.clone(),
+        secret: edge.secret,
+        remote_address: peer,
+        connected_at: unix_millis(),
+        config: Mutex::new(edge.config),
+        frames,
+        streams: StreamTable::default(),
+        cancel,
+        close_reason: Mutex::new(None),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_out: Arc::new(AtomicU64::new(0)),
+    });
+    if let Some(old) = hub.sessions().insert(edge_id.clone(), session.clone()) {
+        old.close("replaced by a new connection from the same edge");
+    }
+    hub.emit(HubEvent::EdgeConnected {
+        edge_id: edge_id.clone(),
+        remote_address: peer.to_string(),
+        transport: TransportKind::TcpTls,
+    });
+
+    let (read_half, write_half) = tokio::io::split(tls);
+    let writer = hub.tasks.spawn(run_writer(
+        write_half,
+        queues,
+        session.cancel.clone(),
+        session.bytes_out.clone(),
+    ));
+    let reader = FrameReader::new(read_half, leftover, session.bytes_in.clone());
+    let ended = session.run(&hub, reader, writer).await;
+    session.cancel.cancel();
+
+    {
+        let mut sessions = hub.sessions();
+        if sessions
+            .get(&edge_id)
+            .is_some_and(|current| Arc::ptr_eq(current, &session))
+        {
+            sessions.remove(&edge_id);
+        }
+    }
+    let reason = session
+        .take_close_reason()
+        .unwrap_or_else(|| ended.to_string());
+    hub.emit(HubEvent::EdgeDisconnected { edge_id, reason });
+}
+
+async fn read_line<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Bytes, HandshakeFailure> {
+    loop {
+        if let Some(line) = take_line(buf)? {
+            return Ok(line);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Err(HandshakeFailure::Closed);
+        }
+    }
+}
+
+/// Compares the secret in constant time; an unknown id costs the same comparison.
+fn authenticate(
+    hub: &HubShared,
+    edge_id: &str,
+    secret: &str,
+) -> Option<super::options::AllowedEdge> {
+    let entry = hub.allowed_edge(edge_id);
+    let expected = entry
+        .as_ref()
+        .map_or("\0unknown edge\0", |e| e.secret.as_str());
+    let matches: bool = secret.as_bytes().ct_eq(expected.as_bytes()).into();
+    entry.filter(|_| matches)
+}
+
+/// A connected, authenticated edge.
+pub(super) struct EdgeSession {
+    pub edge_id: String,
+    secret: String,
+    remote_address: SocketAddr,
+    connected_at: u64,
+    /// The ports this edge is assigned now; OPEN for any other port is refused.
+    config: Mutex<EdgeConfig>,
+    frames: FrameSender,
+    streams: StreamTable,
+    cancel: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+}
+
+impl EdgeSession {
+    /// Ends the session; the first reason given is the one reported.
+    pub fn close(&self, reason: &str) {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| reason.to_string());
+        self.cancel.cancel();
+    }
+
+    fn take_close_reason(&self) -> Option<String> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    pub fn secret_matches(&self, secret: &str) -> bool {
+        self.secret.as_bytes().ct_eq(secret.as_bytes()).into()
+    }
+
+    fn config(&self) -> std::sync::MutexGuard<'_, EdgeConfig> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pushes a changed port list to the edge.
+    pub fn apply_config(&self, config: &EdgeConfig) {
+        let mut current = self.config();
+        if *current != *config {
+            *current = config.clone();
+            let payload = Bytes::from(encode_config(config));
+            self.frames
+                .control(Frame::new(CONTROL_STREAM_ID, FrameType::Config, payload));
+        }
+    }
+
+    pub fn status(&self) -> ConnectedEdgeStatus {
+        ConnectedEdgeStatus {
+            edge_id: self.edge_id.clone(),
+            remote_address: self.remote_address.to_string(),
+            transport: TransportKind::TcpTls,
+            connected_at: self.connected_at,
+            active_streams: self.streams.len(),
+            active_udp_sessions: 0,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The frame loop: dispatches frames, pings, and watches for silence, until the tunnel
+    /// fails or the session is closed.
+    async fn run<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        hub: &Arc<HubShared>,
+        mut reader: FrameReader<R>,
+        writer: tokio::task::JoinHandle<Result<(), TunnelError>>,
+    ) -> TunnelError {
+        let interval = hub.options.heartbeat_interval;
+        let timeout = hub.options.heartbeat_timeout;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut last_heard = Instant::now();
+        let mut last_stream_id = 0u32;
+        tokio::pin!(writer);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return TunnelError::PeerClosed,
+                written = &mut writer => {
+                    return match written {
+                        Ok(Err(e)) => e,
+                        _ => TunnelError::PeerClosed,
+                    };
+                }
+                _ = ping.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent >= timeout {
+                        return TunnelError::HeartbeatTimeout(silent.as_millis());
+                    }
+                    let nonce = unix_millis().to_be_bytes();
+                    self.frames.control(Frame::ping(nonce));
+                }
+                frame = reader.next() => {
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        Err(e) => return e,
+                    };
+                    last_heard = Instant::now();
+                    if let Err(e) = self.dispatch(hub, frame, &mut last_stream_id) {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        hub: &Arc<HubShared>,
+        frame: Frame,
+        last_stream_id: &mut u32,
+    ) -> Result<(), TunnelError> {
+        let id = frame.stream_id;
+        let is_stream_frame = !matches!(frame.frame_type, FrameType::Ping | FrameType::Pong);
+        if is_stream_frame && id == CONTROL_STREAM_ID {
+            return Err(TunnelError::Violation(format!(
+                "{:?} frame on stream 0",
+                frame.frame_type
+            )));
+        }
+        match frame.frame_type {
+            FrameType::Open => {
+                // Ids only grow, so a late frame for an ended stream can never be taken for
+                // a new stream with the same id.
+                if id <= *last_stream_id {
+                    return Err(TunnelError::Violation(format!(
+                        "stream id {id} opened after {last_stream_id}"
+                    )));
+                }
+                *last_stream_id = id;
+                self.open_stream(hub, id, &frame.payload)?;
+            }
+            FrameType::Data => self.streams.deliver_data(id, frame.payload)?,
+            FrameType::Close => self.streams.deliver_close(id, decode_close(&frame.payload)),
+            FrameType::WindowUpdate => self
+                .streams
+                .grant(id, decode_window_credit(&frame.payload)?)?,
+            FrameType::Ping => {
+                let nonce = decode_ping(&frame.payload)?;
+                self.frames.control(Frame::pong(nonce));
+            }
+            FrameType::Pong => {
+                decode_ping(&frame.payload)?;
+            }
+            FrameType::UdpOpen => {
+                // UDP is not carried yet: close the session so the edge stops sending.
+                self.frames
+                    .control(Frame::new(id, FrameType::UdpClose, Bytes::new()));
+            }
+            FrameType::UdpData | FrameType::UdpClose => {}
+            other @ (FrameType::DataBack
+            | FrameType::CloseBack
+            | FrameType::WindowUpdateBack
+            | FrameType::Config
+            | FrameType::UdpDataBack) => return Err(TunnelError::UnexpectedFrame(other)),
+        }
+        Ok(())
+    }
+
+    fn open_stream(
+        self: &Arc<Self>,
+        hub: &Arc<HubShared>,
+        id: u32,
+        payload: &[u8],
+    ) -> Result<(), TunnelError> {
+        let addresses = match parse_v1(payload) {
+            Ok(Some((ProxyHeader::Addresses(addresses), used))) if used == payload.len() => {
+                addresses
+            }
+            _ => {
+                return Err(TunnelError::Violation(format!(
+                    "OPEN for stream {id} does not carry a PROXY v1 line with addresses"
+                )))
+            }
+        };
+        let port = addresses.destination.port();
+        if !self.config().listen_ports.contains(&port) {
+            self.frames
+                .control(reset_frame(id, HUB_SIDE, ResetReason::Refused));
+            hub.warn(
+                "portNotAssigned",
+                format!(
+                    "edge {} opened a connection to port {port}, which it is not assigned",
+                    self.edge_id
+                ),
+            );
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_STREAMS_PER_EDGE {
+            self.frames
+                .control(reset_frame(id, HUB_SIDE, ResetReason::Limit));
+            hub.warn(
+                "streamLimit",
+                format!(
+                    "edge {} reached {MAX_STREAMS_PER_EDGE} open connections; refusing more",
+                    self.edge_id
+                ),
+            );
+            return Ok(());
+        }
+        let (handle, stream_port) = stream_pair();
+        if !self.streams.insert(id, handle) {
+            return Err(TunnelError::Violation(format!("stream {id} opened twice")));
+        }
+        hub.emit(HubEvent::StreamOpened {
+            edge_id: self.edge_id.clone(),
+            stream_id: id,
+            client_address: addresses.source.ip().to_string(),
+            client_port: addresses.source.port(),
+            port,
+        });
+        let session = self.clone();
+        let hub_for_task = hub.clone();
+        let cancel = self.cancel.child_token();
+        hub.tasks.spawn(async move {
+            let hub = hub_for_task;
+            match connect_target(&hub, &addresses, port).await {
+                Ok(target) => {
+                    pump(
+                        target,
+                        id,
+                        HUB_SIDE,
+                        stream_port,
+                        session.frames.clone(),
+                        cancel,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    session
+                        .frames
+                        .control(reset_frame(id, HUB_SIDE, ResetReason::Unreachable));
+                    hub.warn(
+                        "targetUnreachable",
+                        format!("{}:{port}: {e}", hub.options.target_host),
+                    );
+                }
+            }
+            session.streams.remove(id);
+            hub.emit(HubEvent::StreamClosed {
+                edge_id: session.edge_id.clone(),
+                stream_id: id,
+            });
+        });
+        Ok(())
+    }
+}
+
+/// Connects to the target and writes the PROXY header the hub is configured for.
+async fn connect_target(
+    hub: &HubShared,
+    addresses: &ProxyAddresses,
+    port: u16,
+) -> std::io::Result<TcpStream> {
+    let host = hub.options.target_host.as_str();
+    let mut target = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    target.set_nodelay(true)?;
+    let header = match hub.options.proxy_protocol {
+        ProxyProtocol::V1 => crate::protocol::proxy::encode_v1(addresses),
+        ProxyProtocol::V2 => encode_v2(ProxyTransport::Stream, addresses),
+        ProxyProtocol::None => Vec::new(),
+    };
+    if !header.is_empty() {
+        target.write_all(&header).await?;
+    }
+    Ok(target)
+}

@@ -1,0 +1,25 @@
+//! remoteingress: an ingress tunnel. An edge on a public host dials out to a hub in a private
+//! network over one TLS connection; the hub assigns the edge its ports, and every connection
+//! the edge accepts is carried to the hub and handed to `targetHost:<same port>` behind a
+//! PROXY protocol header that keeps the real client address.
+//!
+//! # Layout
+//! - [`protocol`]: the wire formats, pure and without I/O (frames, handshake, PROXY v1/v2,
+//!   connection tokens).
+//! - [`mux`]: pure multiplexing state (flow-control windows).
+//! - [`transport`]: rustls configs, the hub's identity and how an edge trusts it.
+//! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump).
+//! - [`hub`], [`edge`]: the two runtimes.
+//! - [`config`], [`events`]: reading JavaScript options, reporting events.
+//! - [`binding`]: the napi classes, the only code that knows about JavaScript.
+
+pub mod config;
+pub mod edge;
+pub mod events;
+pub mod hub;
+pub mod mux;
+pub mod protocol;
+pub mod transport;
+pub mod tunnel;
+
+pub mod binding;

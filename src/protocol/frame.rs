@@ -1,0 +1,600 @@
+//! Multiplexing frames carried inside the tunnel.
+//!
+//! Wire format: `[stream_id u32 BE][type u8][len u32 BE][payload; len]`.
+//! Stream 0 ([`CONTROL_STREAM_ID`]) carries tunnel-wide control frames
+//! (CONFIG, PING, PONG); every other stream id names one proxied connection.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Size of the fixed frame header: stream id (4) + type (1) + length (4).
+pub const FRAME_HEADER_LEN: usize = 9;
+/// Largest DATA payload we send: small enough that one busy stream cannot
+/// hold the shared tunnel for long, large enough to amortise the header.
+pub const MAX_DATA_PAYLOAD: usize = 64 * 1024;
+/// Largest payload a receiver accepts (peer-forceable): bounds the memory one
+/// frame can make us buffer; room for a CONFIG frame listing every port.
+pub const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
+/// Stream id reserved for tunnel-wide control frames.
+pub const CONTROL_STREAM_ID: u32 = 0;
+/// WINDOW_UPDATE payload: one u32 BE credit.
+pub const WINDOW_CREDIT_LEN: usize = 4;
+/// PING/PONG payload: an opaque 8-byte nonce echoed back by the peer.
+pub const PING_NONCE_LEN: usize = 8;
+
+/// Frame types. Names ending in `Back` flow hub -> edge; the others
+/// edge -> hub (PING/PONG/CONFIG are control frames on stream 0).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameType {
+    Open = 0x01,
+    Data = 0x02,
+    Close = 0x03,
+    DataBack = 0x04,
+    CloseBack = 0x05,
+    Config = 0x06,
+    Ping = 0x07,
+    Pong = 0x08,
+    WindowUpdate = 0x09,
+    WindowUpdateBack = 0x0A,
+    UdpOpen = 0x0B,
+    UdpData = 0x0C,
+    UdpDataBack = 0x0D,
+    UdpClose = 0x0E,
+}
+
+impl TryFrom<u8> for FrameType {
+    type Error = FrameError;
+
+    fn try_from(byte: u8) -> Result<Self, FrameError> {
+        Ok(match byte {
+            0x01 => FrameType::Open,
+            0x02 => FrameType::Data,
+            0x03 => FrameType::Close,
+            0x04 => FrameType::DataBack,
+            0x05 => FrameType::CloseBack,
+            0x06 => FrameType::Config,
+            0x07 => FrameType::Ping,
+            0x08 => FrameType::Pong,
+            0x09 => FrameType::WindowUpdate,
+            0x0A => FrameType::WindowUpdateBack,
+            0x0B => FrameType::UdpOpen,
+            0x0C => FrameType::UdpData,
+            0x0D => FrameType::UdpDataBack,
+            0x0E => FrameType::UdpClose,
+            other => return Err(FrameError::UnknownType(other)),
+        })
+    }
+}
+
+impl From<FrameType> for u8 {
+    fn from(frame_type: FrameType) -> u8 {
+        // Lossless: the enum is #[repr(u8)].
+        frame_type as u8
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub stream_id: u32,
+    pub frame_type: FrameType,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    #[error("frame payload of {len} bytes exceeds the {MAX_FRAME_PAYLOAD}-byte limit")]
+    Oversize { len: u32 },
+    #[error("window update payload must be {WINDOW_CREDIT_LEN} bytes, got {len}")]
+    BadWindowUpdate { len: usize },
+    #[error("window update with zero credit")]
+    ZeroWindowUpdate,
+    #[error("ping/pong payload must be {PING_NONCE_LEN} bytes, got {len}")]
+    BadPing { len: usize },
+}
+
+/// Takes one complete frame off the front of `buf` (payload split off
+/// zero-copy with `split_to().freeze()`).
+///
+/// `Ok(None)` = need more bytes (buf untouched). An unknown type or a length
+/// above [`MAX_FRAME_PAYLOAD`] is an error as soon as the 9-byte header is
+/// present, so a hostile length is refused before we buffer its payload.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    let Some(&[s0, s1, s2, s3, type_byte, l0, l1, l2, l3]) = buf.first_chunk::<FRAME_HEADER_LEN>()
+    else {
+        return Ok(None);
+    };
+    let stream_id = u32::from_be_bytes([s0, s1, s2, s3]);
+    let frame_type = FrameType::try_from(type_byte)?;
+    let len = u32::from_be_bytes([l0, l1, l2, l3]);
+    let payload_len = match usize::try_from(len) {
+        Ok(n) if n <= MAX_FRAME_PAYLOAD => n,
+        _ => return Err(FrameError::Oversize { len }),
+    };
+    // Cannot overflow: payload_len <= MAX_FRAME_PAYLOAD.
+    if buf.len() < FRAME_HEADER_LEN + payload_len {
+        return Ok(None);
+    }
+    buf.advance(FRAME_HEADER_LEN);
+    let payload = buf.split_to(payload_len).freeze();
+    Ok(Some(Frame {
+        stream_id,
+        frame_type,
+        payload,
+    }))
+}
+
+/// Appends header + payload to `dst`.
+///
+/// Frames are built locally, so an oversize payload is a caller bug: the
+/// debug assertion catches it in tests; release builds send it and the peer
+/// rejects it as [`FrameError::Oversize`].
+pub fn encode(frame: &Frame, dst: &mut BytesMut) {
+    debug_assert!(frame.payload.len() <= MAX_FRAME_PAYLOAD);
+    // Saturate rather than truncate so a bug can never desynchronise framing
+    // silently: the receiver sees an oversize length and fails the tunnel.
+    let len = u32::try_from(frame.payload.len()).unwrap_or(u32::MAX);
+    dst.reserve(FRAME_HEADER_LEN + frame.payload.len());
+    encode_header(frame.stream_id, frame.frame_type, len, dst);
+    dst.put_slice(&frame.payload);
+}
+
+/// Appends only the 9-byte header, for callers that write the payload
+/// separately (e.g. vectored writes straight from a read buffer).
+pub fn encode_header(stream_id: u32, frame_type: FrameType, payload_len: u32, dst: &mut BytesMut) {
+    dst.reserve(FRAME_HEADER_LEN);
+    dst.put_u32(stream_id);
+    dst.put_u8(frame_type.into());
+    dst.put_u32(payload_len);
+}
+
+impl Frame {
+    pub fn new(stream_id: u32, frame_type: FrameType, payload: Bytes) -> Frame {
+        Frame {
+            stream_id,
+            frame_type,
+            payload,
+        }
+    }
+
+    /// `frame_type` must be [`FrameType::WindowUpdate`] or
+    /// [`FrameType::WindowUpdateBack`]; payload is the credit as u32 BE.
+    pub fn window_update(stream_id: u32, frame_type: FrameType, credit: u32) -> Frame {
+        debug_assert!(matches!(
+            frame_type,
+            FrameType::WindowUpdate | FrameType::WindowUpdateBack
+        ));
+        Frame::new(
+            stream_id,
+            frame_type,
+            Bytes::copy_from_slice(&credit.to_be_bytes()),
+        )
+    }
+
+    pub fn ping(nonce: [u8; PING_NONCE_LEN]) -> Frame {
+        Frame::new(
+            CONTROL_STREAM_ID,
+            FrameType::Ping,
+            Bytes::copy_from_slice(&nonce),
+        )
+    }
+
+    pub fn pong(nonce: [u8; PING_NONCE_LEN]) -> Frame {
+        Frame::new(
+            CONTROL_STREAM_ID,
+            FrameType::Pong,
+            Bytes::copy_from_slice(&nonce),
+        )
+    }
+}
+
+/// WINDOW_UPDATE payload is exactly 4 bytes, u32 BE, non-zero (a zero credit
+/// is meaningless and would only let a peer spin our flow-control loop).
+pub fn decode_window_credit(payload: &[u8]) -> Result<u32, FrameError> {
+    let bytes: [u8; WINDOW_CREDIT_LEN] = payload
+        .try_into()
+        .map_err(|_| FrameError::BadWindowUpdate { len: payload.len() })?;
+    match u32::from_be_bytes(bytes) {
+        0 => Err(FrameError::ZeroWindowUpdate),
+        credit => Ok(credit),
+    }
+}
+
+/// PING/PONG payload is exactly 8 opaque bytes.
+pub fn decode_ping(payload: &[u8]) -> Result<[u8; PING_NONCE_LEN], FrameError> {
+    payload
+        .try_into()
+        .map_err(|_| FrameError::BadPing { len: payload.len() })
+}
+
+/// Why a stream was reset (the single payload byte of a resetting CLOSE).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The port is not assigned to this edge.
+    Refused = 1,
+    /// Connecting to the target failed.
+    Unreachable = 2,
+    /// Socket error or reset.
+    Aborted = 3,
+    /// Too many streams.
+    Limit = 4,
+}
+
+impl ResetReason {
+    /// The reason for a wire byte, `None` if unknown.
+    pub fn from_byte(byte: u8) -> Option<ResetReason> {
+        match byte {
+            1 => Some(ResetReason::Refused),
+            2 => Some(ResetReason::Unreachable),
+            3 => Some(ResetReason::Aborted),
+            4 => Some(ResetReason::Limit),
+            _ => None,
+        }
+    }
+}
+
+/// CLOSE / CLOSE_BACK: empty payload = half-close (FIN); a 1-byte payload =
+/// reset of both directions with a reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseKind {
+    HalfClose,
+    Reset(ResetReason),
+}
+
+/// Payload for a CLOSE / CLOSE_BACK frame: empty, or `[reason]`.
+pub fn close_payload(kind: CloseKind) -> Bytes {
+    // Static slices: no allocation on the close path.
+    match kind {
+        CloseKind::HalfClose => Bytes::new(),
+        CloseKind::Reset(ResetReason::Refused) => Bytes::from_static(&[1]),
+        CloseKind::Reset(ResetReason::Unreachable) => Bytes::from_static(&[2]),
+        CloseKind::Reset(ResetReason::Aborted) => Bytes::from_static(&[3]),
+        CloseKind::Reset(ResetReason::Limit) => Bytes::from_static(&[4]),
+    }
+}
+
+/// Empty = half-close; a known first byte = reset with that reason. An
+/// unknown byte or a longer payload is still a reset (`Aborted`): a close is
+/// never worth failing the whole tunnel over, and a newer peer may add reasons.
+pub fn decode_close(payload: &[u8]) -> CloseKind {
+    match payload {
+        [] => CloseKind::HalfClose,
+        [byte] => CloseKind::Reset(ResetReason::from_byte(*byte).unwrap_or(ResetReason::Aborted)),
+        _ => CloseKind::Reset(ResetReason::Aborted),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        assert!(digits.len().is_multiple_of(2), "odd hex length");
+        digits
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    fn encoded(frame: &Frame) -> Vec<u8> {
+        let mut dst = BytesMut::new();
+        encode(frame, &mut dst);
+        dst.to_vec()
+    }
+
+    fn decode_all(bytes: &[u8]) -> Vec<Frame> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(frame) = decode(&mut buf).unwrap() {
+            out.push(frame);
+        }
+        assert!(buf.is_empty(), "leftover bytes");
+        out
+    }
+
+    const ALL_TYPES: [FrameType; 14] = [
+        FrameType::Open,
+        FrameType::Data,
+        FrameType::Close,
+        FrameType::DataBack,
+        FrameType::CloseBack,
+        FrameType::Config,
+        FrameType::Ping,
+        FrameType::Pong,
+        FrameType::WindowUpdate,
+        FrameType::WindowUpdateBack,
+        FrameType::UdpOpen,
+        FrameType::UdpData,
+        FrameType::UdpDataBack,
+        FrameType::UdpClose,
+    ];
+
+    #[test]
+    fn byte_exact_vectors_for_every_type() {
+        let cases: Vec<(Frame, &str)> = vec![
+            (
+                Frame::new(1, FrameType::Open, Bytes::from_static(b"\x1f\x90")),
+                "00000001 01 00000002 1f90",
+            ),
+            (
+                Frame::new(7, FrameType::Data, Bytes::from_static(b"hi")),
+                "00000007 02 00000002 6869",
+            ),
+            (
+                Frame::new(7, FrameType::Close, close_payload(CloseKind::HalfClose)),
+                "00000007 03 00000000",
+            ),
+            (
+                Frame::new(0x0102_0304, FrameType::DataBack, Bytes::from_static(b"ok")),
+                "01020304 04 00000002 6f6b",
+            ),
+            (
+                Frame::new(
+                    9,
+                    FrameType::CloseBack,
+                    close_payload(CloseKind::Reset(ResetReason::Unreachable)),
+                ),
+                "00000009 05 00000001 02",
+            ),
+            (
+                Frame::new(0, FrameType::Config, Bytes::from_static(b"{}")),
+                "00000000 06 00000002 7b7d",
+            ),
+            (
+                Frame::ping([1, 2, 3, 4, 5, 6, 7, 8]),
+                "00000000 07 00000008 0102030405060708",
+            ),
+            (
+                Frame::pong([0xff; 8]),
+                "00000000 08 00000008 ffffffffffffffff",
+            ),
+            (
+                Frame::window_update(3, FrameType::WindowUpdate, 65536),
+                "00000003 09 00000004 00010000",
+            ),
+            (
+                Frame::window_update(u32::MAX, FrameType::WindowUpdateBack, 1),
+                "ffffffff 0a 00000004 00000001",
+            ),
+            (
+                Frame::new(11, FrameType::UdpOpen, Bytes::from_static(b"\x00\x35")),
+                "0000000b 0b 00000002 0035",
+            ),
+            (
+                Frame::new(11, FrameType::UdpData, Bytes::from_static(b"q")),
+                "0000000b 0c 00000001 71",
+            ),
+            (
+                Frame::new(11, FrameType::UdpDataBack, Bytes::from_static(b"r")),
+                "0000000b 0d 00000001 72",
+            ),
+            (
+                Frame::new(11, FrameType::UdpClose, Bytes::new()),
+                "0000000b 0e 00000000",
+            ),
+        ];
+        assert_eq!(cases.len(), ALL_TYPES.len());
+        for (frame, wire) in cases {
+            let wire = hex(wire);
+            assert_eq!(encoded(&frame), wire, "{frame:?}");
+            assert_eq!(decode_all(&wire), vec![frame]);
+        }
+    }
+
+    #[test]
+    fn frame_type_byte_round_trip() {
+        for t in ALL_TYPES {
+            assert_eq!(FrameType::try_from(u8::from(t)), Ok(t));
+        }
+        let known: Vec<u8> = ALL_TYPES.iter().map(|&t| t.into()).collect();
+        assert_eq!(known, (1..=14).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn unknown_types_rejected_from_header_alone() {
+        for byte in [0x00u8, 0x0F, 0xFF] {
+            assert_eq!(
+                FrameType::try_from(byte),
+                Err(FrameError::UnknownType(byte))
+            );
+            // Header only, payload never arrives: still an immediate error.
+            let mut buf = BytesMut::from(&[0, 0, 0, 1, byte, 0, 0, 0, 5][..]);
+            assert_eq!(decode(&mut buf), Err(FrameError::UnknownType(byte)));
+        }
+    }
+
+    #[test]
+    fn partial_input_at_every_split_point() {
+        let mut wire = BytesMut::new();
+        encode(
+            &Frame::new(7, FrameType::Data, Bytes::from_static(b"hello")),
+            &mut wire,
+        );
+        for cut in 0..wire.len() {
+            let mut buf = BytesMut::from(&wire[..cut]);
+            assert_eq!(decode(&mut buf), Ok(None), "cut at {cut}");
+            assert_eq!(&buf[..], &wire[..cut], "buffer modified at cut {cut}");
+        }
+        let mut buf = wire.clone();
+        let frame = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&frame.payload[..], b"hello");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn byte_at_a_time_stream() {
+        let frames = vec![
+            Frame::new(1, FrameType::Open, Bytes::from_static(b"\x00\x50")),
+            Frame::new(1, FrameType::Data, Bytes::from(vec![0xAB; 300])),
+            Frame::new(1, FrameType::Close, Bytes::new()),
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut wire);
+        }
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in wire.iter() {
+            buf.put_u8(b);
+            while let Some(f) = decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn several_frames_in_one_buffer_in_order() {
+        let frames = vec![
+            Frame::new(5, FrameType::Data, Bytes::from_static(b"one")),
+            Frame::new(6, FrameType::DataBack, Bytes::new()),
+            Frame::ping(*b"12345678"),
+            Frame::new(5, FrameType::Data, Bytes::from_static(b"three")),
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut wire);
+        }
+        assert_eq!(decode_all(&wire), frames);
+
+        // A trailing partial frame stays in the buffer untouched.
+        let mut buf = wire.clone();
+        buf.put_slice(&[0, 0, 0, 9, 2, 0]);
+        for f in &frames {
+            assert_eq!(decode(&mut buf).unwrap().as_ref(), Some(f));
+        }
+        assert_eq!(decode(&mut buf), Ok(None));
+        assert_eq!(&buf[..], &[0, 0, 0, 9, 2, 0]);
+    }
+
+    #[test]
+    fn empty_payloads() {
+        for t in ALL_TYPES {
+            let frame = Frame::new(42, t, Bytes::new());
+            let wire = encoded(&frame);
+            assert_eq!(wire.len(), FRAME_HEADER_LEN);
+            assert_eq!(decode_all(&wire), vec![frame]);
+        }
+    }
+
+    #[test]
+    fn max_payload_accepted_and_one_more_rejected() {
+        let frame = Frame::new(
+            3,
+            FrameType::Data,
+            Bytes::from(vec![0x5A; MAX_FRAME_PAYLOAD]),
+        );
+        let wire = encoded(&frame);
+        assert_eq!(&wire[5..9], &[0x00, 0x10, 0x00, 0x00]);
+        // Header alone with the maximum length: just waiting for the payload.
+        let mut head = BytesMut::from(&wire[..FRAME_HEADER_LEN]);
+        assert_eq!(decode(&mut head), Ok(None));
+        assert_eq!(decode_all(&wire), vec![frame]);
+
+        let over = u32::try_from(MAX_FRAME_PAYLOAD + 1).unwrap();
+        let mut buf = BytesMut::new();
+        encode_header(3, FrameType::Data, over, &mut buf);
+        assert_eq!(decode(&mut buf), Err(FrameError::Oversize { len: over }));
+
+        let mut buf = BytesMut::new();
+        encode_header(3, FrameType::Data, u32::MAX, &mut buf);
+        assert_eq!(
+            decode(&mut buf),
+            Err(FrameError::Oversize { len: u32::MAX })
+        );
+    }
+
+    #[test]
+    fn encode_header_matches_encode() {
+        let frame = Frame::new(77, FrameType::UdpData, Bytes::from_static(b"abc"));
+        let mut split = BytesMut::new();
+        encode_header(77, FrameType::UdpData, 3, &mut split);
+        split.put_slice(b"abc");
+        assert_eq!(&split[..], &encoded(&frame)[..]);
+    }
+
+    #[test]
+    fn window_credit() {
+        assert_eq!(decode_window_credit(&[0, 0, 0, 1]), Ok(1));
+        assert_eq!(decode_window_credit(&[0xff; 4]), Ok(u32::MAX));
+        assert_eq!(
+            decode_window_credit(&[0, 0, 0, 0]),
+            Err(FrameError::ZeroWindowUpdate)
+        );
+        for len in [0usize, 3, 5, 8] {
+            assert_eq!(
+                decode_window_credit(&vec![1; len]),
+                Err(FrameError::BadWindowUpdate { len })
+            );
+        }
+        for credit in [1u32, 4096, MAX_DATA_PAYLOAD as u32, u32::MAX] {
+            let f = Frame::window_update(1, FrameType::WindowUpdateBack, credit);
+            assert_eq!(decode_window_credit(&f.payload), Ok(credit));
+        }
+    }
+
+    #[test]
+    fn ping_payload() {
+        let nonce = [9, 8, 7, 6, 5, 4, 3, 2];
+        assert_eq!(decode_ping(&Frame::ping(nonce).payload), Ok(nonce));
+        assert_eq!(decode_ping(&Frame::pong(nonce).payload), Ok(nonce));
+        assert_eq!(Frame::ping(nonce).stream_id, CONTROL_STREAM_ID);
+        assert_eq!(Frame::pong(nonce).frame_type, FrameType::Pong);
+        for len in [0usize, 7, 9, 16] {
+            assert_eq!(decode_ping(&vec![0; len]), Err(FrameError::BadPing { len }));
+        }
+    }
+
+    #[test]
+    fn close_payloads() {
+        assert_eq!(close_payload(CloseKind::HalfClose), Bytes::new());
+        for (reason, byte) in [
+            (ResetReason::Refused, 1u8),
+            (ResetReason::Unreachable, 2),
+            (ResetReason::Aborted, 3),
+            (ResetReason::Limit, 4),
+        ] {
+            let payload = close_payload(CloseKind::Reset(reason));
+            assert_eq!(&payload[..], &[byte]);
+            assert_eq!(decode_close(&payload), CloseKind::Reset(reason));
+            assert_eq!(ResetReason::from_byte(byte), Some(reason));
+        }
+        assert_eq!(decode_close(&[]), CloseKind::HalfClose);
+        // Lenient: unknown reasons and longer payloads are still resets.
+        for bad in [&[0u8][..], &[5], &[0xff], &[1, 2], &[0, 0, 0]] {
+            assert_eq!(
+                decode_close(bad),
+                CloseKind::Reset(ResetReason::Aborted),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn payload_is_zero_copy() {
+        let mut buf = BytesMut::new();
+        encode(
+            &Frame::new(1, FrameType::Data, Bytes::from(vec![7u8; 1000])),
+            &mut buf,
+        );
+        let start = buf.as_ptr() as usize;
+        let frame = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.payload.as_ptr() as usize, start + FRAME_HEADER_LEN);
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            FrameError::UnknownType(0x0f).to_string(),
+            "unknown frame type 0x0f"
+        );
+        assert_eq!(
+            FrameError::Oversize { len: 1_048_577 }.to_string(),
+            "frame payload of 1048577 bytes exceeds the 1048576-byte limit"
+        );
+    }
+}

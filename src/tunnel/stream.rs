@@ -1,0 +1,374 @@
+//! Tunneled TCP connections: the table the reader dispatches into and the pump that moves
+//! bytes between a local socket and the tunnel, in both directions at once.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::mux::flow::{FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW};
+use crate::protocol::frame::{
+    close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
+};
+
+use super::writer::FrameSender;
+
+/// What the tunnel delivers to one stream.
+#[derive(Debug)]
+pub enum StreamInput {
+    Data(Bytes),
+    /// The peer will send no more (FIN); our direction keeps flowing.
+    HalfClose,
+    /// The peer aborted the connection: both directions end now.
+    Reset(ResetReason),
+}
+
+/// The frame types one end sends for its streams.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSide {
+    pub data: FrameType,
+    pub close: FrameType,
+    pub window_update: FrameType,
+}
+
+/// The edge sends client bytes upstream.
+pub const EDGE_SIDE: StreamSide = StreamSide {
+    data: FrameType::Data,
+    close: FrameType::Close,
+    window_update: FrameType::WindowUpdate,
+};
+
+/// The hub sends target bytes back down.
+pub const HUB_SIDE: StreamSide = StreamSide {
+    data: FrameType::DataBack,
+    close: FrameType::CloseBack,
+    window_update: FrameType::WindowUpdateBack,
+};
+
+/// Both windows of one stream, shared by the tunnel reader and the stream's pump.
+#[derive(Debug)]
+pub struct StreamFlow {
+    windows: Mutex<(SendWindow, RecvWindow)>,
+    credit_arrived: Notify,
+}
+
+impl Default for StreamFlow {
+    fn default() -> Self {
+        Self {
+            windows: Mutex::new((
+                SendWindow::new(INITIAL_STREAM_WINDOW),
+                RecvWindow::new(INITIAL_STREAM_WINDOW),
+            )),
+            credit_arrived: Notify::new(),
+        }
+    }
+}
+
+impl StreamFlow {
+    fn windows(&self) -> MutexGuard<'_, (SendWindow, RecvWindow)> {
+        // The critical sections cannot panic; a poisoned lock still holds consistent numbers.
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for send credit and takes up to `max` bytes of it.
+    async fn acquire_send(&self, max: u32) -> u32 {
+        loop {
+            let notified = self.credit_arrived.notified();
+            let taken = self.windows().0.take(max);
+            if taken > 0 {
+                return taken;
+            }
+            notified.await;
+        }
+    }
+
+    fn give_back(&self, unused: u32) {
+        self.windows().0.give_back(unused);
+    }
+
+    /// A WINDOW_UPDATE from the peer.
+    pub fn grant(&self, credit: u32) -> Result<(), FlowError> {
+        self.windows().0.grant(credit)?;
+        self.credit_arrived.notify_one();
+        Ok(())
+    }
+
+    /// A DATA frame from the peer, before it is queued for the socket.
+    pub fn on_data(&self, len: u32) -> Result<(), FlowError> {
+        self.windows().1.on_data(len)
+    }
+
+    fn on_consumed(&self, len: u32) -> Option<u32> {
+        self.windows().1.on_consumed(len)
+    }
+}
+
+/// The reader's handle on a live stream.
+#[derive(Debug, Clone)]
+pub struct StreamHandle {
+    pub input: UnboundedSender<StreamInput>,
+    pub flow: Arc<StreamFlow>,
+}
+
+/// What the pump needs from the other side of the handle.
+pub struct StreamPort {
+    pub input: UnboundedReceiver<StreamInput>,
+    pub flow: Arc<StreamFlow>,
+}
+
+pub fn stream_pair() -> (StreamHandle, StreamPort) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let flow = Arc::new(StreamFlow::default());
+    (
+        StreamHandle {
+            input: tx,
+            flow: flow.clone(),
+        },
+        StreamPort { input: rx, flow },
+    )
+}
+
+/// Live streams of one tunnel by id.
+#[derive(Debug, Default)]
+pub struct StreamTable {
+    streams: Mutex<HashMap<u32, StreamHandle>>,
+}
+
+impl StreamTable {
+    fn map(&self) -> MutexGuard<'_, HashMap<u32, StreamHandle>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// False when the id is already taken.
+    pub fn insert(&self, id: u32, handle: StreamHandle) -> bool {
+        use std::collections::hash_map::Entry;
+        match self.map().entry(id) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert(handle);
+                true
+            }
+        }
+    }
+
+    pub fn get(&self, id: u32) -> Option<StreamHandle> {
+        self.map().get(&id).cloned()
+    }
+
+    pub fn remove(&self, id: u32) {
+        self.map().remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Delivers a DATA payload to its stream. Frames for a stream that already ended are
+    /// dropped: they were in flight when our reset went out.
+    pub fn deliver_data(&self, id: u32, payload: Bytes) -> Result<(), FlowError> {
+        if let Some(stream) = self.get(id) {
+            // Payloads are bounded by MAX_FRAME_PAYLOAD, far below u32::MAX.
+            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+            stream.flow.on_data(len)?;
+            let _ = stream.input.send(StreamInput::Data(payload));
+        }
+        Ok(())
+    }
+
+    pub fn deliver_close(&self, id: u32, kind: CloseKind) {
+        if let Some(stream) = self.get(id) {
+            let input = match kind {
+                CloseKind::HalfClose => StreamInput::HalfClose,
+                CloseKind::Reset(reason) => StreamInput::Reset(reason),
+            };
+            let _ = stream.input.send(input);
+        }
+    }
+
+    pub fn grant(&self, id: u32, credit: u32) -> Result<(), FlowError> {
+        match self.get(id) {
+            Some(stream) => stream.flow.grant(credit),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How a stream ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Both directions closed cleanly.
+    Finished,
+    ResetByPeer(ResetReason),
+    /// The local socket failed; the peer was told with a reset.
+    LocalError(io::ErrorKind),
+    /// The tunnel went away under the stream.
+    TunnelClosed,
+}
+
+enum Abort {
+    Peer(ResetReason),
+    Local(io::Error),
+    TunnelGone,
+}
+
+/// Moves bytes between `socket` and the tunnel until both directions are closed, either side
+/// resets, or `cancel` fires.
+pub async fn pump(
+    socket: TcpStream,
+    id: u32,
+    side: StreamSide,
+    port: StreamPort,
+    frames: FrameSender,
+    cancel: CancellationToken,
+) -> StreamEnd {
+    let StreamPort { mut input, flow } = port;
+    let both_directions = async {
+        let upload = upload(&socket, id, side, &flow, &frames);
+        tokio::pin!(upload);
+        {
+            let download = download(&socket, id, side, &mut input, &flow, &frames);
+            tokio::pin!(download);
+            tokio::select! {
+                done = &mut upload => {
+                    done?;
+                    return download.await;
+                }
+                done = &mut download => done?,
+            }
+        }
+        // The peer half-closed first; a reset from it must still end our upload.
+        tokio::select! {
+            done = &mut upload => done,
+            abort = wait_for_reset(&mut input) => Err(abort),
+        }
+    };
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => Err(Abort::TunnelGone),
+        done = both_directions => done,
+    };
+    match outcome {
+        Ok(()) => StreamEnd::Finished,
+        Err(abort) => {
+            // An aborted connection must look aborted to the local client, not like a clean EOF.
+            let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+            match abort {
+                Abort::Peer(reason) => StreamEnd::ResetByPeer(reason),
+                Abort::TunnelGone => StreamEnd::TunnelClosed,
+                Abort::Local(e) => {
+                    frames.control(reset_frame(id, side, ResetReason::Aborted));
+                    StreamEnd::LocalError(e.kind())
+                }
+            }
+        }
+    }
+}
+
+/// Local socket to tunnel. Reads only with credit in hand and allocates its read buffer only
+/// once the socket is readable, so an idle connection holds no buffer.
+async fn upload(
+    socket: &TcpStream,
+    id: u32,
+    side: StreamSide,
+    flow: &StreamFlow,
+    frames: &FrameSender,
+) -> Result<(), Abort> {
+    loop {
+        // MAX_DATA_PAYLOAD is 64 KiB and fits a u32.
+        let credit = flow.acquire_send(MAX_DATA_PAYLOAD as u32).await;
+        let mut buf = BytesMut::new();
+        let read = loop {
+            socket.readable().await.map_err(Abort::Local)?;
+            if buf.capacity() == 0 {
+                buf.reserve(credit as usize);
+            }
+            match socket.try_read_buf(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Abort::Local(e)),
+            }
+        };
+        if read == 0 {
+            flow.give_back(credit);
+            let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
+            return if frames.data(fin) {
+                Ok(())
+            } else {
+                Err(Abort::TunnelGone)
+            };
+        }
+        // `read` is at most `credit`, a u32.
+        flow.give_back(credit - read as u32);
+        if !frames.data(Frame::new(id, side.data, buf.freeze())) {
+            return Err(Abort::TunnelGone);
+        }
+    }
+}
+
+/// Tunnel to local socket, until the peer half-closes.
+async fn download(
+    socket: &TcpStream,
+    id: u32,
+    side: StreamSide,
+    input: &mut UnboundedReceiver<StreamInput>,
+    flow: &StreamFlow,
+    frames: &FrameSender,
+) -> Result<(), Abort> {
+    while let Some(item) = input.recv().await {
+        match item {
+            StreamInput::Data(bytes) => {
+                write_all(socket, &bytes).await.map_err(Abort::Local)?;
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                if let Some(credit) = flow.on_consumed(len) {
+                    frames.control(Frame::window_update(id, side.window_update, credit));
+                }
+            }
+            StreamInput::HalfClose => {
+                return match SockRef::from(socket).shutdown(std::net::Shutdown::Write) {
+                    // NotConnected: the client is gone already; the upload will report it.
+                    Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(Abort::Local(e)),
+                    _ => Ok(()),
+                };
+            }
+            StreamInput::Reset(reason) => return Err(Abort::Peer(reason)),
+        }
+    }
+    Err(Abort::TunnelGone)
+}
+
+/// After the peer's half-close only a reset matters; stray data after FIN is dropped.
+async fn wait_for_reset(input: &mut UnboundedReceiver<StreamInput>) -> Abort {
+    loop {
+        match input.recv().await {
+            Some(StreamInput::Reset(reason)) => return Abort::Peer(reason),
+            Some(_) => continue,
+            None => return Abort::TunnelGone,
+        }
+    }
+}
+
+pub fn reset_frame(id: u32, side: StreamSide, reason: ResetReason) -> Frame {
+    Frame::new(id, side.close, close_payload(CloseKind::Reset(reason)))
+}
+
+async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
