@@ -1,0 +1,111 @@
+'use strict'
+// `remoteingress demo`: a whole tunnel on one machine. A target server on 127.0.0.1 stands in
+// for the private proxy; the edge listens on 127.0.0.2 (same port) as if it were the public VPS.
+const net = require('node:net')
+const crypto = require('node:crypto')
+const { RemoteIngressHub, RemoteIngressEdge } = require('..')
+
+const STEP_TIMEOUT_MS = 10_000
+
+function withTimeout(promise, what) {
+  let timer
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`demo: timed out waiting for ${what}`)), STEP_TIMEOUT_MS)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** The private side: reads the PROXY v1 line, then answers with what it learned. */
+function startTarget(seen) {
+  const server = net.createServer((socket) => {
+    let buffered = Buffer.alloc(0)
+    let header = null
+    socket.on('data', (chunk) => {
+      buffered = Buffer.concat([buffered, chunk])
+      if (header === null) {
+        const end = buffered.indexOf('\r\n')
+        if (end < 0) return
+        header = buffered.subarray(0, end).toString('latin1')
+        buffered = buffered.subarray(end + 2)
+      }
+    })
+    socket.on('end', () => {
+      const [, , clientIp, edgeIp, clientPort, edgePort] = (header ?? '').split(' ')
+      seen.push({ header, clientIp, clientPort: Number(clientPort), edgeIp, edgePort: Number(edgePort), bytes: buffered.length })
+      socket.end(`hello ${clientIp}:${clientPort}, the target got your ${buffered.length} bytes via edge ${edgeIp}:${edgePort}\n`)
+    })
+    socket.on('error', () => {})
+  })
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => resolve(server))
+  })
+}
+
+/** One client connection to the edge: send a request, half-close, read the whole answer. */
+function request(port, body) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.2', port }, () => socket.end(body))
+    const chunks = []
+    socket.on('data', (chunk) => chunks.push(chunk))
+    socket.on('end', () => resolve({ localPort: socket.localPort, reply: Buffer.concat(chunks).toString() }))
+    socket.on('error', reject)
+  })
+}
+
+async function runDemo(options, integer) {
+  const seconds = integer(options.seconds, 'seconds') ?? 0
+  const seen = []
+  const target = await startTarget(seen)
+  const port = target.address().port
+  const hub = new RemoteIngressHub()
+  const edge = new RemoteIngressEdge()
+  const say = (line) => console.log(line)
+  try {
+    await hub.start({ tunnelPort: 0, bindAddress: '127.0.0.1', targetHost: '127.0.0.1' })
+    const { tunnelPort, certFingerprint } = await hub.getStatus()
+    say(`hub      listening on 127.0.0.1:${tunnelPort}, key ${certFingerprint}`)
+    say(`target   listening on 127.0.0.1:${port} (expects a PROXY v1 header)`)
+    const secret = crypto.randomBytes(18).toString('base64url')
+    await hub.updateAllowedEdges([{ id: 'demo-edge', secret, listenPorts: [port] }])
+    hub.on('edgeConnected', ({ edgeId, remoteAddress }) => say(`hub      edge ${edgeId} connected from ${remoteAddress}`))
+    edge.on('warning', ({ code, message }) => say(`edge     warning ${code}: ${message}`))
+
+    const assigned = withTimeout(new Promise((resolve) => edge.once('portsAssigned', resolve)), 'the edge to connect')
+    await edge.start({
+      hubHost: '127.0.0.1',
+      hubPort: tunnelPort,
+      edgeId: 'demo-edge',
+      secret,
+      hubFingerprint: certFingerprint,
+      bindAddress: '127.0.0.2',
+      stunServers: [],
+    })
+    const { listenPorts } = await assigned
+    say(`edge     connected (hub key pinned), listening on 127.0.0.2:${listenPorts.join(', ')}`)
+
+    const deadline = Date.now() + seconds * 1000
+    let round = 0
+    do {
+      round += 1
+      const bodies = [`GET / HTTP/1.0\r\nHost: demo\r\n\r\n`, crypto.randomBytes(64 * 1024), 'ping']
+      for (const body of bodies) {
+        const { localPort, reply } = await withTimeout(request(port, body), 'a reply through the tunnel')
+        say(`client   127.0.0.1:${localPort} -> 127.0.0.2:${port}: ${reply.trim()}`)
+      }
+    } while (Date.now() < deadline)
+
+    say('')
+    say('what the target saw (the PROXY header carries the real client address):')
+    for (const s of seen.slice(-3)) say(`  ${s.header}   -> client ${s.clientIp}:${s.clientPort}, ${s.bytes} bytes`)
+    const status = await hub.getStatus()
+    const [edgeStatus] = status.connectedEdges
+    say(`\n${seen.length} connections in ${round} round(s); hub counted ${edgeStatus.bytesIn} bytes in, ${edgeStatus.bytesOut} out`)
+  } finally {
+    await edge.stop()
+    await hub.stop()
+    target.close()
+  }
+}
+
+module.exports = { runDemo }

@@ -1,0 +1,289 @@
+#!/usr/bin/env node
+'use strict'
+// remoteingress command line: run a hub or an edge, make or read tokens, or run the demo.
+// Every flag has an environment twin: --tunnel-port is REMOTEINGRESS_TUNNEL_PORT, and so on.
+const fs = require('node:fs')
+const path = require('node:path')
+const { parseArgs } = require('node:util')
+
+const USAGE = {
+  main: `usage: remoteingress <command> [options]
+
+commands:
+  hub     run a hub: accept edges and forward their connections to the target host
+  edge    run an edge: connect to a hub and listen on the ports it assigns
+  token   encode or decode a connection token
+  demo    start a hub, an edge and a target on loopback, send traffic through, print it
+
+Run 'remoteingress <command> --help' for the options of a command.`,
+  hub: `usage: remoteingress hub --edges edges.json [options]
+
+  --edges FILE            JSON array of {id, secret, listenPorts, listenPortsUdp, stunIntervalSecs};
+                          reloaded when the file changes and on SIGHUP (a bad file keeps the last good list)
+  --tunnel-port N         port edges connect to (default 8443)
+  --target-host HOST      where connections go: HOST:<edge port> (default 127.0.0.1)
+  --bind ADDR             address the tunnel listener binds (default 0.0.0.0)
+  --cert FILE --key FILE  certificate chain and key, PEM
+  --state-dir DIR         keep a generated key in DIR so pinned edges trust the hub after restarts
+  --proxy-protocol v1|v2|none                       header to the target (default v1)
+  --udp-proxy-header everyDatagram|firstDatagram|none
+  -h, --help`,
+  edge: `usage: remoteingress edge (--token T | --hub-host H [--hub-port P] --edge-id ID --secret S) [options]
+
+  --token T               connection token from the hub operator
+  --hub-host H            hub address; --hub-port P (default 8443)
+  --edge-id ID --secret S edge credentials
+  --transport MODE        tcpTls (default)
+  --bind ADDR             address the edge's listeners bind (default 0.0.0.0)
+  --hub-fingerprint F     accept only a hub with this key fingerprint (sha256/...)
+  --ca FILE               accept only a hub with a certificate from this CA (PEM)
+  --stun HOST:PORT        STUN server for public-IP discovery (repeatable); --no-stun turns it off
+  -h, --help`,
+  token: `usage: remoteingress token encode --hub-host H [--hub-port P] --edge-id ID --secret S [--fingerprint F]
+       remoteingress token decode TOKEN`,
+  demo: `usage: remoteingress demo [--seconds N]
+
+Starts a target server, a hub and an edge on loopback (the edge on 127.0.0.2), sends TCP
+requests through the tunnel for N seconds (default: one round), prints what the target saw,
+including the client address from the PROXY header, and exits 0.`,
+}
+
+class UsageError extends Error {}
+
+/** parseArgs with environment twins: REMOTEINGRESS_<FLAG> fills a flag not given. */
+function parseCommand(command, args, options) {
+  const parsed = parseArgs({
+    args,
+    options: { ...options, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  })
+  if (parsed.values.help) {
+    console.log(USAGE[command])
+    process.exit(0)
+  }
+  for (const [name, spec] of Object.entries(options)) {
+    if (parsed.values[name] !== undefined) continue
+    const env = process.env[`REMOTEINGRESS_${name.toUpperCase().replace(/-/g, '_')}`]
+    if (env === undefined || env === '') continue
+    if (spec.type === 'boolean') parsed.values[name] = env === '1' || env === 'true'
+    else parsed.values[name] = spec.multiple ? env.split(',') : env
+  }
+  return parsed
+}
+
+function integer(value, flag) {
+  if (value === undefined) return undefined
+  if (!/^\d+$/.test(value)) throw new UsageError(`--${flag} must be a whole number, got ${JSON.stringify(value)}`)
+  return Number(value)
+}
+
+function required(values, flag) {
+  if (values[flag] === undefined) throw new UsageError(`--${flag} is required`)
+  return values[flag]
+}
+
+function log(source, event, payload) {
+  const fields = Object.entries(payload ?? {})
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ')
+  process.stderr.write(`${new Date().toISOString()} ${source} ${event}${fields ? ' ' + fields : ''}\n`)
+}
+
+function logEvents(emitter, source, events) {
+  for (const event of events) emitter.on(event, (payload) => log(source, event, payload))
+}
+
+/** Stops `stoppable` on SIGINT/SIGTERM and exits 0 once it has stopped. */
+function stopOnSignals(stoppable, source) {
+  let stopping = false
+  const stop = (signal) => {
+    if (stopping) return
+    stopping = true
+    log(source, 'stopping', { signal })
+    stoppable.stop().then(
+      () => process.exit(0),
+      (err) => {
+        log(source, 'stopFailed', { message: err.message })
+        process.exit(1)
+      },
+    )
+  }
+  process.on('SIGINT', stop)
+  process.on('SIGTERM', stop)
+}
+
+/** Certificate for the CLI hub: given files, or a key kept in --state-dir, or none (generated). */
+function hubTls(values, api) {
+  if (values.cert || values.key) {
+    if (!values.cert || !values.key) throw new UsageError('--cert and --key go together')
+    return { certPem: fs.readFileSync(values.cert, 'utf8'), keyPem: fs.readFileSync(values.key, 'utf8') }
+  }
+  if (!values['state-dir']) return undefined
+  const dir = values['state-dir']
+  const certFile = path.join(dir, 'hub-cert.pem')
+  const keyFile = path.join(dir, 'hub-key.pem')
+  if (fs.existsSync(certFile) && fs.existsSync(keyFile)) {
+    return { certPem: fs.readFileSync(certFile, 'utf8'), keyPem: fs.readFileSync(keyFile, 'utf8') }
+  }
+  const generated = api.generateHubCertificate()
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+  fs.writeFileSync(keyFile, generated.keyPem, { mode: 0o600 })
+  fs.writeFileSync(certFile, generated.certPem)
+  return { certPem: generated.certPem, keyPem: generated.keyPem }
+}
+
+async function runHub(args) {
+  const { values } = parseCommand('hub', args, {
+    edges: { type: 'string' },
+    'tunnel-port': { type: 'string' },
+    'target-host': { type: 'string' },
+    bind: { type: 'string' },
+    cert: { type: 'string' },
+    key: { type: 'string' },
+    'state-dir': { type: 'string' },
+    'proxy-protocol': { type: 'string' },
+    'udp-proxy-header': { type: 'string' },
+  })
+  const edgesFile = required(values, 'edges')
+  const api = require('..')
+  const readEdges = () => JSON.parse(fs.readFileSync(edgesFile, 'utf8'))
+  const edges = readEdges()
+  const hub = new api.RemoteIngressHub()
+  logEvents(hub, 'hub', ['edgeConnected', 'edgeDisconnected', 'streamOpened', 'streamClosed', 'warning'])
+  await hub.start({
+    tunnelPort: integer(values['tunnel-port'], 'tunnel-port'),
+    targetHost: values['target-host'],
+    bindAddress: values.bind,
+    tls: hubTls(values, api),
+    proxyProtocol: values['proxy-protocol'],
+    udpProxyHeader: values['udp-proxy-header'],
+  })
+  await hub.updateAllowedEdges(edges)
+  const status = await hub.getStatus()
+  log('hub', 'started', { tunnelPort: status.tunnelPort, certFingerprint: status.certFingerprint, edges: edges.length })
+  stopOnSignals(hub, 'hub')
+
+  // Reload on SIGHUP and when the file changes; a bad file keeps the last good list.
+  const reload = (why) => {
+    let next
+    try {
+      next = readEdges()
+    } catch (err) {
+      log('hub', 'edgesReloadFailed', { why, file: edgesFile, message: err.message })
+      return
+    }
+    hub.updateAllowedEdges(next).then(
+      () => log('hub', 'edgesReloaded', { why, edges: next.length }),
+      (err) => log('hub', 'edgesReloadFailed', { why, file: edgesFile, message: err.message }),
+    )
+  }
+  process.on('SIGHUP', () => reload('SIGHUP'))
+  let debounce = null
+  fs.watchFile(edgesFile, { interval: 1000 }, () => {
+    clearTimeout(debounce)
+    debounce = setTimeout(() => reload('file changed'), 200)
+  })
+}
+
+async function runEdge(args) {
+  const { values } = parseCommand('edge', args, {
+    token: { type: 'string' },
+    'hub-host': { type: 'string' },
+    'hub-port': { type: 'string' },
+    'edge-id': { type: 'string' },
+    secret: { type: 'string' },
+    transport: { type: 'string' },
+    bind: { type: 'string' },
+    'hub-fingerprint': { type: 'string' },
+    ca: { type: 'string' },
+    stun: { type: 'string', multiple: true },
+    'no-stun': { type: 'boolean' },
+  })
+  const api = require('..')
+  const connection = values.token
+    ? { token: values.token }
+    : {
+        hubHost: values['hub-host'],
+        hubPort: integer(values['hub-port'], 'hub-port'),
+        edgeId: values['edge-id'],
+        secret: values.secret,
+      }
+  const edge = new api.RemoteIngressEdge()
+  logEvents(edge, 'edge', ['tunnelConnected', 'tunnelDisconnected', 'publicIpDiscovered', 'portsAssigned', 'portsUpdated', 'warning'])
+  await edge.start({
+    ...connection,
+    transportMode: values.transport,
+    bindAddress: values.bind,
+    hubFingerprint: values['hub-fingerprint'],
+    caPem: values.ca ? fs.readFileSync(values.ca, 'utf8') : undefined,
+    stunServers: values['no-stun'] ? [] : values.stun,
+  })
+  log('edge', 'started', {})
+  stopOnSignals(edge, 'edge')
+}
+
+function runToken(args) {
+  const [action, ...rest] = args
+  const api = require('..')
+  if (action === 'decode') {
+    const { positionals } = parseCommand('token', rest, {})
+    if (positionals.length !== 1) throw new UsageError('token decode takes exactly one TOKEN')
+    console.log(JSON.stringify(api.decodeConnectionToken(positionals[0]), null, 2))
+    return
+  }
+  if (action === 'encode') {
+    const { values } = parseCommand('token', rest, {
+      'hub-host': { type: 'string' },
+      'hub-port': { type: 'string' },
+      'edge-id': { type: 'string' },
+      secret: { type: 'string' },
+      fingerprint: { type: 'string' },
+    })
+    console.log(
+      api.encodeConnectionToken({
+        hubHost: required(values, 'hub-host'),
+        hubPort: integer(values['hub-port'], 'hub-port'),
+        edgeId: required(values, 'edge-id'),
+        secret: required(values, 'secret'),
+        hubFingerprint: values.fingerprint,
+      }),
+    )
+    return
+  }
+  if (action === '--help' || action === '-h') {
+    console.log(USAGE.token)
+    return
+  }
+  throw new UsageError(`token needs 'encode' or 'decode'\n${USAGE.token}`)
+}
+
+async function main() {
+  const [command, ...args] = process.argv.slice(2)
+  switch (command) {
+    case 'hub':
+      return runHub(args)
+    case 'edge':
+      return runEdge(args)
+    case 'token':
+      return runToken(args)
+    case 'demo':
+      return require('./demo.js').runDemo(parseCommand('demo', args, { seconds: { type: 'string' } }).values, integer)
+    case undefined:
+    case '-h':
+    case '--help':
+      console.log(USAGE.main)
+      return
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(command)}\n${USAGE.main}`)
+  }
+}
+
+main().catch((err) => {
+  if (err instanceof UsageError || err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+    process.stderr.write(`remoteingress: ${err.message}\n`)
+    process.exit(2)
+  }
+  process.stderr.write(`remoteingress: ${err.code ? `[${err.code}] ` : ''}${err.message}\n`)
+  process.exit(1)
+})
