@@ -1,0 +1,574 @@
+// Shared helpers for the end-to-end tests: bounded waiting, a PROXY-header-parsing target
+// server, hub+edge setup on loopback, a raw (hand-driven) edge, and small socket utilities.
+// Everything talks to 127.0.0.0/8 only: targets on 127.0.0.1, edge listeners on 127.0.0.2.
+import net from 'node:net'
+import tls from 'node:tls'
+import crypto from 'node:crypto'
+import { createRequire } from 'node:module'
+import { fileURLToPath } from 'node:url'
+import path from 'node:path'
+
+const require = createRequire(import.meta.url)
+
+/** Absolute path of the package root, for child processes that `require` it. */
+export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+export const remoteingress = require(PACKAGE_ROOT)
+export const { RemoteIngressHub, RemoteIngressEdge } = remoteingress
+
+export const EDGE_ADDRESS = '127.0.0.2'
+export const TARGET_ADDRESS = '127.0.0.1'
+
+// ---------------------------------------------------------------------------------------------
+// Bounded waiting
+
+/** Rejects with `what` if `promise` has not settled within `timeoutMs`. */
+export function withTimeout(promise, timeoutMs, what) {
+  let timer
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** Polls `predicate` (may be async) until it returns truthy; returns that value. Bounded. */
+export async function waitFor(predicate, { timeoutMs = 5000, intervalMs = 20, what = 'a condition' } = {}) {
+  const deadline = Date.now() + timeoutMs
+  let lastError
+  for (let attempt = 0; attempt < 100000; attempt++) {
+    try {
+      const value = await predicate()
+      if (value) return value
+      lastError = undefined
+    } catch (err) {
+      lastError = err
+    }
+    if (Date.now() >= deadline) break
+    await new Promise((resolve) => setTimeout(resolve, intervalMs))
+  }
+  const detail = lastError ? ` (last error: ${lastError.message})` : ''
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`)
+}
+
+/**
+ * Resolves with the first payload of `event` (that passes `filter`), rejecting after
+ * `timeoutMs` with a message naming the event.
+ */
+export function once(emitter, event, timeoutMs = 5000, filter = () => true) {
+  let listener
+  const fired = new Promise((resolve) => {
+    listener = (payload) => {
+      if (!filter(payload)) return
+      emitter.off(event, listener)
+      resolve(payload)
+    }
+    emitter.on(event, listener)
+  })
+  return withTimeout(fired, timeoutMs, `event '${event}'`).finally(() => emitter.off(event, listener))
+}
+
+/** Records every emitted payload of the named events, in order: [{ event, payload }]. */
+export function recordEvents(emitter, events) {
+  const log = []
+  for (const event of events) emitter.on(event, (payload) => log.push({ event, payload }))
+  log.of = (event) => log.filter((e) => e.event === event).map((e) => e.payload)
+  return log
+}
+
+// ---------------------------------------------------------------------------------------------
+// PROXY protocol parser (our own, independent of the product's)
+
+const V1_MAX_LENGTH = 107
+export const V2_SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex')
+
+/**
+ * Parses a PROXY header at the start of `buffer`.
+ * Returns null when more bytes are needed, or { version, length, raw, header, source, destination }
+ * where source/destination are { address, port } (null for UNKNOWN / LOCAL). Throws on garbage.
+ */
+export function parseProxyHeader(buffer) {
+  if (buffer.length === 0) return null
+  return buffer[0] === V2_SIGNATURE[0] ? parseProxyV2(buffer) : parseProxyV1(buffer)
+}
+
+function parseProxyV1(buffer) {
+  const prefix = Buffer.from('PROXY ')
+  const head = buffer.subarray(0, prefix.length)
+  if (!prefix.subarray(0, head.length).equals(head)) throw new Error(`not a PROXY header: ${JSON.stringify(head.toString('latin1'))}`)
+  const end = buffer.indexOf('\r\n')
+  if (end === -1) {
+    if (buffer.length >= V1_MAX_LENGTH) throw new Error('PROXY v1 line longer than 107 bytes')
+    return null
+  }
+  const length = end + 2
+  if (length > V1_MAX_LENGTH) throw new Error(`PROXY v1 line of ${length} bytes exceeds 107`)
+  const raw = Buffer.from(buffer.subarray(0, length))
+  const line = raw.subarray(0, end).toString('latin1')
+  const parts = line.split(' ')
+  if (parts[1] === 'UNKNOWN') return { version: 1, length, raw, header: line, protocol: 'UNKNOWN', source: null, destination: null }
+  if (parts.length !== 6 || !['TCP4', 'TCP6'].includes(parts[1])) throw new Error(`malformed PROXY v1 line: ${line}`)
+  const family = parts[1] === 'TCP4' ? 4 : 6
+  for (const address of [parts[2], parts[3]]) {
+    if (net.isIP(address) !== family) throw new Error(`bad ${parts[1]} address ${address} in: ${line}`)
+  }
+  const ports = [parts[4], parts[5]].map((p) => {
+    if (!/^(0|[1-9][0-9]{0,4})$/.test(p) || Number(p) > 65535) throw new Error(`bad port ${p} in: ${line}`)
+    return Number(p)
+  })
+  return {
+    version: 1,
+    length,
+    raw,
+    header: line,
+    protocol: parts[1],
+    source: { address: parts[2], port: ports[0] },
+    destination: { address: parts[3], port: ports[1] },
+  }
+}
+
+function parseProxyV2(buffer) {
+  const signature = buffer.subarray(0, V2_SIGNATURE.length)
+  if (!V2_SIGNATURE.subarray(0, signature.length).equals(signature)) throw new Error('bad PROXY v2 signature')
+  if (buffer.length < 16) return null
+  const versionCommand = buffer[12]
+  const family = buffer[13]
+  const addressLength = buffer.readUInt16BE(14)
+  const length = 16 + addressLength
+  if (buffer.length < length) return null
+  if (versionCommand >> 4 !== 2) throw new Error(`PROXY v2 version nibble is ${versionCommand >> 4}`)
+  const raw = Buffer.from(buffer.subarray(0, length))
+  const body = raw.subarray(16)
+  const base = { version: 2, length, raw, versionCommand, family, header: raw.toString('hex') }
+  if (versionCommand === 0x20) return { ...base, protocol: 'LOCAL', source: null, destination: null }
+  if (versionCommand !== 0x21) throw new Error(`PROXY v2 command byte 0x${versionCommand.toString(16)}`)
+  if (family === 0x11 || family === 0x12) {
+    if (addressLength < 12) throw new Error('PROXY v2 IPv4 block shorter than 12 bytes')
+    return {
+      ...base,
+      protocol: family === 0x11 ? 'TCP4' : 'UDP4',
+      source: { address: [...body.subarray(0, 4)].join('.'), port: body.readUInt16BE(8) },
+      destination: { address: [...body.subarray(4, 8)].join('.'), port: body.readUInt16BE(10) },
+    }
+  }
+  if (family === 0x21 || family === 0x22) {
+    if (addressLength < 36) throw new Error('PROXY v2 IPv6 block shorter than 36 bytes')
+    const ipv6 = (b) => Array.from({ length: 8 }, (_, i) => b.readUInt16BE(i * 2).toString(16)).join(':')
+    return {
+      ...base,
+      protocol: family === 0x21 ? 'TCP6' : 'UDP6',
+      source: { address: ipv6(body.subarray(0, 16)), port: body.readUInt16BE(32) },
+      destination: { address: ipv6(body.subarray(16, 32)), port: body.readUInt16BE(34) },
+    }
+  }
+  throw new Error(`PROXY v2 family byte 0x${family.toString(16)}`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target server
+
+/** Per-connection behaviours for the target: each gets the socket with the header removed. */
+export const behaviours = {
+  echo: (socket) => socket.pipe(socket),
+  /** Reads until the client half-closes, then sends `reply` and ends. */
+  replyAfterEnd: (reply) => (socket, record) => {
+    socket.on('data', (chunk) => record.received.push(chunk))
+    socket.on('end', () => socket.end(reply))
+  },
+  /** Records what arrives and never writes. */
+  sink: (socket, record) => socket.on('data', (chunk) => record.received.push(chunk)),
+}
+
+/**
+ * A TCP server on 127.0.0.1:0 that parses the PROXY header (`proxy: 'v1' | 'v2' | 'none'`) of
+ * every connection, records it in `target.connections`, then hands the socket to `behaviour`.
+ * Record: { header, raw, version, source, destination, received[], ended, error, socket }.
+ */
+export async function startTarget(behaviour = behaviours.echo, { proxy = 'v1', port = 0 } = {}) {
+  const connections = []
+  const sockets = new Set()
+  // allowHalfOpen: a client FIN must not end our side by itself; behaviours decide when to end.
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    const record = { socket, header: null, raw: null, version: null, source: null, destination: null, received: [], ended: false, error: null }
+    connections.push(record)
+    socket.on('error', (err) => {
+      record.error = err
+    })
+    socket.on('end', () => {
+      record.ended = true
+    })
+    if (proxy === 'none') {
+      behaviour(socket, record)
+      return
+    }
+    let pending = Buffer.alloc(0)
+    const onHeaderBytes = (chunk) => {
+      pending = Buffer.concat([pending, chunk])
+      let parsed
+      try {
+        parsed = parseProxyHeader(pending)
+      } catch (err) {
+        record.error = err
+        socket.off('data', onHeaderBytes)
+        socket.destroy()
+        return
+      }
+      if (!parsed) return
+      socket.off('data', onHeaderBytes)
+      socket.pause()
+      Object.assign(record, {
+        header: parsed.header,
+        raw: parsed.raw,
+        version: parsed.version,
+        source: parsed.source,
+        destination: parsed.destination,
+        parsed,
+      })
+      const rest = pending.subarray(parsed.length)
+      if (rest.length > 0) socket.unshift(rest)
+      // Flowing again before the behaviour runs, so a behaviour may pause() to stop reading;
+      // data is only emitted on a later tick, after it has attached its listeners.
+      socket.resume()
+      behaviour(socket, record)
+    }
+    socket.on('data', onHeaderBytes)
+  })
+  await new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, TARGET_ADDRESS, resolve)
+  })
+  return {
+    server,
+    connections,
+    port: server.address().port,
+    async close() {
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => server.close(() => resolve()))
+    },
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hub and edge
+
+export const SECRET = 'test-secret-7f3a9c'
+
+/**
+ * Starts a hub on a free loopback tunnel port; `edges` is the allowed-edges list (may be empty).
+ * Returns { hub, hubPort }.
+ */
+export async function startHub(edges = [], hubOptions = {}) {
+  const hub = new RemoteIngressHub()
+  await hub.start({ tunnelPort: 0, bindAddress: '127.0.0.1', ...hubOptions })
+  try {
+    if (edges.length > 0) await hub.updateAllowedEdges(edges)
+    const hubPort = (await hub.getStatus()).tunnelPort
+    return { hub, hubPort }
+  } catch (err) {
+    await stopQuietly(hub)
+    throw err
+  }
+}
+
+/** The edge config every test uses: fast reconnects, no STUN, listeners on 127.0.0.2. */
+export function edgeConfig(hubPort, edgeId, secret = SECRET, extra = {}) {
+  return {
+    hubHost: '127.0.0.1',
+    hubPort,
+    edgeId,
+    secret,
+    bindAddress: EDGE_ADDRESS,
+    stunServers: [],
+    reconnectMinMs: 50,
+    reconnectMaxMs: 200,
+    ...extra,
+  }
+}
+
+/** Starts an edge and resolves once it is connected and its ports are assigned. */
+export async function startConnectedEdge(config, timeoutMs = 10000) {
+  const edge = new RemoteIngressEdge()
+  const connected = once(edge, 'tunnelConnected', timeoutMs)
+  const assigned = once(edge, 'portsAssigned', timeoutMs)
+  try {
+    await edge.start(config)
+    const [, ports] = await Promise.all([connected, assigned])
+    return { edge, ports }
+  } catch (err) {
+    await stopQuietly(edge) // a failed start must not leave a running edge behind
+    throw err
+  }
+}
+
+/**
+ * A hub with one edge (`edgeId`, assigned `ports`) connected to it: both sides have said so
+ * (edge 'tunnelConnected' + 'portsAssigned', hub 'edgeConnected'), as events from two objects
+ * are not ordered with each other. Returns { hub, edge, hubPort, edgeId, stop() }.
+ */
+export async function startTunnel({ ports, edgeId = 'edge-1', hubOptions = {}, edgeOptions = {} }) {
+  const { hub, hubPort } = await startHub([{ id: edgeId, secret: SECRET, listenPorts: ports }], hubOptions)
+  let edge
+  try {
+    const hubSawEdge = once(hub, 'edgeConnected', 10000, (e) => e.edgeId === edgeId)
+    ;({ edge } = await startConnectedEdge(edgeConfig(hubPort, edgeId, SECRET, edgeOptions)))
+    await hubSawEdge
+  } catch (err) {
+    await stopQuietly(edge)
+    await stopQuietly(hub)
+    throw err
+  }
+  return { hub, edge, hubPort, edgeId, stop: () => stopQuietly(edge, hub) }
+}
+
+/** Stops each runner/closes each thing, bounded, ignoring errors (for finally blocks). */
+export async function stopQuietly(...things) {
+  for (const thing of things) {
+    if (!thing) continue
+    try {
+      if (typeof thing.stop === 'function') {
+        if (thing.running === false) continue
+        await withTimeout(thing.stop(), 10000, 'stop() in cleanup')
+      } else if (typeof thing.close === 'function') {
+        await withTimeout(Promise.resolve(thing.close()), 5000, 'close() in cleanup')
+      } else if (typeof thing.destroy === 'function') {
+        thing.destroy()
+      }
+    } catch (err) {
+      console.error(`cleanup: ${err.message}`)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client sockets
+
+/**
+ * Connects to host:port; resolves with the socket once connected, rejects on error.
+ * `allowHalfOpen: true` keeps our side writable after a FIN, so a FIN and a reset differ.
+ */
+export function connect(port, host = EDGE_ADDRESS, timeoutMs = 5000, { allowHalfOpen = false } = {}) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const socket = net.connect({ port, host, allowHalfOpen })
+      socket.once('connect', () => {
+        socket.off('error', reject)
+        resolve(socket)
+      })
+      socket.once('error', reject)
+    }),
+    timeoutMs,
+    `connect to ${host}:${port}`,
+  )
+}
+
+/** Tries to connect; resolves 'connected' (and closes) or the error code (e.g. ECONNREFUSED). */
+export async function probeConnect(port, host = EDGE_ADDRESS) {
+  try {
+    const socket = await connect(port, host, 2000)
+    socket.destroy()
+    return 'connected'
+  } catch (err) {
+    return err.code ?? err.message
+  }
+}
+
+/** Collects everything the socket sends until 'end'; rejects on error or timeout. */
+export function readUntilEnd(socket, timeoutMs = 10000) {
+  const chunks = []
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      socket.on('data', (chunk) => chunks.push(chunk))
+      socket.once('end', () => resolve(Buffer.concat(chunks)))
+      socket.once('error', reject)
+    }),
+    timeoutMs,
+    `'end' on a client socket (got ${chunks.reduce((n, c) => n + c.length, 0)} bytes so far)`,
+  )
+}
+
+/** Resolves when `n` bytes have arrived on the socket (returns them); rejects on end/error/timeout. */
+export function readBytes(socket, n, timeoutMs = 10000) {
+  const chunks = []
+  let total = 0
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const onData = (chunk) => {
+        chunks.push(chunk)
+        total += chunk.length
+        if (total >= n) {
+          socket.off('data', onData)
+          resolve(Buffer.concat(chunks))
+        }
+      }
+      socket.on('data', onData)
+      socket.once('end', () => reject(new Error(`socket ended after ${total} of ${n} bytes`)))
+      socket.once('error', reject)
+    }),
+    timeoutMs,
+    `${n} bytes on a socket`,
+  )
+}
+
+export const sha256 = (buffer) => crypto.createHash('sha256').update(buffer).digest('hex')
+
+// ---------------------------------------------------------------------------------------------
+// Raw peers: speak the tunnel protocol by hand, to send and inspect frames byte by byte.
+
+export const FrameType = {
+  OPEN: 0x01,
+  DATA: 0x02,
+  CLOSE: 0x03,
+  DATA_BACK: 0x04,
+  CLOSE_BACK: 0x05,
+  CONFIG: 0x06,
+  PING: 0x07,
+  PONG: 0x08,
+  WINDOW_UPDATE: 0x09,
+  WINDOW_UPDATE_BACK: 0x0a,
+}
+
+export const ALPN = 'remoteingress/1'
+
+/** `[stream_id u32 BE][type u8][len u32 BE][payload]` */
+export function encodeFrame(streamId, type, payload = Buffer.alloc(0)) {
+  const body = Buffer.from(payload)
+  const header = Buffer.alloc(9)
+  header.writeUInt32BE(streamId, 0)
+  header.writeUInt8(type, 4)
+  header.writeUInt32BE(body.length, 5)
+  return Buffer.concat([header, body])
+}
+
+/**
+ * Reads a TLS socket as: one handshake line, then frames. Returns
+ * { line: Promise<string>, frames, nextFrame(filter, timeoutMs, what), send(), closed, pingsAnswered }.
+ * PINGs are answered with PONG when `answerPings` (otherwise queued like any frame).
+ */
+function frameConnection(socket, { answerPings }) {
+  let buffer = Buffer.alloc(0)
+  let line = null
+  let closed = false
+  let pingsAnswered = 0
+  const frames = []
+  const waiters = new Set()
+  let lineArrived
+  const linePromise = new Promise((resolve, reject) => {
+    lineArrived = { resolve, reject }
+  })
+  linePromise.catch(() => {})
+  const deliver = () => {
+    for (const waiter of waiters) {
+      const index = frames.findIndex(waiter.filter)
+      if (index !== -1) {
+        waiters.delete(waiter)
+        waiter.resolve(frames.splice(index, 1)[0])
+      }
+    }
+  }
+  socket.on('error', () => {})
+  socket.on('data', (chunk) => {
+    buffer = Buffer.concat([buffer, chunk])
+    if (line === null) {
+      const newline = buffer.indexOf('\n')
+      if (newline === -1) return
+      line = buffer.subarray(0, newline + 1).toString('utf8')
+      buffer = buffer.subarray(newline + 1)
+      lineArrived.resolve(line)
+    }
+    while (buffer.length >= 9) {
+      const length = buffer.readUInt32BE(5)
+      if (buffer.length < 9 + length) break
+      const frame = { streamId: buffer.readUInt32BE(0), type: buffer[4], payload: Buffer.from(buffer.subarray(9, 9 + length)) }
+      buffer = buffer.subarray(9 + length)
+      if (frame.type === FrameType.PING && answerPings) {
+        socket.write(encodeFrame(0, FrameType.PONG, frame.payload))
+        pingsAnswered++
+      } else frames.push(frame)
+    }
+    deliver()
+  })
+  socket.on('close', () => {
+    closed = true
+    lineArrived.reject(new Error('the peer closed the connection before its handshake line'))
+    for (const waiter of waiters) waiter.reject(new Error('the peer closed the connection'))
+    waiters.clear()
+  })
+  return {
+    socket,
+    line: linePromise,
+    frames,
+    get closed() {
+      return closed
+    },
+    get pingsAnswered() {
+      return pingsAnswered
+    },
+    send(streamId, type, payload) {
+      socket.write(encodeFrame(streamId, type, payload))
+    },
+    /** Resolves with the first received frame matching `filter` (already received ones count). */
+    nextFrame(filter = () => true, timeoutMs = 5000, what = 'a frame') {
+      const index = frames.findIndex(filter)
+      if (index !== -1) return Promise.resolve(frames.splice(index, 1)[0])
+      if (closed) return Promise.reject(new Error(`connection closed while waiting for ${what}`))
+      let waiter
+      const promise = new Promise((resolve, reject) => {
+        waiter = { filter, resolve, reject }
+        waiters.add(waiter)
+      })
+      return withTimeout(promise, timeoutMs, what).finally(() => waiters.delete(waiter))
+    },
+    close() {
+      socket.destroy()
+    },
+  }
+}
+
+/**
+ * Connects to the hub over TLS as `edgeId` and returns a frame connection (see frameConnection)
+ * plus `answer`, the hub's parsed JSON handshake line. Hub PINGs are answered unless
+ * `answerPings` is false.
+ */
+export async function connectRawEdge(hubPort, edgeId, secret = SECRET, { answerPings = true } = {}) {
+  const socket = tls.connect({ host: '127.0.0.1', port: hubPort, rejectUnauthorized: false, ALPNProtocols: [ALPN] })
+  const connection = frameConnection(socket, { answerPings })
+  await once(socket, 'secureConnect', 5000)
+  socket.write(`EDGE ${edgeId} ${secret}\n`)
+  connection.answer = JSON.parse(await withTimeout(connection.line, 5000, 'the hub handshake answer'))
+  return connection
+}
+
+/**
+ * A hand-driven hub: a TLS server on 127.0.0.1:0 with the right ALPN. For each edge it reads
+ * the `EDGE <id> <secret>` line and answers with `answer(authLine)` (a string sent as is), then
+ * exposes the frames. `sessions` lists the frame connections, each with `authLine`.
+ */
+export async function startRawHub({ answer, answerPings = false }) {
+  const { certPem, keyPem } = remoteingress.generateHubCertificate()
+  const sessions = []
+  const server = tls.createServer({ cert: certPem, key: keyPem, ALPNProtocols: [ALPN] }, (socket) => {
+    const session = frameConnection(socket, { answerPings })
+    sessions.push(session)
+    session.line.then(
+      (line) => {
+        session.authLine = line
+        socket.write(answer(line))
+      },
+      () => {},
+    )
+  })
+  server.on('tlsClientError', () => {})
+  await new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', resolve)
+  })
+  return {
+    server,
+    sessions,
+    port: server.address().port,
+    async close() {
+      for (const session of sessions) session.close()
+      await new Promise((resolve) => server.close(() => resolve()))
+    },
+  }
+}

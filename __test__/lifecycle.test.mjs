@@ -1,0 +1,270 @@
+// Starting and stopping: hub.stop() with live connections, and whether a running hub/edge keeps
+// a Node process alive (it must while running, and must not after stop()).
+import test from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import net from 'node:net'
+import {
+  behaviours,
+  connect,
+  edgeConfig,
+  once,
+  PACKAGE_ROOT,
+  probeConnect,
+  readBytes,
+  recordEvents,
+  RemoteIngressEdge,
+  RemoteIngressHub,
+  SECRET,
+  startTarget,
+  startTunnel,
+  stopQuietly,
+  waitFor,
+  withTimeout,
+} from './helpers.mjs'
+
+/** Resolves when the socket is finished for good: 'close' (after end or error). */
+function closed(socket) {
+  return new Promise((resolve) => {
+    if (socket.destroyed && socket.closed) resolve()
+    else socket.once('close', resolve)
+  })
+}
+
+test('hub.stop() with open connections resolves, closes the clients and disconnects the edge', { timeout: 30000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel
+  const clients = []
+  try {
+    tunnel = await startTunnel({ ports: [target.port], edgeId: 'stopper' })
+    for (let i = 0; i < 5; i++) {
+      const client = await connect(target.port)
+      client.on('error', () => {}) // a reset is an acceptable way to be closed
+      clients.push(client)
+      const echoed = readBytes(client, 6)
+      client.write(`conn-${i}`.padEnd(6, '.').slice(0, 6))
+      await echoed
+    }
+    assert.equal((await tunnel.hub.getStatus()).connectedEdges[0].activeStreams, 5)
+
+    const edgeDisconnected = once(tunnel.edge, 'tunnelDisconnected', 10000)
+    const hubEvents = recordEvents(tunnel.hub, ['edgeDisconnected', 'streamClosed'])
+    await withTimeout(tunnel.hub.stop(), 10000, 'hub.stop() to resolve')
+    assert.equal(tunnel.hub.running, false, 'hub.running is false after stop()')
+    const stopped = await tunnel.hub.getStatus()
+    assert.equal(stopped.running, false)
+    assert.deepEqual(stopped.connectedEdges, [])
+    await waitFor(() => hubEvents.of('streamClosed').length === 5 && hubEvents.of('edgeDisconnected').length === 1, {
+      what: "hub 'streamClosed' x5 and 'edgeDisconnected' during stop",
+    })
+    assert.equal(hubEvents.of('edgeDisconnected')[0].edgeId, 'stopper')
+    await withTimeout(Promise.all(clients.map(closed)), 10000, 'every client socket to be closed')
+    const { reason } = await edgeDisconnected
+    assert.equal(typeof reason, 'string')
+    assert.ok(reason.length > 0, 'tunnelDisconnected carries a reason')
+    assert.equal(tunnel.edge.running, true, 'the edge keeps running (and retrying) without its hub')
+    const edgeStatus = await tunnel.edge.getStatus()
+    assert.equal(edgeStatus.connected, false)
+    assert.equal(edgeStatus.activeStreams, 0)
+  } finally {
+    for (const client of clients) client.destroy()
+    await stopQuietly(tunnel, target)
+  }
+})
+
+test('the edge reconnects when its hub comes back on the same port', { timeout: 30000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel, secondHub
+  try {
+    tunnel = await startTunnel({ ports: [target.port], edgeId: 'comeback' })
+    const disconnected = once(tunnel.edge, 'tunnelDisconnected', 5000)
+    await tunnel.hub.stop()
+    await disconnected
+    // Without a tunnel the edge may keep its listeners (they outlive reconnects), but a client
+    // must be turned away at once, never left hanging.
+    const turnedAway = await new Promise((resolve) => {
+      const probe = net.connect({ port: target.port, host: '127.0.0.2' })
+      const received = []
+      probe.on('data', (chunk) => received.push(chunk))
+      probe.on('error', () => {})
+      probe.once('close', () => resolve(Buffer.concat(received)))
+      setTimeout(() => probe.destroy(new Error('still open')), 5000).unref()
+    })
+    assert.equal(turnedAway.length, 0, 'nothing is served while the hub is down')
+    assert.equal(target.connections.length, 0, 'nothing reached the target')
+
+    const reconnected = once(tunnel.edge, 'tunnelConnected', 10000)
+    secondHub = new RemoteIngressHub()
+    await secondHub.start({ tunnelPort: tunnel.hubPort, bindAddress: '127.0.0.1' })
+    await secondHub.updateAllowedEdges([{ id: 'comeback', secret: SECRET, listenPorts: [target.port] }])
+    await reconnected
+    await waitFor(async () => (await probeConnect(target.port)) === 'connected', { what: 'the edge to listen again' })
+    const client = await connect(target.port)
+    const echoed = readBytes(client, 4)
+    client.write('back')
+    assert.equal((await echoed).toString(), 'back')
+    client.destroy()
+  } finally {
+    await stopQuietly(tunnel, secondHub, target)
+  }
+})
+
+test('a stopped hub and a stopped edge can be started again', { timeout: 30000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel
+  try {
+    tunnel = await startTunnel({ ports: [target.port], edgeId: 'again' })
+    const { hub, edge, hubPort } = tunnel
+    await hub.stop()
+    await edge.stop()
+    assert.equal(hub.running, false)
+    assert.equal(edge.running, false)
+
+    await hub.start({ tunnelPort: hubPort, bindAddress: '127.0.0.1' })
+    await hub.updateAllowedEdges([{ id: 'again', secret: SECRET, listenPorts: [target.port] }])
+    const connected = once(edge, 'tunnelConnected', 10000)
+    await edge.start(edgeConfig(hubPort, 'again'))
+    await connected
+    await waitFor(async () => (await probeConnect(target.port)) === 'connected', { what: 'the edge listener after restart' })
+    const client = await connect(target.port)
+    const echoed = readBytes(client, 5)
+    client.write('again')
+    assert.equal((await echoed).toString(), 'again')
+    client.destroy()
+  } finally {
+    await stopQuietly(tunnel, target)
+  }
+})
+
+test('an edge whose hub is down starts, warns, and stops cleanly', { timeout: 20000 }, async () => {
+  const placeholder = await startTarget(behaviours.echo)
+  const deadPort = placeholder.port
+  await placeholder.close()
+  const edge = new RemoteIngressEdge()
+  try {
+    const warned = once(edge, 'warning', 5000, (w) => w.code === 'connectFailed')
+    await withTimeout(edge.start(edgeConfig(deadPort, 'orphan')), 5000, 'edge.start() with no hub')
+    assert.equal(edge.running, true)
+    await warned
+    const status = await edge.getStatus()
+    assert.equal(status.connected, false)
+    assert.deepEqual(status.listenPorts, [])
+    await withTimeout(edge.stop(), 5000, 'edge.stop()')
+    assert.equal(edge.running, false)
+  } finally {
+    await stopQuietly(edge)
+  }
+})
+
+test('edge.stop() closes its listeners and tunneled connections', { timeout: 20000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel, client
+  try {
+    tunnel = await startTunnel({ ports: [target.port], edgeId: 'edge-stop' })
+    client = await connect(target.port)
+    client.on('error', () => {})
+    const echoed = readBytes(client, 2)
+    client.write('hi')
+    await echoed
+    const hubSawIt = once(tunnel.hub, 'edgeDisconnected', 5000)
+    await withTimeout(tunnel.edge.stop(), 10000, 'edge.stop()')
+    assert.equal(tunnel.edge.running, false)
+    await withTimeout(closed(client), 5000, 'the client socket to close')
+    assert.equal(await probeConnect(target.port), 'ECONNREFUSED')
+    assert.equal((await hubSawIt).edgeId, 'edge-stop')
+  } finally {
+    client?.destroy()
+    await stopQuietly(tunnel, target)
+  }
+})
+
+/** Runs `node -e script`; returns { child, output(), exited } with exited resolving to {code, signal}. */
+function runNode(script) {
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (chunk) => (stdout += chunk))
+  child.stderr.on('data', (chunk) => (stderr += chunk))
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
+  return { child, exited, output: () => ({ stdout, stderr }) }
+}
+
+const PRELUDE = `
+const net = require('node:net')
+const { RemoteIngressHub, RemoteIngressEdge } = require(${JSON.stringify(PACKAGE_ROOT)})
+const freePort = () => new Promise((resolve) => {
+  const server = net.createServer().listen(0, '127.0.0.1', () => {
+    const { port } = server.address()
+    server.close(() => resolve(port))
+  })
+})
+`
+
+test('a process that starts and stops a hub and an edge exits on its own with code 0', { timeout: 30000 }, async () => {
+  const script = `${PRELUDE}
+;(async () => {
+  const port = await freePort()
+  const hub = new RemoteIngressHub()
+  await hub.start({ tunnelPort: 0, bindAddress: '127.0.0.1' })
+  await hub.updateAllowedEdges([{ id: 'child', secret: 'child-secret', listenPorts: [port] }])
+  const { tunnelPort } = await hub.getStatus()
+  const edge = new RemoteIngressEdge()
+  const connected = new Promise((resolve) => edge.once('tunnelConnected', resolve))
+  const assigned = new Promise((resolve) => edge.once('portsAssigned', resolve))
+  await edge.start({ hubHost: '127.0.0.1', hubPort: tunnelPort, edgeId: 'child', secret: 'child-secret',
+    bindAddress: '127.0.0.2', stunServers: [], reconnectMinMs: 50, reconnectMaxMs: 200 })
+  await Promise.all([connected, assigned])
+  await edge.stop()
+  await hub.stop()
+  console.log('stopped')
+})().catch((err) => { console.error(err); process.exit(2) })
+`
+  const run = runNode(script)
+  try {
+    const started = Date.now()
+    const { code, signal } = await withTimeout(run.exited, 15000, 'the child to exit by itself after stop()')
+    const { stdout, stderr } = run.output()
+    assert.equal(stdout.trim(), 'stopped', `stderr: ${stderr}`)
+    assert.equal(signal, null)
+    assert.equal(code, 0, `stderr: ${stderr}`)
+    assert.ok(Date.now() - started < 15000)
+  } finally {
+    if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL')
+  }
+})
+
+for (const what of ['hub', 'edge']) {
+  test(`a process with a running ${what} that is never stopped stays alive`, { timeout: 30000 }, async () => {
+    const startIt =
+      what === 'hub'
+        ? `await new RemoteIngressHub().start({ tunnelPort: 0, bindAddress: '127.0.0.1' })`
+        : // An edge whose hub is not there: it keeps retrying, and must keep the process alive.
+          `await new RemoteIngressEdge().start({ hubHost: '127.0.0.1', hubPort: await freePort(), edgeId: 'lonely',
+             secret: 's', bindAddress: '127.0.0.2', stunServers: [], reconnectMinMs: 50, reconnectMaxMs: 200 })`
+    const script = `${PRELUDE}
+;(async () => {
+  ${startIt}
+  console.log('started')
+})().catch((err) => { console.error(err); process.exit(2) })
+`
+    const run = runNode(script)
+    try {
+      await waitFor(() => run.output().stdout.includes('started') || run.child.exitCode !== null, {
+        timeoutMs: 15000,
+        what: "the child to print 'started'",
+      })
+      assert.ok(run.output().stdout.includes('started'), `child output: ${JSON.stringify(run.output())}`)
+      // Checking that something does NOT happen needs a window: watch the child for 1.5 s.
+      const watchUntil = Date.now() + 1500
+      for (let i = 0; i < 100 && Date.now() < watchUntil; i++) {
+        assert.equal(run.child.exitCode, null, `the child exited early: ${JSON.stringify(run.output())}`)
+        assert.doesNotThrow(() => process.kill(run.child.pid, 0), 'the child is alive')
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      assert.equal(run.child.exitCode, null, 'still running after the window')
+    } finally {
+      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL')
+      await withTimeout(run.exited, 5000, 'the killed child to exit').catch(() => {})
+    }
+  })
+}
