@@ -109,14 +109,6 @@ impl HubShared {
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<EdgeSession>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn allowed_edge(&self, id: &str) -> Option<AllowedEdge> {
-        self.allowed
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
-    }
 }
 
 /// A running hub. `stop()` (or dropping it) ends every task and closes every socket.
@@ -172,14 +164,17 @@ impl Hub {
     pub fn update_allowed_edges(&self, edges: Vec<AllowedEdge>) {
         let by_id: HashMap<String, AllowedEdge> =
             edges.into_iter().map(|e| (e.id.clone(), e)).collect();
-        let sessions: Vec<Arc<EdgeSession>> = self.shared.sessions().values().cloned().collect();
-        *self
+        // Held while the sessions are read: an edge being admitted right now is either checked
+        // against the new list or already registered and reached below.
+        let mut allowed = self
             .shared
             .allowed
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = by_id.clone();
+            .unwrap_or_else(|e| e.into_inner());
+        *allowed = by_id;
+        let sessions: Vec<Arc<EdgeSession>> = self.shared.sessions().values().cloned().collect();
         for session in sessions {
-            match by_id.get(&session.edge_id) {
+            match allowed.get(&session.edge_id) {
                 None => session.close("edge removed from the allowed list"),
                 Some(entry) if !session.secret_matches(&entry.secret) => {
                     session.close("edge secret changed")

@@ -115,10 +115,16 @@ async fn serve_edge_connection(
             return;
         }
     };
-    let allowed = match parse_auth_line(&line) {
-        Ok(auth) => {
-            authenticate(&hub, &auth.edge_id, &auth.secret).map(|edge| (auth.edge_id, edge))
-        }
+    let (frames, queues) = frame_channel();
+    let admitted = match parse_auth_line(&line) {
+        Ok(auth) => admit(
+            &hub,
+            &auth.edge_id,
+            &auth.secret,
+            peer,
+            frames,
+            cancel.clone(),
+        ),
         Err(e) => {
             hub.warn(
                 "handshakeFailed",
@@ -127,7 +133,7 @@ async fn serve_edge_connection(
             None
         }
     };
-    let Some((edge_id, edge)) = allowed else {
+    let Some((session, config)) = admitted else {
         hub.warn(
             "authFailed",
             format!("edge connection from {peer}: unknown edge id or wrong secret"),
@@ -146,31 +152,11 @@ async fn serve_edge_connection(
         .await;
         return;
     };
-    let reply = encode_reply(&HubReply::Accepted(edge.config.clone()));
+    let edge_id = session.edge_id.clone();
+    // Any CONFIG queued since admission goes out after this answer, once the writer starts.
+    let reply = encode_reply(&HubReply::Accepted(config));
     if let Err(e) = tls.write_all(&reply).await.and(tls.flush().await) {
-        hub.warn(
-            "handshakeFailed",
-            format!("edge {edge_id} from {peer}: {e}"),
-        );
-        return;
-    }
-
-    let (frames, queues) = frame_channel();
-    let session = Arc::new(EdgeSession {
-        edge_id: edge_id.clone(),
-        secret: edge.secret,
-        remote_address: peer,
-        connected_at: unix_millis(),
-        config: Mutex::new(edge.config),
-        frames,
-        streams: StreamTable::default(),
-        cancel,
-        close_reason: Mutex::new(None),
-        bytes_in: Arc::new(AtomicU64::new(0)),
-        bytes_out: Arc::new(AtomicU64::new(0)),
-    });
-    if let Some(old) = hub.sessions().insert(edge_id.clone(), session.clone()) {
-        old.close("replaced by a new connection from the same edge");
+        session.close(&format!("handshake failed: {e}"));
     }
     hub.emit(HubEvent::EdgeConnected {
         edge_id: edge_id.clone(),
@@ -218,18 +204,39 @@ async fn read_line<R: AsyncRead + Unpin>(
     }
 }
 
-/// Compares the secret in constant time; an unknown id costs the same comparison.
-fn authenticate(
+/// Checks the credentials and registers the session under the allowed-list lock, so an
+/// `updateAllowedEdges` either happens before (and is checked here) or sees this session.
+/// The secret is compared in constant time; an unknown id costs the same comparison.
+fn admit(
     hub: &HubShared,
     edge_id: &str,
     secret: &str,
-) -> Option<super::options::AllowedEdge> {
-    let entry = hub.allowed_edge(edge_id);
-    let expected = entry
-        .as_ref()
-        .map_or("\0unknown edge\0", |e| e.secret.as_str());
+    peer: SocketAddr,
+    frames: FrameSender,
+    cancel: CancellationToken,
+) -> Option<(Arc<EdgeSession>, EdgeConfig)> {
+    let allowed = hub.allowed.read().unwrap_or_else(|e| e.into_inner());
+    let entry = allowed.get(edge_id);
+    let expected = entry.map_or("\0unknown edge\0", |e| e.secret.as_str());
     let matches: bool = secret.as_bytes().ct_eq(expected.as_bytes()).into();
-    entry.filter(|_| matches)
+    let entry = entry.filter(|_| matches)?;
+    let session = Arc::new(EdgeSession {
+        edge_id: edge_id.to_string(),
+        secret: entry.secret.clone(),
+        remote_address: peer,
+        connected_at: unix_millis(),
+        config: Mutex::new(entry.config.clone()),
+        frames,
+        streams: StreamTable::default(),
+        cancel,
+        close_reason: Mutex::new(None),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_out: Arc::new(AtomicU64::new(0)),
+    });
+    if let Some(old) = hub.sessions().insert(edge_id.to_string(), session.clone()) {
+        old.close("replaced by a new connection from the same edge");
+    }
+    Some((session, entry.config.clone()))
 }
 
 /// A connected, authenticated edge.
