@@ -19,6 +19,8 @@ export interface HubConfig {
   heartbeatIntervalMs?: number
   /** Tuning for tests: an edge silent this long is dropped. Default 45000. */
   heartbeatTimeoutMs?: number
+  /** A UDP session with no datagram either way for this long ends. Default 60000. */
+  udpIdleTimeoutMs?: number
 }
 
 export interface AllowedEdge {
@@ -43,6 +45,8 @@ export interface ConnectedEdgeStatus {
   /** Tunnel bytes received from / sent to this edge. */
   bytesIn: number
   bytesOut: number
+  /** Datagrams lost to congestion, a full session queue or a failed send to the target. */
+  udpDatagramsDropped: number
 }
 
 export interface HubStatus {
@@ -92,6 +96,8 @@ interface EdgeExtras {
   reconnectMaxMs?: number
   /** Tuning for tests: connect + TLS + handshake limit. Default 10000. */
   connectTimeoutMs?: number
+  /** A UDP session with no datagram either way for this long ends. Default 60000. */
+  udpIdleTimeoutMs?: number
 }
 
 export type EdgeConfig =
@@ -103,10 +109,13 @@ export interface EdgeStatus {
   connected: boolean
   publicIp: string | null
   activeStreams: number
+  activeUdpSessions: number
   /** Ports listening now (a port that failed to bind is not listed). */
   listenPorts: number[]
   listenPortsUdp: number[]
   transport: TransportKind | null
+  /** Datagrams lost: no tunnel up, tunnel congested, session limit reached, or a failed send. */
+  udpDatagramsDropped: number
 }
 
 export interface PortsEvent {

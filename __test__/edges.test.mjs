@@ -229,7 +229,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     const edgeStatus = await edge.getStatus()
     assert.deepEqual(
       { ...edgeStatus, activeStreams: undefined },
-      { running: true, connected: true, publicIp: null, activeStreams: undefined, listenPorts: [target.port], listenPortsUdp: [], transport: 'tcpTls' },
+      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: 'tcpTls', udpDatagramsDropped: 0 },
     )
     assert.equal(edgeStatus.activeStreams, 0)
 

@@ -229,7 +229,8 @@ impl NativeEdge {
             Some(edge) => to_js(&edge.status()),
             None => Ok(serde_json::json!({
                 "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
-                "listenPorts": [], "listenPortsUdp": [], "transport": null
+                "activeUdpSessions": 0, "listenPorts": [], "listenPortsUdp": [], "transport": null,
+                "udpDatagramsDropped": 0
             })),
         }
     }

@@ -1,5 +1,5 @@
-//! The edge's TCP listeners, one per assigned port. They outlive a tunnel reconnect; while no
-//! tunnel is up, accepted connections are reset at once.
+//! The edge's listeners, one per assigned TCP and UDP port. They outlive a tunnel reconnect;
+//! while no tunnel is up, accepted connections are reset at once and datagrams dropped.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,57 +23,104 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 pub(super) struct ListenerSet {
     bind: IpAddr,
-    active: BTreeMap<u16, CancellationToken>,
+    tcp: BTreeMap<u16, CancellationToken>,
+    udp: BTreeMap<u16, CancellationToken>,
 }
 
 impl ListenerSet {
     pub fn new(bind: IpAddr) -> Self {
         Self {
             bind,
-            active: BTreeMap::new(),
+            tcp: BTreeMap::new(),
+            udp: BTreeMap::new(),
         }
     }
 
-    /// Ports that are listening now.
-    pub fn ports(&self) -> Vec<u16> {
-        self.active.keys().copied().collect()
+    /// TCP ports that are listening now.
+    pub fn tcp_ports(&self) -> Vec<u16> {
+        self.tcp.keys().copied().collect()
     }
 
-    /// Listens on exactly `ports`: new ones start, dropped ones stop at once (connections
+    /// UDP ports that are listening now.
+    pub fn udp_ports(&self) -> Vec<u16> {
+        self.udp.keys().copied().collect()
+    }
+
+    /// Listens on exactly these ports: new ones start, dropped ones stop at once (connections
     /// already accepted on them carry on). A port that cannot be bound is a warning.
-    pub fn apply(&mut self, edge: &Arc<EdgeShared>, ports: &[u16]) {
-        self.active.retain(|port, cancel| {
-            let keep = ports.contains(port);
-            if !keep {
-                cancel.cancel();
-            }
-            keep
-        });
-        for &port in ports {
-            if self.active.contains_key(&port) {
-                continue;
-            }
-            let address = SocketAddr::new(self.bind, port);
-            match bind(address) {
-                Ok(listener) => {
-                    let cancel = edge.cancel.child_token();
-                    self.active.insert(port, cancel.clone());
-                    edge.tasks
-                        .spawn(accept_loop(edge.clone(), listener, cancel));
-                }
-                Err(e) => edge.warn(
-                    "listenFailed",
-                    format!("cannot listen on {address}: {e}; the other ports keep working"),
-                ),
-            }
-        }
+    pub fn apply(&mut self, edge: &Arc<EdgeShared>, tcp_ports: &[u16], udp_ports: &[u16]) {
+        let bind_address = self.bind;
+        reconcile(
+            &mut self.tcp,
+            tcp_ports,
+            |port| {
+                let address = SocketAddr::new(bind_address, port);
+                let listener = bind(address).map_err(|e| (address, e))?;
+                let cancel = edge.cancel.child_token();
+                edge.tasks
+                    .spawn(accept_loop(edge.clone(), listener, cancel.clone()));
+                Ok(cancel)
+            },
+            edge,
+            "TCP",
+        );
+        reconcile(
+            &mut self.udp,
+            udp_ports,
+            |port| {
+                let address = SocketAddr::new(bind_address, port);
+                let socket = super::udp::bind(address).map_err(|e| (address, e))?;
+                let cancel = edge.cancel.child_token();
+                edge.tasks.spawn(super::udp::listen(
+                    edge.clone(),
+                    Arc::new(socket),
+                    port,
+                    cancel.clone(),
+                ));
+                Ok(cancel)
+            },
+            edge,
+            "UDP",
+        );
     }
 
     pub fn close_all(&mut self) {
-        for cancel in self.active.values() {
+        for cancel in self.tcp.values().chain(self.udp.values()) {
             cancel.cancel();
         }
-        self.active.clear();
+        self.tcp.clear();
+        self.udp.clear();
+    }
+}
+
+/// Stops listeners on ports no longer wanted and starts the missing ones.
+fn reconcile(
+    active: &mut BTreeMap<u16, CancellationToken>,
+    wanted: &[u16],
+    mut start: impl FnMut(u16) -> Result<CancellationToken, (SocketAddr, std::io::Error)>,
+    edge: &EdgeShared,
+    protocol: &str,
+) {
+    active.retain(|port, cancel| {
+        let keep = wanted.contains(port);
+        if !keep {
+            cancel.cancel();
+        }
+        keep
+    });
+    for &port in wanted {
+        if active.contains_key(&port) {
+            continue;
+        }
+        match start(port) {
+            Ok(cancel) => {
+                active.insert(port, cancel);
+            }
+            Err((address, e)) => edge.warn(
+                "listenFailed",
+                format!("cannot listen on {protocol} {address}: {e}; the other ports keep working"),
+            ),
+        }
     }
 }
 

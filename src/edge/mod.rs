@@ -5,9 +5,10 @@ mod backoff;
 mod listeners;
 pub mod options;
 mod tunnel;
+mod udp;
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -60,15 +61,19 @@ pub struct EdgeStatus {
     pub connected: bool,
     pub public_ip: Option<String>,
     pub active_streams: usize,
+    pub active_udp_sessions: usize,
     pub listen_ports: Vec<u16>,
     pub listen_ports_udp: Vec<u16>,
     pub transport: Option<TransportKind>,
+    /// Datagrams lost: no tunnel up, tunnel congested, session limit, or a failed send.
+    pub udp_datagrams_dropped: u64,
 }
 
 /// The tunnel that is up right now; listeners hand accepted connections to it.
 struct TunnelLink {
     frames: FrameSender,
     streams: StreamTable,
+    udp: udp::UdpSessions,
     next_stream_id: AtomicU32,
     cancel: CancellationToken,
 }
@@ -82,6 +87,7 @@ struct EdgeShared {
     link: Mutex<Option<Arc<TunnelLink>>>,
     listeners: Mutex<ListenerSet>,
     public_ip: Mutex<Option<IpAddr>>,
+    udp_dropped: AtomicU64,
 }
 
 impl EdgeShared {
@@ -103,6 +109,10 @@ impl EdgeShared {
 
     fn current_link(&self) -> Option<Arc<TunnelLink>> {
         self.link().clone()
+    }
+
+    fn count_udp_drop(&self) {
+        self.udp_dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -128,6 +138,7 @@ impl Edge {
             cancel: cancel.clone(),
             link: Mutex::new(None),
             public_ip: Mutex::new(None),
+            udp_dropped: AtomicU64::new(0),
         });
         shared.tasks.spawn(tunnel::supervise(shared.clone(), tls));
         Ok(Edge { shared })
@@ -135,6 +146,10 @@ impl Edge {
 
     pub fn status(&self) -> EdgeStatus {
         let link = self.shared.current_link();
+        let (listen_ports, listen_ports_udp) = {
+            let listeners = self.shared.listeners();
+            (listeners.tcp_ports(), listeners.udp_ports())
+        };
         EdgeStatus {
             running: !self.shared.cancel.is_cancelled(),
             connected: link.is_some(),
@@ -145,9 +160,11 @@ impl Edge {
                 .unwrap_or_else(|e| e.into_inner())
                 .map(|ip| ip.to_string()),
             active_streams: link.as_ref().map_or(0, |l| l.streams.len()),
-            listen_ports: self.shared.listeners().ports(),
-            listen_ports_udp: Vec::new(),
+            active_udp_sessions: link.as_ref().map_or(0, |l| l.udp.len()),
+            listen_ports,
+            listen_ports_udp,
             transport: link.map(|_| TransportKind::TcpTls),
+            udp_datagrams_dropped: self.shared.udp_dropped.load(Ordering::Relaxed),
         }
     }
 

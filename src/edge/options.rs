@@ -17,6 +17,8 @@ pub const DEFAULT_STUN_SERVER: &str = "stun.cloudflare.com:3478";
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// A UDP session with no datagram either way for this long ends.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// TCP connect, TLS handshake and the hub's answer must fit in this.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,6 +43,7 @@ pub struct EdgeOptions {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub connect_timeout: Duration,
+    pub udp_idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for EdgeOptions {
@@ -77,6 +80,7 @@ impl EdgeOptions {
                 "reconnectMinMs",
                 "reconnectMaxMs",
                 "connectTimeoutMs",
+                "udpIdleTimeoutMs",
             ],
         )?;
         let (hub_host, hub_port, edge_id, secret, token_fingerprint) = match f.string("token")? {
@@ -177,6 +181,9 @@ impl EdgeOptions {
             connect_timeout: f
                 .millis("connectTimeoutMs")?
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            udp_idle_timeout: f
+                .millis("udpIdleTimeoutMs")?
+                .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
         })
     }
 }

@@ -153,10 +153,15 @@ async fn serve(
     let link = Arc::new(TunnelLink {
         frames,
         streams: StreamTable::default(),
+        udp: Default::default(),
         next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),
     });
     *edge.link() = Some(link.clone());
+    edge.tasks.spawn(super::udp::sweep_idle(
+        link.clone(),
+        edge.options.udp_idle_timeout,
+    ));
     apply_ports(edge, &config);
     edge.emit(EdgeEvent::PortsAssigned {
         listen_ports: config.listen_ports,
@@ -249,8 +254,8 @@ fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(
         FrameType::Pong => {
             decode_ping(&frame.payload)?;
         }
-        // UDP is not carried yet; the edge never opens UDP sessions.
-        FrameType::UdpDataBack | FrameType::UdpClose => {}
+        FrameType::UdpDataBack => link.udp.reply(edge, id, &frame.payload),
+        FrameType::UdpClose => link.udp.close(id),
         other @ (FrameType::Open
         | FrameType::Data
         | FrameType::Close
@@ -262,5 +267,6 @@ fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(
 }
 
 fn apply_ports(edge: &Arc<EdgeShared>, config: &EdgeConfig) {
-    edge.listeners().apply(edge, &config.listen_ports);
+    edge.listeners()
+        .apply(edge, &config.listen_ports, &config.listen_ports_udp);
 }

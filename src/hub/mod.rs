@@ -3,6 +3,7 @@
 
 pub mod options;
 mod session;
+mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub struct ConnectedEdgeStatus {
     pub active_udp_sessions: usize,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Datagrams lost to congestion, a full session queue or a send error.
+    pub udp_datagrams_dropped: u64,
 }
 
 /// State every task of one hub shares.

@@ -17,6 +17,8 @@ pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 /// An edge silent for this long is dropped (catches half-open TCP connections).
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
+/// A UDP session with no datagram either way for this long ends.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Header the hub puts in front of each TCP connection to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,7 @@ pub struct HubOptions {
     pub udp_proxy_header: UdpProxyHeader,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    pub udp_idle_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -72,6 +75,7 @@ impl HubOptions {
                 "udpProxyHeader",
                 "heartbeatIntervalMs",
                 "heartbeatTimeoutMs",
+                "udpIdleTimeoutMs",
             ],
         )?;
         let tls = match f.raw("tls") {
@@ -129,6 +133,9 @@ impl HubOptions {
                 .unwrap_or(UdpProxyHeader::EveryDatagram),
             heartbeat_interval,
             heartbeat_timeout,
+            udp_idle_timeout: f
+                .millis("udpIdleTimeoutMs")?
+                .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
         })
     }
 }

@@ -21,7 +21,9 @@ use crate::protocol::frame::{
 use crate::protocol::handshake::{
     encode_config, encode_reply, parse_auth_line, take_line, EdgeConfig, HandshakeError, HubReply,
 };
-use crate::protocol::proxy::{encode_v2, parse_v1, ProxyAddresses, ProxyHeader, ProxyTransport};
+use crate::protocol::proxy::{
+    encode_v2, parse_v1, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport,
+};
 use crate::transport::tls::ALPN;
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::stream::{pump, reset_frame, stream_pair, StreamTable, HUB_SIDE};
@@ -29,6 +31,7 @@ use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
 use crate::tunnel::TunnelError;
 
 use super::options::ProxyProtocol;
+use super::udp::{Refusal, UdpSessions};
 use super::{ConnectedEdgeStatus, HubEvent, HubShared};
 
 /// TLS handshake plus the edge's auth line must finish within this, or the socket is dropped.
@@ -228,6 +231,7 @@ fn admit(
         config: Mutex::new(entry.config.clone()),
         frames,
         streams: StreamTable::default(),
+        udp: Arc::default(),
         cancel,
         close_reason: Mutex::new(None),
         bytes_in: Arc::new(AtomicU64::new(0)),
@@ -249,6 +253,7 @@ pub(super) struct EdgeSession {
     config: Mutex<EdgeConfig>,
     frames: FrameSender,
     streams: StreamTable,
+    udp: Arc<UdpSessions>,
     cancel: CancellationToken,
     close_reason: Mutex<Option<String>>,
     bytes_in: Arc<AtomicU64>,
@@ -298,9 +303,10 @@ impl EdgeSession {
             transport: TransportKind::TcpTls,
             connected_at: self.connected_at,
             active_streams: self.streams.len(),
-            active_udp_sessions: 0,
+            active_udp_sessions: self.udp.len(),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            udp_datagrams_dropped: self.udp.dropped(),
         }
     }
 
@@ -364,16 +370,20 @@ impl EdgeSession {
             )));
         }
         match frame.frame_type {
-            FrameType::Open => {
-                // Ids only grow, so a late frame for an ended stream can never be taken for
-                // a new stream with the same id.
+            FrameType::Open | FrameType::UdpOpen => {
+                // Streams and UDP sessions share one growing id counter, so a late frame for
+                // something that ended can never be taken for something new with the same id.
                 if id <= *last_stream_id {
                     return Err(TunnelError::Violation(format!(
-                        "stream id {id} opened after {last_stream_id}"
+                        "id {id} opened after {last_stream_id}"
                     )));
                 }
                 *last_stream_id = id;
-                self.open_stream(hub, id, &frame.payload)?;
+                if frame.frame_type == FrameType::Open {
+                    self.open_stream(hub, id, &frame.payload)?;
+                } else {
+                    self.open_udp(hub, id, &frame.payload)?;
+                }
             }
             FrameType::Data => self.streams.deliver_data(id, frame.payload)?,
             FrameType::Close => self.streams.deliver_close(id, decode_close(&frame.payload)),
@@ -387,17 +397,63 @@ impl EdgeSession {
             FrameType::Pong => {
                 decode_ping(&frame.payload)?;
             }
-            FrameType::UdpOpen => {
-                // UDP is not carried yet: close the session so the edge stops sending.
-                self.frames
-                    .control(Frame::new(id, FrameType::UdpClose, Bytes::new()));
-            }
-            FrameType::UdpData | FrameType::UdpClose => {}
+            FrameType::UdpData => self.udp.forward(id, frame.payload),
+            FrameType::UdpClose => self.udp.close(id),
             other @ (FrameType::DataBack
             | FrameType::CloseBack
             | FrameType::WindowUpdateBack
             | FrameType::Config
             | FrameType::UdpDataBack) => return Err(TunnelError::UnexpectedFrame(other)),
+        }
+        Ok(())
+    }
+
+    fn open_udp(
+        self: &Arc<Self>,
+        hub: &Arc<HubShared>,
+        id: u32,
+        payload: &[u8],
+    ) -> Result<(), TunnelError> {
+        let addresses = match parse_v2(payload) {
+            Ok(Some((ProxyHeader::Addresses(addresses), Some(ProxyTransport::Datagram), used)))
+                if used == payload.len() =>
+            {
+                addresses
+            }
+            _ => {
+                return Err(TunnelError::Violation(format!(
+                    "UDP_OPEN for session {id} does not carry a PROXY v2 datagram header"
+                )))
+            }
+        };
+        let port = addresses.destination.port();
+        let refuse = |code: &'static str, message: String| {
+            self.frames
+                .control(Frame::new(id, FrameType::UdpClose, Bytes::new()));
+            hub.warn(code, message);
+        };
+        if !self.config().listen_ports_udp.contains(&port) {
+            refuse(
+                "portNotAssigned",
+                format!(
+                    "edge {} opened a UDP session to port {port}, which it is not assigned",
+                    self.edge_id
+                ),
+            );
+            return Ok(());
+        }
+        let opened = self
+            .udp
+            .open(hub, &self.frames, id, addresses, self.cancel.child_token());
+        if let Err(Refusal::SessionLimit) = opened {
+            refuse(
+                "udpSessionLimit",
+                format!(
+                    "edge {} reached {} UDP sessions; refusing more",
+                    self.edge_id,
+                    super::udp::MAX_UDP_SESSIONS_PER_EDGE
+                ),
+            );
         }
         Ok(())
     }

@@ -7,6 +7,10 @@ pub mod writer;
 
 use std::io;
 
+/// UDP sessions one tunnel may carry at once (both ends enforce it); past it, a flood of
+/// spoofed sources is turned away instead of costing the hub a socket each.
+pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = 4096;
+
 use thiserror::Error;
 
 use crate::mux::flow::FlowError;

@@ -2,7 +2,7 @@
 //! the data queue and coalesces frames into large writes (each small TLS write is its own
 //! record and syscall, which costs several times the throughput).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -10,23 +10,29 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::frame::{encode_header, Frame, FRAME_HEADER_LEN};
+use crate::protocol::frame::{encode_header, Frame, FrameType, FRAME_HEADER_LEN};
 
 use super::TunnelError;
 
 /// Bytes gathered before one write to the TLS stream.
 pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
+/// UDP payload bytes that may wait in a tunnel's queue. Datagrams have no flow control; past
+/// this the tunnel is congested and new datagrams are dropped (and counted), as a router would.
+pub const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
+
 /// Cloneable handle for queueing frames on a tunnel.
 ///
 /// Control frames (PING, PONG, WINDOW_UPDATE, OPEN, resets, CONFIG) overtake data. A stream's
 /// DATA and its half-close share the data queue so the close can never overtake the data.
-/// Neither queue needs a bound of its own: data is bounded by the stream windows, control by
-/// the protocol (one OPEN per accept, credit returned in quarter windows).
+/// Neither queue needs a bound of its own: stream data is bounded by the stream windows,
+/// datagrams by `MAX_QUEUED_DATAGRAM_BYTES`, control by the protocol (one OPEN per accept,
+/// credit returned in quarter windows).
 #[derive(Clone, Debug)]
 pub struct FrameSender {
     control: UnboundedSender<Frame>,
     data: UnboundedSender<Frame>,
+    queued_datagram_bytes: Arc<AtomicUsize>,
 }
 
 impl FrameSender {
@@ -39,24 +45,49 @@ impl FrameSender {
     pub fn data(&self, frame: Frame) -> bool {
         self.data.send(frame).is_ok()
     }
+
+    /// Queues a UDP_DATA / UDP_DATA_BACK frame in the data tier unless the datagram budget is
+    /// spent; false means the datagram was dropped.
+    pub fn datagram(&self, frame: Frame) -> bool {
+        let len = frame.payload.len();
+        let reserved = self
+            .queued_datagram_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let total = queued.checked_add(len)?;
+                (total <= MAX_QUEUED_DATAGRAM_BYTES).then_some(total)
+            })
+            .is_ok();
+        if !reserved {
+            return false;
+        }
+        if self.data.send(frame).is_err() {
+            self.queued_datagram_bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
 }
 
 pub struct FrameQueues {
     control: UnboundedReceiver<Frame>,
     data: UnboundedReceiver<Frame>,
+    queued_datagram_bytes: Arc<AtomicUsize>,
 }
 
 pub fn frame_channel() -> (FrameSender, FrameQueues) {
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (data_tx, data_rx) = mpsc::unbounded_channel();
+    let queued_datagram_bytes = Arc::new(AtomicUsize::new(0));
     (
         FrameSender {
             control: control_tx,
             data: data_tx,
+            queued_datagram_bytes: queued_datagram_bytes.clone(),
         },
         FrameQueues {
             control: control_rx,
             data: data_rx,
+            queued_datagram_bytes,
         },
     )
 }
@@ -97,10 +128,10 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
                 None => break,
             },
         };
-        append(&mut batch, &first);
+        queues.append(&mut batch, &first);
         while batch.len() < WRITE_BATCH_BYTES {
             match queues.try_next() {
-                Some(frame) => append(&mut batch, &frame),
+                Some(frame) => queues.append(&mut batch, &frame),
                 None => break,
             }
         }
@@ -125,9 +156,55 @@ async fn write_batch<W: AsyncWrite + Unpin>(io: &mut W, batch: &[u8]) -> std::io
     io.flush().await
 }
 
-fn append(batch: &mut BytesMut, frame: &Frame) {
-    // Payloads are at most MAX_FRAME_PAYLOAD, so the length always fits in a u32.
-    let len = u32::try_from(frame.payload.len()).unwrap_or(u32::MAX);
-    encode_header(frame.stream_id, frame.frame_type, len, batch);
-    batch.extend_from_slice(&frame.payload);
+impl FrameQueues {
+    /// Encodes a frame into the batch; a datagram leaving the queue frees its budget.
+    fn append(&self, batch: &mut BytesMut, frame: &Frame) {
+        if matches!(
+            frame.frame_type,
+            FrameType::UdpData | FrameType::UdpDataBack
+        ) {
+            self.queued_datagram_bytes
+                .fetch_sub(frame.payload.len(), Ordering::AcqRel);
+        }
+        // Payloads are at most MAX_FRAME_PAYLOAD, so the length always fits in a u32.
+        let len = u32::try_from(frame.payload.len()).unwrap_or(u32::MAX);
+        encode_header(frame.stream_id, frame.frame_type, len, batch);
+        batch.extend_from_slice(&frame.payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn datagram(len: usize) -> Frame {
+        Frame::new(1, FrameType::UdpData, Bytes::from(vec![0u8; len]))
+    }
+
+    #[test]
+    fn datagrams_past_the_budget_are_refused_until_the_writer_drains() {
+        let (sender, queues) = frame_channel();
+        let chunk = MAX_QUEUED_DATAGRAM_BYTES / 4;
+        for _ in 0..4 {
+            assert!(sender.datagram(datagram(chunk)));
+        }
+        assert!(!sender.datagram(datagram(1)));
+        // Stream data is not limited by the datagram budget.
+        assert!(sender.data(Frame::new(2, FrameType::Data, Bytes::from_static(b"x"))));
+        let mut queues = queues;
+        let mut batch = BytesMut::new();
+        let frame = queues.try_next().unwrap();
+        queues.append(&mut batch, &frame);
+        assert!(sender.datagram(datagram(chunk)));
+        assert!(!sender.datagram(datagram(1)));
+    }
+
+    #[test]
+    fn zero_length_datagrams_are_carried() {
+        let (sender, mut queues) = frame_channel();
+        assert!(sender.datagram(datagram(0)));
+        let frame = queues.try_next().unwrap();
+        assert!(frame.payload.is_empty());
+    }
 }

@@ -1,0 +1,215 @@
+//! UDP sessions on the hub. Each session gets its own socket towards `targetHost:<edge port>`,
+//! so the target's replies map back to exactly one client; a task per session owns the socket,
+//! adds the PROXY v2 header as configured, and ends the session when it has been idle.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::frame::{Frame, FrameType};
+use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
+
+use super::options::UdpProxyHeader;
+use super::HubShared;
+use crate::tunnel::writer::FrameSender;
+
+pub use crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL as MAX_UDP_SESSIONS_PER_EDGE;
+/// Datagrams waiting for one session's socket (while it is set up, or the target is slow).
+const SESSION_QUEUE_DATAGRAMS: usize = 256;
+/// Room for the largest UDP payload.
+const MAX_DATAGRAM_BYTES: usize = 65_535;
+
+struct Flow {
+    datagrams: mpsc::Sender<Bytes>,
+    cancel: CancellationToken,
+}
+
+/// The UDP sessions of one edge.
+#[derive(Default)]
+pub(super) struct UdpSessions {
+    flows: Mutex<HashMap<u32, Flow>>,
+    dropped: AtomicU64,
+}
+
+/// Why a UDP_OPEN was turned down.
+pub(super) enum Refusal {
+    SessionLimit,
+}
+
+impl UdpSessions {
+    fn flows(&self) -> MutexGuard<'_, HashMap<u32, Flow>> {
+        self.flows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows().len()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts a session; its socket is set up by its own task.
+    pub fn open(
+        self: &Arc<Self>,
+        hub: &Arc<HubShared>,
+        frames: &FrameSender,
+        id: u32,
+        addresses: ProxyAddresses,
+        cancel: CancellationToken,
+    ) -> Result<(), Refusal> {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE_DATAGRAMS);
+        {
+            let mut flows = self.flows();
+            if flows.len() >= MAX_UDP_SESSIONS_PER_EDGE {
+                return Err(Refusal::SessionLimit);
+            }
+            flows.insert(
+                id,
+                Flow {
+                    datagrams: tx,
+                    cancel: cancel.clone(),
+                },
+            );
+        }
+        let run = FlowTask {
+            hub: hub.clone(),
+            sessions: self.clone(),
+            frames: frames.clone(),
+            id,
+            addresses,
+        };
+        hub.tasks.spawn(run.run(rx, cancel));
+        Ok(())
+    }
+
+    /// A datagram from the client; dropped (and counted) when the session's queue is full.
+    pub fn forward(&self, id: u32, datagram: Bytes) {
+        let flows = self.flows();
+        let Some(flow) = flows.get(&id) else {
+            return; // in flight when the session ended
+        };
+        if let Err(TrySendError::Full(_)) = flow.datagrams.try_send(datagram) {
+            self.count_drop();
+        }
+    }
+
+    /// The edge ended the session.
+    pub fn close(&self, id: u32) {
+        if let Some(flow) = self.flows().remove(&id) {
+            flow.cancel.cancel();
+        }
+    }
+}
+
+struct FlowTask {
+    hub: Arc<HubShared>,
+    sessions: Arc<UdpSessions>,
+    frames: FrameSender,
+    id: u32,
+    addresses: ProxyAddresses,
+}
+
+impl FlowTask {
+    async fn run(self, mut datagrams: mpsc::Receiver<Bytes>, cancel: CancellationToken) {
+        let port = self.addresses.destination.port();
+        let socket = match connect(&self.hub.options.target_host, port).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                self.hub.warn(
+                    "targetUnreachable",
+                    format!("UDP {}:{port}: {e}", self.hub.options.target_host),
+                );
+                self.end();
+                return;
+            }
+        };
+        let header = Bytes::from(encode_v2(ProxyTransport::Datagram, &self.addresses));
+        let mut header_due = self.hub.options.udp_proxy_header != UdpProxyHeader::None;
+        let idle = self.hub.options.udp_idle_timeout;
+        let mut expires = Instant::now() + idle;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(expires) => break,
+                datagram = datagrams.recv() => {
+                    let Some(datagram) = datagram else { return };
+                    expires = Instant::now() + idle;
+                    let sent = if header_due {
+                        header_due = self.hub.options.udp_proxy_header == UdpProxyHeader::EveryDatagram;
+                        let mut with_header = Vec::with_capacity(header.len() + datagram.len());
+                        with_header.extend_from_slice(&header);
+                        with_header.extend_from_slice(&datagram);
+                        socket.send(&with_header).await
+                    } else {
+                        socket.send(&datagram).await
+                    };
+                    // Too large with the header, or an ICMP refusal from the target: the
+                    // datagram is lost, as UDP allows, and counted.
+                    if sent.is_err() {
+                        self.sessions.count_drop();
+                    }
+                }
+                ready = socket.readable() => {
+                    if ready.is_err() {
+                        break;
+                    }
+                    let mut buf = BytesMut::with_capacity(MAX_DATAGRAM_BYTES);
+                    match socket.try_recv_buf(&mut buf) {
+                        Ok(len) => {
+                            expires = Instant::now() + idle;
+                            // Copy small replies out so a queued datagram holds only its bytes.
+                            let reply = if len < MAX_DATAGRAM_BYTES / 4 {
+                                Bytes::copy_from_slice(&buf)
+                            } else {
+                                buf.freeze()
+                            };
+                            let frame = Frame::new(self.id, FrameType::UdpDataBack, reply);
+                            if !self.frames.datagram(frame) {
+                                self.sessions.count_drop();
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        // ECONNREFUSED from an earlier send's ICMP error: keep the session.
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        self.end();
+    }
+
+    /// The hub ends the session (idle, or no target): forget it and tell the edge.
+    fn end(&self) {
+        self.sessions.flows().remove(&self.id);
+        self.frames
+            .control(Frame::new(self.id, FrameType::UdpClose, Bytes::new()));
+    }
+}
+
+/// A socket of the target's family, connected so only the target's replies arrive.
+async fn connect(host: &str, port: u16) -> std::io::Result<UdpSocket> {
+    let target = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let local: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(target).await?;
+    Ok(socket)
+}
