@@ -3,6 +3,7 @@
 // Everything talks to 127.0.0.0/8 only: targets on 127.0.0.1, edge listeners on 127.0.0.2.
 import net from 'node:net'
 import tls from 'node:tls'
+import dgram from 'node:dgram'
 import crypto from 'node:crypto'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
@@ -301,12 +302,14 @@ export async function startConnectedEdge(config, timeoutMs = 10000) {
 }
 
 /**
- * A hub with one edge (`edgeId`, assigned `ports`) connected to it: both sides have said so
+ * A hub with one edge (`edgeId`, assigned TCP `ports` and, when given, UDP `udpPorts`) connected to it: both sides have said so
  * (edge 'tunnelConnected' + 'portsAssigned', hub 'edgeConnected'), as events from two objects
  * are not ordered with each other. Returns { hub, edge, hubPort, edgeId, stop() }.
  */
-export async function startTunnel({ ports, edgeId = 'edge-1', hubOptions = {}, edgeOptions = {} }) {
-  const { hub, hubPort } = await startHub([{ id: edgeId, secret: SECRET, listenPorts: ports }], hubOptions)
+export async function startTunnel({ ports, udpPorts, edgeId = 'edge-1', hubOptions = {}, edgeOptions = {} }) {
+  const allowed = { id: edgeId, secret: SECRET, listenPorts: ports }
+  if (udpPorts !== undefined) allowed.listenPortsUdp = udpPorts // UDP ports only when asked for
+  const { hub, hubPort } = await startHub([allowed], hubOptions)
   let edge
   try {
     const hubSawEdge = once(hub, 'edgeConnected', 10000, (e) => e.edgeId === edgeId)
@@ -412,6 +415,213 @@ export function readBytes(socket, n, timeoutMs = 10000) {
 export const sha256 = (buffer) => crypto.createHash('sha256').update(buffer).digest('hex')
 
 // ---------------------------------------------------------------------------------------------
+// UDP: PROXY v2 datagram headers, a target that strips them, and client sockets.
+
+/** IPv4 or IPv6 text address -> its 4 or 16 network-order bytes (no embedded-IPv4 forms). */
+export function ipBytes(address) {
+  if (net.isIP(address) === 4) return Buffer.from(address.split('.').map(Number))
+  if (net.isIP(address) !== 6 || address.includes('.')) throw new Error(`not a plain IP address: ${address}`)
+  const [head, tail] = address.includes('::') ? address.split('::') : [address, null]
+  const groups = (text) => (text ? text.split(':') : [])
+  const left = groups(head)
+  const right = tail === null ? [] : groups(tail)
+  const all = tail === null ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right]
+  if (all.length !== 8) throw new Error(`bad IPv6 address: ${address}`)
+  const out = Buffer.alloc(16)
+  all.forEach((group, i) => out.writeUInt16BE(parseInt(group, 16), i * 2))
+  return out
+}
+
+/**
+ * A PROXY v2 header for a datagram (PROXY command, UDP4 0x12 or UDP6 0x22), built by hand from
+ * the spec: signature, 0x21, family, length, source address, destination address, ports.
+ */
+export function encodeProxyV2Udp(source, destination) {
+  const src = ipBytes(source.address)
+  const dst = ipBytes(destination.address)
+  if (src.length !== dst.length) throw new Error('source and destination families differ')
+  const addressLength = src.length === 4 ? 12 : 36
+  const out = Buffer.alloc(16 + addressLength)
+  V2_SIGNATURE.copy(out, 0)
+  out[12] = 0x21
+  out[13] = src.length === 4 ? 0x12 : 0x22
+  out.writeUInt16BE(addressLength, 14)
+  src.copy(out, 16)
+  dst.copy(out, 16 + src.length)
+  out.writeUInt16BE(source.port, 16 + 2 * src.length)
+  out.writeUInt16BE(destination.port, 18 + 2 * src.length)
+  return out
+}
+
+/**
+ * Splits one datagram into { header, payload }: `header` is the parsed PROXY v2 header (see
+ * parseProxyHeader) when the datagram starts with the v2 signature, else null and the whole
+ * datagram is the payload. A header must lie wholly inside the datagram; a cut one throws.
+ */
+export function parseProxyDatagram(datagram) {
+  const startsWithSignature = datagram.length >= V2_SIGNATURE.length && datagram.subarray(0, V2_SIGNATURE.length).equals(V2_SIGNATURE)
+  if (!startsWithSignature) return { header: null, payload: datagram }
+  const header = parseProxyHeader(datagram)
+  if (!header) throw new Error(`PROXY v2 header cut short: a ${datagram.length}-byte datagram`)
+  return { header, payload: datagram.subarray(header.length) }
+}
+
+/** What a UDP target does with each datagram: `reply(buffer)` answers its sender. */
+export const udpBehaviours = {
+  /** Echoes the payload (header removed). */
+  echo: (record, reply) => reply(record.payload),
+  /** Records only. */
+  sink: () => {},
+  /** Answers with `answer(payload, record)` (no answer when it returns null). */
+  answer: (answer) => (record, reply) => {
+    const response = answer(record.payload, record)
+    if (response != null) reply(response)
+  },
+}
+
+const UDP_BUFFER_BYTES = 4 * 1024 * 1024
+
+/**
+ * A UDP socket on 127.0.0.1:`port` (0 = free port). Every datagram is recorded in
+ * `target.datagrams` as { raw, header (parsed v2 header or null), payload, from: { address,
+ * port }, error } and handed to `behaviour(record, reply)` unless it failed to parse.
+ */
+export async function startUdpTarget(behaviour = udpBehaviours.echo, { port = 0, host = TARGET_ADDRESS } = {}) {
+  const socket = dgram.createSocket({ type: net.isIP(host) === 6 ? 'udp6' : 'udp4', recvBufferSize: UDP_BUFFER_BYTES, sendBufferSize: UDP_BUFFER_BYTES })
+  const datagrams = []
+  const errors = []
+  socket.on('error', (err) => errors.push(err))
+  socket.on('message', (raw, rinfo) => {
+    const record = { raw, header: null, payload: null, from: { address: rinfo.address, port: rinfo.port }, error: null }
+    datagrams.push(record)
+    try {
+      Object.assign(record, parseProxyDatagram(raw))
+    } catch (err) {
+      record.error = err
+      return
+    }
+    behaviour(record, (reply) => socket.send(reply, rinfo.port, rinfo.address, (err) => err && errors.push(err)))
+  })
+  await new Promise((resolve, reject) => {
+    socket.once('error', reject)
+    socket.bind(port, host, () => {
+      socket.off('error', reject)
+      resolve()
+    })
+  })
+  return {
+    socket,
+    datagrams,
+    errors,
+    port: socket.address().port,
+    close: () => new Promise((resolve) => socket.close(resolve)),
+  }
+}
+
+/**
+ * A UDP client socket bound to `host`:0 (127.0.0.1 by default). Received datagrams are kept in
+ * `messages` ({ data, from }, all of them) and queued for nextMessage(). request() sends and
+ * waits for the matching reply, sending again up to `attempts` times in all.
+ */
+export async function startUdpClient({ host = TARGET_ADDRESS } = {}) {
+  const socket = dgram.createSocket({ type: net.isIP(host) === 6 ? 'udp6' : 'udp4', recvBufferSize: UDP_BUFFER_BYTES, sendBufferSize: UDP_BUFFER_BYTES })
+  const messages = []
+  const queue = []
+  const waiters = new Set()
+  let closed = false
+  socket.on('error', () => {})
+  socket.on('message', (data, rinfo) => {
+    const message = { data, from: { address: rinfo.address, port: rinfo.port } }
+    messages.push(message)
+    queue.push(message)
+    for (const waiter of waiters) {
+      const index = queue.findIndex(waiter.filter)
+      if (index !== -1) {
+        waiters.delete(waiter)
+        waiter.resolve(queue.splice(index, 1)[0])
+      }
+    }
+  })
+  await new Promise((resolve, reject) => {
+    socket.once('error', reject)
+    socket.bind(0, host, () => {
+      socket.off('error', reject)
+      resolve()
+    })
+  })
+  const client = {
+    socket,
+    messages,
+    address: socket.address().address,
+    port: socket.address().port,
+    /** Sends one datagram; resolves once the kernel took it. */
+    send(payload, port, toHost = EDGE_ADDRESS) {
+      return new Promise((resolve, reject) => socket.send(payload, port, toHost, (err) => (err ? reject(err) : resolve())))
+    },
+    /** Resolves with the first unconsumed datagram matching `filter` ({ data, from }). */
+    nextMessage(filter = () => true, timeoutMs = 5000, what = 'a datagram') {
+      const index = queue.findIndex(filter)
+      if (index !== -1) return Promise.resolve(queue.splice(index, 1)[0])
+      let waiter
+      const promise = new Promise((resolve, reject) => {
+        waiter = { filter, resolve, reject }
+        waiters.add(waiter)
+      })
+      return withTimeout(promise, timeoutMs, `${what} at client port ${client.port}`).finally(() => waiters.delete(waiter))
+    },
+    /** Sends `payload` to `port` and resolves with the reply's data (matching `match`). */
+    async request(payload, port, { match = () => true, timeoutMs = 2000, attempts = 1, toHost = EDGE_ADDRESS } = {}) {
+      let lastError
+      for (let attempt = 0; attempt < attempts; attempt++) {
+        const reply = client.nextMessage((m) => match(m.data), timeoutMs, 'a reply')
+        reply.catch(() => {})
+        await client.send(payload, port, toHost)
+        try {
+          return (await reply).data
+        } catch (err) {
+          lastError = err
+        }
+      }
+      throw lastError
+    },
+    close() {
+      if (closed) return Promise.resolve()
+      closed = true
+      for (const waiter of waiters) waiter.reject(new Error('client closed'))
+      waiters.clear()
+      return new Promise((resolve) => socket.close(resolve))
+    },
+  }
+  return client
+}
+
+/** Whether a UDP socket can be bound on ::1 (IPv6 loopback present and enabled). */
+export async function canBindUdp6Loopback() {
+  const socket = dgram.createSocket('udp6')
+  try {
+    await new Promise((resolve, reject) => {
+      socket.once('error', reject)
+      socket.bind(0, '::1', resolve)
+    })
+    return true
+  } catch {
+    return false
+  } finally {
+    try {
+      socket.close()
+    } catch {}
+  }
+}
+
+/**
+ * A bounded wait for "nothing more happens": only for use after a positive control showed the
+ * path works, so a silent failure cannot pass for an absent datagram.
+ */
+export function quietWindow(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Raw peers: speak the tunnel protocol by hand, to send and inspect frames byte by byte.
 
 export const FrameType = {
@@ -425,6 +635,10 @@ export const FrameType = {
   PONG: 0x08,
   WINDOW_UPDATE: 0x09,
   WINDOW_UPDATE_BACK: 0x0a,
+  UDP_OPEN: 0x0b,
+  UDP_DATA: 0x0c,
+  UDP_DATA_BACK: 0x0d,
+  UDP_CLOSE: 0x0e,
 }
 
 export const ALPN = 'remoteingress/1'
