@@ -1,6 +1,7 @@
 'use strict'
 // `remoteingress demo`: a whole tunnel on one machine. A target server on 127.0.0.1 stands in
 // for the private proxy; the edge listens on 127.0.0.2 (same port) as if it were the public VPS.
+const dgram = require('node:dgram')
 const net = require('node:net')
 const crypto = require('node:crypto')
 const { RemoteIngressHub, RemoteIngressEdge } = require('..')
@@ -42,6 +43,42 @@ function startTarget(seen) {
   })
 }
 
+/** The private side for UDP: reads the PROXY v2 header (IPv4) and answers who it saw. */
+function startUdpTarget(seen, port) {
+  const socket = dgram.createSocket('udp4')
+  socket.on('message', (datagram, from) => {
+    // 12-byte signature, version/command, family, length, then src ip, dst ip, src port, dst port.
+    const family = datagram[13]
+    if (datagram.length < 28 || family !== 0x12) return
+    const ip = (offset) => Array.from(datagram.subarray(offset, offset + 4)).join('.')
+    const client = `${ip(16)}:${datagram.readUInt16BE(24)}`
+    const payload = datagram.subarray(28)
+    seen.push({ header: datagram.subarray(0, 28).toString('hex'), client, payload: payload.toString() })
+    socket.send(`hello ${client}, the target got your datagram "${payload}"`, from.port, from.address)
+  })
+  return new Promise((resolve, reject) => {
+    socket.once('error', reject)
+    socket.bind(port, '127.0.0.1', () => resolve(socket))
+  })
+}
+
+/** One datagram to the edge and its answer. */
+function udpRequest(port, body) {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket('udp4')
+    socket.once('message', (reply) => {
+      socket.close()
+      resolve({ localPort, reply: reply.toString() })
+    })
+    socket.once('error', reject)
+    let localPort
+    socket.bind(0, '127.0.0.1', () => {
+      localPort = socket.address().port
+      socket.send(body, port, '127.0.0.2')
+    })
+  })
+}
+
 /** One client connection to the edge: send a request, half-close, read the whole answer. */
 function request(port, body) {
   return new Promise((resolve, reject) => {
@@ -56,8 +93,10 @@ function request(port, body) {
 async function runDemo(options, integer) {
   const seconds = integer(options.seconds, 'seconds') ?? 0
   const seen = []
+  const seenUdp = []
   const target = await startTarget(seen)
   const port = target.address().port
+  const udpTarget = await startUdpTarget(seenUdp, port)
   const hub = new RemoteIngressHub()
   const edge = new RemoteIngressEdge()
   const say = (line) => console.log(line)
@@ -65,9 +104,9 @@ async function runDemo(options, integer) {
     await hub.start({ tunnelPort: 0, bindAddress: '127.0.0.1', targetHost: '127.0.0.1' })
     const { tunnelPort, certFingerprint } = await hub.getStatus()
     say(`hub      listening on 127.0.0.1:${tunnelPort}, key ${certFingerprint}`)
-    say(`target   listening on 127.0.0.1:${port} (expects a PROXY v1 header)`)
+    say(`target   listening on 127.0.0.1:${port}, TCP and UDP (expects PROXY v1 / v2 headers)`)
     const secret = crypto.randomBytes(18).toString('base64url')
-    await hub.updateAllowedEdges([{ id: 'demo-edge', secret, listenPorts: [port] }])
+    await hub.updateAllowedEdges([{ id: 'demo-edge', secret, listenPorts: [port], listenPortsUdp: [port] }])
     hub.on('edgeConnected', ({ edgeId, remoteAddress }) => say(`hub      edge ${edgeId} connected from ${remoteAddress}`))
     edge.on('warning', ({ code, message }) => say(`edge     warning ${code}: ${message}`))
 
@@ -81,8 +120,8 @@ async function runDemo(options, integer) {
       bindAddress: '127.0.0.2',
       stunServers: [],
     })
-    const { listenPorts } = await assigned
-    say(`edge     connected (hub key pinned), listening on 127.0.0.2:${listenPorts.join(', ')}`)
+    const { listenPorts, listenPortsUdp } = await assigned
+    say(`edge     connected (hub key pinned), listening on 127.0.0.2: TCP ${listenPorts.join(', ')}, UDP ${listenPortsUdp.join(', ')}`)
 
     const deadline = Date.now() + seconds * 1000
     let round = 0
@@ -93,18 +132,22 @@ async function runDemo(options, integer) {
         const { localPort, reply } = await withTimeout(request(port, body), 'a reply through the tunnel')
         say(`client   127.0.0.1:${localPort} -> 127.0.0.2:${port}: ${reply.trim()}`)
       }
+      const { localPort, reply } = await withTimeout(udpRequest(port, `datagram ${round}`), 'a UDP reply through the tunnel')
+      say(`client   UDP 127.0.0.1:${localPort} -> 127.0.0.2:${port}: ${reply}`)
     } while (Date.now() < deadline)
 
     say('')
     say('what the target saw (the PROXY header carries the real client address):')
     for (const s of seen.slice(-3)) say(`  ${s.header}   -> client ${s.clientIp}:${s.clientPort}, ${s.bytes} bytes`)
+    for (const s of seenUdp.slice(-1)) say(`  UDP PROXY v2 ${s.header} -> client ${s.client}`)
     const status = await hub.getStatus()
     const [edgeStatus] = status.connectedEdges
-    say(`\n${seen.length} connections in ${round} round(s); hub counted ${edgeStatus.bytesIn} bytes in, ${edgeStatus.bytesOut} out`)
+    say(`\n${seen.length} TCP connections and ${seenUdp.length} UDP datagrams in ${round} round(s); hub counted ${edgeStatus.bytesIn} bytes in, ${edgeStatus.bytesOut} out`)
   } finally {
     await edge.stop()
     await hub.stop()
     target.close()
+    udpTarget.close()
   }
 }
 

@@ -43,9 +43,9 @@ Run 'remoteingress <command> --help' for the options of a command.`,
        remoteingress token decode TOKEN`,
   demo: `usage: remoteingress demo [--seconds N]
 
-Starts a target server, a hub and an edge on loopback (the edge on 127.0.0.2), sends TCP
-requests through the tunnel for N seconds (default: one round), prints what the target saw,
-including the client address from the PROXY header, and exits 0.`,
+Starts a target server (TCP and UDP), a hub and an edge on loopback (the edge on 127.0.0.2),
+sends TCP requests and UDP datagrams through the tunnel for N seconds (default: one round),
+prints what the target saw, including the client address from the PROXY headers, and exits 0.`,
 }
 
 class UsageError extends Error {}
