@@ -8,7 +8,6 @@ use bytes::{Bytes, BytesMut};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -19,6 +18,7 @@ use crate::protocol::handshake::{
     HubReply, MAX_REPLY_LINE,
 };
 use crate::transport::tls::{server_name, HubTrust, ALPN};
+use crate::tunnel::frame_loop::{run_frame_loop, Heartbeat};
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::{frame_channel, run_writer};
@@ -180,7 +180,16 @@ async fn serve(
         counter.clone(),
     ));
     let reader = FrameReader::new(read_half, leftover, counter);
-    let ended = read_frames(edge, &link, reader, writer).await;
+    // The hub pings every 15 s; silence is checked a few times per timeout period.
+    let heartbeat = Heartbeat {
+        interval: edge.options.heartbeat_timeout / 4,
+        timeout: edge.options.heartbeat_timeout,
+        ping_through: None,
+    };
+    let ended = run_frame_loop(reader, writer, &link.cancel, heartbeat, |frame| {
+        dispatch(edge, &link, frame)
+    })
+    .await;
 
     link.cancel.cancel();
     let mut current = edge.link();
@@ -188,46 +197,6 @@ async fn serve(
         *current = None;
     }
     ended
-}
-
-async fn read_frames<R: AsyncRead + Unpin>(
-    edge: &Arc<EdgeShared>,
-    link: &TunnelLink,
-    mut reader: FrameReader<R>,
-    writer: tokio::task::JoinHandle<Result<(), TunnelError>>,
-) -> TunnelError {
-    let timeout = edge.options.heartbeat_timeout;
-    // Check for silence a few times per timeout period.
-    let mut check = tokio::time::interval(timeout / 4);
-    let mut last_heard = Instant::now();
-    tokio::pin!(writer);
-    loop {
-        tokio::select! {
-            _ = link.cancel.cancelled() => return TunnelError::PeerClosed,
-            written = &mut writer => {
-                return match written {
-                    Ok(Err(e)) => e,
-                    _ => TunnelError::PeerClosed,
-                };
-            }
-            _ = check.tick() => {
-                let silent = last_heard.elapsed();
-                if silent >= timeout {
-                    return TunnelError::HeartbeatTimeout(silent.as_millis());
-                }
-            }
-            frame = reader.next() => {
-                let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(e) => return e,
-                };
-                last_heard = Instant::now();
-                if let Err(e) = dispatch(edge, link, frame) {
-                    return e;
-                }
-            }
-        }
-    }
 }
 
 fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(), TunnelError> {

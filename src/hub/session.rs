@@ -9,7 +9,6 @@ use bytes::{Bytes, BytesMut};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +24,7 @@ use crate::protocol::proxy::{
     encode_v2, parse_v1, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport,
 };
 use crate::transport::tls::ALPN;
+use crate::tunnel::frame_loop::{run_frame_loop, Heartbeat};
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::stream::{pump, reset_frame, stream_pair, StreamTable, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
@@ -310,49 +310,23 @@ impl EdgeSession {
         }
     }
 
-    /// The frame loop: dispatches frames, pings, and watches for silence, until the tunnel
-    /// fails or the session is closed.
+    /// Serves frames until the tunnel fails or the session is closed; the hub pings.
     async fn run<R: AsyncRead + Unpin>(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
-        mut reader: FrameReader<R>,
+        reader: FrameReader<R>,
         writer: tokio::task::JoinHandle<Result<(), TunnelError>>,
     ) -> TunnelError {
-        let interval = hub.options.heartbeat_interval;
-        let timeout = hub.options.heartbeat_timeout;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-        let mut last_heard = Instant::now();
+        let heartbeat = Heartbeat {
+            interval: hub.options.heartbeat_interval,
+            timeout: hub.options.heartbeat_timeout,
+            ping_through: Some(&self.frames),
+        };
         let mut last_stream_id = 0u32;
-        tokio::pin!(writer);
-        loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => return TunnelError::PeerClosed,
-                written = &mut writer => {
-                    return match written {
-                        Ok(Err(e)) => e,
-                        _ => TunnelError::PeerClosed,
-                    };
-                }
-                _ = ping.tick() => {
-                    let silent = last_heard.elapsed();
-                    if silent >= timeout {
-                        return TunnelError::HeartbeatTimeout(silent.as_millis());
-                    }
-                    let nonce = unix_millis().to_be_bytes();
-                    self.frames.control(Frame::ping(nonce));
-                }
-                frame = reader.next() => {
-                    let frame = match frame {
-                        Ok(frame) => frame,
-                        Err(e) => return e,
-                    };
-                    last_heard = Instant::now();
-                    if let Err(e) = self.dispatch(hub, frame, &mut last_stream_id) {
-                        return e;
-                    }
-                }
-            }
-        }
+        run_frame_loop(reader, writer, &self.cancel, heartbeat, |frame| {
+            self.dispatch(hub, frame, &mut last_stream_id)
+        })
+        .await
     }
 
     fn dispatch(

@@ -1,6 +1,8 @@
 //! The async machinery both ends of a TCP+TLS tunnel share: the writer task that owns the
-//! socket's write half, the frame reader, the stream table and the per-connection pump.
+//! socket's write half, the frame reader and loop, the stream table and the per-connection
+//! pump.
 
+pub mod frame_loop;
 pub mod reader;
 pub mod stream;
 pub mod writer;
