@@ -16,7 +16,7 @@ use crate::edge::options::EdgeOptions;
 use crate::edge::{Edge, EdgeEvent};
 use crate::events::EventSink;
 use crate::hub::options::{parse_allowed_edges, HubOptions};
-use crate::hub::{Hub, HubStartError};
+use crate::hub::{Hub, HubEvent, HubStartError};
 use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
 use crate::transport::tls::{validate_fingerprint, HubIdentity, TlsSetupError};
 
@@ -68,18 +68,86 @@ fn to_js<T: Serialize>(value: &T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| js_error("ERR_INTERNAL", e))
 }
 
-/// Lifecycle shared by both classes: the runtime while running, and a flag `waitForStop`
-/// watches.
+fn event_callback(on_event: Function<Value, ()>) -> Result<Arc<EventCallback>> {
+    let callback = on_event
+        .build_threadsafe_function()
+        .callee_handled::<false>()
+        .weak::<true>()
+        .build()?;
+    Ok(Arc::new(callback))
+}
+
+/// What both classes run: a hub or an edge.
+trait Runtime: Send + 'static {
+    fn stop(self) -> impl std::future::Future<Output = ()> + Send;
+    fn status(&self) -> Result<Value>;
+}
+
+impl Runtime for Hub {
+    fn stop(self) -> impl std::future::Future<Output = ()> + Send {
+        Hub::stop(self)
+    }
+
+    fn status(&self) -> Result<Value> {
+        to_js(&Hub::status(self))
+    }
+}
+
+impl Runtime for Edge {
+    fn stop(self) -> impl std::future::Future<Output = ()> + Send {
+        Edge::stop(self)
+    }
+
+    fn status(&self) -> Result<Value> {
+        to_js(&Edge::status(self))
+    }
+}
+
+/// Lifecycle shared by both classes: the event callback, the runtime while running, and a
+/// flag `waitForStop` watches.
 struct Lifecycle<T> {
+    events: Arc<EventCallback>,
     runtime: Mutex<Option<T>>,
     stopped: watch::Sender<bool>,
 }
 
-impl<T> Lifecycle<T> {
-    fn new() -> Self {
-        Self {
+impl<T: Runtime> Lifecycle<T> {
+    fn new(on_event: Function<Value, ()>) -> Result<Self> {
+        Ok(Self {
+            events: event_callback(on_event)?,
             runtime: Mutex::new(None),
             stopped: watch::Sender::new(true),
+        })
+    }
+
+    fn events<E: Serialize + 'static>(&self) -> EventSink<E> {
+        event_sink(self.events.clone())
+    }
+
+    /// Runs `start` unless already running; holding the lock makes concurrent starts safe.
+    async fn start(&self, start: impl std::future::Future<Output = Result<T>>) -> Result<()> {
+        let mut slot = self.runtime.lock().await;
+        if slot.is_some() {
+            return Err(already_running());
+        }
+        *slot = Some(start.await?);
+        self.stopped.send_replace(false);
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        let runtime = self.runtime.lock().await.take();
+        if let Some(runtime) = runtime {
+            runtime.stop().await;
+        }
+        self.stopped.send_replace(true);
+    }
+
+    /// The runtime's status, or `stopped` when it is not running.
+    async fn status(&self, stopped: Value) -> Result<Value> {
+        match self.runtime.lock().await.as_ref() {
+            Some(runtime) => runtime.status(),
+            None => Ok(stopped),
         }
     }
 
@@ -95,7 +163,6 @@ impl<T> Lifecycle<T> {
 
 #[napi]
 pub struct NativeHub {
-    events: Arc<EventCallback>,
     life: Lifecycle<Hub>,
 }
 
@@ -105,39 +172,23 @@ impl NativeHub {
     pub fn new(
         #[napi(ts_arg_type = "(event: any) => void")] on_event: Function<Value, ()>,
     ) -> Result<Self> {
-        let events = on_event
-            .build_threadsafe_function()
-            .callee_handled::<false>()
-            .weak::<true>()
-            .build()?;
         Ok(Self {
-            events: Arc::new(events),
-            life: Lifecycle::new(),
+            life: Lifecycle::new(on_event)?,
         })
     }
 
     #[napi(ts_args_type = "config?: any")]
     pub async fn start(&self, config: Option<Value>) -> Result<()> {
         let options = HubOptions::from_json(&config.unwrap_or(Value::Null))?;
-        let mut slot = self.life.runtime.lock().await;
-        if slot.is_some() {
-            return Err(already_running());
-        }
-        let hub = Hub::start(options, event_sink(self.events.clone()))
+        let events = self.life.events::<HubEvent>();
+        self.life
+            .start(async { Hub::start(options, events).await.map_err(start_error) })
             .await
-            .map_err(start_error)?;
-        *slot = Some(hub);
-        self.life.stopped.send_replace(false);
-        Ok(())
     }
 
     #[napi]
     pub async fn stop(&self) -> Result<()> {
-        let hub = self.life.runtime.lock().await.take();
-        if let Some(hub) = hub {
-            hub.stop().await;
-        }
-        self.life.stopped.send_replace(true);
+        self.life.stop().await;
         Ok(())
     }
 
@@ -155,12 +206,10 @@ impl NativeHub {
 
     #[napi(ts_return_type = "Promise<any>")]
     pub async fn get_status(&self) -> Result<Value> {
-        match self.life.runtime.lock().await.as_ref() {
-            Some(hub) => to_js(&hub.status()),
-            None => Ok(serde_json::json!({
-                "running": false, "tunnelPort": 0, "certFingerprint": "", "connectedEdges": []
-            })),
-        }
+        let stopped = serde_json::json!({
+            "running": false, "tunnelPort": 0, "certFingerprint": "", "connectedEdges": []
+        });
+        self.life.status(stopped).await
     }
 
     /// Resolves once the hub is stopped; the facade keeps this pending to keep Node alive.
@@ -178,7 +227,6 @@ impl NativeHub {
 
 #[napi]
 pub struct NativeEdge {
-    events: Arc<EventCallback>,
     life: Lifecycle<Edge>,
 }
 
@@ -188,51 +236,34 @@ impl NativeEdge {
     pub fn new(
         #[napi(ts_arg_type = "(event: any) => void")] on_event: Function<Value, ()>,
     ) -> Result<Self> {
-        let events = on_event
-            .build_threadsafe_function()
-            .callee_handled::<false>()
-            .weak::<true>()
-            .build()?;
         Ok(Self {
-            events: Arc::new(events),
-            life: Lifecycle::new(),
+            life: Lifecycle::new(on_event)?,
         })
     }
 
     #[napi(ts_args_type = "config: any")]
     pub async fn start(&self, config: Option<Value>) -> Result<()> {
         let options = EdgeOptions::from_json(&config.unwrap_or(Value::Null))?;
-        let mut slot = self.life.runtime.lock().await;
-        if slot.is_some() {
-            return Err(already_running());
-        }
-        let edge = Edge::start(options, event_sink::<EdgeEvent>(self.events.clone()))
-            .map_err(tls_error)?;
-        *slot = Some(edge);
-        self.life.stopped.send_replace(false);
-        Ok(())
+        let events = self.life.events::<EdgeEvent>();
+        self.life
+            .start(async { Edge::start(options, events).map_err(tls_error) })
+            .await
     }
 
     #[napi]
     pub async fn stop(&self) -> Result<()> {
-        let edge = self.life.runtime.lock().await.take();
-        if let Some(edge) = edge {
-            edge.stop().await;
-        }
-        self.life.stopped.send_replace(true);
+        self.life.stop().await;
         Ok(())
     }
 
     #[napi(ts_return_type = "Promise<any>")]
     pub async fn get_status(&self) -> Result<Value> {
-        match self.life.runtime.lock().await.as_ref() {
-            Some(edge) => to_js(&edge.status()),
-            None => Ok(serde_json::json!({
-                "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
-                "activeUdpSessions": 0, "listenPorts": [], "listenPortsUdp": [], "transport": null,
-                "udpDatagramsDropped": 0
-            })),
-        }
+        let stopped = serde_json::json!({
+            "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
+            "activeUdpSessions": 0, "listenPorts": [], "listenPortsUdp": [], "transport": null,
+            "udpDatagramsDropped": 0
+        });
+        self.life.status(stopped).await
     }
 
     /// Resolves once the edge is stopped; the facade keeps this pending to keep Node alive.
