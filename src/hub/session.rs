@@ -120,14 +120,23 @@ async fn serve_edge_connection(
     };
     let (frames, queues) = frame_channel();
     let admitted = match parse_auth_line(&line) {
-        Ok(auth) => admit(
-            &hub,
-            &auth.edge_id,
-            &auth.secret,
-            peer,
-            frames,
-            cancel.clone(),
-        ),
+        Ok(auth) => {
+            let admitted = admit(
+                &hub,
+                &auth.edge_id,
+                &auth.secret,
+                peer,
+                frames,
+                cancel.clone(),
+            );
+            if admitted.is_none() {
+                hub.warn(
+                    "authFailed",
+                    format!("edge connection from {peer}: unknown edge id or wrong secret"),
+                );
+            }
+            admitted
+        }
         Err(e) => {
             hub.warn(
                 "handshakeFailed",
@@ -137,10 +146,6 @@ async fn serve_edge_connection(
         }
     };
     let Some((session, config)) = admitted else {
-        hub.warn(
-            "authFailed",
-            format!("edge connection from {peer}: unknown edge id or wrong secret"),
-        );
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
