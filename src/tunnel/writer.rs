@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
+use crate::mux::round_robin::RoundRobin;
 use crate::protocol::frame::{encode_header, Frame, FrameType, FRAME_HEADER_LEN};
 
 use super::TunnelError;
@@ -23,8 +24,9 @@ pub const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
 
 /// Cloneable handle for queueing frames on a tunnel.
 ///
-/// Control frames (PING, PONG, WINDOW_UPDATE, OPEN, resets, CONFIG) overtake data. A stream's
-/// DATA and its half-close share the data queue so the close can never overtake the data.
+/// Control frames (PING, PONG, WINDOW_UPDATE, OPEN, resets, CONFIG) overtake data. The data
+/// tier is served round-robin per stream; a stream's DATA and its half-close share its queue,
+/// so the close can never overtake the data.
 /// Neither queue needs a bound of its own: stream data is bounded by the stream windows,
 /// datagrams by `MAX_QUEUED_DATAGRAM_BYTES`, control by the protocol (one OPEN per accept,
 /// credit returned in quarter windows).
@@ -71,6 +73,8 @@ impl FrameSender {
 pub struct FrameQueues {
     control: UnboundedReceiver<Frame>,
     data: UnboundedReceiver<Frame>,
+    /// Data frames taken off the channel, in the order the streams get their turns.
+    data_turns: RoundRobin<Frame>,
     queued_datagram_bytes: Arc<AtomicUsize>,
 }
 
@@ -87,22 +91,30 @@ pub fn frame_channel() -> (FrameSender, FrameQueues) {
         FrameQueues {
             control: control_rx,
             data: data_rx,
+            data_turns: RoundRobin::default(),
             queued_datagram_bytes,
         },
     )
 }
 
 impl FrameQueues {
-    /// Next frame without waiting, control first.
+    /// Next frame without waiting: control first, then the stream whose turn it is.
     fn try_next(&mut self) -> Option<Frame> {
-        match self.control.try_recv() {
-            Ok(frame) => Some(frame),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => self.data.try_recv().ok(),
+        if let Ok(frame) = self.control.try_recv() {
+            return Some(frame);
         }
+        while let Ok(frame) = self.data.try_recv() {
+            self.data_turns.push(frame.stream_id, frame);
+        }
+        self.data_turns.pop()
     }
 
-    /// Waits for the next frame, control first; None once every sender is gone.
+    /// Waits for the next frame; None once every sender is gone and nothing is left.
     async fn next(&mut self) -> Option<Frame> {
+        if let Some(frame) = self.try_next() {
+            return Some(frame);
+        }
+        // Nothing is queued anywhere, so whatever arrives first is also next in turn.
         tokio::select! {
             biased;
             Some(frame) = self.control.recv() => Some(frame),
@@ -198,6 +210,30 @@ mod tests {
         queues.append(&mut batch, &frame);
         assert!(sender.datagram(datagram(chunk)));
         assert!(!sender.datagram(datagram(1)));
+    }
+
+    #[test]
+    fn data_is_served_in_turns_behind_control() {
+        let (sender, mut queues) = frame_channel();
+        let data = |id: u32, byte: u8| Frame::new(id, FrameType::Data, Bytes::from(vec![byte]));
+        for byte in 0..3 {
+            sender.data(data(1, byte));
+        }
+        sender.data(data(2, 9));
+        sender.control(Frame::ping([0; 8]));
+        let order: Vec<(u32, FrameType)> = std::iter::from_fn(|| queues.try_next())
+            .map(|f| (f.stream_id, f.frame_type))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (0, FrameType::Ping),
+                (1, FrameType::Data),
+                (2, FrameType::Data),
+                (1, FrameType::Data),
+                (1, FrameType::Data)
+            ]
+        );
     }
 
     #[test]
