@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
-use crate::tunnel::stream::{pump, stream_pair, EDGE_SIDE};
+use crate::tunnel::stream::{pump, EDGE_SIDE};
 
 use super::EdgeShared;
 
@@ -167,8 +167,9 @@ fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
         destination: SocketAddr::new(public_ip.unwrap_or(local.ip().to_canonical()), local.port()),
     };
     let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
-    let (handle, port) = stream_pair();
-    link.streams.insert(id, handle);
+    let Some(port) = link.streams.open(id) else {
+        return; // ids come from a counter and never repeat within a tunnel
+    };
     let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
     if !link.frames.control(open) {
         link.streams.remove(id);

@@ -26,7 +26,7 @@ use crate::protocol::proxy::{
 use crate::transport::tls::ALPN;
 use crate::tunnel::frame_loop::{run_frame_loop, Heartbeat};
 use crate::tunnel::reader::FrameReader;
-use crate::tunnel::stream::{pump, reset_frame, stream_pair, StreamTable, HUB_SIDE};
+use crate::tunnel::stream::{pump, reset_frame, StreamTable, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
 use crate::tunnel::TunnelError;
 
@@ -478,10 +478,9 @@ impl EdgeSession {
             );
             return Ok(());
         }
-        let (handle, stream_port) = stream_pair();
-        if !self.streams.insert(id, handle) {
+        let Some(stream_port) = self.streams.open(id) else {
             return Err(TunnelError::Violation(format!("stream {id} opened twice")));
-        }
+        };
         hub.emit(HubEvent::StreamOpened {
             edge_id: self.edge_id.clone(),
             stream_id: id,

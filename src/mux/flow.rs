@@ -6,12 +6,28 @@
 
 use thiserror::Error;
 
-/// Credit a stream starts with in each direction. The performance work makes this adaptive.
-pub const INITIAL_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Bytes all streams of one tunnel may have in flight or buffered, per direction.
+pub const TUNNEL_WINDOW_BUDGET: u32 = 200 * 1024 * 1024;
+/// Largest per-stream window: reached with up to 50 streams.
+pub const MAX_STREAM_WINDOW_TARGET: u32 = 4 * 1024 * 1024;
+/// Smallest per-stream window, from 200 streams on: enough for a full-speed stream.
+pub const MIN_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Credit every stream starts with in each direction, before the receiver sizes its window.
+/// The floor, so a burst of new streams cannot exceed the tunnel budget.
+pub const INITIAL_STREAM_WINDOW: u32 = MIN_STREAM_WINDOW;
 
 /// Largest credit a sender may accumulate (h2 uses the same bound). A peer that grants past it
 /// is broken or hostile.
 pub const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
+
+/// The window each stream gets with `active` streams open: the budget shared out, within
+/// [1 MiB, 4 MiB].
+pub fn stream_window(active: usize) -> u32 {
+    let share = u32::try_from(active.max(1))
+        .map(|n| TUNNEL_WINDOW_BUDGET / n)
+        .unwrap_or(0);
+    share.clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW_TARGET)
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FlowError {
@@ -63,44 +79,48 @@ impl SendWindow {
     }
 }
 
-/// What the peer may still send us, and the credit we owe it back.
+/// What the peer may still send us, and when to give it more.
+///
+/// The peer holds `peer_credit`; `buffered` bytes arrived and are not yet written out. Credit is
+/// granted so that the two add up to the current window, which may shrink or grow at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecvWindow {
-    window: u32,
-    /// Received and not yet given back as credit: buffered here or written but not granted.
-    outstanding: u32,
-    /// Written to the local socket but not yet granted (granted in batches).
-    consumed_ungranted: u32,
+    peer_credit: u32,
+    buffered: u32,
 }
 
 impl RecvWindow {
-    pub fn new(window: u32) -> Self {
+    /// `initial` is the credit the peer starts with (both ends use INITIAL_STREAM_WINDOW).
+    pub fn new(initial: u32) -> Self {
         Self {
-            window,
-            outstanding: 0,
-            consumed_ungranted: 0,
+            peer_credit: initial,
+            buffered: 0,
         }
     }
 
-    /// Accounts for a DATA frame from the peer; a peer that overruns the window is an error.
+    /// Accounts for a DATA frame from the peer; a peer that overruns its credit is an error.
     pub fn on_data(&mut self, len: u32) -> Result<(), FlowError> {
-        let remaining = self.window - self.outstanding;
-        if len > remaining {
-            return Err(FlowError::WindowExceeded { remaining, len });
+        if len > self.peer_credit {
+            return Err(FlowError::WindowExceeded {
+                remaining: self.peer_credit,
+                len,
+            });
         }
-        self.outstanding += len;
+        self.peer_credit -= len;
+        self.buffered = self.buffered.saturating_add(len);
         Ok(())
     }
 
-    /// Accounts for bytes written to the local socket. Returns the credit to send back once
-    /// enough has piled up: a quarter window keeps the pipe full without a frame per write.
-    pub fn on_consumed(&mut self, len: u32) -> Option<u32> {
+    /// Accounts for bytes written to the local socket and returns the credit to grant, if
+    /// any: enough to bring the peer back to `window`, sent once it is a quarter window or
+    /// more, which keeps the pipe full without a frame per write.
+    pub fn on_consumed(&mut self, len: u32, window: u32) -> Option<u32> {
         // Saturating: `len` comes from our own writes of data already counted by `on_data`.
-        self.consumed_ungranted = self.consumed_ungranted.saturating_add(len);
-        if self.consumed_ungranted >= self.window / 4 {
-            let credit = self.consumed_ungranted;
-            self.outstanding = self.outstanding.saturating_sub(credit);
-            self.consumed_ungranted = 0;
+        self.buffered = self.buffered.saturating_sub(len);
+        let committed = self.peer_credit.saturating_add(self.buffered);
+        let credit = window.saturating_sub(committed);
+        if credit > 0 && credit >= window / 4 {
+            self.peer_credit += credit;
             Some(credit)
         } else {
             None
@@ -109,7 +129,7 @@ impl RecvWindow {
 
     /// Bytes the peer may still send before it must wait for credit.
     pub fn remaining(&self) -> u32 {
-        self.window - self.outstanding
+        self.peer_credit
     }
 }
 
@@ -144,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn receiver_rejects_data_past_its_window() {
+    fn receiver_rejects_data_past_the_peers_credit() {
         let mut r = RecvWindow::new(100);
         assert_eq!(r.on_data(60), Ok(()));
         assert_eq!(r.on_data(40), Ok(()));
@@ -161,30 +181,70 @@ mod tests {
     fn credit_is_returned_in_quarter_window_batches() {
         let mut r = RecvWindow::new(100);
         r.on_data(100).unwrap();
-        assert_eq!(r.on_consumed(10), None);
-        assert_eq!(r.on_consumed(14), None);
-        assert_eq!(r.on_consumed(1), Some(25));
+        assert_eq!(r.on_consumed(10, 100), None);
+        assert_eq!(r.on_consumed(14, 100), None);
+        assert_eq!(r.on_consumed(1, 100), Some(25));
         assert_eq!(r.remaining(), 25);
-        assert_eq!(r.on_consumed(75), Some(75));
+        assert_eq!(r.on_consumed(75, 100), Some(75));
         assert_eq!(r.remaining(), 100);
     }
 
     #[test]
+    fn window_follows_the_number_of_streams() {
+        let mib = 1024 * 1024;
+        assert_eq!(stream_window(0), 4 * mib);
+        assert_eq!(stream_window(1), 4 * mib);
+        assert_eq!(stream_window(50), 4 * mib);
+        assert_eq!(stream_window(100), 2 * mib);
+        assert!(stream_window(51) < 4 * mib && stream_window(51) > 3 * mib);
+        assert_eq!(stream_window(200), mib);
+        assert_eq!(stream_window(10_000), mib);
+        assert_eq!(stream_window(usize::MAX), mib);
+    }
+
+    #[test]
+    fn a_stream_grows_to_its_window_and_shrinks_when_streams_are_added() {
+        let mib = 1024 * 1024;
+        let mut r = RecvWindow::new(INITIAL_STREAM_WINDOW);
+        // Alone on the tunnel: the first write out brings the peer up to 4 MiB.
+        r.on_data(64 * 1024).unwrap();
+        assert_eq!(
+            r.on_consumed(64 * 1024, stream_window(1)),
+            Some(3 * mib + 64 * 1024)
+        );
+        assert_eq!(r.remaining(), 4 * mib);
+        // 400 streams now: no credit until the peer's holdings fall below 1 MiB...
+        let crowded = stream_window(400);
+        r.on_data(3 * mib).unwrap();
+        assert_eq!(r.on_consumed(3 * mib, crowded), None);
+        assert_eq!(r.remaining(), mib);
+        // ...then only what keeps it at 1 MiB.
+        r.on_data(mib / 2).unwrap();
+        assert_eq!(r.on_consumed(mib / 2, crowded), Some(mib / 2));
+        assert_eq!(r.remaining(), mib);
+        // Back to one stream: the window grows again.
+        r.on_data(mib).unwrap();
+        assert_eq!(r.on_consumed(mib, stream_window(1)), Some(4 * mib));
+    }
+
+    #[test]
     fn sender_and_receiver_agree_over_a_long_exchange() {
-        let mut s = SendWindow::new(1000);
-        let mut r = RecvWindow::new(1000);
+        let mut s = SendWindow::new(INITIAL_STREAM_WINDOW);
+        let mut r = RecvWindow::new(INITIAL_STREAM_WINDOW);
         let mut delivered = 0u64;
         for round in 0..10_000u32 {
-            let chunk = s.take(1 + round % 377);
+            let window = stream_window(1 + (round as usize / 1000) * 60);
+            let chunk = s.take(1 + (round * 7919) % 300_000);
             if chunk > 0 {
                 r.on_data(chunk).unwrap();
                 delivered += u64::from(chunk);
             }
-            if let Some(credit) = r.on_consumed(chunk) {
+            if let Some(credit) = r.on_consumed(chunk, window) {
                 s.grant(credit).unwrap();
             }
+            assert_eq!(s.available(), r.remaining());
+            assert!(r.remaining() <= MAX_STREAM_WINDOW_TARGET);
         }
-        assert!(delivered > 1_000_000);
-        assert!(s.available() + (1000 - r.remaining()) <= 1000);
+        assert!(delivered > 100_000_000);
     }
 }

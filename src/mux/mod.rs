@@ -1,3 +1,5 @@
-//! Pure multiplexing state shared by both ends of a tunnel: flow-control windows.
+//! Pure multiplexing state shared by both ends of a tunnel: flow-control windows and the fair
+//! order of the data tier.
 
 pub mod flow;
+pub mod round_robin;

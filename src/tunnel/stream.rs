@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::mux::flow::{FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW};
+use crate::mux::flow::{stream_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW};
 use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
 };
@@ -57,21 +58,22 @@ pub const HUB_SIDE: StreamSide = StreamSide {
 pub struct StreamFlow {
     windows: Mutex<(SendWindow, RecvWindow)>,
     credit_arrived: Notify,
+    /// Streams open on the tunnel: the receive window is the tunnel budget shared out.
+    active_streams: Arc<AtomicUsize>,
 }
 
-impl Default for StreamFlow {
-    fn default() -> Self {
+impl StreamFlow {
+    fn new(active_streams: Arc<AtomicUsize>) -> Self {
         Self {
             windows: Mutex::new((
                 SendWindow::new(INITIAL_STREAM_WINDOW),
                 RecvWindow::new(INITIAL_STREAM_WINDOW),
             )),
             credit_arrived: Notify::new(),
+            active_streams,
         }
     }
-}
 
-impl StreamFlow {
     fn windows(&self) -> MutexGuard<'_, (SendWindow, RecvWindow)> {
         // The critical sections cannot panic; a poisoned lock still holds consistent numbers.
         self.windows.lock().unwrap_or_else(|e| e.into_inner())
@@ -106,7 +108,8 @@ impl StreamFlow {
     }
 
     fn on_consumed(&self, len: u32) -> Option<u32> {
-        self.windows().1.on_consumed(len)
+        let window = stream_window(self.active_streams.load(Ordering::Relaxed));
+        self.windows().1.on_consumed(len, window)
     }
 }
 
@@ -123,22 +126,12 @@ pub struct StreamPort {
     pub flow: Arc<StreamFlow>,
 }
 
-pub fn stream_pair() -> (StreamHandle, StreamPort) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let flow = Arc::new(StreamFlow::default());
-    (
-        StreamHandle {
-            input: tx,
-            flow: flow.clone(),
-        },
-        StreamPort { input: rx, flow },
-    )
-}
-
 /// Live streams of one tunnel by id.
 #[derive(Debug, Default)]
 pub struct StreamTable {
     streams: Mutex<HashMap<u32, StreamHandle>>,
+    /// The number of entries, readable without the lock by every stream's flow control.
+    active: Arc<AtomicUsize>,
 }
 
 impl StreamTable {
@@ -146,16 +139,21 @@ impl StreamTable {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// False when the id is already taken.
-    pub fn insert(&self, id: u32, handle: StreamHandle) -> bool {
+    /// Registers a new stream and returns the pump's end of it; None when the id is taken.
+    pub fn open(&self, id: u32) -> Option<StreamPort> {
         use std::collections::hash_map::Entry;
-        match self.map().entry(id) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(slot) => {
-                slot.insert(handle);
-                true
-            }
-        }
+        let mut map = self.map();
+        let Entry::Vacant(slot) = map.entry(id) else {
+            return None;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let flow = Arc::new(StreamFlow::new(self.active.clone()));
+        slot.insert(StreamHandle {
+            input: tx,
+            flow: flow.clone(),
+        });
+        self.active.store(map.len(), Ordering::Relaxed);
+        Some(StreamPort { input: rx, flow })
     }
 
     pub fn get(&self, id: u32) -> Option<StreamHandle> {
@@ -163,7 +161,9 @@ impl StreamTable {
     }
 
     pub fn remove(&self, id: u32) {
-        self.map().remove(&id);
+        let mut map = self.map();
+        map.remove(&id);
+        self.active.store(map.len(), Ordering::Relaxed);
     }
 
     pub fn len(&self) -> usize {
