@@ -3,3 +3,4 @@
 
 pub mod flow;
 pub mod round_robin;
+pub mod sustained;

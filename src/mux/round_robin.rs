@@ -64,6 +64,11 @@ impl<T> RoundRobin<T> {
         self.len
     }
 
+    /// Whether `id` has items waiting.
+    pub fn contains(&self, id: u32) -> bool {
+        self.queues.contains_key(&id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
@@ -14,7 +14,10 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::mux::flow::{stream_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW};
+use crate::mux::flow::{
+    stream_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW, MIN_STREAM_WINDOW,
+};
+use crate::mux::sustained::FlowMeter;
 use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
 };
@@ -53,10 +56,19 @@ pub const HUB_SIDE: StreamSide = StreamSide {
     window_update: FrameType::WindowUpdateBack,
 };
 
+/// Send and receive accounting of one stream.
+#[derive(Debug)]
+struct Windows {
+    send: SendWindow,
+    recv: RecvWindow,
+    /// Incoming bytes over time, to lock an elephant flow's window to the floor.
+    received: FlowMeter,
+}
+
 /// Both windows of one stream, shared by the tunnel reader and the stream's pump.
 #[derive(Debug)]
 pub struct StreamFlow {
-    windows: Mutex<(SendWindow, RecvWindow)>,
+    windows: Mutex<Windows>,
     credit_arrived: Notify,
     /// Streams open on the tunnel: the receive window is the tunnel budget shared out.
     active_streams: Arc<AtomicUsize>,
@@ -65,16 +77,17 @@ pub struct StreamFlow {
 impl StreamFlow {
     fn new(active_streams: Arc<AtomicUsize>) -> Self {
         Self {
-            windows: Mutex::new((
-                SendWindow::new(INITIAL_STREAM_WINDOW),
-                RecvWindow::new(INITIAL_STREAM_WINDOW),
-            )),
+            windows: Mutex::new(Windows {
+                send: SendWindow::new(INITIAL_STREAM_WINDOW),
+                recv: RecvWindow::new(INITIAL_STREAM_WINDOW),
+                received: FlowMeter::new(Instant::now()),
+            }),
             credit_arrived: Notify::new(),
             active_streams,
         }
     }
 
-    fn windows(&self) -> MutexGuard<'_, (SendWindow, RecvWindow)> {
+    fn windows(&self) -> MutexGuard<'_, Windows> {
         // The critical sections cannot panic; a poisoned lock still holds consistent numbers.
         self.windows.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -83,7 +96,7 @@ impl StreamFlow {
     async fn acquire_send(&self, max: u32) -> u32 {
         loop {
             let notified = self.credit_arrived.notified();
-            let taken = self.windows().0.take(max);
+            let taken = self.windows().send.take(max);
             if taken > 0 {
                 return taken;
             }
@@ -92,24 +105,33 @@ impl StreamFlow {
     }
 
     fn give_back(&self, unused: u32) {
-        self.windows().0.give_back(unused);
+        self.windows().send.give_back(unused);
     }
 
     /// A WINDOW_UPDATE from the peer.
     pub fn grant(&self, credit: u32) -> Result<(), FlowError> {
-        self.windows().0.grant(credit)?;
+        self.windows().send.grant(credit)?;
         self.credit_arrived.notify_one();
         Ok(())
     }
 
     /// A DATA frame from the peer, before it is queued for the socket.
     pub fn on_data(&self, len: u32) -> Result<(), FlowError> {
-        self.windows().1.on_data(len)
+        let mut windows = self.windows();
+        windows.recv.on_data(len)?;
+        windows.received.record(len as usize, Instant::now());
+        Ok(())
     }
 
     fn on_consumed(&self, len: u32) -> Option<u32> {
-        let window = stream_window(self.active_streams.load(Ordering::Relaxed));
-        self.windows().1.on_consumed(len, window)
+        let mut windows = self.windows();
+        // An elephant flow's window locks to the floor; the others share the tunnel budget.
+        let window = if windows.received.is_sustained() {
+            MIN_STREAM_WINDOW
+        } else {
+            stream_window(self.active_streams.load(Ordering::Relaxed))
+        };
+        windows.recv.on_consumed(len, window)
     }
 }
 

@@ -2,8 +2,10 @@
 //! the data queue and coalesces frames into large writes (each small TLS write is its own
 //! record and syscall, which costs several times the throughput).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -11,6 +13,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use crate::mux::round_robin::RoundRobin;
+use crate::mux::sustained::{FlowMeter, SustainedShare};
 use crate::protocol::frame::{encode_header, Frame, FrameType, FRAME_HEADER_LEN};
 
 use super::TunnelError;
@@ -18,15 +21,21 @@ use super::TunnelError;
 /// Bytes gathered before one write to the TLS stream.
 pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
+/// Streams metered at once for sustained-flow detection. Meters end with a stream's
+/// half-close; a stream that ends by reset leaves one behind, so past this the table restarts
+/// (costing at most a late demotion).
+const MAX_METERED_STREAMS: usize = 65_536;
+
 /// UDP payload bytes that may wait in a tunnel's queue. Datagrams have no flow control; past
 /// this the tunnel is congested and new datagrams are dropped (and counted), as a router would.
 pub const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
 
 /// Cloneable handle for queueing frames on a tunnel.
 ///
-/// Control frames (PING, PONG, WINDOW_UPDATE, OPEN, resets, CONFIG) overtake data. The data
-/// tier is served round-robin per stream; a stream's DATA and its half-close share its queue,
-/// so the close can never overtake the data.
+/// Three tiers: control frames (PING, PONG, WINDOW_UPDATE, OPEN, resets, CONFIG) first, then
+/// normal data and UDP, then sustained (elephant) streams, which still get a guaranteed rate.
+/// Within a tier, streams take turns; a stream's DATA and its half-close share its queue, so
+/// the close can never overtake the data.
 /// Neither queue needs a bound of its own: stream data is bounded by the stream windows,
 /// datagrams by `MAX_QUEUED_DATAGRAM_BYTES`, control by the protocol (one OPEN per accept,
 /// credit returned in quarter windows).
@@ -75,6 +84,10 @@ pub struct FrameQueues {
     data: UnboundedReceiver<Frame>,
     /// Data frames taken off the channel, in the order the streams get their turns.
     data_turns: RoundRobin<Frame>,
+    sustained_turns: RoundRobin<Frame>,
+    /// Outgoing bytes per stream, to spot sustained flows.
+    meters: HashMap<u32, FlowMeter>,
+    sustained_share: SustainedShare,
     queued_datagram_bytes: Arc<AtomicUsize>,
 }
 
@@ -92,21 +105,64 @@ pub fn frame_channel() -> (FrameSender, FrameQueues) {
             control: control_rx,
             data: data_rx,
             data_turns: RoundRobin::default(),
+            sustained_turns: RoundRobin::default(),
+            meters: HashMap::new(),
+            sustained_share: SustainedShare::new(Instant::now()),
             queued_datagram_bytes,
         },
     )
 }
 
 impl FrameQueues {
-    /// Next frame without waiting: control first, then the stream whose turn it is.
+    /// Next frame without waiting: control first, then normal data, then sustained streams
+    /// (ahead of normal data while they are owed their guaranteed rate).
     fn try_next(&mut self) -> Option<Frame> {
         if let Ok(frame) = self.control.try_recv() {
             return Some(frame);
         }
+        let now = Instant::now();
         while let Ok(frame) = self.data.try_recv() {
-            self.data_turns.push(frame.stream_id, frame);
+            self.enqueue_data(frame, now);
         }
-        self.data_turns.pop()
+        let sustained_first = !self.sustained_turns.is_empty() && self.sustained_share.owed(now);
+        if !sustained_first {
+            if let Some(frame) = self.data_turns.pop() {
+                return Some(frame);
+            }
+        }
+        let frame = self.sustained_turns.pop()?;
+        self.sustained_share.served(frame.payload.len());
+        Some(frame)
+    }
+
+    /// Puts a data-tier frame in its stream's tier. Stream data is metered; a half-close ends
+    /// the stream's meter (it sends nothing more). A frame always joins the tier that already
+    /// holds frames of its stream, so a stream changing tier never overtakes itself.
+    fn enqueue_data(&mut self, frame: Frame, now: Instant) {
+        let id = frame.stream_id;
+        let metered_sustained = match frame.frame_type {
+            FrameType::Data | FrameType::DataBack => {
+                if self.meters.len() >= MAX_METERED_STREAMS && !self.meters.contains_key(&id) {
+                    self.meters.clear(); // streams that ended by reset leave meters behind
+                }
+                self.meters
+                    .entry(id)
+                    .or_insert_with(|| FlowMeter::new(now))
+                    .record(frame.payload.len(), now)
+            }
+            FrameType::Close | FrameType::CloseBack => self
+                .meters
+                .remove(&id)
+                .is_some_and(|meter| meter.is_sustained()),
+            _ => false,
+        };
+        let sustained = self.sustained_turns.contains(id)
+            || (!self.data_turns.contains(id) && metered_sustained);
+        if sustained {
+            self.sustained_turns.push(id, frame);
+        } else {
+            self.data_turns.push(id, frame);
+        }
     }
 
     /// Waits for the next frame; None once every sender is gone and nothing is left.
@@ -114,11 +170,14 @@ impl FrameQueues {
         if let Some(frame) = self.try_next() {
             return Some(frame);
         }
-        // Nothing is queued anywhere, so whatever arrives first is also next in turn.
+        // Nothing is queued anywhere: wait, then let the tiers decide.
         tokio::select! {
             biased;
             Some(frame) = self.control.recv() => Some(frame),
-            Some(frame) = self.data.recv() => Some(frame),
+            Some(frame) = self.data.recv() => {
+                self.enqueue_data(frame, Instant::now());
+                self.try_next()
+            }
             else => None,
         }
     }
@@ -234,6 +293,51 @@ mod tests {
                 (1, FrameType::Data)
             ]
         );
+    }
+
+    #[test]
+    fn an_elephant_moves_to_the_lowest_tier_without_overtaking_itself() {
+        use crate::mux::sustained::SUSTAINED_AFTER;
+        use std::time::Duration;
+        let (_sender, mut queues) = frame_channel();
+        let chunk = Bytes::from(vec![0u8; 1_000_000]);
+        let t0 = Instant::now() - SUSTAINED_AFTER - Duration::from_secs(5);
+        let data = |id: u32, byte: usize| {
+            let mut payload = chunk.slice(..);
+            payload.truncate(chunk.len() - byte); // distinct lengths tag the frames
+            Frame::new(id, FrameType::DataBack, payload)
+        };
+        // Stream 1 runs at about 6 MB/s and is classified with its 60th frame, while its
+        // earlier frames still wait in the normal tier: the later ones must queue behind them.
+        for s in 0..60 {
+            queues.enqueue_data(data(1, s), t0 + Duration::from_millis(170 * s as u64));
+        }
+        let late = t0 + SUSTAINED_AFTER + Duration::from_secs(1);
+        assert!(queues.meters[&1].is_sustained());
+        queues.enqueue_data(data(1, 60), late);
+        queues.enqueue_data(Frame::new(1, FrameType::CloseBack, Bytes::new()), late);
+        assert!(
+            queues.sustained_turns.is_empty(),
+            "stream 1 still has normal frames queued"
+        );
+        let mut order = Vec::new();
+        while let Some(frame) = queues.data_turns.pop() {
+            order.push(chunk.len() - frame.payload.len());
+        }
+        assert_eq!(order.len(), 62);
+        assert_eq!(&order[..61], &(0..61).collect::<Vec<_>>()[..]);
+        // A classified stream with nothing queued goes to the sustained tier.
+        let mut meter = FlowMeter::new(t0);
+        assert!(meter.record(100_000_000, late));
+        queues.meters.insert(3, meter);
+        queues.enqueue_data(data(3, 0), late);
+        queues.enqueue_data(data(4, 0), late);
+        assert_eq!(queues.sustained_turns.len(), 1);
+        assert_eq!(queues.data_turns.len(), 1);
+        // Normal data goes first once the sustained tier had its guaranteed share this second.
+        queues.sustained_share.served(2_000_000);
+        assert_eq!(queues.try_next().map(|f| f.stream_id), Some(4));
+        assert_eq!(queues.try_next().map(|f| f.stream_id), Some(3));
     }
 
     #[test]
