@@ -3,6 +3,7 @@
 
 pub mod options;
 mod session;
+mod throttle;
 mod udp;
 
 use std::collections::HashMap;
@@ -94,6 +95,12 @@ pub struct ConnectedEdgeStatus {
 /// State every task of one hub shares.
 struct HubShared {
     options: HubOptions,
+    /// Failed logins per source address.
+    auth_throttle: Mutex<throttle::AuthThrottle>,
+    /// Handshakes in progress; past the limit new connections are dropped at once.
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// The second of the last rate-limited warning.
+    last_throttled_warning: std::sync::atomic::AtomicU64,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
     sessions: Mutex<HashMap<String, Arc<EdgeSession>>>,
     events: EventSink<HubEvent>,
@@ -107,6 +114,19 @@ impl HubShared {
 
     fn warn(&self, code: &'static str, message: String) {
         self.emit(HubEvent::Warning { code, message });
+    }
+
+    /// A warning for a condition that can repeat thousands of times a second: at most one
+    /// per second.
+    fn warn_throttled(&self, code: &'static str, message: String) {
+        let second = crate::events::unix_millis() / 1000;
+        if self
+            .last_throttled_warning
+            .swap(second, std::sync::atomic::Ordering::Relaxed)
+            != second
+        {
+            self.warn(code, message);
+        }
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<EdgeSession>>> {
@@ -143,6 +163,9 @@ impl Hub {
         let cancel = CancellationToken::new();
         let shared = Arc::new(HubShared {
             options,
+            auth_throttle: Mutex::default(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(session::MAX_PENDING_HANDSHAKES)),
+            last_throttled_warning: std::sync::atomic::AtomicU64::new(0),
             allowed: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             events,

@@ -38,6 +38,10 @@ use super::{ConnectedEdgeStatus, HubEvent, HubShared};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed login waits this long before its answer, to slow down guessing.
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(300);
+/// Connections between accept and a finished login at once. Past it new connections are
+/// dropped, so a storm of slow or bogus handshakes cannot take the hub's memory and CPU from
+/// established tunnels.
+pub const MAX_PENDING_HANDSHAKES: usize = 512;
 /// Streams one edge may have open at once; more are refused, so one edge cannot exhaust the
 /// hub's sockets.
 pub const MAX_STREAMS_PER_EDGE: usize = 65_536;
@@ -63,6 +67,24 @@ pub(super) async fn accept_loop(
                 }
             },
         };
+        // Refused before TLS, which costs the hub nothing: a source that failed to log in too
+        // often, or any source while too many handshakes are under way.
+        let allowed = hub
+            .auth_throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allows(peer.ip(), std::time::Instant::now());
+        let Ok(permit) = hub.handshakes.clone().try_acquire_owned().map_err(|_| {
+            hub.warn_throttled(
+                "handshakeLimit",
+                format!("{MAX_PENDING_HANDSHAKES} handshakes under way; dropping new connections"),
+            )
+        }) else {
+            continue;
+        };
+        if !allowed {
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         hub.tasks.spawn(serve_edge_connection(
             hub.clone(),
@@ -70,6 +92,7 @@ pub(super) async fn accept_loop(
             peer,
             acceptor.clone(),
             cancel.child_token(),
+            permit,
         ));
     }
 }
@@ -94,6 +117,7 @@ async fn serve_edge_connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     cancel: CancellationToken,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let handshake = async {
         let mut tls = acceptor.accept(tcp).await?;
@@ -146,6 +170,24 @@ async fn serve_edge_connection(
         }
     };
     let Some((session, config)) = admitted else {
+        let refused_from_now = hub
+            .auth_throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_failure(peer.ip(), std::time::Instant::now());
+        // The slot is for handshakes in progress, not for the delay below.
+        drop(handshake_permit);
+        if refused_from_now {
+            hub.warn(
+                "authThrottled",
+                format!(
+                    "{} failed {} logins within {:?}; its connections are refused for now",
+                    peer.ip(),
+                    super::throttle::MAX_AUTH_FAILURES,
+                    super::throttle::AUTH_FAILURE_WINDOW
+                ),
+            );
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
@@ -160,6 +202,11 @@ async fn serve_edge_connection(
         .await;
         return;
     };
+    hub.auth_throttle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record_success(peer.ip());
+    drop(handshake_permit);
     let edge_id = session.edge_id.clone();
     // Any CONFIG queued since admission goes out after this answer, once the writer starts.
     let reply = encode_reply(&HubReply::Accepted(config));

@@ -1,0 +1,103 @@
+// Hostile clients at the hub: failed logins are throttled per source address, and a storm of
+// them neither reaches nor slows an established tunnel.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import tls from 'node:tls'
+import {
+  ALPN,
+  SECRET,
+  behaviours,
+  connect,
+  once,
+  readBytes,
+  recordEvents,
+  startTarget,
+  startTunnel,
+  stopQuietly,
+  waitFor,
+  withTimeout,
+} from './helpers.mjs'
+
+const MAX_AUTH_FAILURES = 10 // hub/throttle.rs
+
+/** A new connection through the edge to the echo target carries `text` there and back. */
+async function assertEchoesThrough(port, text) {
+  const client = await connect(port)
+  try {
+    const echoed = readBytes(client, Buffer.byteLength(text), 5000)
+    client.write(text)
+    assert.equal((await echoed).toString(), text)
+  } finally {
+    client.destroy()
+  }
+}
+
+/**
+ * One login attempt from `localAddress` with a wrong secret. Resolves 'rejected' when the hub
+ * answered {"error":"unauthorized"}, 'refused' when it closed the connection before TLS.
+ */
+function badLogin(hubPort, localAddress) {
+  return withTimeout(
+    new Promise((resolve) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: hubPort, localAddress, rejectUnauthorized: false, ALPNProtocols: [ALPN] })
+      let answer = ''
+      let secured = false
+      socket.on('secureConnect', () => {
+        secured = true
+        socket.write(`EDGE edge-1 wrong-${SECRET}\n`)
+      })
+      socket.on('data', (chunk) => {
+        answer += chunk
+      })
+      socket.on('error', () => {})
+      socket.on('close', () => resolve(secured && answer.includes('unauthorized') ? 'rejected' : 'refused'))
+    }),
+    10000,
+    `a login attempt from ${localAddress}`,
+  )
+}
+
+test('failed logins are throttled per source while other sources and the tunnel carry on', { timeout: 60000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel
+  try {
+    tunnel = await startTunnel({ ports: [target.port] })
+    const warnings = recordEvents(tunnel.hub, ['warning'])
+    const throttled = once(tunnel.hub, 'warning', 20000, (w) => w.code === 'authThrottled')
+
+    const outcomes = []
+    for (let i = 0; i < MAX_AUTH_FAILURES + 3; i++) outcomes.push(await badLogin(tunnel.hubPort, '127.0.0.3'))
+    assert.deepEqual(outcomes.slice(0, MAX_AUTH_FAILURES), Array(MAX_AUTH_FAILURES).fill('rejected'))
+    assert.deepEqual(outcomes.slice(MAX_AUTH_FAILURES), ['refused', 'refused', 'refused'])
+    const warning = await throttled
+    assert.match(warning.message, /127\.0\.0\.3/)
+    assert.equal(warnings.of('warning').filter((w) => w.code === 'authThrottled').length, 1)
+    for (const w of warnings.of('warning')) assert.ok(!w.message.includes(SECRET), 'no secret in warnings')
+
+    // Another source still gets a proper answer, and the established tunnel still works.
+    assert.equal(await badLogin(tunnel.hubPort, '127.0.0.4'), 'rejected')
+    await assertEchoesThrough(target.port, 'still flowing after the storm')
+    const status = await tunnel.hub.getStatus()
+    assert.deepEqual(status.connectedEdges.map((e) => e.edgeId), ['edge-1'])
+  } finally {
+    await stopQuietly(tunnel, target)
+  }
+})
+
+test('a storm of concurrent bad logins does not disturb an established tunnel', { timeout: 60000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel
+  try {
+    tunnel = await startTunnel({ ports: [target.port] })
+    // 200 sources in 127.0.1.0/24 with a few attempts each, all at once, while data flows.
+    const storm = []
+    for (let i = 1; i <= 200; i++) for (let k = 0; k < 3; k++) storm.push(badLogin(tunnel.hubPort, `127.0.1.${i}`))
+    for (let round = 0; round < 20; round++) await assertEchoesThrough(target.port, `round ${round} during the storm`)
+    const outcomes = await Promise.all(storm)
+    assert.equal(outcomes.length, 600)
+    assert.ok(outcomes.every((o) => o === 'rejected' || o === 'refused'))
+    await waitFor(async () => (await tunnel.hub.getStatus()).connectedEdges.length === 1, { what: 'the edge still connected' })
+  } finally {
+    await stopQuietly(tunnel, target)
+  }
+})
