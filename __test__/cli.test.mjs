@@ -1,10 +1,25 @@
 // The command line: the demo runs a whole tunnel and exits 0; tokens round-trip; usage errors
-// exit 2 with a message. Each command is a child process with a bounded run time.
+// exit 2 with a message; a hub and an edge run from the shell, reload their edge list, and stop
+// cleanly on SIGTERM. Each command is a child process with a bounded run time.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
 import path from 'node:path'
-import { PACKAGE_ROOT } from './helpers.mjs'
+import {
+  PACKAGE_ROOT,
+  SECRET,
+  behaviours,
+  connect,
+  probeConnect,
+  readBytes,
+  startTarget,
+  stopQuietly,
+  waitFor,
+  withTimeout,
+} from './helpers.mjs'
 
 const CLI = path.join(PACKAGE_ROOT, 'bin', 'remoteingress.js')
 
@@ -49,4 +64,110 @@ test('token encode and decode round-trip; bad input exits non-zero with a messag
   const missing = cli(['hub'])
   assert.equal(missing.status, 2)
   assert.match(missing.stderr, /--edges is required/)
+})
+
+/** A CLI child with JSON logs; `waitForLog` resolves with the first log line matching. */
+function startCli(args) {
+  const child = spawn(process.execPath, [CLI, ...args, '--log-format', 'json'], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const lines = []
+  const waiters = new Set()
+  let buffered = ''
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (chunk) => {
+    buffered += chunk
+    let end
+    while ((end = buffered.indexOf('\n')) >= 0) {
+      const text = buffered.slice(0, end)
+      buffered = buffered.slice(end + 1)
+      let line
+      try {
+        line = JSON.parse(text)
+      } catch {
+        line = { event: 'unparsed', text }
+      }
+      lines.push(line)
+      for (const waiter of waiters) if (waiter.match(line)) waiter.resolve(line)
+    }
+  })
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
+  return {
+    child,
+    lines,
+    exited,
+    waitForLog(match, what, timeoutMs = 15000) {
+      const seen = lines.find(match)
+      if (seen) return Promise.resolve(seen)
+      let waiter
+      const promise = new Promise((resolve) => {
+        waiter = { match, resolve }
+        waiters.add(waiter)
+      })
+      return withTimeout(promise, timeoutMs, `${what} in the ${args[0]} log`).finally(() => waiters.delete(waiter))
+    },
+  }
+}
+
+async function echoes(port, text) {
+  const client = await connect(port)
+  try {
+    const echoed = readBytes(client, Buffer.byteLength(text), 5000)
+    client.write(text)
+    return (await echoed).toString() === text
+  } finally {
+    client.destroy()
+  }
+}
+
+test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP, SIGTERM', { timeout: 90_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ri-cli-'))
+  const edgesFile = path.join(dir, 'edges.json')
+  const first = await startTarget(behaviours.echo)
+  const second = await startTarget(behaviours.echo)
+  const writeEdges = (ports) =>
+    fs.writeFileSync(edgesFile, JSON.stringify([{ id: 'cli-edge', secret: SECRET, listenPorts: ports }]))
+  let hub, edge
+  try {
+    writeEdges([first.port])
+    hub = startCli(['hub', '--edges', edgesFile, '--tunnel-port', '0', '--bind', '127.0.0.1', '--state-dir', path.join(dir, 'state')])
+    const { tunnelPort, certFingerprint } = await hub.waitForLog((l) => l.event === 'started', 'started')
+    assert.match(certFingerprint, /^sha256\/[A-Za-z0-9_-]{43}$/)
+    const hint = await hub.waitForLog((l) => l.event === 'tokenHint', 'tokenHint')
+    assert.match(hint.command, new RegExp(`token encode .*--hub-port ${tunnelPort} .*--fingerprint ${certFingerprint.replace('/', '\\/')}`))
+
+    edge = startCli(['edge', '--hub-host', '127.0.0.1', '--hub-port', String(tunnelPort), '--edge-id', 'cli-edge', '--secret', SECRET,
+      '--bind', '127.0.0.2', '--no-stun', '--hub-fingerprint', certFingerprint])
+    await edge.waitForLog((l) => l.event === 'portsAssigned', 'portsAssigned')
+    await waitFor(() => echoes(first.port, 'through the CLI tunnel'), { timeoutMs: 5000, what: 'traffic through the CLI tunnel' })
+    assert.match(first.connections.at(-1).raw.toString(), /^PROXY TCP4 127\.0\.0\.1 127\.0\.0\.2 \d+ \d+\r\n$/)
+
+    writeEdges([first.port, second.port])
+    await hub.waitForLog((l) => l.event === 'edgesReloaded', 'edgesReloaded after a file change')
+    await edge.waitForLog((l) => l.event === 'portsUpdated' && l.listenPorts.includes(second.port), 'portsUpdated with the new port')
+    await waitFor(() => echoes(second.port, 'new port'), { timeoutMs: 5000, what: 'traffic on the added port' })
+
+    fs.writeFileSync(edgesFile, '[{"id": "cli-edge", broken')
+    await hub.waitForLog((l) => l.event === 'edgesReloadFailed', 'edgesReloadFailed for a broken file')
+    assert.ok(await echoes(first.port, 'still the last good list'))
+    assert.ok(await echoes(second.port, 'still the last good list'))
+
+    writeEdges([second.port])
+    hub.child.kill('SIGHUP')
+    await edge.waitForLog((l) => l.event === 'portsUpdated' && !l.listenPorts.includes(first.port), 'portsUpdated without the removed port')
+    await hub.waitForLog((l) => l.event === 'edgesReloaded' && l.why === 'SIGHUP', 'edgesReloaded on SIGHUP')
+    await waitFor(async () => (await probeConnect(first.port)) === 'ECONNREFUSED', { timeoutMs: 5000, what: 'the removed port to refuse' })
+
+    edge.child.kill('SIGTERM')
+    hub.child.kill('SIGTERM')
+    assert.deepEqual(await withTimeout(edge.exited, 15000, 'the edge to exit'), { code: 0, signal: null })
+    assert.deepEqual(await withTimeout(hub.exited, 15000, 'the hub to exit'), { code: 0, signal: null })
+    assert.equal(await probeConnect(second.port), 'ECONNREFUSED', 'the edge freed its port')
+    await new Promise((resolve, reject) => {
+      const server = net.createServer().once('error', reject)
+      server.listen(tunnelPort, '127.0.0.1', () => server.close(resolve))
+    })
+  } finally {
+    for (const cli of [edge, hub]) if (cli && cli.child.exitCode === null) cli.child.kill('SIGKILL')
+    await stopQuietly(first, second)
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
 })

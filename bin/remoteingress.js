@@ -27,6 +27,8 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --state-dir DIR         keep a generated key in DIR so pinned edges trust the hub after restarts
   --proxy-protocol v1|v2|none                       header to the target (default v1)
   --udp-proxy-header everyDatagram|firstDatagram|none
+  --log-level debug|info|warn|error   debug adds a line per connection (default info)
+  --log-format text|json
   -h, --help`,
   edge: `usage: remoteingress edge (--token T | --hub-host H [--hub-port P] --edge-id ID --secret S) [options]
 
@@ -38,6 +40,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --hub-fingerprint F     accept only a hub with this key fingerprint (sha256/...)
   --ca FILE               accept only a hub with a certificate from this CA (PEM)
   --stun HOST:PORT        STUN server for public-IP discovery (repeatable); --no-stun turns it off
+  --log-level debug|info|warn|error, --log-format text|json
   -h, --help`,
   token: `usage: remoteingress token encode --hub-host H [--hub-port P] --edge-id ID --secret S [--fingerprint F]
        remoteingress token decode TOKEN`,
@@ -83,15 +86,52 @@ function required(values, flag) {
   return values[flag]
 }
 
-function log(source, event, payload) {
-  const fields = Object.entries(payload ?? {})
-    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
-    .join(' ')
-  process.stderr.write(`${new Date().toISOString()} ${source} ${event}${fields ? ' ' + fields : ''}\n`)
+const LEVELS = { debug: 10, info: 20, warn: 30, error: 40 }
+/** Level of each event: per-connection events are debug, so a busy hub logs little by default. */
+const EVENT_LEVEL = {
+  streamOpened: 'debug',
+  streamClosed: 'debug',
+  warning: 'warn',
+  edgesReloadFailed: 'warn',
+  stopFailed: 'error',
+}
+const logging = { threshold: LEVELS.info, json: false }
+
+function configureLogging(values) {
+  const level = values['log-level'] ?? 'info'
+  if (!(level in LEVELS)) throw new UsageError(`--log-level must be one of ${Object.keys(LEVELS).join(', ')}`)
+  const format = values['log-format'] ?? 'text'
+  if (format !== 'text' && format !== 'json') throw new UsageError('--log-format must be text or json')
+  logging.threshold = LEVELS[level]
+  logging.json = format === 'json'
 }
 
+/** One line per event on stderr: time, level, source, event, fields (or the same as JSON). */
+function log(source, event, payload = {}) {
+  const level = EVENT_LEVEL[event] ?? 'info'
+  if (LEVELS[level] < logging.threshold) return
+  const time = new Date().toISOString()
+  if (logging.json) {
+    process.stderr.write(`${JSON.stringify({ time, level, source, event, ...payload })}\n`)
+    return
+  }
+  const fields = Object.entries(payload)
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ')
+  process.stderr.write(`${time} ${level} ${source} ${event}${fields ? ' ' + fields : ''}\n`)
+}
+
+/** Logs the named events; events below the log level get no listener at all (none is free). */
 function logEvents(emitter, source, events) {
-  for (const event of events) emitter.on(event, (payload) => log(source, event, payload))
+  for (const event of events) {
+    if (LEVELS[EVENT_LEVEL[event] ?? 'info'] < logging.threshold) continue
+    emitter.on(event, (payload) => log(source, event, payload))
+  }
+}
+
+const LOG_OPTIONS = {
+  'log-level': { type: 'string' },
+  'log-format': { type: 'string' },
 }
 
 /** Stops `stoppable` on SIGINT/SIGTERM and exits 0 once it has stopped. */
@@ -144,7 +184,9 @@ async function runHub(args) {
     'state-dir': { type: 'string' },
     'proxy-protocol': { type: 'string' },
     'udp-proxy-header': { type: 'string' },
+    ...LOG_OPTIONS,
   })
+  configureLogging(values)
   const edgesFile = required(values, 'edges')
   const api = require('..')
   const readEdges = () => JSON.parse(fs.readFileSync(edgesFile, 'utf8'))
@@ -162,6 +204,9 @@ async function runHub(args) {
   await hub.updateAllowedEdges(edges)
   const status = await hub.getStatus()
   log('hub', 'started', { tunnelPort: status.tunnelPort, certFingerprint: status.certFingerprint, edges: edges.length })
+  log('hub', 'tokenHint', {
+    command: `remoteingress token encode --hub-host <this host's public name> --hub-port ${status.tunnelPort} --edge-id <id> --secret <secret> --fingerprint ${status.certFingerprint}`,
+  })
   stopOnSignals(hub, 'hub')
 
   // Reload on SIGHUP and when the file changes; a bad file keeps the last good list.
@@ -199,7 +244,9 @@ async function runEdge(args) {
     ca: { type: 'string' },
     stun: { type: 'string', multiple: true },
     'no-stun': { type: 'boolean' },
+    ...LOG_OPTIONS,
   })
+  configureLogging(values)
   const api = require('..')
   const connection = values.token
     ? { token: values.token }
