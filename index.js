@@ -2,7 +2,23 @@
 // The public API: EventEmitter classes over the native hub and edge. The native side reports
 // events through one callback and errors as "[CODE] message"; both are translated here.
 const { EventEmitter } = require('node:events')
-const native = require('./binding.js')
+const native = loadNative()
+
+/** The generated loader, with an error that says which platforms have prebuilt binaries. */
+function loadNative() {
+  try {
+    return require('./binding.js')
+  } catch (cause) {
+    const err = new Error(
+      `@serve.zone/remoteingress has no native addon for ${process.platform}-${process.arch} here. ` +
+        'Prebuilt addons exist for Linux x64 and arm64 with glibc 2.34 or newer; elsewhere, build ' +
+        'from a source checkout with Rust installed (npm run build). The cause has the details.',
+      { cause },
+    )
+    err.code = 'ERR_NO_NATIVE_ADDON'
+    throw err
+  }
+}
 
 const CODED_MESSAGE = /^\[([A-Z][A-Z0-9_]*)\] ([\s\S]*)$/
 

@@ -14,7 +14,7 @@
 //    starts and stops (the process exits by itself); `node -e` token encoding prints a token;
 //    `npx remoteingress --help` and `token decode` work; a running hub has no child processes
 //    and spawned none (the loader's musl check could); a root package installed without a
-//    platform package fails to load with the loader's "Cannot find native binding" error.
+//    platform package fails to load with ERR_NO_NATIVE_ADDON, the loader's error as its cause.
 // Every step has a time limit; the temp directory is removed at the end (--keep leaves it).
 const { spawn, spawnSync } = require('node:child_process')
 const fs = require('node:fs')
@@ -133,12 +133,14 @@ P.main('pack-test', async () => {
     catch (err) {
       const chain = []
       for (let e = err.cause; e; e = e.cause) chain.push(e.message.split('\\n')[0])
-      console.log(JSON.stringify({ message: err.message, chain }))
+      console.log(JSON.stringify({ message: err.message, code: err.code, chain }))
     }`], { cwd: bare, env, encoding: 'utf8', timeout: STEP_TIMEOUT_MS })
   const out = bareRun.stdout.trim()
   if (out === 'LOADED') P.fail('the root package loaded an addon without a platform package installed')
   const loadError = JSON.parse(out)
-  if (!loadError.message.startsWith('Cannot find native binding') || !loadError.chain.some((m) => m.includes(t.packageName))) {
+  const explained = loadError.code === 'ERR_NO_NATIVE_ADDON' && loadError.message.includes('glibc 2.34')
+  const loaderCause = loadError.chain.some((m) => m.startsWith('Cannot find native binding'))
+  if (!explained || !loaderCause || !loadError.chain.some((m) => m.includes(t.packageName))) {
     P.fail(`unexpected load error without a platform package: ${out}`)
   }
   say(`without a platform package require() throws: "${loadError.message.slice(0, 60)}…", causes: ${loadError.chain.join(' <- ')} (${P.elapsed(started)})`)
