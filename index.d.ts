@@ -89,6 +89,8 @@ interface EdgeExtras {
   caPem?: string
   /** STUN servers for public-IP discovery, 'host:port'. Default ['stun.cloudflare.com:3478']; [] turns it off. */
   stunServers?: string[]
+  /** How long one STUN server may take to answer, name resolution and retransmits included (1-60000). Default 5500. */
+  stunTimeoutMs?: number
   /** Tuning for tests: reconnect when nothing was heard from the hub this long. Default 45000. */
   heartbeatTimeoutMs?: number
   /** Tuning for tests: reconnect backoff bounds. Defaults 1000 and 30000. */

@@ -6,10 +6,11 @@
 //! # Layout
 //! - [`protocol`]: the wire formats, pure and without I/O (frames, handshake, PROXY v1/v2,
 //!   connection tokens).
-//! - [`mux`]: pure multiplexing state (flow-control windows).
+//! - [`mux`]: pure multiplexing state (flow-control windows, round robin, sustained flows).
 //! - [`transport`]: rustls configs, the hub's identity and how an edge trusts it.
 //! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump).
 //! - [`hub`], [`edge`]: the two runtimes.
+//! - [`stun`]: public-IP discovery (STUN Binding requests, parsing sans-IO).
 //! - [`config`], [`events`]: reading JavaScript options, reporting events.
 //! - [`binding`]: the napi classes, the only code that knows about JavaScript.
 
@@ -19,6 +20,7 @@ pub mod events;
 pub mod hub;
 pub mod mux;
 pub mod protocol;
+pub mod stun;
 pub mod transport;
 pub mod tunnel;
 

@@ -161,10 +161,9 @@ fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
         Err(_) => return,
     };
     let _ = client.set_nodelay(true);
-    let public_ip = *edge.public_ip.lock().unwrap_or_else(|e| e.into_inner());
     let addresses = ProxyAddresses {
         source: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-        destination: SocketAddr::new(public_ip.unwrap_or(local.ip().to_canonical()), local.port()),
+        destination: SocketAddr::new(edge.destination_ip(local.ip()), local.port()),
     };
     let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
     let Some(port) = link.streams.open(id) else {

@@ -10,12 +10,16 @@ mod udp;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::{EventSink, TransportKind};
+use crate::stun::{discover, PreferFamily};
 use crate::transport::tls::TlsSetupError;
 use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::FrameSender;
@@ -76,6 +80,8 @@ struct TunnelLink {
     udp: udp::UdpSessions,
     next_stream_id: AtomicU32,
     cancel: CancellationToken,
+    /// How often the public IP is refreshed, from the hub (handshake answer, then CONFIG).
+    stun_interval: watch::Sender<Duration>,
 }
 
 /// State every task of one edge shares.
@@ -113,6 +119,72 @@ impl EdgeShared {
 
     fn count_udp_drop(&self) {
         self.udp_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn public_ip(&self) -> MutexGuard<'_, Option<IpAddr>> {
+        self.public_ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The address to put in a PROXY header as the one the client connected to: the public IP
+    /// when STUN found one of the same family as the accepting socket's `local` address, else
+    /// `local` itself.
+    fn destination_ip(&self, local: IpAddr) -> IpAddr {
+        let local = local.to_canonical();
+        match *self.public_ip() {
+            Some(public) if public.is_ipv4() == local.is_ipv4() => public,
+            _ => local,
+        }
+    }
+
+    /// Stores a discovered IP; `publicIpDiscovered` only when it is new or changed. The event
+    /// is sent under the lock so events arrive in the order the value changed.
+    fn record_public_ip(&self, ip: IpAddr) {
+        let mut current = self.public_ip();
+        if *current != Some(ip) {
+            *current = Some(ip);
+            self.emit(EdgeEvent::PublicIpDiscovered { ip: ip.to_string() });
+        }
+    }
+}
+
+/// Public-IP discovery for one tunnel: a round at once, then one every `interval` (measured
+/// from the end of a round; a new interval from the hub re-arms the wait). Runs beside the
+/// tunnel and never delays it; ends with the tunnel (`cancel`) or when the edge stops. A round
+/// with no answer is a `stunFailed` warning and the last known IP stays in use.
+async fn refresh_public_ip(
+    edge: Arc<EdgeShared>,
+    cancel: CancellationToken,
+    mut interval: watch::Receiver<Duration>,
+) {
+    let servers = edge.options.stun_servers.clone();
+    let prefer = if edge.options.bind_address.is_ipv6() {
+        PreferFamily::V6
+    } else {
+        PreferFamily::V4
+    };
+    loop {
+        let round = discover(&servers, prefer, edge.options.stun_timeout);
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            outcome = round => outcome,
+        };
+        match outcome {
+            Ok(ip) => edge.record_public_ip(ip),
+            Err(failed) => edge.warn("stunFailed", failed.to_string()),
+        }
+        let finished = Instant::now();
+        loop {
+            let due = finished + *interval.borrow_and_update();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => break,
+                changed = interval.changed() => {
+                    if changed.is_err() {
+                        return; // the tunnel is gone
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -153,12 +225,7 @@ impl Edge {
         EdgeStatus {
             running: !self.shared.cancel.is_cancelled(),
             connected: link.is_some(),
-            public_ip: self
-                .shared
-                .public_ip
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .map(|ip| ip.to_string()),
+            public_ip: self.shared.public_ip().map(|ip| ip.to_string()),
             active_streams: link.as_ref().map_or(0, |l| l.streams.len()),
             active_udp_sessions: link.as_ref().map_or(0, |l| l.udp.len()),
             listen_ports,

@@ -8,11 +8,14 @@ use serde_json::Value;
 use crate::config::{bind_address, ConfigError, Fields};
 use crate::protocol::handshake::{validate_edge_id, validate_secret};
 use crate::protocol::token::decode_token;
+use crate::stun::{StunServer, DEFAULT_SERVER_TIMEOUT};
 use crate::transport::tls::{server_name, validate_fingerprint, HubTrust};
 
 pub const DEFAULT_HUB_PORT: u16 = 8443;
 pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
 pub const DEFAULT_STUN_SERVER: &str = "stun.cloudflare.com:3478";
+/// A minute per STUN server is already far more than any answer takes.
+pub const MAX_STUN_TIMEOUT_MS: u64 = 60_000;
 /// With no frame from the hub for this long (it pings every 15 s), the edge reconnects.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
@@ -39,6 +42,8 @@ pub struct EdgeOptions {
     pub bind_address: IpAddr,
     pub trust: HubTrust,
     pub stun_servers: Vec<String>,
+    /// How long one STUN server may take to answer, resolution and retransmits included.
+    pub stun_timeout: Duration,
     pub heartbeat_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -76,6 +81,7 @@ impl EdgeOptions {
                 "hubFingerprint",
                 "caPem",
                 "stunServers",
+                "stunTimeoutMs",
                 "heartbeatTimeoutMs",
                 "reconnectMinMs",
                 "reconnectMaxMs",
@@ -156,6 +162,10 @@ impl EdgeOptions {
         let stun_servers = f
             .string_list("stunServers")?
             .unwrap_or_else(|| vec![DEFAULT_STUN_SERVER.to_string()]);
+        for (i, server) in stun_servers.iter().enumerate() {
+            StunServer::parse(server)
+                .map_err(|reason| ConfigError::new(format!("stunServers[{i}]"), reason))?;
+        }
         let reconnect_min = f.millis("reconnectMinMs")?.unwrap_or(DEFAULT_RECONNECT_MIN);
         let reconnect_max = f.millis("reconnectMaxMs")?.unwrap_or(DEFAULT_RECONNECT_MAX);
         if reconnect_max < reconnect_min {
@@ -173,6 +183,9 @@ impl EdgeOptions {
             bind_address: bind_address(&f, "bindAddress", DEFAULT_BIND_ADDRESS)?,
             trust,
             stun_servers,
+            stun_timeout: f
+                .integer("stunTimeoutMs", 1, MAX_STUN_TIMEOUT_MS)?
+                .map_or(DEFAULT_SERVER_TIMEOUT, Duration::from_millis),
             heartbeat_timeout: f
                 .millis("heartbeatTimeoutMs")?
                 .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
@@ -226,6 +239,18 @@ mod tests {
     }
 
     #[test]
+    fn stun_defaults_and_off_switch() {
+        let base = json!({"hubHost": "h", "edgeId": "e", "secret": "s"});
+        let o = EdgeOptions::from_json(&base).unwrap();
+        assert_eq!(o.stun_servers, [DEFAULT_STUN_SERVER]);
+        assert_eq!(o.stun_timeout, DEFAULT_SERVER_TIMEOUT);
+        let off = json!({"hubHost": "h", "edgeId": "e", "secret": "s", "stunServers": [], "stunTimeoutMs": 250});
+        let o = EdgeOptions::from_json(&off).unwrap();
+        assert!(o.stun_servers.is_empty());
+        assert_eq!(o.stun_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
     fn token_fingerprint_pins_the_hub() {
         let pin = format!("sha256/{}", "A".repeat(43));
         let o = EdgeOptions::from_json(&json!({"token": token(Some(&pin))})).unwrap();
@@ -258,6 +283,14 @@ mod tests {
             (
                 json!({"hubHost": "h", "edgeId": "e e", "secret": "s"}),
                 "edgeId",
+            ),
+            (
+                json!({"hubHost": "h", "edgeId": "e", "secret": "s", "stunServers": ["ok:1", "x:0"]}),
+                "stunServers[1]",
+            ),
+            (
+                json!({"hubHost": "h", "edgeId": "e", "secret": "s", "stunTimeoutMs": 0}),
+                "stunTimeoutMs",
             ),
         ];
         for (config, field) in cases {

@@ -3,11 +3,13 @@
 
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -15,7 +17,7 @@ use crate::events::TransportKind;
 use crate::protocol::frame::{decode_close, decode_ping, decode_window_credit, Frame, FrameType};
 use crate::protocol::handshake::{
     encode_auth_line, parse_config, parse_reply, take_line_limited, EdgeConfig, HandshakeError,
-    HubReply, MAX_REPLY_LINE,
+    HubReply, MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
 };
 use crate::transport::tls::{server_name, HubTrust, ALPN};
 use crate::tunnel::frame_loop::{run_frame_loop, Heartbeat};
@@ -150,18 +152,28 @@ async fn serve(
     leftover: BytesMut,
 ) -> TunnelError {
     let (frames, queues) = frame_channel();
+    let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
         frames,
         streams: StreamTable::default(),
         udp: Default::default(),
         next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),
+        stun_interval,
     });
     *edge.link() = Some(link.clone());
     edge.tasks.spawn(super::udp::sweep_idle(
         link.clone(),
         edge.options.udp_idle_timeout,
     ));
+    if !edge.options.stun_servers.is_empty() {
+        // Its own task: discovery never holds up the tunnel.
+        edge.tasks.spawn(super::refresh_public_ip(
+            edge.clone(),
+            link.cancel.clone(),
+            stun_interval_changes,
+        ));
+    }
     apply_ports(edge, &config);
     edge.emit(EdgeEvent::PortsAssigned {
         listen_ports: config.listen_ports,
@@ -211,6 +223,12 @@ fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(
             let config = parse_config(&frame.payload)
                 .map_err(|e| TunnelError::Violation(format!("bad CONFIG: {e}")))?;
             apply_ports(edge, &config);
+            let interval = stun_interval(&config);
+            link.stun_interval.send_if_modified(|current| {
+                let changed = *current != interval;
+                *current = interval;
+                changed
+            });
             edge.emit(EdgeEvent::PortsUpdated {
                 listen_ports: config.listen_ports,
                 listen_ports_udp: config.listen_ports_udp,
@@ -233,6 +251,11 @@ fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(
         | FrameType::UdpData) => return Err(TunnelError::UnexpectedFrame(other)),
     }
     Ok(())
+}
+
+/// The hub's STUN refresh interval (validated to 1 s .. 1 week when parsed).
+fn stun_interval(config: &EdgeConfig) -> Duration {
+    Duration::from_secs(config.stun_interval_secs.max(MIN_STUN_INTERVAL_SECS))
 }
 
 fn apply_ports(edge: &Arc<EdgeShared>, config: &EdgeConfig) {

@@ -176,17 +176,16 @@ fn carry(
 }
 
 /// The address the client sent to, as far as the edge knows it: the public IP when STUN found
-/// it, else the listener's own address (a wildcard listener cannot tell which local address a
-/// datagram arrived on without IP_PKTINFO, so it reports the unspecified address).
+/// one of the client's family, else the listener's own address (a wildcard listener cannot
+/// tell which local address a datagram arrived on without IP_PKTINFO, so it reports the
+/// unspecified address).
 fn destination_ip(edge: &EdgeShared, socket: &UdpSocket, client: SocketAddr) -> IpAddr {
-    if let Some(public) = *edge.public_ip.lock().unwrap_or_else(|e| e.into_inner()) {
-        return public;
-    }
-    match socket.local_addr() {
+    let local = match socket.local_addr() {
         Ok(local) if !local.ip().is_unspecified() => local.ip().to_canonical(),
         _ if client.is_ipv4() => IpAddr::from([0, 0, 0, 0]),
         _ => IpAddr::from([0u16; 8]),
-    }
+    };
+    edge.destination_ip(local)
 }
 
 /// Ends sessions idle for `idle` (no datagram either way), telling the hub, until the tunnel
