@@ -75,6 +75,8 @@ export class RemoteIngressHub extends EventEmitter<HubEvents> {
   stop(): Promise<void>
   updateAllowedEdges(edges: AllowedEdge[]): Promise<void>
   getStatus(): Promise<HubStatus>
+  /** Prometheus text: edges, bytes, streams and UDP sessions per edge and port, drops, failed handshakes. */
+  getMetrics(): Promise<string>
   readonly running: boolean
 }
 
@@ -138,6 +140,8 @@ export class RemoteIngressEdge extends EventEmitter<EdgeEvents> {
   start(config: EdgeConfig): Promise<void>
   stop(): Promise<void>
   getStatus(): Promise<EdgeStatus>
+  /** Prometheus text: tunnel state, reconnects, bytes, streams and UDP sessions per port, listening ports, drops. */
+  getMetrics(): Promise<string>
   readonly running: boolean
 }
 

@@ -83,6 +83,11 @@ class NativeRunner extends EventEmitter {
     return call(() => this.#native.getStatus())
   }
 
+  /** Prometheus text exposition of the counters; empty when not running. */
+  getMetrics() {
+    return call(() => this.#native.getMetrics())
+  }
+
   get running() {
     return this.#native.running
   }

@@ -5,6 +5,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
+import http from 'node:http'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -107,6 +108,33 @@ function startCli(args) {
   }
 }
 
+function httpGet(url) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      http.get(url, (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (chunk) => (body += chunk))
+        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`${url}: HTTP ${res.statusCode}`))))
+      }).on('error', reject)
+    }),
+    5000,
+    `GET ${url}`,
+  )
+}
+
+/** Parses Prometheus text strictly enough to catch a malformed line: name{labels} -> value. */
+function parsePrometheus(text) {
+  const samples = new Map()
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('# HELP ') || line.startsWith('# TYPE ')) continue
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*\})?) (\d+(?:\.\d+)?)$/.exec(line)
+    assert.ok(match, `not a Prometheus sample line: ${JSON.stringify(line)}`)
+    samples.set(match[1], Number(match[2]))
+  }
+  return samples
+}
+
 async function echoes(port, text) {
   const client = await connect(port)
   try {
@@ -128,17 +156,31 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
   let hub, edge
   try {
     writeEdges([first.port])
-    hub = startCli(['hub', '--edges', edgesFile, '--tunnel-port', '0', '--bind', '127.0.0.1', '--state-dir', path.join(dir, 'state')])
+    hub = startCli(['hub', '--edges', edgesFile, '--tunnel-port', '0', '--bind', '127.0.0.1', '--state-dir', path.join(dir, 'state'),
+      '--metrics-port', '0'])
+    const { url: metricsUrl } = await hub.waitForLog((l) => l.event === 'metricsListening', 'metricsListening')
     const { tunnelPort, certFingerprint } = await hub.waitForLog((l) => l.event === 'started', 'started')
     assert.match(certFingerprint, /^sha256\/[A-Za-z0-9_-]{43}$/)
     const hint = await hub.waitForLog((l) => l.event === 'tokenHint', 'tokenHint')
     assert.match(hint.command, new RegExp(`token encode .*--hub-port ${tunnelPort} .*--fingerprint ${certFingerprint.replace('/', '\\/')}`))
 
     edge = startCli(['edge', '--hub-host', '127.0.0.1', '--hub-port', String(tunnelPort), '--edge-id', 'cli-edge', '--secret', SECRET,
-      '--bind', '127.0.0.2', '--no-stun', '--hub-fingerprint', certFingerprint])
+      '--bind', '127.0.0.2', '--no-stun', '--hub-fingerprint', certFingerprint, '--metrics-port', '0'])
+    const { url: edgeMetricsUrl } = await edge.waitForLog((l) => l.event === 'metricsListening', 'metricsListening')
     await edge.waitForLog((l) => l.event === 'portsAssigned', 'portsAssigned')
     await waitFor(() => echoes(first.port, 'through the CLI tunnel'), { timeoutMs: 5000, what: 'traffic through the CLI tunnel' })
     assert.match(first.connections.at(-1).raw.toString(), /^PROXY TCP4 127\.0\.0\.1 127\.0\.0\.2 \d+ \d+\r\n$/)
+    const metrics = parsePrometheus(await httpGet(metricsUrl))
+    assert.equal(metrics.get('remoteingress_hub_edges_connected'), 1)
+    assert.equal(metrics.get(`remoteingress_hub_streams_total{edge="cli-edge",port="${first.port}"}`), first.connections.length)
+    assert.ok(metrics.get('remoteingress_hub_received_bytes_total{edge="cli-edge"}') > 'through the CLI tunnel'.length)
+    assert.equal(metrics.get('remoteingress_hub_handshake_failures_total{reason="auth"}'), 0)
+    const edgeMetrics = parsePrometheus(await httpGet(edgeMetricsUrl))
+    assert.equal(edgeMetrics.get('remoteingress_edge_connected'), 1)
+    assert.equal(edgeMetrics.get('remoteingress_edge_connects_total'), 1)
+    assert.equal(edgeMetrics.get(`remoteingress_edge_streams_total{port="${first.port}"}`), first.connections.length)
+    assert.equal(edgeMetrics.get(`remoteingress_edge_listening{protocol="tcp",port="${first.port}"}`), 1)
+    assert.ok(edgeMetrics.get('remoteingress_edge_sent_bytes_total') > 'through the CLI tunnel'.length)
 
     writeEdges([first.port, second.port])
     await hub.waitForLog((l) => l.event === 'edgesReloaded', 'edgesReloaded after a file change')

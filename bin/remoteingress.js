@@ -27,6 +27,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --state-dir DIR         keep a generated key in DIR so pinned edges trust the hub after restarts
   --proxy-protocol v1|v2|none                       header to the target (default v1)
   --udp-proxy-header everyDatagram|firstDatagram|none
+  --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
   --log-level debug|info|warn|error   debug adds a line per connection (default info)
   --log-format text|json
   -h, --help`,
@@ -40,6 +41,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --hub-fingerprint F     accept only a hub with this key fingerprint (sha256/...)
   --ca FILE               accept only a hub with a certificate from this CA (PEM)
   --stun HOST:PORT        STUN server for public-IP discovery (repeatable); --no-stun turns it off
+  --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
   --log-level debug|info|warn|error, --log-format text|json
   -h, --help`,
   token: `usage: remoteingress token encode --hub-host H [--hub-port P] --edge-id ID --secret S [--fingerprint F]
@@ -129,6 +131,28 @@ function logEvents(emitter, source, events) {
   }
 }
 
+/** Serves `runner.getMetrics()` on 127.0.0.1:port/metrics (loopback only: no secrets, but no one else's business). */
+function serveMetrics(runner, port, source) {
+  const http = require('node:http')
+  const server = http.createServer((req, res) => {
+    if (req.method !== 'GET' || req.url !== '/metrics') {
+      res.writeHead(404).end('not found; try /metrics\n')
+      return
+    }
+    runner.getMetrics().then(
+      (text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text),
+      (err) => res.writeHead(500).end(`${err.message}\n`),
+    )
+  })
+  return new Promise((resolve, reject) => {
+    server.once('error', (err) => reject(new UsageError(`--metrics-port ${port}: ${err.message}`)))
+    server.listen(port, '127.0.0.1', () => {
+      log(source, 'metricsListening', { url: `http://127.0.0.1:${server.address().port}/metrics` })
+      resolve(server)
+    })
+  })
+}
+
 const LOG_OPTIONS = {
   'log-level': { type: 'string' },
   'log-format': { type: 'string' },
@@ -184,6 +208,7 @@ async function runHub(args) {
     'state-dir': { type: 'string' },
     'proxy-protocol': { type: 'string' },
     'udp-proxy-header': { type: 'string' },
+    'metrics-port': { type: 'string' },
     ...LOG_OPTIONS,
   })
   configureLogging(values)
@@ -202,6 +227,7 @@ async function runHub(args) {
     udpProxyHeader: values['udp-proxy-header'],
   })
   await hub.updateAllowedEdges(edges)
+  if (values['metrics-port'] !== undefined) await serveMetrics(hub, integer(values['metrics-port'], 'metrics-port'), 'hub')
   const status = await hub.getStatus()
   log('hub', 'started', { tunnelPort: status.tunnelPort, certFingerprint: status.certFingerprint, edges: edges.length })
   log('hub', 'tokenHint', {
@@ -244,6 +270,7 @@ async function runEdge(args) {
     ca: { type: 'string' },
     stun: { type: 'string', multiple: true },
     'no-stun': { type: 'boolean' },
+    'metrics-port': { type: 'string' },
     ...LOG_OPTIONS,
   })
   configureLogging(values)
@@ -266,6 +293,7 @@ async function runEdge(args) {
     caPem: values.ca ? fs.readFileSync(values.ca, 'utf8') : undefined,
     stunServers: values['no-stun'] ? [] : values.stun,
   })
+  if (values['metrics-port'] !== undefined) await serveMetrics(edge, integer(values['metrics-port'], 'metrics-port'), 'edge')
   log('edge', 'started', {})
   stopOnSignals(edge, 'edge')
 }

@@ -11,13 +11,15 @@
 //! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump).
 //! - [`hub`], [`edge`]: the two runtimes.
 //! - [`stun`]: public-IP discovery (STUN Binding requests, parsing sans-IO).
-//! - [`config`], [`events`]: reading JavaScript options, reporting events.
+//! - [`config`], [`events`], [`metrics`]: reading JavaScript options, reporting events and
+//!   Prometheus metrics.
 //! - [`binding`]: the napi classes, the only code that knows about JavaScript.
 
 pub mod config;
 pub mod edge;
 pub mod events;
 pub mod hub;
+pub mod metrics;
 pub mod mux;
 pub mod protocol;
 pub mod stun;

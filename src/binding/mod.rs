@@ -212,6 +212,19 @@ impl NativeHub {
         self.life.status(stopped).await
     }
 
+    /// Prometheus text; empty when the hub is not running.
+    #[napi]
+    pub async fn get_metrics(&self) -> Result<String> {
+        Ok(self
+            .life
+            .runtime
+            .lock()
+            .await
+            .as_ref()
+            .map(Hub::metrics)
+            .unwrap_or_default())
+    }
+
     /// Resolves once the hub is stopped; the facade keeps this pending to keep Node alive.
     #[napi]
     pub async fn wait_for_stop(&self) -> Result<()> {
@@ -254,6 +267,19 @@ impl NativeEdge {
     pub async fn stop(&self) -> Result<()> {
         self.life.stop().await;
         Ok(())
+    }
+
+    /// Prometheus text; empty when the edge is not running.
+    #[napi]
+    pub async fn get_metrics(&self) -> Result<String> {
+        Ok(self
+            .life
+            .runtime
+            .lock()
+            .await
+            .as_ref()
+            .map(Edge::metrics)
+            .unwrap_or_default())
     }
 
     #[napi(ts_return_type = "Promise<any>")]

@@ -169,6 +169,11 @@ fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
     let Some(port) = link.streams.open(id) else {
         return; // ids come from a counter and never repeat within a tunnel
     };
+    *edge
+        .totals()
+        .streams_by_port
+        .entry(local.port())
+        .or_default() += 1;
     let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
     if !link.frames.control(open) {
         link.streams.remove(id);

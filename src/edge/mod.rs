@@ -7,6 +7,7 @@ pub mod options;
 mod tunnel;
 mod udp;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -94,6 +95,20 @@ struct EdgeShared {
     listeners: Mutex<ListenerSet>,
     public_ip: Mutex<Option<IpAddr>>,
     udp_dropped: AtomicU64,
+    /// Tunnel bytes over the edge's life, all tunnels together.
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+    totals: Mutex<EdgeTotals>,
+}
+
+/// Counts for `getMetrics` that outlive a tunnel.
+#[derive(Debug, Default)]
+struct EdgeTotals {
+    connects: u64,
+    /// Failed connection attempts: `rejected` by the hub, or `other` (unreachable, TLS, timeout).
+    connect_failures: BTreeMap<&'static str, u64>,
+    streams_by_port: BTreeMap<u16, u64>,
+    udp_sessions_by_port: BTreeMap<u16, u64>,
 }
 
 impl EdgeShared {
@@ -115,6 +130,10 @@ impl EdgeShared {
 
     fn current_link(&self) -> Option<Arc<TunnelLink>> {
         self.link().clone()
+    }
+
+    fn totals(&self) -> MutexGuard<'_, EdgeTotals> {
+        self.totals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn count_udp_drop(&self) {
@@ -211,6 +230,9 @@ impl Edge {
             link: Mutex::new(None),
             public_ip: Mutex::new(None),
             udp_dropped: AtomicU64::new(0),
+            bytes_in: Arc::default(),
+            bytes_out: Arc::default(),
+            totals: Mutex::default(),
         });
         shared.tasks.spawn(tunnel::supervise(shared.clone(), tls));
         Ok(Edge { shared })
@@ -233,6 +255,110 @@ impl Edge {
             transport: link.map(|_| TransportKind::TcpTls),
             udp_datagrams_dropped: self.shared.udp_dropped.load(Ordering::Relaxed),
         }
+    }
+
+    /// Prometheus text: connection state, reconnects, bytes, streams and UDP sessions per
+    /// port, listening ports and drops.
+    pub fn metrics(&self) -> String {
+        use crate::metrics::{Kind, MetricsText};
+        let status = self.status();
+        let shared = &self.shared;
+        let totals = shared.totals();
+        let mut m = MetricsText::default();
+        let mut single = |name: &str, kind, help: &str, value: u64| {
+            m.family(name, kind, help);
+            m.sample(name, &[], value);
+        };
+        single(
+            "remoteingress_edge_connected",
+            Kind::Gauge,
+            "Whether the tunnel is up.",
+            u64::from(status.connected),
+        );
+        single(
+            "remoteingress_edge_connects_total",
+            Kind::Counter,
+            "Tunnels established (reconnects included).",
+            totals.connects,
+        );
+        single(
+            "remoteingress_edge_received_bytes_total",
+            Kind::Counter,
+            "Tunnel bytes received from the hub.",
+            shared.bytes_in.load(Ordering::Relaxed),
+        );
+        single(
+            "remoteingress_edge_sent_bytes_total",
+            Kind::Counter,
+            "Tunnel bytes sent to the hub.",
+            shared.bytes_out.load(Ordering::Relaxed),
+        );
+        single(
+            "remoteingress_edge_streams_active",
+            Kind::Gauge,
+            "TCP connections open now.",
+            status.active_streams as u64,
+        );
+        single(
+            "remoteingress_edge_udp_sessions_active",
+            Kind::Gauge,
+            "UDP sessions open now.",
+            status.active_udp_sessions as u64,
+        );
+        single(
+            "remoteingress_edge_udp_datagrams_dropped_total",
+            Kind::Counter,
+            "Datagrams lost: no tunnel, congestion, session limit or a failed send.",
+            status.udp_datagrams_dropped,
+        );
+        m.family(
+            "remoteingress_edge_connect_failures_total",
+            Kind::Counter,
+            "Failed attempts to reach the hub, by reason.",
+        );
+        for reason in ["rejected", "other"] {
+            let count = totals.connect_failures.get(reason).copied().unwrap_or(0);
+            m.sample(
+                "remoteingress_edge_connect_failures_total",
+                &[("reason", reason)],
+                count,
+            );
+        }
+        for (name, help, by_port) in [
+            (
+                "remoteingress_edge_streams_total",
+                "TCP connections accepted, by port.",
+                &totals.streams_by_port,
+            ),
+            (
+                "remoteingress_edge_udp_sessions_total",
+                "UDP sessions opened, by port.",
+                &totals.udp_sessions_by_port,
+            ),
+        ] {
+            m.family(name, Kind::Counter, help);
+            for (port, count) in by_port {
+                m.sample(name, &[("port", &port.to_string())], *count);
+            }
+        }
+        m.family(
+            "remoteingress_edge_listening",
+            Kind::Gauge,
+            "Ports the edge listens on now.",
+        );
+        for (protocol, ports) in [
+            ("tcp", &status.listen_ports),
+            ("udp", &status.listen_ports_udp),
+        ] {
+            for port in ports {
+                m.sample(
+                    "remoteingress_edge_listening",
+                    &[("protocol", protocol), ("port", &port.to_string())],
+                    1,
+                );
+            }
+        }
+        m.finish()
     }
 
     /// Closes the tunnel and every listener and waits until every task has ended.

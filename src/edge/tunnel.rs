@@ -69,6 +69,7 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
         match outcome {
             Ok((tls, config, leftover)) => {
                 backoff.reset();
+                edge.totals().connects += 1;
                 let reason = serve(&edge, tls, config, leftover).await;
                 if edge.cancel.is_cancelled() {
                     edge.emit(EdgeEvent::TunnelDisconnected {
@@ -80,8 +81,18 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
                     reason: reason.to_string(),
                 });
             }
-            Err(e @ ConnectError::Rejected(_)) => edge.warn("authRejected", e.to_string()),
-            Err(e) => edge.warn("connectFailed", e.to_string()),
+            Err(e @ ConnectError::Rejected(_)) => {
+                *edge
+                    .totals()
+                    .connect_failures
+                    .entry("rejected")
+                    .or_default() += 1;
+                edge.warn("authRejected", e.to_string());
+            }
+            Err(e) => {
+                *edge.totals().connect_failures.entry("other").or_default() += 1;
+                edge.warn("connectFailed", e.to_string());
+            }
         }
         let delay = backoff.next_delay(jitter());
         tokio::select! {
@@ -184,14 +195,14 @@ async fn serve(
     });
 
     let (read_half, write_half) = tokio::io::split(tls);
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
     let writer = edge.tasks.spawn(run_writer(
         write_half,
         queues,
         link.cancel.clone(),
-        counter.clone(),
+        edge.bytes_out.clone(),
     ));
-    let reader = FrameReader::new(read_half, leftover, counter);
+    let reader = FrameReader::new(read_half, leftover, edge.bytes_in.clone());
     // The hub pings every 15 s; silence is checked a few times per timeout period.
     let heartbeat = Heartbeat {
         interval: edge.options.heartbeat_timeout / 4,

@@ -153,8 +153,11 @@ fn carry(
                     Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses)),
                 );
                 if !link.frames.control(open) {
+                    drop(table);
+                    edge.count_udp_drop(); // the tunnel is going away under us
                     return;
                 }
+                *edge.totals().udp_sessions_by_port.entry(port).or_default() += 1;
                 table.by_client.insert((port, client), id);
                 table.by_id.insert(
                     id,

@@ -6,7 +6,7 @@ mod session;
 mod throttle;
 mod udp;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -92,6 +92,25 @@ pub struct ConnectedEdgeStatus {
     pub udp_datagrams_dropped: u64,
 }
 
+/// Counts that outlive a session, for `getMetrics`: per edge, and per port within it.
+#[derive(Debug, Default)]
+struct HubTotals {
+    edges: BTreeMap<String, EdgeTotals>,
+    /// Failed handshakes by reason: `tls`, `auth`, `throttled`, `limit`.
+    handshake_failures: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Default)]
+struct EdgeTotals {
+    connects: u64,
+    /// Tunnel bytes of sessions that have ended; live sessions add their own.
+    bytes_in: u64,
+    bytes_out: u64,
+    udp_dropped: u64,
+    streams_by_port: BTreeMap<u16, u64>,
+    udp_sessions_by_port: BTreeMap<u16, u64>,
+}
+
 /// State every task of one hub shares.
 struct HubShared {
     options: HubOptions,
@@ -99,6 +118,7 @@ struct HubShared {
     auth_throttle: Mutex<throttle::AuthThrottle>,
     /// Handshakes in progress; past the limit new connections are dropped at once.
     handshakes: Arc<tokio::sync::Semaphore>,
+    totals: Mutex<HubTotals>,
     /// The second of the last rate-limited warning.
     last_throttled_warning: std::sync::atomic::AtomicU64,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
@@ -127,6 +147,14 @@ impl HubShared {
         {
             self.warn(code, message);
         }
+    }
+
+    fn totals(&self) -> MutexGuard<'_, HubTotals> {
+        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_handshake_failure(&self, reason: &'static str) {
+        *self.totals().handshake_failures.entry(reason).or_default() += 1;
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<EdgeSession>>> {
@@ -166,6 +194,7 @@ impl Hub {
             auth_throttle: Mutex::default(),
             handshakes: Arc::new(tokio::sync::Semaphore::new(session::MAX_PENDING_HANDSHAKES)),
             last_throttled_warning: std::sync::atomic::AtomicU64::new(0),
+            totals: Mutex::default(),
             allowed: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             events,
@@ -224,6 +253,116 @@ impl Hub {
             cert_fingerprint: self.fingerprint.clone(),
             connected_edges,
         }
+    }
+
+    /// Prometheus text: connected edges, bytes, streams and UDP sessions per edge and port,
+    /// drops, reconnects and failed handshakes.
+    pub fn metrics(&self) -> String {
+        use crate::metrics::{Kind, MetricsText};
+        let live: Vec<ConnectedEdgeStatus> = self
+            .shared
+            .sessions()
+            .values()
+            .map(|s| s.status())
+            .collect();
+        let totals = self.shared.totals();
+        let mut m = MetricsText::default();
+        m.family(
+            "remoteingress_hub_edges_connected",
+            Kind::Gauge,
+            "Edges connected now.",
+        );
+        m.sample("remoteingress_hub_edges_connected", &[], live.len() as u64);
+        let per_edge =
+            |m: &mut MetricsText, name: &str, kind, help, value: &dyn Fn(&str) -> u64| {
+                m.family(name, kind, help);
+                for edge in totals.edges.keys() {
+                    m.sample(name, &[("edge", edge)], value(edge));
+                }
+            };
+        let live_of = |edge: &str| live.iter().find(|s| s.edge_id == edge);
+        per_edge(
+            &mut m,
+            "remoteingress_hub_edge_connects_total",
+            Kind::Counter,
+            "Times the edge connected (reconnects included).",
+            &|e| totals.edges[e].connects,
+        );
+        per_edge(
+            &mut m,
+            "remoteingress_hub_edge_connected",
+            Kind::Gauge,
+            "Whether the edge is connected now.",
+            &|e| u64::from(live_of(e).is_some()),
+        );
+        per_edge(
+            &mut m,
+            "remoteingress_hub_received_bytes_total",
+            Kind::Counter,
+            "Tunnel bytes received from the edge.",
+            &|e| totals.edges[e].bytes_in + live_of(e).map_or(0, |s| s.bytes_in),
+        );
+        per_edge(
+            &mut m,
+            "remoteingress_hub_sent_bytes_total",
+            Kind::Counter,
+            "Tunnel bytes sent to the edge.",
+            &|e| totals.edges[e].bytes_out + live_of(e).map_or(0, |s| s.bytes_out),
+        );
+        per_edge(
+            &mut m,
+            "remoteingress_hub_streams_active",
+            Kind::Gauge,
+            "TCP connections open now.",
+            &|e| live_of(e).map_or(0, |s| s.active_streams as u64),
+        );
+        per_edge(
+            &mut m,
+            "remoteingress_hub_udp_sessions_active",
+            Kind::Gauge,
+            "UDP sessions open now.",
+            &|e| live_of(e).map_or(0, |s| s.active_udp_sessions as u64),
+        );
+        per_edge(
+            &mut m,
+            "remoteingress_hub_udp_datagrams_dropped_total",
+            Kind::Counter,
+            "Datagrams lost to congestion, a full session queue or a failed send.",
+            &|e| totals.edges[e].udp_dropped + live_of(e).map_or(0, |s| s.udp_datagrams_dropped),
+        );
+        for (name, help, by_port) in [
+            (
+                "remoteingress_hub_streams_total",
+                "TCP connections opened, by edge port.",
+                (|t: &EdgeTotals| &t.streams_by_port) as fn(&EdgeTotals) -> &BTreeMap<u16, u64>,
+            ),
+            (
+                "remoteingress_hub_udp_sessions_total",
+                "UDP sessions opened, by edge port.",
+                |t: &EdgeTotals| &t.udp_sessions_by_port,
+            ),
+        ] {
+            m.family(name, Kind::Counter, help);
+            for (edge, edge_totals) in &totals.edges {
+                for (port, count) in by_port(edge_totals) {
+                    m.sample(name, &[("edge", edge), ("port", &port.to_string())], *count);
+                }
+            }
+        }
+        m.family(
+            "remoteingress_hub_handshake_failures_total",
+            Kind::Counter,
+            "Edge connections that did not become a tunnel, by reason.",
+        );
+        for reason in ["tls", "auth", "throttled", "limit"] {
+            let count = totals.handshake_failures.get(reason).copied().unwrap_or(0);
+            m.sample(
+                "remoteingress_hub_handshake_failures_total",
+                &[("reason", reason)],
+                count,
+            );
+        }
+        m.finish()
     }
 
     pub fn tunnel_port(&self) -> u16 {

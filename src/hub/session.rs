@@ -75,6 +75,7 @@ pub(super) async fn accept_loop(
             .unwrap_or_else(|e| e.into_inner())
             .allows(peer.ip(), std::time::Instant::now());
         let Ok(permit) = hub.handshakes.clone().try_acquire_owned().map_err(|_| {
+            hub.count_handshake_failure("limit");
             hub.warn_throttled(
                 "handshakeLimit",
                 format!("{MAX_PENDING_HANDSHAKES} handshakes under way; dropping new connections"),
@@ -83,6 +84,7 @@ pub(super) async fn accept_loop(
             continue;
         };
         if !allowed {
+            hub.count_handshake_failure("throttled");
             continue;
         }
         let _ = tcp.set_nodelay(true);
@@ -135,6 +137,7 @@ async fn serve_edge_connection(
     let (mut tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
         Ok(parts) => parts,
         Err(e) => {
+            hub.count_handshake_failure("tls");
             hub.warn(
                 "handshakeFailed",
                 format!("edge connection from {peer}: {e}"),
@@ -170,6 +173,7 @@ async fn serve_edge_connection(
         }
     };
     let Some((session, config)) = admitted else {
+        hub.count_handshake_failure("auth");
         let refused_from_now = hub
             .auth_throttle
             .lock()
@@ -239,6 +243,14 @@ async fn serve_edge_connection(
             sessions.remove(&edge_id);
         }
     }
+    {
+        let status = session.status();
+        let mut totals = hub.totals();
+        let edge = totals.edges.entry(edge_id.clone()).or_default();
+        edge.bytes_in += status.bytes_in;
+        edge.bytes_out += status.bytes_out;
+        edge.udp_dropped += status.udp_datagrams_dropped;
+    }
     let reason = session
         .take_close_reason()
         .unwrap_or_else(|| ended.to_string());
@@ -292,6 +304,11 @@ fn admit(
     if let Some(old) = hub.sessions().insert(edge_id.to_string(), session.clone()) {
         old.close("replaced by a new connection from the same edge");
     }
+    hub.totals()
+        .edges
+        .entry(edge_id.to_string())
+        .or_default()
+        .connects += 1;
     Some((session, entry.config.clone()))
 }
 
@@ -471,6 +488,15 @@ impl EdgeSession {
         let opened = self
             .udp
             .open(hub, &self.frames, id, addresses, self.cancel.child_token());
+        if opened.is_ok() {
+            *hub.totals()
+                .edges
+                .entry(self.edge_id.clone())
+                .or_default()
+                .udp_sessions_by_port
+                .entry(port)
+                .or_default() += 1;
+        }
         if let Err(Refusal::SessionLimit) = opened {
             refuse(
                 "udpSessionLimit",
@@ -528,6 +554,13 @@ impl EdgeSession {
         let Some(stream_port) = self.streams.open(id) else {
             return Err(TunnelError::Violation(format!("stream {id} opened twice")));
         };
+        *hub.totals()
+            .edges
+            .entry(self.edge_id.clone())
+            .or_default()
+            .streams_by_port
+            .entry(port)
+            .or_default() += 1;
         hub.emit(HubEvent::StreamOpened {
             edge_id: self.edge_id.clone(),
             stream_id: id,
