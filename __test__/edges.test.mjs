@@ -333,3 +333,24 @@ test('two edges on one hub each carry their own port', { timeout: 20000 }, async
     await stopQuietly(...edges, hub, targetA, targetB)
   }
 })
+
+test('a CONFIG that changes only the STUN interval is not reported as a port update', { timeout: 20000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  const other = await startTarget(behaviours.echo)
+  let tunnel
+  try {
+    tunnel = await startTunnel({ ports: [target.port] })
+    const updates = recordEvents(tunnel.edge, ['portsUpdated'])
+    await tunnel.hub.updateAllowedEdges([{ id: tunnel.edgeId, secret: SECRET, listenPorts: [target.port], stunIntervalSecs: 77 }])
+    // CONFIG frames arrive in order: once the port change below is reported, the interval-only
+    // CONFIG before it has been handled too.
+    const portChange = once(tunnel.edge, 'portsUpdated', 5000, (e) => e.listenPorts.includes(other.port))
+    await tunnel.hub.updateAllowedEdges([
+      { id: tunnel.edgeId, secret: SECRET, listenPorts: [target.port, other.port], stunIntervalSecs: 77 },
+    ])
+    await portChange
+    assert.deepEqual(updates.of('portsUpdated'), [{ listenPorts: [target.port, other.port].sort((a, b) => a - b), listenPortsUdp: [] }])
+  } finally {
+    await stopQuietly(tunnel, target, other)
+  }
+})

@@ -150,15 +150,26 @@ async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: Cance
     }
 }
 
-/// Opens a stream for an accepted client, or resets the client when no tunnel is up.
+/// Opens a stream for an accepted client, or resets the client when that is not possible.
 fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
-    let Some(link) = edge.current_link() else {
+    if let Err(client) = open_stream(edge, client, peer) {
+        // An abort, so the client does not mistake a refusal for an empty answer.
         let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
-        return;
+    }
+}
+
+/// Sends OPEN and starts the pump; hands the client back when no stream could be opened (no
+/// tunnel up, or the tunnel going away).
+fn open_stream(
+    edge: &Arc<EdgeShared>,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), TcpStream> {
+    let Some(link) = edge.current_link() else {
+        return Err(client);
     };
-    let local = match client.local_addr() {
-        Ok(local) => local,
-        Err(_) => return,
+    let Ok(local) = client.local_addr() else {
+        return Err(client);
     };
     let _ = client.set_nodelay(true);
     let addresses = ProxyAddresses {
@@ -166,22 +177,24 @@ fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
         destination: SocketAddr::new(edge.destination_ip(local.ip()), local.port()),
     };
     let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
+    // Ids come from a counter and never repeat within a tunnel.
     let Some(port) = link.streams.open(id) else {
-        return; // ids come from a counter and never repeat within a tunnel
+        return Err(client);
     };
+    let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
+    if !link.frames.control(open) {
+        link.streams.remove(id);
+        return Err(client);
+    }
     *edge
         .totals()
         .streams_by_port
         .entry(local.port())
         .or_default() += 1;
-    let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
-    if !link.frames.control(open) {
-        link.streams.remove(id);
-        return;
-    }
     let cancel = link.cancel.child_token();
     edge.tasks.spawn(async move {
         pump(client, id, EDGE_SIDE, port, link.frames.clone(), cancel).await;
         link.streams.remove(id);
     });
+    Ok(())
 }

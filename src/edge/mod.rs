@@ -83,6 +83,9 @@ struct TunnelLink {
     cancel: CancellationToken,
     /// How often the public IP is refreshed, from the hub (handshake answer, then CONFIG).
     stun_interval: watch::Sender<Duration>,
+    /// The TCP and UDP ports the hub assigned last, so a CONFIG that changes only the STUN
+    /// interval does not report a port update.
+    assigned_ports: Mutex<(Vec<u16>, Vec<u16>)>,
 }
 
 /// State every task of one edge shares.

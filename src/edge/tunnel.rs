@@ -171,6 +171,10 @@ async fn serve(
         next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),
         stun_interval,
+        assigned_ports: std::sync::Mutex::new((
+            config.listen_ports.clone(),
+            config.listen_ports_udp.clone(),
+        )),
     });
     *edge.link() = Some(link.clone());
     edge.tasks.spawn(super::udp::sweep_idle(
@@ -240,10 +244,18 @@ fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(
                 *current = interval;
                 changed
             });
-            edge.emit(EdgeEvent::PortsUpdated {
-                listen_ports: config.listen_ports,
-                listen_ports_udp: config.listen_ports_udp,
-            });
+            let ports = (config.listen_ports, config.listen_ports_udp);
+            let mut assigned = link
+                .assigned_ports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *assigned != ports {
+                *assigned = ports.clone();
+                edge.emit(EdgeEvent::PortsUpdated {
+                    listen_ports: ports.0,
+                    listen_ports_udp: ports.1,
+                });
+            }
         }
         FrameType::Ping => {
             let nonce = decode_ping(&frame.payload)?;
