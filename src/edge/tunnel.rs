@@ -113,7 +113,7 @@ async fn connect(
     let tcp = TcpStream::connect((o.hub_host.as_str(), o.hub_port))
         .await
         .map_err(|e| ConnectError::Unreachable(address, e))?;
-    tcp.set_nodelay(true)?;
+    crate::transport::tune_tunnel_socket(&tcp)?;
     // Validated when the options were read.
     let name = server_name(&o.hub_host).map_err(|reason| {
         ConnectError::Io(std::io::Error::new(

@@ -87,7 +87,7 @@ pub(super) async fn accept_loop(
             hub.count_handshake_failure("throttled");
             continue;
         }
-        let _ = tcp.set_nodelay(true);
+        let _ = crate::transport::tune_tunnel_socket(&tcp);
         hub.tasks.spawn(serve_edge_connection(
             hub.clone(),
             tcp,
