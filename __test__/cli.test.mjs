@@ -43,6 +43,7 @@ test('demo carries TCP and UDP through the tunnel, shows the real client address
   assert.ok(udp, stdout)
   assert.equal(udp[2], udp[1])
   assert.match(stdout, /UDP PROXY v2 0d0a0d0a000d0a515549540a2112000c7f0000017f000002/)
+  assert.match(stdout, /^throughput: \d+\.\d\d MB through the tunnel in \d+\.\d\d s \(\d+\.\d MB\/s/m)
 })
 
 test('token encode and decode round-trip; bad input exits non-zero with a message', { timeout: 30_000 }, () => {

@@ -123,6 +123,7 @@ async function runDemo(options, integer) {
     const { listenPorts, listenPortsUdp } = await assigned
     say(`edge     connected (hub key pinned), listening on 127.0.0.2: TCP ${listenPorts.join(', ')}, UDP ${listenPortsUdp.join(', ')}`)
 
+    const startedAt = process.hrtime.bigint()
     const deadline = Date.now() + seconds * 1000
     let round = 0
     do {
@@ -142,7 +143,10 @@ async function runDemo(options, integer) {
     for (const s of seenUdp.slice(-1)) say(`  UDP PROXY v2 ${s.header} -> client ${s.client}`)
     const status = await hub.getStatus()
     const [edgeStatus] = status.connectedEdges
+    const elapsed = Number(process.hrtime.bigint() - startedAt) / 1e9
+    const megabytes = (edgeStatus.bytesIn + edgeStatus.bytesOut) / 1e6
     say(`\n${seen.length} TCP connections and ${seenUdp.length} UDP datagrams in ${round} round(s); hub counted ${edgeStatus.bytesIn} bytes in, ${edgeStatus.bytesOut} out`)
+    say(`throughput: ${megabytes.toFixed(2)} MB through the tunnel in ${elapsed.toFixed(2)} s (${(megabytes / elapsed).toFixed(1)} MB/s; small requests, one at a time)`)
   } finally {
     await edge.stop()
     await hub.stop()
