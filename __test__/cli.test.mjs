@@ -150,7 +150,11 @@ async function echoes(port, text) {
 test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP, SIGTERM', { timeout: 90_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ri-cli-'))
   const edgesFile = path.join(dir, 'edges.json')
-  const first = await startTarget(behaviours.echo)
+  // The first target also records what arrives, to check the per-port byte counters.
+  const first = await startTarget((socket, record) => {
+    socket.on('data', (chunk) => record.received.push(chunk))
+    socket.pipe(socket)
+  })
   const second = await startTarget(behaviours.echo)
   const writeEdges = (ports) =>
     fs.writeFileSync(edgesFile, JSON.stringify([{ id: 'cli-edge', secret: SECRET, listenPorts: ports }]))
@@ -176,12 +180,17 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
     assert.equal(metrics.get(`remoteingress_hub_streams_total{edge="cli-edge",port="${first.port}"}`), first.connections.length)
     assert.ok(metrics.get('remoteingress_hub_received_bytes_total{edge="cli-edge"}') > 'through the CLI tunnel'.length)
     assert.equal(metrics.get('remoteingress_hub_handshake_failures_total{reason="auth"}'), 0)
+    // Every byte the target received came through the hub (the PROXY header is not payload).
+    const toTarget = first.connections.reduce((sum, c) => sum + Buffer.concat(c.received).length, 0)
+    assert.ok(toTarget >= 'through the CLI tunnel'.length)
+    assert.equal(metrics.get(`remoteingress_hub_port_bytes_total{edge="cli-edge",port="${first.port}",direction="to_target"}`), toTarget)
     const edgeMetrics = parsePrometheus(await httpGet(edgeMetricsUrl))
     assert.equal(edgeMetrics.get('remoteingress_edge_connected'), 1)
     assert.equal(edgeMetrics.get('remoteingress_edge_connects_total'), 1)
     assert.equal(edgeMetrics.get(`remoteingress_edge_streams_total{port="${first.port}"}`), first.connections.length)
     assert.equal(edgeMetrics.get(`remoteingress_edge_listening{protocol="tcp",port="${first.port}"}`), 1)
     assert.ok(edgeMetrics.get('remoteingress_edge_sent_bytes_total') > 'through the CLI tunnel'.length)
+    assert.equal(edgeMetrics.get(`remoteingress_edge_port_bytes_total{port="${first.port}",direction="from_clients"}`), toTarget)
 
     writeEdges([first.port, second.port])
     await hub.waitForLog((l) => l.event === 'edgesReloaded', 'edgesReloaded after a file change')

@@ -177,8 +177,14 @@ fn open_stream(
         destination: SocketAddr::new(edge.destination_ip(local.ip()), local.port()),
     };
     let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
+    let port_bytes = edge
+        .totals()
+        .bytes_by_port
+        .entry(local.port())
+        .or_default()
+        .clone();
     // Ids come from a counter and never repeat within a tunnel.
-    let Some(port) = link.streams.open(id) else {
+    let Some(port) = link.streams.open(id, port_bytes) else {
         return Err(client);
     };
     let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));

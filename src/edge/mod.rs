@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::events::{EventSink, TransportKind};
 use crate::stun::{discover, PreferFamily};
 use crate::transport::tls::TlsSetupError;
-use crate::tunnel::stream::StreamTable;
+use crate::tunnel::stream::{SocketBytes, StreamTable};
 use crate::tunnel::writer::FrameSender;
 
 use listeners::ListenerSet;
@@ -112,6 +112,8 @@ struct EdgeTotals {
     connect_failures: BTreeMap<&'static str, u64>,
     streams_by_port: BTreeMap<u16, u64>,
     udp_sessions_by_port: BTreeMap<u16, u64>,
+    /// TCP payload per port: read from clients (`read`) and written to them (`written`).
+    bytes_by_port: BTreeMap<u16, Arc<SocketBytes>>,
 }
 
 impl EdgeShared {
@@ -342,6 +344,25 @@ impl Edge {
             m.family(name, Kind::Counter, help);
             for (port, count) in by_port {
                 m.sample(name, &[("port", &port.to_string())], *count);
+            }
+        }
+        m.family(
+            "remoteingress_edge_port_bytes_total",
+            Kind::Counter,
+            "TCP payload bytes per port: from clients and to clients.",
+        );
+        for (port, bytes) in &totals.bytes_by_port {
+            let port = port.to_string();
+            for (direction, count) in [
+                ("from_clients", &bytes.read),
+                ("to_clients", &bytes.written),
+            ] {
+                let labels = [("port", port.as_str()), ("direction", direction)];
+                m.sample(
+                    "remoteingress_edge_port_bytes_total",
+                    &labels,
+                    count.load(Ordering::Relaxed),
+                );
             }
         }
         m.family(

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::{EventSink, TransportKind};
 use crate::transport::tls::{HubIdentity, TlsSetupError};
+use crate::tunnel::stream::SocketBytes;
 
 use options::{AllowedEdge, HubOptions};
 use session::EdgeSession;
@@ -109,6 +110,8 @@ struct EdgeTotals {
     udp_dropped: u64,
     streams_by_port: BTreeMap<u16, u64>,
     udp_sessions_by_port: BTreeMap<u16, u64>,
+    /// TCP payload per port: read from the target (`read`) and written to it (`written`).
+    bytes_by_port: BTreeMap<u16, Arc<SocketBytes>>,
 }
 
 /// State every task of one hub shares.
@@ -346,6 +349,27 @@ impl Hub {
             for (edge, edge_totals) in &totals.edges {
                 for (port, count) in by_port(edge_totals) {
                     m.sample(name, &[("edge", edge), ("port", &port.to_string())], *count);
+                }
+            }
+        }
+        m.family(
+            "remoteingress_hub_port_bytes_total",
+            Kind::Counter,
+            "TCP payload bytes per edge port: to the target (from clients) and from the target.",
+        );
+        for (edge, edge_totals) in &totals.edges {
+            for (port, bytes) in &edge_totals.bytes_by_port {
+                let port = port.to_string();
+                for (direction, count) in
+                    [("to_target", &bytes.written), ("from_target", &bytes.read)]
+                {
+                    let labels = [
+                        ("edge", edge.as_str()),
+                        ("port", &port),
+                        ("direction", direction),
+                    ];
+                    let value = count.load(std::sync::atomic::Ordering::Relaxed);
+                    m.sample("remoteingress_hub_port_bytes_total", &labels, value);
                 }
             }
         }

@@ -551,16 +551,15 @@ impl EdgeSession {
             );
             return Ok(());
         }
-        let Some(stream_port) = self.streams.open(id) else {
+        let port_bytes = {
+            let mut totals = hub.totals();
+            let edge = totals.edges.entry(self.edge_id.clone()).or_default();
+            *edge.streams_by_port.entry(port).or_default() += 1;
+            edge.bytes_by_port.entry(port).or_default().clone()
+        };
+        let Some(stream_port) = self.streams.open(id, port_bytes) else {
             return Err(TunnelError::Violation(format!("stream {id} opened twice")));
         };
-        *hub.totals()
-            .edges
-            .entry(self.edge_id.clone())
-            .or_default()
-            .streams_by_port
-            .entry(port)
-            .or_default() += 1;
         hub.emit(HubEvent::StreamOpened {
             edge_id: self.edge_id.clone(),
             stream_id: id,

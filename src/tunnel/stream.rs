@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -146,6 +146,15 @@ pub struct StreamHandle {
 pub struct StreamPort {
     pub input: UnboundedReceiver<StreamInput>,
     pub flow: Arc<StreamFlow>,
+    bytes: Arc<SocketBytes>,
+}
+
+/// Bytes read from and written to local sockets, shared by the streams of one port for
+/// per-port metrics.
+#[derive(Debug, Default)]
+pub struct SocketBytes {
+    pub read: AtomicU64,
+    pub written: AtomicU64,
 }
 
 /// Live streams of one tunnel by id.
@@ -162,7 +171,8 @@ impl StreamTable {
     }
 
     /// Registers a new stream and returns the pump's end of it; None when the id is taken.
-    pub fn open(&self, id: u32) -> Option<StreamPort> {
+    /// `bytes` counts what the stream's socket reads and writes.
+    pub fn open(&self, id: u32, bytes: Arc<SocketBytes>) -> Option<StreamPort> {
         use std::collections::hash_map::Entry;
         let mut map = self.map();
         let Entry::Vacant(slot) = map.entry(id) else {
@@ -175,7 +185,11 @@ impl StreamTable {
             flow: flow.clone(),
         });
         self.active.store(map.len(), Ordering::Relaxed);
-        Some(StreamPort { input: rx, flow })
+        Some(StreamPort {
+            input: rx,
+            flow,
+            bytes,
+        })
     }
 
     pub fn get(&self, id: u32) -> Option<StreamHandle> {
@@ -254,12 +268,24 @@ pub async fn pump(
     frames: FrameSender,
     cancel: CancellationToken,
 ) -> StreamEnd {
-    let StreamPort { mut input, flow } = port;
+    let StreamPort {
+        mut input,
+        flow,
+        bytes,
+    } = port;
     let both_directions = async {
-        let upload = upload(&socket, id, side, &flow, &frames);
+        let upload = upload(&socket, id, side, &flow, &frames, &bytes.read);
         tokio::pin!(upload);
         {
-            let download = download(&socket, id, side, &mut input, &flow, &frames);
+            let download = download(
+                &socket,
+                id,
+                side,
+                &mut input,
+                &flow,
+                &frames,
+                &bytes.written,
+            );
             tokio::pin!(download);
             tokio::select! {
                 done = &mut upload => {
@@ -304,6 +330,7 @@ async fn upload(
     side: StreamSide,
     flow: &StreamFlow,
     frames: &FrameSender,
+    bytes_read: &AtomicU64,
 ) -> Result<(), Abort> {
     loop {
         // MAX_DATA_PAYLOAD is 64 KiB and fits a u32.
@@ -329,6 +356,7 @@ async fn upload(
                 Err(Abort::TunnelGone)
             };
         }
+        bytes_read.fetch_add(read as u64, Ordering::Relaxed);
         // `read` is at most `credit`, a u32.
         flow.give_back(credit - read as u32);
         if !frames.data(Frame::new(id, side.data, buf.freeze())) {
@@ -345,11 +373,13 @@ async fn download(
     input: &mut UnboundedReceiver<StreamInput>,
     flow: &StreamFlow,
     frames: &FrameSender,
+    bytes_written: &AtomicU64,
 ) -> Result<(), Abort> {
     while let Some(item) = input.recv().await {
         match item {
             StreamInput::Data(bytes) => {
                 write_all(socket, &bytes).await.map_err(Abort::Local)?;
+                bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                 if let Some(credit) = flow.on_consumed(len) {
                     frames.control(Frame::window_update(id, side.window_update, credit));
