@@ -81,6 +81,7 @@ fn event_callback(on_event: Function<Value, ()>) -> Result<Arc<EventCallback>> {
 trait Runtime: Send + 'static {
     fn stop(self) -> impl std::future::Future<Output = ()> + Send;
     fn status(&self) -> Result<Value>;
+    fn metrics(&self) -> String;
 }
 
 impl Runtime for Hub {
@@ -91,6 +92,10 @@ impl Runtime for Hub {
     fn status(&self) -> Result<Value> {
         to_js(&Hub::status(self))
     }
+
+    fn metrics(&self) -> String {
+        Hub::metrics(self)
+    }
 }
 
 impl Runtime for Edge {
@@ -100,6 +105,10 @@ impl Runtime for Edge {
 
     fn status(&self) -> Result<Value> {
         to_js(&Edge::status(self))
+    }
+
+    fn metrics(&self) -> String {
+        Edge::metrics(self)
     }
 }
 
@@ -149,6 +158,16 @@ impl<T: Runtime> Lifecycle<T> {
             Some(runtime) => runtime.status(),
             None => Ok(stopped),
         }
+    }
+
+    /// Prometheus text; empty when not running.
+    async fn metrics(&self) -> String {
+        self.runtime
+            .lock()
+            .await
+            .as_ref()
+            .map(T::metrics)
+            .unwrap_or_default()
     }
 
     fn running(&self) -> bool {
@@ -215,14 +234,7 @@ impl NativeHub {
     /// Prometheus text; empty when the hub is not running.
     #[napi]
     pub async fn get_metrics(&self) -> Result<String> {
-        Ok(self
-            .life
-            .runtime
-            .lock()
-            .await
-            .as_ref()
-            .map(Hub::metrics)
-            .unwrap_or_default())
+        Ok(self.life.metrics().await)
     }
 
     /// Resolves once the hub is stopped; the facade keeps this pending to keep Node alive.
@@ -272,14 +284,7 @@ impl NativeEdge {
     /// Prometheus text; empty when the edge is not running.
     #[napi]
     pub async fn get_metrics(&self) -> Result<String> {
-        Ok(self
-            .life
-            .runtime
-            .lock()
-            .await
-            .as_ref()
-            .map(Edge::metrics)
-            .unwrap_or_default())
+        Ok(self.life.metrics().await)
     }
 
     #[napi(ts_return_type = "Promise<any>")]
