@@ -262,13 +262,15 @@ impl Hub {
     /// drops, reconnects and failed handshakes.
     pub fn metrics(&self) -> String {
         use crate::metrics::{Kind, MetricsText};
+        // Totals first: a session that ends moves its counts into the totals under this lock, so
+        // the two reads below see it exactly once and counters never dip.
+        let totals = self.shared.totals();
         let live: Vec<ConnectedEdgeStatus> = self
             .shared
             .sessions()
             .values()
             .map(|s| s.status())
             .collect();
-        let totals = self.shared.totals();
         let mut m = MetricsText::default();
         m.family(
             "remoteingress_hub_edges_connected",

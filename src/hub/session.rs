@@ -235,6 +235,14 @@ async fn serve_edge_connection(
     session.cancel.cancel();
 
     {
+        // Under the totals lock, so a metrics scrape sees these counts exactly once: either in
+        // the live session or in the totals.
+        let status = session.status();
+        let mut totals = hub.totals();
+        let edge = totals.edges.entry(edge_id.clone()).or_default();
+        edge.bytes_in += status.bytes_in;
+        edge.bytes_out += status.bytes_out;
+        edge.udp_dropped += status.udp_datagrams_dropped;
         let mut sessions = hub.sessions();
         if sessions
             .get(&edge_id)
@@ -242,14 +250,6 @@ async fn serve_edge_connection(
         {
             sessions.remove(&edge_id);
         }
-    }
-    {
-        let status = session.status();
-        let mut totals = hub.totals();
-        let edge = totals.edges.entry(edge_id.clone()).or_default();
-        edge.bytes_in += status.bytes_in;
-        edge.bytes_out += status.bytes_out;
-        edge.udp_dropped += status.udp_datagrams_dropped;
     }
     let reason = session
         .take_close_reason()
