@@ -13,9 +13,8 @@ import {
   PACKAGE_ROOT,
   SECRET,
   behaviours,
-  connect,
+  echoOnce,
   probeConnect,
-  readBytes,
   startTarget,
   stopQuietly,
   waitFor,
@@ -136,16 +135,7 @@ function parsePrometheus(text) {
   return samples
 }
 
-async function echoes(port, text) {
-  const client = await connect(port)
-  try {
-    const echoed = readBytes(client, Buffer.byteLength(text), 5000)
-    client.write(text)
-    return (await echoed).toString() === text
-  } finally {
-    client.destroy()
-  }
-}
+const echoes = async (port, text) => (await echoOnce(port, text)) === text
 
 test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP, SIGTERM', { timeout: 90_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ri-cli-'))

@@ -368,6 +368,18 @@ export function connect(port, host = EDGE_ADDRESS, timeoutMs = 5000, { allowHalf
 }
 
 /** Tries to connect; resolves 'connected' (and closes) or the error code (e.g. ECONNREFUSED). */
+/** Opens a connection to an echo target through the edge, sends `text`, returns what came back. */
+export async function echoOnce(port, text, timeoutMs = 5000) {
+  const client = await connect(port)
+  try {
+    const echoed = readBytes(client, Buffer.byteLength(text), timeoutMs)
+    client.write(text)
+    return (await echoed).toString()
+  } finally {
+    client.destroy()
+  }
+}
+
 export async function probeConnect(port, host = EDGE_ADDRESS) {
   try {
     const socket = await connect(port, host, 2000)

@@ -7,9 +7,8 @@ import {
   ALPN,
   SECRET,
   behaviours,
-  connect,
+  echoOnce,
   once,
-  readBytes,
   recordEvents,
   startTarget,
   startTunnel,
@@ -22,14 +21,7 @@ const MAX_AUTH_FAILURES = 10 // hub/throttle.rs
 
 /** A new connection through the edge to the echo target carries `text` there and back. */
 async function assertEchoesThrough(port, text) {
-  const client = await connect(port)
-  try {
-    const echoed = readBytes(client, Buffer.byteLength(text), 5000)
-    client.write(text)
-    assert.equal((await echoed).toString(), text)
-  } finally {
-    client.destroy()
-  }
+  assert.equal(await echoOnce(port, text), text)
 }
 
 /**
