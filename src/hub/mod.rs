@@ -156,6 +156,11 @@ impl HubShared {
         self.totals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Updates one edge's totals, created at first use.
+    fn update_edge_totals<R>(&self, edge_id: &str, update: impl FnOnce(&mut EdgeTotals) -> R) -> R {
+        update(self.totals().edges.entry(edge_id.to_string()).or_default())
+    }
+
     fn count_handshake_failure(&self, reason: &'static str) {
         *self.totals().handshake_failures.entry(reason).or_default() += 1;
     }

@@ -304,11 +304,7 @@ fn admit(
     if let Some(old) = hub.sessions().insert(edge_id.to_string(), session.clone()) {
         old.close("replaced by a new connection from the same edge");
     }
-    hub.totals()
-        .edges
-        .entry(edge_id.to_string())
-        .or_default()
-        .connects += 1;
+    hub.update_edge_totals(edge_id, |edge| edge.connects += 1);
     Some((session, entry.config.clone()))
 }
 
@@ -488,24 +484,18 @@ impl EdgeSession {
         let opened = self
             .udp
             .open(hub, &self.frames, id, addresses, self.cancel.child_token());
-        if opened.is_ok() {
-            *hub.totals()
-                .edges
-                .entry(self.edge_id.clone())
-                .or_default()
-                .udp_sessions_by_port
-                .entry(port)
-                .or_default() += 1;
-        }
-        if let Err(Refusal::SessionLimit) = opened {
-            refuse(
+        match opened {
+            Ok(()) => hub.update_edge_totals(&self.edge_id, |edge| {
+                *edge.udp_sessions_by_port.entry(port).or_default() += 1;
+            }),
+            Err(Refusal::SessionLimit) => refuse(
                 "udpSessionLimit",
                 format!(
                     "edge {} reached {} UDP sessions; refusing more",
                     self.edge_id,
                     super::udp::MAX_UDP_SESSIONS_PER_EDGE
                 ),
-            );
+            ),
         }
         Ok(())
     }
@@ -551,12 +541,10 @@ impl EdgeSession {
             );
             return Ok(());
         }
-        let port_bytes = {
-            let mut totals = hub.totals();
-            let edge = totals.edges.entry(self.edge_id.clone()).or_default();
+        let port_bytes = hub.update_edge_totals(&self.edge_id, |edge| {
             *edge.streams_by_port.entry(port).or_default() += 1;
             edge.bytes_by_port.entry(port).or_default().clone()
-        };
+        });
         let Some(stream_port) = self.streams.open(id, port_bytes) else {
             return Err(TunnelError::Violation(format!("stream {id} opened twice")));
         };
