@@ -9,4 +9,5 @@
 pub mod frame;
 pub mod handshake;
 pub mod proxy;
+pub mod quic;
 pub mod token;

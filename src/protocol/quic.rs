@@ -1,0 +1,346 @@
+//! What the QUIC transport puts on the wire besides the handshake lines: control messages,
+//! datagrams, and the stream that carries a datagram too large for a QUIC datagram.
+//!
+//! - Control stream (the first bidirectional stream the edge opens), after the handshake lines:
+//!   `[type u8][len u32 BE][payload]`, types as in [`FrameType`]: CONFIG, PING and PONG as in
+//!   the frame protocol, UDP_OPEN `[session u32][PROXY v2]` and UDP_CLOSE `[session u32]`.
+//! - Datagram: `[session u32][payload]`. A session opens with `[session u32][0xFF][PROXY v2]`;
+//!   the edge also registers every open on the control stream, so an open survives the loss
+//!   of its datagram. A datagram for a known session is data whatever its first byte, except
+//!   an exact repeat of that session's open.
+//! - Oversized datagram: a unidirectional stream holding `[session u32][payload]`, then FIN.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::frame::{FrameError, FrameType, MAX_FRAME_PAYLOAD};
+use super::proxy::{parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport};
+
+/// Control message header: type (1) + length (4).
+pub const CONTROL_HEADER_LEN: usize = 5;
+/// Largest control payload accepted (peer-forceable): room for a CONFIG listing every port.
+pub const MAX_CONTROL_PAYLOAD: usize = MAX_FRAME_PAYLOAD;
+/// Every datagram, and every oversized-datagram stream, starts with the session id.
+pub const SESSION_ID_LEN: usize = 4;
+/// First payload byte of a datagram that opens a session.
+pub const OPEN_MARKER: u8 = 0xFF;
+/// Largest UDP payload, so the largest oversized-datagram stream is this plus the session id.
+pub const MAX_UDP_PAYLOAD: usize = 65_535;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuicWireError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("{0:?} is not a control message")]
+    NotControl(FrameType),
+    #[error("{kind:?} payload of {len} bytes is malformed")]
+    BadPayload { kind: FrameType, len: usize },
+    #[error("datagram of {0} bytes is shorter than a session id")]
+    ShortDatagram(usize),
+}
+
+/// One message on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// The same JSON as the handshake answer.
+    Config(Bytes),
+    Ping([u8; 8]),
+    Pong([u8; 8]),
+    /// A UDP session; `header` is its PROXY v2 header, as in the open datagram.
+    UdpOpen {
+        session: u32,
+        header: Bytes,
+    },
+    UdpClose {
+        session: u32,
+    },
+}
+
+impl ControlMessage {
+    pub fn kind(&self) -> FrameType {
+        match self {
+            ControlMessage::Config(_) => FrameType::Config,
+            ControlMessage::Ping(_) => FrameType::Ping,
+            ControlMessage::Pong(_) => FrameType::Pong,
+            ControlMessage::UdpOpen { .. } => FrameType::UdpOpen,
+            ControlMessage::UdpClose { .. } => FrameType::UdpClose,
+        }
+    }
+
+    /// Appends the encoded message to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let payload_len = match self {
+            ControlMessage::Config(json) => json.len(),
+            ControlMessage::Ping(_) | ControlMessage::Pong(_) => 8,
+            ControlMessage::UdpOpen { header, .. } => SESSION_ID_LEN + header.len(),
+            ControlMessage::UdpClose { .. } => SESSION_ID_LEN,
+        };
+        dst.reserve(CONTROL_HEADER_LEN + payload_len);
+        dst.put_u8(self.kind().into());
+        // Our own messages stay far below 4 GiB: a CONFIG is bounded by the port count.
+        dst.put_u32(u32::try_from(payload_len).unwrap_or(u32::MAX));
+        match self {
+            ControlMessage::Config(json) => dst.put_slice(json),
+            ControlMessage::Ping(nonce) | ControlMessage::Pong(nonce) => dst.put_slice(nonce),
+            ControlMessage::UdpOpen { session, header } => {
+                dst.put_u32(*session);
+                dst.put_slice(header);
+            }
+            ControlMessage::UdpClose { session } => dst.put_u32(*session),
+        }
+    }
+}
+
+/// Takes one complete control message off the front of `buf`. `Ok(None)` = need more bytes
+/// (buf untouched). A bad type or length is an error as soon as the header is present.
+pub fn decode_control(buf: &mut BytesMut) -> Result<Option<ControlMessage>, QuicWireError> {
+    let Some(&[type_byte, l0, l1, l2, l3]) = buf.first_chunk::<CONTROL_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let kind = FrameType::try_from(type_byte)?;
+    let len = u32::from_be_bytes([l0, l1, l2, l3]);
+    let payload_len = match usize::try_from(len) {
+        Ok(n) if n <= MAX_CONTROL_PAYLOAD => n,
+        _ => return Err(FrameError::Oversize { len }.into()),
+    };
+    if !matches!(
+        kind,
+        FrameType::Config
+            | FrameType::Ping
+            | FrameType::Pong
+            | FrameType::UdpOpen
+            | FrameType::UdpClose
+    ) {
+        return Err(QuicWireError::NotControl(kind));
+    }
+    if buf.len() < CONTROL_HEADER_LEN + payload_len {
+        return Ok(None);
+    }
+    buf.advance(CONTROL_HEADER_LEN);
+    let mut payload = buf.split_to(payload_len).freeze();
+    let bad = || QuicWireError::BadPayload {
+        kind,
+        len: payload_len,
+    };
+    Ok(Some(match kind {
+        FrameType::Config => ControlMessage::Config(payload),
+        FrameType::Ping | FrameType::Pong => {
+            let nonce: [u8; 8] = payload[..].try_into().map_err(|_| bad())?;
+            if kind == FrameType::Ping {
+                ControlMessage::Ping(nonce)
+            } else {
+                ControlMessage::Pong(nonce)
+            }
+        }
+        FrameType::UdpOpen => {
+            if payload.len() < SESSION_ID_LEN {
+                return Err(bad());
+            }
+            let session = payload.get_u32();
+            ControlMessage::UdpOpen {
+                session,
+                header: payload,
+            }
+        }
+        _ => {
+            let session: [u8; SESSION_ID_LEN] = payload[..].try_into().map_err(|_| bad())?;
+            ControlMessage::UdpClose {
+                session: u32::from_be_bytes(session),
+            }
+        }
+    }))
+}
+
+/// `[session][payload]`, as a datagram or as the content of an oversized-datagram stream.
+pub fn encode_datagram(session: u32, payload: &[u8]) -> Bytes {
+    let mut datagram = BytesMut::with_capacity(SESSION_ID_LEN + payload.len());
+    datagram.put_u32(session);
+    datagram.put_slice(payload);
+    datagram.freeze()
+}
+
+/// `[session][0xFF][PROXY v2 header]`.
+pub fn encode_open_datagram(session: u32, header: &[u8]) -> Bytes {
+    let mut datagram = BytesMut::with_capacity(SESSION_ID_LEN + 1 + header.len());
+    datagram.put_u32(session);
+    datagram.put_u8(OPEN_MARKER);
+    datagram.put_slice(header);
+    datagram.freeze()
+}
+
+/// Splits a datagram into its session id and the rest (zero-copy).
+pub fn split_datagram(mut datagram: Bytes) -> Result<(u32, Bytes), QuicWireError> {
+    if datagram.len() < SESSION_ID_LEN {
+        return Err(QuicWireError::ShortDatagram(datagram.len()));
+    }
+    let session = datagram.get_u32();
+    Ok((session, datagram))
+}
+
+/// The addresses of an open (the rest of a datagram after the session id, or a UDP_OPEN
+/// header), or `None` when `rest` is not exactly a marker and a PROXY v2 datagram header.
+pub fn parse_open(rest: &[u8]) -> Option<ProxyAddresses> {
+    match rest.split_first() {
+        Some((&OPEN_MARKER, header)) => parse_open_header(header),
+        _ => None,
+    }
+}
+
+/// The addresses in a PROXY v2 datagram header that fills `header` exactly.
+pub fn parse_open_header(header: &[u8]) -> Option<ProxyAddresses> {
+    match parse_v2(header) {
+        Ok(Some((ProxyHeader::Addresses(addresses), Some(ProxyTransport::Datagram), used)))
+            if used == header.len() =>
+        {
+            Some(addresses)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `rest` (a datagram after its session id) is an exact repeat of the open whose
+/// PROXY header was `header`, rather than data.
+pub fn is_repeated_open(rest: &[u8], header: &[u8]) -> bool {
+    rest.split_first()
+        .is_some_and(|(&marker, tail)| marker == OPEN_MARKER && tail == header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::proxy::encode_v2;
+    use std::net::SocketAddr;
+
+    fn addresses() -> ProxyAddresses {
+        ProxyAddresses {
+            source: "203.0.113.7:5353".parse::<SocketAddr>().unwrap(),
+            destination: "198.51.100.1:53".parse::<SocketAddr>().unwrap(),
+        }
+    }
+
+    #[test]
+    fn control_messages_are_byte_exact() {
+        let mut buf = BytesMut::new();
+        ControlMessage::Ping([1, 2, 3, 4, 5, 6, 7, 8]).encode(&mut buf);
+        ControlMessage::UdpClose {
+            session: 0x0102_0304,
+        }
+        .encode(&mut buf);
+        ControlMessage::UdpOpen {
+            session: 9,
+            header: Bytes::from_static(b"hdr"),
+        }
+        .encode(&mut buf);
+        assert_eq!(
+            &buf[..],
+            &[
+                0x07, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, //
+                0x0E, 0, 0, 0, 4, 1, 2, 3, 4, //
+                0x0B, 0, 0, 0, 7, 0, 0, 0, 9, b'h', b'd', b'r',
+            ][..]
+        );
+    }
+
+    #[test]
+    fn control_messages_round_trip_one_byte_at_a_time() {
+        let messages = [
+            ControlMessage::Config(Bytes::from_static(br#"{"listenPorts":[80]}"#)),
+            ControlMessage::Ping([9; 8]),
+            ControlMessage::Pong([7; 8]),
+            ControlMessage::UdpOpen {
+                session: 3,
+                header: Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses())),
+            },
+            ControlMessage::UdpClose { session: u32::MAX },
+        ];
+        let mut wire = BytesMut::new();
+        for message in &messages {
+            message.encode(&mut wire);
+        }
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        for byte in wire {
+            buf.put_u8(byte);
+            while let Some(message) = decode_control(&mut buf).unwrap() {
+                decoded.push(message);
+            }
+        }
+        assert_eq!(decoded, messages);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn control_decoder_refuses_bad_types_lengths_and_payloads() {
+        let cases: [(&[u8], QuicWireError); 5] = [
+            (&[0x42, 0, 0, 0, 0], FrameError::UnknownType(0x42).into()),
+            (
+                &[0x02, 0, 0, 0, 1, 0],
+                QuicWireError::NotControl(FrameType::Data),
+            ),
+            (
+                &[0x06, 0, 0x10, 0, 1],
+                FrameError::Oversize { len: 0x0010_0001 }.into(),
+            ),
+            (
+                &[0x07, 0, 0, 0, 2, 1, 2],
+                QuicWireError::BadPayload {
+                    kind: FrameType::Ping,
+                    len: 2,
+                },
+            ),
+            (
+                &[0x0E, 0, 0, 0, 5, 0, 0, 0, 1, 0],
+                QuicWireError::BadPayload {
+                    kind: FrameType::UdpClose,
+                    len: 5,
+                },
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let mut buf = BytesMut::from(bytes);
+            assert_eq!(decode_control(&mut buf), Err(expected), "{bytes:?}");
+        }
+        // An oversized length is refused from the header alone.
+        let mut header_only = BytesMut::from(&[0x06, 0xFF, 0xFF, 0xFF, 0xFF][..]);
+        assert!(decode_control(&mut header_only).is_err());
+        let mut partial = BytesMut::from(&[0x07, 0, 0, 0, 8, 1][..]);
+        assert_eq!(decode_control(&mut partial), Ok(None));
+        assert_eq!(partial.len(), 6);
+    }
+
+    #[test]
+    fn datagrams_split_into_session_and_payload() {
+        let datagram = encode_datagram(0xA1B2_C3D4, b"\xFFpayload");
+        assert_eq!(&datagram[..5], &[0xA1, 0xB2, 0xC3, 0xD4, 0xFF]);
+        let (session, rest) = split_datagram(datagram).unwrap();
+        assert_eq!(session, 0xA1B2_C3D4);
+        assert_eq!(&rest[..], b"\xFFpayload");
+        assert_eq!(
+            split_datagram(Bytes::from_static(&[1, 2, 3])),
+            Err(QuicWireError::ShortDatagram(3))
+        );
+        let (session, rest) = split_datagram(Bytes::from_static(&[0, 0, 0, 5])).unwrap();
+        assert_eq!((session, rest.len()), (5, 0));
+    }
+
+    #[test]
+    fn open_datagrams_carry_a_whole_proxy_v2_header() {
+        let header = encode_v2(ProxyTransport::Datagram, &addresses());
+        let open = encode_open_datagram(12, &header);
+        assert_eq!(&open[..5], &[0, 0, 0, 12, OPEN_MARKER]);
+        let (session, rest) = split_datagram(open).unwrap();
+        assert_eq!(session, 12);
+        assert_eq!(parse_open(&rest), Some(addresses()));
+        assert!(is_repeated_open(&rest, &header));
+        // Data that merely starts with the marker is not an open, nor a repeat.
+        assert_eq!(parse_open(b"\xFFhello"), None);
+        assert!(!is_repeated_open(b"\xFFhello", &header));
+        // Trailing bytes, a stream header, or a missing marker are not opens.
+        let mut trailing = rest.to_vec();
+        trailing.push(0);
+        assert_eq!(parse_open(&trailing), None);
+        let stream = encode_v2(ProxyTransport::Stream, &addresses());
+        assert_eq!(parse_open_header(&stream), None);
+        assert_eq!(parse_open(&header), None);
+        assert_eq!(parse_open(&[]), None);
+    }
+}
