@@ -21,6 +21,7 @@ import {
   startTunnel,
   stopQuietly,
   waitFor,
+  TEST_TRANSPORT,
 } from './helpers.mjs'
 
 const sorted = (ports) => [...ports].sort((a, b) => a - b)
@@ -221,7 +222,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     const entry = hubStatus.connectedEdges[0]
     assert.equal(entry.edgeId, 'status')
     assert.equal(entry.remoteAddress.replace(/:\d+$/, ''), '127.0.0.1')
-    assert.equal(entry.transport, 'tcpTls')
+    assert.equal(entry.transport, TEST_TRANSPORT)
     assert.equal(typeof entry.connectedAt, 'number')
     assert.ok(entry.connectedAt >= before - 1000 && entry.connectedAt <= after + 1000, `connectedAt ${entry.connectedAt} not near ${before}..${after}`)
     assert.equal(entry.activeStreams, 0)
@@ -229,7 +230,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     const edgeStatus = await edge.getStatus()
     assert.deepEqual(
       { ...edgeStatus, activeStreams: undefined },
-      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: 'tcpTls', udpDatagramsDropped: 0 },
+      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, udpDatagramsDropped: 0 },
     )
     assert.equal(edgeStatus.activeStreams, 0)
 
@@ -312,7 +313,7 @@ test('two edges on one hub each carry their own port', { timeout: 20000 }, async
     const connectedEvents = hubEvents.of('edgeConnected').sort((x, y) => x.edgeId.localeCompare(y.edgeId))
     assert.deepEqual(
       connectedEvents.map(({ edgeId, transport }) => ({ edgeId, transport })),
-      [{ edgeId: 'edge-a', transport: 'tcpTls' }, { edgeId: 'edge-b', transport: 'tcpTls' }],
+      [{ edgeId: 'edge-a', transport: TEST_TRANSPORT }, { edgeId: 'edge-b', transport: TEST_TRANSPORT }],
     )
     for (const event of connectedEvents) assert.match(event.remoteAddress, /^127\.0\.0\.1(:\d+)?$/)
 

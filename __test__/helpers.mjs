@@ -274,6 +274,15 @@ export async function startHub(edges = [], hubOptions = {}) {
   }
 }
 
+/**
+ * The transport real edges use in this run: the end-to-end suites run once per transport
+ * (`npm test` runs them again with REMOTEINGRESS_TEST_TRANSPORT=quic).
+ */
+export const TEST_TRANSPORT = process.env.REMOTEINGRESS_TEST_TRANSPORT ?? 'tcpTls'
+if (!['tcpTls', 'quic'].includes(TEST_TRANSPORT)) {
+  throw new Error(`REMOTEINGRESS_TEST_TRANSPORT must be tcpTls or quic, not ${TEST_TRANSPORT}`)
+}
+
 /** The edge config every test uses: fast reconnects, no STUN, listeners on 127.0.0.2. */
 export function edgeConfig(hubPort, edgeId, secret = SECRET, extra = {}) {
   return {
@@ -281,6 +290,7 @@ export function edgeConfig(hubPort, edgeId, secret = SECRET, extra = {}) {
     hubPort,
     edgeId,
     secret,
+    transportMode: TEST_TRANSPORT,
     bindAddress: EDGE_ADDRESS,
     stunServers: [],
     reconnectMinMs: 50,

@@ -13,6 +13,7 @@ pub type EventSink<E> = Arc<dyn Fn(E) + Send + Sync>;
 #[serde(rename_all = "camelCase")]
 pub enum TransportKind {
     TcpTls,
+    Quic,
 }
 
 /// Milliseconds since the Unix epoch, as JavaScript's `Date.now()`.

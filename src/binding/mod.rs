@@ -18,6 +18,7 @@ use crate::events::EventSink;
 use crate::hub::options::{parse_allowed_edges, HubOptions};
 use crate::hub::{Hub, HubEvent, HubStartError};
 use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
+use crate::transport::quic::QuicSetupError;
 use crate::transport::tls::{validate_fingerprint, HubIdentity, TlsSetupError};
 
 /// Weak: events never keep Node alive; a pending `waitForStop()` does, while running.
@@ -37,7 +38,9 @@ impl From<ConfigError> for Error {
 fn start_error(e: HubStartError) -> Error {
     match e {
         HubStartError::Listen { .. } => js_error("ERR_LISTEN", e),
-        HubStartError::Tls(tls) => tls_error(tls),
+        HubStartError::Quic(QuicSetupError::Bind { .. }) => js_error("ERR_LISTEN", e),
+        HubStartError::Quic(QuicSetupError::Tls(tls)) | HubStartError::Tls(tls) => tls_error(tls),
+        HubStartError::Quic(QuicSetupError::Crypto(_)) => js_error("ERR_TLS", e),
     }
 }
 

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
+use crate::tunnel::quic::{relay, RelayCounters};
 use crate::tunnel::stream::{pump, EDGE_SIDE};
+use crate::tunnel::Carrier;
 
 use super::EdgeShared;
 
@@ -158,8 +160,8 @@ fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// Sends OPEN and starts the pump; hands the client back when no stream could be opened (no
-/// tunnel up, or the tunnel going away).
+/// Opens a stream for the client and starts carrying it; hands the client back when no
+/// stream could be opened (no tunnel up, or the tunnel going away).
 fn open_stream(
     edge: &Arc<EdgeShared>,
     client: TcpStream,
@@ -176,31 +178,63 @@ fn open_stream(
         source: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
         destination: SocketAddr::new(edge.destination_ip(local.ip()), local.port()),
     };
-    let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
     let port_bytes = edge
         .totals()
         .bytes_by_port
         .entry(local.port())
         .or_default()
         .clone();
-    // Ids come from a counter and never repeat within a tunnel.
-    let Some(port) = link.streams.open(id, port_bytes) else {
-        return Err(client);
-    };
-    let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
-    if !link.frames.control(open) {
-        link.streams.remove(id);
-        return Err(client);
+    let cancel = link.cancel.child_token();
+    match &link.carrier {
+        Carrier::Frames(frames) => {
+            let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
+            // Ids come from a counter and never repeat within a tunnel.
+            let Some(port) = link.streams.open(id, port_bytes) else {
+                return Err(client);
+            };
+            let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
+            if !frames.control(open) {
+                link.streams.remove(id);
+                return Err(client);
+            }
+            let frames = frames.clone();
+            let link = link.clone();
+            edge.tasks.spawn(async move {
+                pump(client, id, EDGE_SIDE, port, frames, cancel).await;
+                link.streams.remove(id);
+            });
+        }
+        Carrier::Quic(quic) => {
+            let connection = quic.connection.clone();
+            let open = link.quic_streams.open();
+            edge.tasks.spawn(async move {
+                let _open = open;
+                // A stream of its own, announced by its first bytes: the PROXY line.
+                let stream = async {
+                    let (mut send, recv) = connection.open_bi().await.ok()?;
+                    send.write_all(&encode_v1(&addresses)).await.ok()?;
+                    Some((send, recv))
+                };
+                let stream = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    stream = stream => stream,
+                };
+                let Some((send, recv)) = stream else {
+                    let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                    return;
+                };
+                let counters = RelayCounters {
+                    read: &port_bytes.read,
+                    written: &port_bytes.written,
+                };
+                relay(client, send, recv, counters, &cancel).await;
+            });
+        }
     }
     *edge
         .totals()
         .streams_by_port
         .entry(local.port())
         .or_default() += 1;
-    let cancel = link.cancel.child_token();
-    edge.tasks.spawn(async move {
-        pump(client, id, EDGE_SIDE, port, link.frames.clone(), cancel).await;
-        link.streams.remove(id);
-    });
     Ok(())
 }

@@ -22,8 +22,9 @@ use tokio_util::task::TaskTracker;
 use crate::events::{EventSink, TransportKind};
 use crate::stun::{discover, PreferFamily};
 use crate::transport::tls::TlsSetupError;
+use crate::tunnel::quic::StreamCount;
 use crate::tunnel::stream::{SocketBytes, StreamTable};
-use crate::tunnel::writer::FrameSender;
+use crate::tunnel::Carrier;
 
 use listeners::ListenerSet;
 use options::EdgeOptions;
@@ -76,8 +77,11 @@ pub struct EdgeStatus {
 
 /// The tunnel that is up right now; listeners hand accepted connections to it.
 struct TunnelLink {
-    frames: FrameSender,
+    carrier: Carrier,
+    /// Connections carried over TCP+TLS.
     streams: StreamTable,
+    /// Connections carried over QUIC.
+    quic_streams: StreamCount,
     udp: udp::UdpSessions,
     next_stream_id: AtomicU32,
     cancel: CancellationToken,
@@ -253,11 +257,13 @@ impl Edge {
             running: !self.shared.cancel.is_cancelled(),
             connected: link.is_some(),
             public_ip: self.shared.public_ip().map(|ip| ip.to_string()),
-            active_streams: link.as_ref().map_or(0, |l| l.streams.len()),
+            active_streams: link
+                .as_ref()
+                .map_or(0, |l| l.streams.len() + l.quic_streams.get()),
             active_udp_sessions: link.as_ref().map_or(0, |l| l.udp.len()),
             listen_ports,
             listen_ports_udp,
-            transport: link.map(|_| TransportKind::TcpTls),
+            transport: link.map(|l| l.carrier.transport()),
             udp_datagrams_dropped: self.shared.udp_dropped.load(Ordering::Relaxed),
         }
     }
@@ -268,6 +274,11 @@ impl Edge {
         use crate::metrics::{Kind, MetricsText};
         let status = self.status();
         let shared = &self.shared;
+        // A QUIC tunnel's bytes join the totals when it ends; until then they are its own.
+        let (live_in, live_out) = match shared.current_link().map(|l| l.carrier.clone()) {
+            Some(Carrier::Quic(quic)) => quic.bytes(),
+            _ => (0, 0),
+        };
         let totals = shared.totals();
         let mut m = MetricsText::default();
         let mut single = |name: &str, kind, help: &str, value: u64| {
@@ -290,13 +301,13 @@ impl Edge {
             "remoteingress_edge_received_bytes_total",
             Kind::Counter,
             "Tunnel bytes received from the hub.",
-            shared.bytes_in.load(Ordering::Relaxed),
+            shared.bytes_in.load(Ordering::Relaxed) + live_in,
         );
         single(
             "remoteingress_edge_sent_bytes_total",
             Kind::Counter,
             "Tunnel bytes sent to the hub.",
-            shared.bytes_out.load(Ordering::Relaxed),
+            shared.bytes_out.load(Ordering::Relaxed) + live_out,
         );
         single(
             "remoteingress_edge_streams_active",

@@ -129,12 +129,6 @@ impl EdgeOptions {
                 ],
             )?
             .unwrap_or(TransportMode::TcpTls);
-        if transport != TransportMode::TcpTls {
-            return Err(ConfigError::new(
-                "transportMode",
-                "QUIC is not available in this version yet; use 'tcpTls'",
-            ));
-        }
 
         let fingerprint = match f.string("hubFingerprint")? {
             Some(explicit) => Some(explicit),

@@ -1,7 +1,7 @@
 //! Keeps a tunnel to the hub up: connect, authenticate, serve frames, and on any failure
 //! report it and reconnect with backoff.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,20 +13,26 @@ use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::events::TransportKind;
 use crate::protocol::frame::{decode_close, decode_ping, decode_window_credit, Frame, FrameType};
 use crate::protocol::handshake::{
     encode_auth_line, parse_config, parse_reply, take_line_limited, EdgeConfig, HandshakeError,
     HubReply, MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
 };
+use crate::protocol::quic::ControlMessage;
+use crate::transport::quic::{edge_endpoint, negotiated_alpn, CLOSE_STOPPED};
 use crate::transport::tls::{server_name, HubTrust, ALPN};
-use crate::tunnel::frame_loop::{run_frame_loop, Heartbeat};
+use crate::tunnel::quic::{
+    control_channel, receive_datagrams, receive_oversized, run_control_writer, ControlReader,
+    QuicLink, StreamCount,
+};
 use crate::tunnel::reader::FrameReader;
+use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::{frame_channel, run_writer};
-use crate::tunnel::TunnelError;
+use crate::tunnel::{Carrier, TunnelError};
 
 use super::backoff::{jitter, Backoff};
+use super::options::TransportMode;
 use super::{EdgeEvent, EdgeShared, TunnelLink};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +51,34 @@ enum ConnectError {
     Rejected(String),
     #[error("no answer from the hub within {0:?}")]
     Timeout(std::time::Duration),
+    #[error("QUIC: {0}")]
+    Quic(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
+/// How long `quicWithFallback` waits for QUIC before it tries TCP+TLS.
+pub const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(5);
+
+/// A tunnel that is up and logged in, on either transport.
+enum Established {
+    Tls {
+        stream: Box<HubStream>,
+        leftover: BytesMut,
+    },
+    Quic {
+        /// Owns the socket; kept until the tunnel ends.
+        endpoint: quinn::Endpoint,
+        connection: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        leftover: BytesMut,
+    },
+}
+
 /// Runs until the edge is stopped.
 pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
-    let connector = TlsConnector::from(tls);
+    let connector = TlsConnector::from(tls.clone());
     let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
     if matches!(edge.options.trust, HubTrust::AnyKey) {
         edge.warn(
@@ -60,17 +87,15 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
         );
     }
     loop {
-        let attempt =
-            tokio::time::timeout(edge.options.connect_timeout, connect(&edge, &connector));
         let outcome = tokio::select! {
             _ = edge.cancel.cancelled() => return,
-            outcome = attempt => outcome.unwrap_or(Err(ConnectError::Timeout(edge.options.connect_timeout))),
+            outcome = connect(&edge, &connector, &tls) => outcome,
         };
         match outcome {
-            Ok((tls, config, leftover)) => {
+            Ok((established, config)) => {
                 backoff.reset();
                 edge.totals().connects += 1;
-                let reason = serve(&edge, tls, config, leftover).await;
+                let reason = serve(&edge, established, config).await;
                 if edge.cancel.is_cancelled() {
                     edge.emit(EdgeEvent::TunnelDisconnected {
                         reason: "edge stopped".into(),
@@ -104,10 +129,48 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
 
 type HubStream = TlsStream<TcpStream>;
 
+/// One attempt to bring a tunnel up over the configured transport(s), each within the
+/// connect timeout.
 async fn connect(
     edge: &EdgeShared,
     connector: &TlsConnector,
-) -> Result<(HubStream, EdgeConfig, BytesMut), ConnectError> {
+    tls: &Arc<ClientConfig>,
+) -> Result<(Established, EdgeConfig), ConnectError> {
+    let limit = edge.options.connect_timeout;
+    match edge.options.transport {
+        TransportMode::TcpTls => within(limit, connect_tls(edge, connector)).await,
+        TransportMode::Quic => within(limit, connect_quic(edge, tls)).await,
+        TransportMode::QuicWithFallback => {
+            let quic_limit = limit.min(QUIC_FALLBACK_AFTER);
+            match within(quic_limit, connect_quic(edge, tls)).await {
+                Ok(established) => Ok(established),
+                // The hub answered: TCP+TLS would get the same answer.
+                Err(e @ ConnectError::Rejected(_)) => Err(e),
+                Err(e) => {
+                    edge.warn(
+                        "quicFallback",
+                        format!("QUIC did not come up ({e}); trying TCP+TLS"),
+                    );
+                    within(limit, connect_tls(edge, connector)).await
+                }
+            }
+        }
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    attempt: impl std::future::Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
+    tokio::time::timeout(limit, attempt)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(limit)))
+}
+
+async fn connect_tls(
+    edge: &EdgeShared,
+    connector: &TlsConnector,
+) -> Result<(Established, EdgeConfig), ConnectError> {
     let o = &edge.options;
     let address = format!("{}:{}", o.hub_host, o.hub_port);
     let tcp = TcpStream::connect((o.hub_host.as_str(), o.hub_port))
@@ -135,7 +198,66 @@ async fn connect(
     let mut buf = BytesMut::with_capacity(1024);
     let line = read_line(&mut tls, &mut buf).await?;
     match parse_reply(&line)? {
-        HubReply::Accepted(config) => Ok((tls, config, buf)),
+        HubReply::Accepted(config) => Ok((
+            Established::Tls {
+                stream: Box::new(tls),
+                leftover: buf,
+            },
+            config,
+        )),
+        HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
+    }
+}
+
+async fn connect_quic(
+    edge: &EdgeShared,
+    tls: &Arc<ClientConfig>,
+) -> Result<(Established, EdgeConfig), ConnectError> {
+    let o = &edge.options;
+    let address = format!("{}:{}", o.hub_host, o.hub_port);
+    let hub = tokio::net::lookup_host((o.hub_host.as_str(), o.hub_port))
+        .await
+        .map_err(|e| ConnectError::Unreachable(address.clone(), e))?
+        .next()
+        .ok_or_else(|| ConnectError::Unreachable(address, std::io::ErrorKind::NotFound.into()))?;
+    let quic = |e: &dyn std::fmt::Display| ConnectError::Quic(e.to_string());
+    let endpoint = edge_endpoint(hub, tls.clone(), o.heartbeat_timeout).map_err(|e| quic(&e))?;
+    let connection = endpoint
+        .connect(hub, &o.hub_host)
+        .map_err(|e| quic(&e))?
+        .await
+        .map_err(|e| quic(&e))?;
+    if !negotiated_alpn(&connection) {
+        return Err(ConnectError::Alpn);
+    }
+    // The control stream; the hub sees it when the auth line arrives on it. Only now, with
+    // the hub's key checked, does the secret leave the edge.
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| quic(&e))?;
+    send.write_all(&encode_auth_line(&o.edge_id, &o.secret)?)
+        .await
+        .map_err(|e| quic(&e))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let line = loop {
+        if let Some(line) = take_line_limited(&mut buf, MAX_REPLY_LINE)? {
+            break line;
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(ConnectError::Closed),
+            Err(e) => return Err(quic(&e)),
+        }
+    };
+    match parse_reply(&line)? {
+        HubReply::Accepted(config) => Ok((
+            Established::Quic {
+                endpoint,
+                connection,
+                send,
+                recv,
+                leftover: buf,
+            },
+            config,
+        )),
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
     }
 }
@@ -158,15 +280,26 @@ async fn read_line<R: AsyncRead + Unpin>(
 /// Serves one established tunnel until it fails or the edge stops.
 async fn serve(
     edge: &Arc<EdgeShared>,
-    tls: HubStream,
+    established: Established,
     config: EdgeConfig,
-    leftover: BytesMut,
 ) -> TunnelError {
-    let (frames, queues) = frame_channel();
+    let carrier = match &established {
+        Established::Tls { .. } => {
+            let (frames, queues) = frame_channel();
+            (Carrier::Frames(frames), Some(queues), None)
+        }
+        Established::Quic { connection, .. } => {
+            let (control, queue) = control_channel();
+            let link = QuicLink::new(connection.clone(), control, edge.tasks.clone());
+            (Carrier::Quic(link), None, Some(queue))
+        }
+    };
+    let (carrier, frame_queues, control_queue) = carrier;
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
-        frames,
+        carrier,
         streams: StreamTable::default(),
+        quic_streams: StreamCount::default(),
         udp: Default::default(),
         next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),
@@ -195,28 +328,87 @@ async fn serve(
         listen_ports_udp: config.listen_ports_udp,
     });
     edge.emit(EdgeEvent::TunnelConnected {
-        transport: TransportKind::TcpTls,
+        transport: link.carrier.transport(),
     });
 
-    let (read_half, write_half) = tokio::io::split(tls);
-
-    let writer = edge.tasks.spawn(run_writer(
-        write_half,
-        queues,
-        link.cancel.clone(),
-        edge.bytes_out.clone(),
-    ));
-    let reader = FrameReader::new(read_half, leftover, edge.bytes_in.clone());
     // The hub pings every 15 s; silence is checked a few times per timeout period.
     let heartbeat = Heartbeat {
         interval: edge.options.heartbeat_timeout / 4,
         timeout: edge.options.heartbeat_timeout,
-        ping_through: None,
+        ping: None,
     };
-    let ended = run_frame_loop(reader, writer, &link.cancel, heartbeat, |frame| {
-        dispatch(edge, &link, frame)
-    })
-    .await;
+    let ended = match (established, frame_queues, control_queue) {
+        (Established::Tls { stream, leftover }, Some(queues), _) => {
+            let (read_half, write_half) = tokio::io::split(*stream);
+            let writer = edge.tasks.spawn(run_writer(
+                write_half,
+                queues,
+                link.cancel.clone(),
+                edge.bytes_out.clone(),
+            ));
+            let reader = FrameReader::new(read_half, leftover, edge.bytes_in.clone());
+            run_tunnel_loop(reader, writer, &link.cancel, heartbeat, |frame| {
+                dispatch(edge, &link, frame)
+            })
+            .await
+        }
+        (
+            Established::Quic {
+                endpoint,
+                connection,
+                send,
+                recv,
+                leftover,
+            },
+            _,
+            Some(queue),
+        ) => {
+            let (edge_ref, link_ref) = (edge.clone(), link.clone());
+            spawn_until(
+                edge,
+                &link.cancel,
+                receive_datagrams(connection.clone(), move |id, payload| {
+                    link_ref.udp.reply(&edge_ref, id, &payload)
+                }),
+            );
+            let (edge_ref, link_ref) = (edge.clone(), link.clone());
+            spawn_until(
+                edge,
+                &link.cancel,
+                receive_oversized(
+                    connection.clone(),
+                    edge.tasks.clone(),
+                    move |id, payload| link_ref.udp.reply(&edge_ref, id, &payload),
+                ),
+            );
+            let writer = edge
+                .tasks
+                .spawn(run_control_writer(send, queue, link.cancel.clone()));
+            let reader = ControlReader::new(recv, leftover);
+            let ended = run_tunnel_loop(reader, writer, &link.cancel, heartbeat, |message| {
+                dispatch_control(edge, &link, message)
+            })
+            .await;
+            let reason = if edge.cancel.is_cancelled() {
+                "edge stopped".to_string()
+            } else {
+                ended.to_string()
+            };
+            connection.close(CLOSE_STOPPED, reason.as_bytes());
+            let (bytes_in, bytes_out) = (
+                connection.stats().udp_rx.bytes,
+                connection.stats().udp_tx.bytes,
+            );
+            edge.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+            edge.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+            // Let the close reach the hub, so it sees the disconnect at once; bounded for a
+            // hub that is gone.
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            ended
+        }
+        // Each transport's queues were made with its carrier above.
+        _ => TunnelError::PeerClosed,
+    };
 
     link.cancel.cancel();
     let mut current = edge.link();
@@ -224,6 +416,66 @@ async fn serve(
         *current = None;
     }
     ended
+}
+
+/// Runs `work` as an edge task until it finishes or `cancel` fires.
+fn spawn_until(
+    edge: &EdgeShared,
+    cancel: &tokio_util::sync::CancellationToken,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let cancel = cancel.clone();
+    edge.tasks.spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = work => {}
+        }
+    });
+}
+
+fn dispatch_control(
+    edge: &Arc<EdgeShared>,
+    link: &TunnelLink,
+    message: ControlMessage,
+) -> Result<(), TunnelError> {
+    match message {
+        ControlMessage::Config(json) => apply_config(edge, link, &json)?,
+        ControlMessage::Ping(nonce) => {
+            link.carrier.pong(nonce);
+        }
+        ControlMessage::Pong(_) => {}
+        ControlMessage::UdpClose { session } => link.udp.close(session),
+        ControlMessage::UdpOpen { .. } => {
+            return Err(TunnelError::Violation("UDP_OPEN sent by the hub".into()))
+        }
+    }
+    Ok(())
+}
+
+/// A CONFIG from the hub: new ports, STUN interval.
+fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, json: &[u8]) -> Result<(), TunnelError> {
+    let config =
+        parse_config(json).map_err(|e| TunnelError::Violation(format!("bad CONFIG: {e}")))?;
+    apply_ports(edge, &config);
+    let interval = stun_interval(&config);
+    link.stun_interval.send_if_modified(|current| {
+        let changed = *current != interval;
+        *current = interval;
+        changed
+    });
+    let ports = (config.listen_ports, config.listen_ports_udp);
+    let mut assigned = link
+        .assigned_ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if *assigned != ports {
+        *assigned = ports.clone();
+        edge.emit(EdgeEvent::PortsUpdated {
+            listen_ports: ports.0,
+            listen_ports_udp: ports.1,
+        });
+    }
+    Ok(())
 }
 
 fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(), TunnelError> {
@@ -234,32 +486,9 @@ fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(
         FrameType::WindowUpdateBack => link
             .streams
             .grant(id, decode_window_credit(&frame.payload)?)?,
-        FrameType::Config => {
-            let config = parse_config(&frame.payload)
-                .map_err(|e| TunnelError::Violation(format!("bad CONFIG: {e}")))?;
-            apply_ports(edge, &config);
-            let interval = stun_interval(&config);
-            link.stun_interval.send_if_modified(|current| {
-                let changed = *current != interval;
-                *current = interval;
-                changed
-            });
-            let ports = (config.listen_ports, config.listen_ports_udp);
-            let mut assigned = link
-                .assigned_ports
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if *assigned != ports {
-                *assigned = ports.clone();
-                edge.emit(EdgeEvent::PortsUpdated {
-                    listen_ports: ports.0,
-                    listen_ports_udp: ports.1,
-                });
-            }
-        }
+        FrameType::Config => apply_config(edge, link, &frame.payload)?,
         FrameType::Ping => {
-            let nonce = decode_ping(&frame.payload)?;
-            link.frames.control(Frame::pong(nonce));
+            link.carrier.pong(decode_ping(&frame.payload)?);
         }
         FrameType::Pong => {
             decode_ping(&frame.payload)?;

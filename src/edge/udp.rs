@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::frame::{Frame, FrameType};
+use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL;
 
@@ -147,12 +147,8 @@ fn carry(
                     source: client,
                     destination: SocketAddr::new(destination_ip(edge, socket, client), port),
                 };
-                let open = Frame::new(
-                    id,
-                    FrameType::UdpOpen,
-                    Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses)),
-                );
-                if !link.frames.control(open) {
+                let header = Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses));
+                if !link.carrier.udp_open(id, header) {
                     drop(table);
                     edge.count_udp_drop(); // the tunnel is going away under us
                     return;
@@ -172,8 +168,8 @@ fn carry(
             }
         }
     };
-    let frame = Frame::new(id, FrameType::UdpData, Bytes::copy_from_slice(datagram));
-    if !link.frames.datagram(frame) {
+    let payload = Bytes::copy_from_slice(datagram);
+    if !link.carrier.udp(id, FrameType::UdpData, payload) {
         edge.count_udp_drop();
     }
 }
@@ -215,8 +211,7 @@ pub(super) async fn sweep_idle(link: Arc<TunnelLink>, idle: Duration) {
             ids
         };
         for id in expired {
-            link.frames
-                .control(Frame::new(id, FrameType::UdpClose, Bytes::new()));
+            link.carrier.udp_close(id);
         }
     }
 }

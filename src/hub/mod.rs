@@ -2,6 +2,7 @@
 //! to `targetHost:<edge port>` behind a PROXY header.
 
 pub mod options;
+mod quic;
 mod session;
 mod throttle;
 mod udp;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::{EventSink, TransportKind};
+use crate::transport::quic::{hub_endpoint, QuicSetupError};
 use crate::transport::tls::{HubIdentity, TlsSetupError};
 use crate::tunnel::stream::SocketBytes;
 
@@ -67,6 +69,47 @@ pub enum HubStartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("tunnelPort: {0}")]
+    Quic(#[from] QuicSetupError),
+}
+
+/// Tries for a free pair when the port is chosen by the system (0): TCP may get a port whose
+/// UDP twin is taken.
+const EPHEMERAL_PORT_ATTEMPTS: usize = 16;
+
+/// The TLS listener and the QUIC endpoint, on the same port number (TCP and UDP).
+async fn bind_tunnel_port(
+    options: &HubOptions,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<(TcpListener, quinn::Endpoint, u16), HubStartError> {
+    let wanted = SocketAddr::new(options.bind_address, options.tunnel_port);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let listener = TcpListener::bind(wanted)
+            .await
+            .map_err(|source| HubStartError::Listen {
+                address: wanted,
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| HubStartError::Listen {
+                address: wanted,
+                source,
+            })?;
+        match hub_endpoint(
+            address,
+            tls.clone(),
+            options.heartbeat_timeout,
+            options.heartbeat_interval,
+        ) {
+            Ok(endpoint) => return Ok((listener, endpoint, address.port())),
+            Err(QuicSetupError::Bind { .. })
+                if wanted.port() == 0 && attempt < EPHEMERAL_PORT_ATTEMPTS => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,15 +230,9 @@ impl Hub {
             Some(pem) => HubIdentity::from_pem(&pem.cert_pem, &pem.key_pem)?,
             None => HubIdentity::generate()?,
         };
-        let acceptor = TlsAcceptor::from(identity.server_config()?);
-        let address = SocketAddr::new(options.bind_address, options.tunnel_port);
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| HubStartError::Listen { address, source })?;
-        let tunnel_port = listener
-            .local_addr()
-            .map_err(|source| HubStartError::Listen { address, source })?
-            .port();
+        let server_config = identity.server_config()?;
+        let acceptor = TlsAcceptor::from(server_config.clone());
+        let (listener, endpoint, tunnel_port) = bind_tunnel_port(&options, server_config).await?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(HubShared {
             options,
@@ -214,6 +251,9 @@ impl Hub {
             acceptor,
             cancel.clone(),
         ));
+        shared
+            .tasks
+            .spawn(quic::accept_loop(shared.clone(), endpoint, cancel.clone()));
         Ok(Hub {
             shared,
             tunnel_port,

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use std::future::Future;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{unix_millis, TransportKind};
+use crate::events::unix_millis;
 use crate::protocol::frame::{
     decode_close, decode_ping, decode_window_credit, Frame, FrameType, ResetReason,
     CONTROL_STREAM_ID,
@@ -20,15 +22,15 @@ use crate::protocol::frame::{
 use crate::protocol::handshake::{
     encode_config, encode_reply, parse_auth_line, take_line, EdgeConfig, HandshakeError, HubReply,
 };
-use crate::protocol::proxy::{
-    encode_v2, parse_v1, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport,
-};
+use crate::protocol::proxy::{encode_v2, parse_v1, ProxyAddresses, ProxyHeader, ProxyTransport};
+use crate::protocol::quic::parse_open_header;
 use crate::transport::tls::ALPN;
-use crate::tunnel::frame_loop::{run_frame_loop, Heartbeat};
+use crate::tunnel::quic::StreamCount;
 use crate::tunnel::reader::FrameReader;
-use crate::tunnel::stream::{pump, reset_frame, StreamTable, HUB_SIDE};
+use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
+use crate::tunnel::stream::{pump, reset_frame, SocketBytes, StreamTable, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
-use crate::tunnel::TunnelError;
+use crate::tunnel::{Carrier, TunnelError};
 
 use super::options::ProxyProtocol;
 use super::udp::{Refusal, UdpSessions};
@@ -146,94 +148,145 @@ async fn serve_edge_connection(
         }
     };
     let (frames, queues) = frame_channel();
-    let admitted = match parse_auth_line(&line) {
-        Ok(auth) => {
-            let admitted = admit(
-                &hub,
-                &auth.edge_id,
-                &auth.secret,
-                peer,
-                frames,
-                cancel.clone(),
-            );
-            if admitted.is_none() {
-                hub.warn(
-                    "authFailed",
-                    format!("edge connection from {peer}: unknown edge id or wrong secret"),
-                );
-            }
-            admitted
-        }
-        Err(e) => {
-            hub.warn(
-                "handshakeFailed",
-                format!("edge connection from {peer}: {e}"),
-            );
-            None
-        }
+    let carrier = Carrier::Frames(frames.clone());
+    let login = Login {
+        hub: &hub,
+        peer,
+        cancel: &cancel,
+        handshake_permit,
     };
-    let Some((session, config)) = admitted else {
-        hub.count_handshake_failure("auth");
-        let refused_from_now = hub
-            .auth_throttle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_failure(peer.ip(), std::time::Instant::now());
-        // The slot is for handshakes in progress, not for the delay below.
-        drop(handshake_permit);
-        if refused_from_now {
-            hub.warn(
-                "authThrottled",
-                format!(
-                    "{} failed {} logins within {:?}; its connections are refused for now",
-                    peer.ip(),
-                    super::throttle::MAX_AUTH_FAILURES,
-                    super::throttle::AUTH_FAILURE_WINDOW
-                ),
-            );
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
-        }
-        let reply = encode_reply(&HubReply::Rejected {
-            error: "unauthorized".into(),
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            tls.write_all(&reply).await?;
-            tls.shutdown().await
-        })
-        .await;
+    let Some(session) = login.finish(&line, &mut tls, carrier).await else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
         return;
     };
-    hub.auth_throttle
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .record_success(peer.ip());
-    drop(handshake_permit);
-    let edge_id = session.edge_id.clone();
-    // Any CONFIG queued since admission goes out after this answer, once the writer starts.
-    let reply = encode_reply(&HubReply::Accepted(config));
-    if let Err(e) = tls.write_all(&reply).await.and(tls.flush().await) {
-        session.close(&format!("handshake failed: {e}"));
+    run_session(&hub, session.clone(), peer, async {
+        let (read_half, write_half) = tokio::io::split(tls);
+        let writer = hub.tasks.spawn(run_writer(
+            write_half,
+            queues,
+            session.cancel.clone(),
+            session.bytes_out.clone(),
+        ));
+        let reader = FrameReader::new(read_half, leftover, session.bytes_in.clone());
+        session.run(&hub, reader, writer, &frames).await
+    })
+    .await;
+}
+
+/// The part of a login both transports share, once the edge's auth line has been read.
+pub(super) struct Login<'a> {
+    pub hub: &'a Arc<HubShared>,
+    pub peer: SocketAddr,
+    pub cancel: &'a CancellationToken,
+    /// Held until the answer is decided, so it bounds handshakes, not failure delays.
+    pub handshake_permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Login<'_> {
+    /// Checks the auth line, answers on `reply_to`, and returns the registered session; a
+    /// refusal is delayed, counted towards the source's throttle and answered with an error.
+    pub async fn finish<W: AsyncWrite + Unpin>(
+        self,
+        line: &[u8],
+        reply_to: &mut W,
+        carrier: Carrier,
+    ) -> Option<Arc<EdgeSession>> {
+        let Login {
+            hub,
+            peer,
+            cancel,
+            handshake_permit,
+        } = self;
+        let admitted = match parse_auth_line(line) {
+            Ok(auth) => {
+                let admitted = admit(
+                    hub,
+                    &auth.edge_id,
+                    &auth.secret,
+                    peer,
+                    carrier,
+                    cancel.clone(),
+                );
+                if admitted.is_none() {
+                    hub.warn(
+                        "authFailed",
+                        format!("edge connection from {peer}: unknown edge id or wrong secret"),
+                    );
+                }
+                admitted
+            }
+            Err(e) => {
+                hub.warn(
+                    "handshakeFailed",
+                    format!("edge connection from {peer}: {e}"),
+                );
+                None
+            }
+        };
+        let Some((session, config)) = admitted else {
+            hub.count_handshake_failure("auth");
+            let refused_from_now = hub
+                .auth_throttle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_failure(peer.ip(), std::time::Instant::now());
+            // The slot is for handshakes in progress, not for the delay below.
+            drop(handshake_permit);
+            if refused_from_now {
+                hub.warn(
+                    "authThrottled",
+                    format!(
+                        "{} failed {} logins within {:?}; its connections are refused for now",
+                        peer.ip(),
+                        super::throttle::MAX_AUTH_FAILURES,
+                        super::throttle::AUTH_FAILURE_WINDOW
+                    ),
+                );
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
+            }
+            let reply = encode_reply(&HubReply::Rejected {
+                error: "unauthorized".into(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                reply_to.write_all(&reply).await?;
+                reply_to.flush().await
+            })
+            .await;
+            return None;
+        };
+        hub.auth_throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_success(peer.ip());
+        drop(handshake_permit);
+        // Any CONFIG queued since admission goes out after this answer, once the writer starts.
+        let reply = encode_reply(&HubReply::Accepted(config));
+        if let Err(e) = reply_to.write_all(&reply).await.and(reply_to.flush().await) {
+            session.close(&format!("handshake failed: {e}"));
+        }
+        Some(session)
     }
+}
+
+/// Reports the session, serves it until `serve` ends, then retires it: its counts move into
+/// the totals and `edgeDisconnected` says why it ended.
+pub(super) async fn run_session(
+    hub: &Arc<HubShared>,
+    session: Arc<EdgeSession>,
+    peer: SocketAddr,
+    serve: impl Future<Output = TunnelError>,
+) {
+    let edge_id = session.edge_id.clone();
     hub.emit(HubEvent::EdgeConnected {
         edge_id: edge_id.clone(),
         remote_address: peer.to_string(),
-        transport: TransportKind::TcpTls,
+        transport: session.carrier.transport(),
     });
-
-    let (read_half, write_half) = tokio::io::split(tls);
-    let writer = hub.tasks.spawn(run_writer(
-        write_half,
-        queues,
-        session.cancel.clone(),
-        session.bytes_out.clone(),
-    ));
-    let reader = FrameReader::new(read_half, leftover, session.bytes_in.clone());
-    let ended = session.run(&hub, reader, writer).await;
+    let ended = serve.await;
     session.cancel.cancel();
-
     {
         // Under the totals lock, so a metrics scrape sees these counts exactly once: either in
         // the live session or in the totals.
@@ -279,7 +332,7 @@ fn admit(
     edge_id: &str,
     secret: &str,
     peer: SocketAddr,
-    frames: FrameSender,
+    carrier: Carrier,
     cancel: CancellationToken,
 ) -> Option<(Arc<EdgeSession>, EdgeConfig)> {
     let allowed = hub.allowed.read().unwrap_or_else(|e| e.into_inner());
@@ -293,8 +346,9 @@ fn admit(
         remote_address: peer,
         connected_at: unix_millis(),
         config: Mutex::new(entry.config.clone()),
-        frames,
+        carrier,
         streams: StreamTable::default(),
+        quic_streams: StreamCount::default(),
         udp: Arc::default(),
         cancel,
         close_reason: Mutex::new(None),
@@ -316,10 +370,13 @@ pub(super) struct EdgeSession {
     connected_at: u64,
     /// The ports this edge is assigned now; OPEN for any other port is refused.
     config: Mutex<EdgeConfig>,
-    frames: FrameSender,
+    pub carrier: Carrier,
+    /// Streams over TCP+TLS.
     streams: StreamTable,
-    udp: Arc<UdpSessions>,
-    cancel: CancellationToken,
+    /// Streams over QUIC.
+    pub quic_streams: StreamCount,
+    pub udp: Arc<UdpSessions>,
+    pub cancel: CancellationToken,
     close_reason: Mutex<Option<String>>,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
@@ -333,6 +390,13 @@ impl EdgeSession {
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| reason.to_string());
         self.cancel.cancel();
+    }
+
+    pub fn close_reason(&self) -> Option<String> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn take_close_reason(&self) -> Option<String> {
@@ -355,41 +419,50 @@ impl EdgeSession {
         let mut current = self.config();
         if *current != *config {
             *current = config.clone();
-            let payload = Bytes::from(encode_config(config));
-            self.frames
-                .control(Frame::new(CONTROL_STREAM_ID, FrameType::Config, payload));
+            self.carrier.config(Bytes::from(encode_config(config)));
         }
     }
 
     pub fn status(&self) -> ConnectedEdgeStatus {
+        let (bytes_in, bytes_out) = match &self.carrier {
+            Carrier::Frames(_) => (
+                self.bytes_in.load(Ordering::Relaxed),
+                self.bytes_out.load(Ordering::Relaxed),
+            ),
+            Carrier::Quic(quic) => quic.bytes(),
+        };
         ConnectedEdgeStatus {
             edge_id: self.edge_id.clone(),
             remote_address: self.remote_address.to_string(),
-            transport: TransportKind::TcpTls,
+            transport: self.carrier.transport(),
             connected_at: self.connected_at,
-            active_streams: self.streams.len(),
+            active_streams: self.streams.len() + self.quic_streams.get(),
             active_udp_sessions: self.udp.len(),
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            bytes_in,
+            bytes_out,
             udp_datagrams_dropped: self.udp.dropped(),
         }
     }
 
     /// Serves frames until the tunnel fails or the session is closed; the hub pings.
-    async fn run<R: AsyncRead + Unpin>(
+    async fn run<R: AsyncRead + Unpin + Send>(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
         reader: FrameReader<R>,
         writer: tokio::task::JoinHandle<Result<(), TunnelError>>,
+        frames: &FrameSender,
     ) -> TunnelError {
+        let ping = || {
+            self.carrier.ping();
+        };
         let heartbeat = Heartbeat {
             interval: hub.options.heartbeat_interval,
             timeout: hub.options.heartbeat_timeout,
-            ping_through: Some(&self.frames),
+            ping: Some(&ping),
         };
         let mut last_stream_id = 0u32;
-        run_frame_loop(reader, writer, &self.cancel, heartbeat, |frame| {
-            self.dispatch(hub, frame, &mut last_stream_id)
+        run_tunnel_loop(reader, writer, &self.cancel, heartbeat, |frame| {
+            self.dispatch(hub, frame, &mut last_stream_id, frames)
         })
         .await
     }
@@ -399,6 +472,7 @@ impl EdgeSession {
         hub: &Arc<HubShared>,
         frame: Frame,
         last_stream_id: &mut u32,
+        frames: &FrameSender,
     ) -> Result<(), TunnelError> {
         let id = frame.stream_id;
         let is_stream_frame = !matches!(frame.frame_type, FrameType::Ping | FrameType::Pong);
@@ -419,7 +493,7 @@ impl EdgeSession {
                 }
                 *last_stream_id = id;
                 if frame.frame_type == FrameType::Open {
-                    self.open_stream(hub, id, &frame.payload)?;
+                    self.open_stream(hub, id, &frame.payload, frames)?;
                 } else {
                     self.open_udp(hub, id, &frame.payload)?;
                 }
@@ -430,8 +504,7 @@ impl EdgeSession {
                 .streams
                 .grant(id, decode_window_credit(&frame.payload)?)?,
             FrameType::Ping => {
-                let nonce = decode_ping(&frame.payload)?;
-                self.frames.control(Frame::pong(nonce));
+                self.carrier.pong(decode_ping(&frame.payload)?);
             }
             FrameType::Pong => {
                 decode_ping(&frame.payload)?;
@@ -453,22 +526,28 @@ impl EdgeSession {
         id: u32,
         payload: &[u8],
     ) -> Result<(), TunnelError> {
-        let addresses = match parse_v2(payload) {
-            Ok(Some((ProxyHeader::Addresses(addresses), Some(ProxyTransport::Datagram), used)))
-                if used == payload.len() =>
-            {
-                addresses
-            }
-            _ => {
-                return Err(TunnelError::Violation(format!(
-                    "UDP_OPEN for session {id} does not carry a PROXY v2 datagram header"
-                )))
-            }
+        let Some(addresses) = parse_open_header(payload) else {
+            return Err(TunnelError::Violation(format!(
+                "UDP_OPEN for session {id} does not carry a PROXY v2 datagram header"
+            )));
         };
+        self.start_udp(hub, id, addresses, None);
+        Ok(())
+    }
+
+    /// Starts UDP session `id` if its port is assigned and the session limit allows, else
+    /// closes it at once. `open` is the session's PROXY header over QUIC, where the open also
+    /// travels as a datagram, so that datagram is recognised as a repeat.
+    pub fn start_udp(
+        self: &Arc<Self>,
+        hub: &Arc<HubShared>,
+        id: u32,
+        addresses: ProxyAddresses,
+        open: Option<Bytes>,
+    ) {
         let port = addresses.destination.port();
         let refuse = |code: &'static str, message: String| {
-            self.frames
-                .control(Frame::new(id, FrameType::UdpClose, Bytes::new()));
+            self.carrier.udp_close(id);
             hub.warn(code, message);
         };
         if !self.config().listen_ports_udp.contains(&port) {
@@ -479,11 +558,16 @@ impl EdgeSession {
                     self.edge_id
                 ),
             );
-            return Ok(());
+            return;
         }
-        let opened = self
-            .udp
-            .open(hub, &self.frames, id, addresses, self.cancel.child_token());
+        let opened = self.udp.open(
+            hub,
+            &self.carrier,
+            id,
+            addresses,
+            open,
+            self.cancel.child_token(),
+        );
         match opened {
             Ok(()) => hub.update_edge_totals(&self.edge_id, |edge| {
                 *edge.udp_sessions_by_port.entry(port).or_default() += 1;
@@ -497,7 +581,46 @@ impl EdgeSession {
                 ),
             ),
         }
-        Ok(())
+    }
+
+    /// Checks a new connection's port and counts it; `Err` is the reason to reset it with.
+    /// On `Ok` the caller reports its end with [`EdgeSession::stream_closed`].
+    pub fn admit_stream(
+        &self,
+        hub: &HubShared,
+        id: u32,
+        addresses: &ProxyAddresses,
+    ) -> Result<Arc<SocketBytes>, ResetReason> {
+        let port = addresses.destination.port();
+        if !self.config().listen_ports.contains(&port) {
+            hub.warn(
+                "portNotAssigned",
+                format!(
+                    "edge {} opened a connection to port {port}, which it is not assigned",
+                    self.edge_id
+                ),
+            );
+            return Err(ResetReason::Refused);
+        }
+        let port_bytes = hub.update_edge_totals(&self.edge_id, |edge| {
+            *edge.streams_by_port.entry(port).or_default() += 1;
+            edge.bytes_by_port.entry(port).or_default().clone()
+        });
+        hub.emit(HubEvent::StreamOpened {
+            edge_id: self.edge_id.clone(),
+            stream_id: id,
+            client_address: addresses.source.ip().to_string(),
+            client_port: addresses.source.port(),
+            port,
+        });
+        Ok(port_bytes)
+    }
+
+    pub fn stream_closed(&self, hub: &HubShared, id: u32) {
+        hub.emit(HubEvent::StreamClosed {
+            edge_id: self.edge_id.clone(),
+            stream_id: id,
+        });
     }
 
     fn open_stream(
@@ -505,6 +628,7 @@ impl EdgeSession {
         hub: &Arc<HubShared>,
         id: u32,
         payload: &[u8],
+        frames: &FrameSender,
     ) -> Result<(), TunnelError> {
         let addresses = match parse_v1(payload) {
             Ok(Some((ProxyHeader::Addresses(addresses), used))) if used == payload.len() => {
@@ -516,22 +640,8 @@ impl EdgeSession {
                 )))
             }
         };
-        let port = addresses.destination.port();
-        if !self.config().listen_ports.contains(&port) {
-            self.frames
-                .control(reset_frame(id, HUB_SIDE, ResetReason::Refused));
-            hub.warn(
-                "portNotAssigned",
-                format!(
-                    "edge {} opened a connection to port {port}, which it is not assigned",
-                    self.edge_id
-                ),
-            );
-            return Ok(());
-        }
         if self.streams.len() >= MAX_STREAMS_PER_EDGE {
-            self.frames
-                .control(reset_frame(id, HUB_SIDE, ResetReason::Limit));
+            frames.control(reset_frame(id, HUB_SIDE, ResetReason::Limit));
             hub.warn(
                 "streamLimit",
                 format!(
@@ -541,41 +651,29 @@ impl EdgeSession {
             );
             return Ok(());
         }
-        let port_bytes = hub.update_edge_totals(&self.edge_id, |edge| {
-            *edge.streams_by_port.entry(port).or_default() += 1;
-            edge.bytes_by_port.entry(port).or_default().clone()
-        });
+        let port_bytes = match self.admit_stream(hub, id, &addresses) {
+            Ok(port_bytes) => port_bytes,
+            Err(reason) => {
+                frames.control(reset_frame(id, HUB_SIDE, reason));
+                return Ok(());
+            }
+        };
         let Some(stream_port) = self.streams.open(id, port_bytes) else {
             return Err(TunnelError::Violation(format!("stream {id} opened twice")));
         };
-        hub.emit(HubEvent::StreamOpened {
-            edge_id: self.edge_id.clone(),
-            stream_id: id,
-            client_address: addresses.source.ip().to_string(),
-            client_port: addresses.source.port(),
-            port,
-        });
         let session = self.clone();
         let hub_for_task = hub.clone();
+        let frames = frames.clone();
         let cancel = self.cancel.child_token();
         hub.tasks.spawn(async move {
             let hub = hub_for_task;
+            let port = addresses.destination.port();
             match connect_target(&hub, &addresses, port).await {
                 Ok(target) => {
-                    pump(
-                        target,
-                        id,
-                        HUB_SIDE,
-                        stream_port,
-                        session.frames.clone(),
-                        cancel,
-                    )
-                    .await;
+                    pump(target, id, HUB_SIDE, stream_port, frames, cancel).await;
                 }
                 Err(e) => {
-                    session
-                        .frames
-                        .control(reset_frame(id, HUB_SIDE, ResetReason::Unreachable));
+                    frames.control(reset_frame(id, HUB_SIDE, ResetReason::Unreachable));
                     hub.warn(
                         "targetUnreachable",
                         format!("{}:{port}: {e}", hub.options.target_host),
@@ -583,17 +681,14 @@ impl EdgeSession {
                 }
             }
             session.streams.remove(id);
-            hub.emit(HubEvent::StreamClosed {
-                edge_id: session.edge_id.clone(),
-                stream_id: id,
-            });
+            session.stream_closed(&hub, id);
         });
         Ok(())
     }
 }
 
 /// Connects to the target and writes the PROXY header the hub is configured for.
-async fn connect_target(
+pub(super) async fn connect_target(
     hub: &HubShared,
     addresses: &ProxyAddresses,
     port: u16,

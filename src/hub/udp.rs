@@ -13,12 +13,13 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::frame::{Frame, FrameType};
+use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
+use crate::protocol::quic::is_repeated_open;
 
 use super::options::UdpProxyHeader;
 use super::HubShared;
-use crate::tunnel::writer::FrameSender;
+use crate::tunnel::Carrier;
 
 pub use crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL as MAX_UDP_SESSIONS_PER_EDGE;
 /// Datagrams waiting for one session's socket (while it is set up, or the target is slow).
@@ -29,6 +30,8 @@ const MAX_DATAGRAM_BYTES: usize = 65_535;
 struct Flow {
     datagrams: mpsc::Sender<Bytes>,
     cancel: CancellationToken,
+    /// The PROXY header of an open that came as a QUIC datagram: a repeat of it is not data.
+    open: Option<Bytes>,
 }
 
 /// The UDP sessions of one edge.
@@ -56,7 +59,7 @@ impl UdpSessions {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn count_drop(&self) {
+    pub fn count_drop(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -64,9 +67,10 @@ impl UdpSessions {
     pub fn open(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
-        frames: &FrameSender,
+        carrier: &Carrier,
         id: u32,
         addresses: ProxyAddresses,
+        open: Option<Bytes>,
         cancel: CancellationToken,
     ) -> Result<(), Refusal> {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE_DATAGRAMS);
@@ -80,13 +84,14 @@ impl UdpSessions {
                 Flow {
                     datagrams: tx,
                     cancel: cancel.clone(),
+                    open,
                 },
             );
         }
         let run = FlowTask {
             hub: hub.clone(),
             sessions: self.clone(),
-            frames: frames.clone(),
+            carrier: carrier.clone(),
             id,
             addresses,
         };
@@ -105,6 +110,26 @@ impl UdpSessions {
         }
     }
 
+    /// A QUIC datagram for session `id`: data for a known session, except an exact repeat of
+    /// the datagram that opened it. False when the session is unknown.
+    pub fn forward_datagram(&self, id: u32, rest: Bytes) -> bool {
+        let flows = self.flows();
+        let Some(flow) = flows.get(&id) else {
+            return false;
+        };
+        if flow
+            .open
+            .as_ref()
+            .is_some_and(|header| is_repeated_open(&rest, header))
+        {
+            return true;
+        }
+        if let Err(TrySendError::Full(_)) = flow.datagrams.try_send(rest) {
+            self.count_drop();
+        }
+        true
+    }
+
     /// The edge ended the session.
     pub fn close(&self, id: u32) {
         if let Some(flow) = self.flows().remove(&id) {
@@ -116,7 +141,7 @@ impl UdpSessions {
 struct FlowTask {
     hub: Arc<HubShared>,
     sessions: Arc<UdpSessions>,
-    frames: FrameSender,
+    carrier: Carrier,
     id: u32,
     addresses: ProxyAddresses,
 }
@@ -175,8 +200,7 @@ impl FlowTask {
                             } else {
                                 buf.freeze()
                             };
-                            let frame = Frame::new(self.id, FrameType::UdpDataBack, reply);
-                            if !self.frames.datagram(frame) {
+                            if !self.carrier.udp(self.id, FrameType::UdpDataBack, reply) {
                                 self.sessions.count_drop();
                             }
                         }
@@ -193,8 +217,7 @@ impl FlowTask {
     /// The hub ends the session (idle, or no target): forget it and tell the edge.
     fn end(&self) {
         self.sessions.flows().remove(&self.id);
-        self.frames
-            .control(Frame::new(self.id, FrameType::UdpClose, Bytes::new()));
+        self.carrier.udp_close(self.id);
     }
 }
 

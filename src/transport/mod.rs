@@ -1,6 +1,7 @@
 //! The tunnel's transport for both ends: TLS configuration (the hub's identity, the edge's
 //! trust in it, the ALPN both check) and the TCP socket options.
 
+pub mod quic;
 pub mod tls;
 
 use tokio::net::TcpStream;

@@ -1,9 +1,10 @@
-//! The async machinery both ends of a TCP+TLS tunnel share: the writer task that owns the
-//! socket's write half, the frame reader and loop, the stream table and the per-connection
-//! pump.
+//! The async machinery both ends of a tunnel share: for TCP+TLS the writer task that owns the
+//! socket's write half, the frame reader, the stream table and the per-connection pump; for
+//! QUIC the control stream, datagrams and the relay (`quic`); and the receive loop of both.
 
-pub mod frame_loop;
+pub mod quic;
 pub mod reader;
+pub mod receive_loop;
 pub mod stream;
 pub mod writer;
 
@@ -13,7 +14,12 @@ use std::io;
 /// spoofed sources is turned away instead of costing the hub a socket each.
 pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = 4096;
 
+use bytes::Bytes;
 use thiserror::Error;
+
+use crate::events::TransportKind;
+use crate::protocol::frame::Frame;
+use crate::protocol::quic::{encode_open_datagram, ControlMessage};
 
 use crate::mux::flow::FlowError;
 use crate::protocol::frame::{FrameError, FrameType};
@@ -25,6 +31,8 @@ pub enum TunnelError {
     Io(#[from] io::Error),
     #[error("peer closed the tunnel")]
     PeerClosed,
+    #[error("peer closed the tunnel: {0}")]
+    ClosedByPeer(String),
     #[error("protocol error: {0}")]
     Frame(#[from] FrameError),
     #[error("protocol error: {0}")]
@@ -35,4 +43,83 @@ pub enum TunnelError {
     Violation(String),
     #[error("heartbeat timeout: nothing heard for {0} ms")]
     HeartbeatTimeout(u128),
+}
+
+/// What both transports carry the same way, whatever the end: UDP payloads and closes, UDP
+/// opens, CONFIG, pings. Streams differ (frames through the stream table, or QUIC streams).
+#[derive(Clone)]
+pub enum Carrier {
+    Frames(writer::FrameSender),
+    Quic(quic::QuicLink),
+}
+
+impl Carrier {
+    pub fn transport(&self) -> TransportKind {
+        match self {
+            Carrier::Frames(_) => TransportKind::TcpTls,
+            Carrier::Quic(_) => TransportKind::Quic,
+        }
+    }
+
+    /// One UDP payload of `session`; `frame_type` is UDP_DATA or UDP_DATA_BACK. False when it
+    /// was dropped (congestion, or the tunnel is gone).
+    pub fn udp(&self, session: u32, frame_type: FrameType, payload: Bytes) -> bool {
+        match self {
+            Carrier::Frames(frames) => frames.datagram(Frame::new(session, frame_type, payload)),
+            Carrier::Quic(quic) => quic.send_udp(session, &payload),
+        }
+    }
+
+    /// Opens a UDP session whose PROXY v2 header is `header` (edge only). Over QUIC the open
+    /// goes as a datagram, which is quick, and on the control stream, which cannot be lost.
+    pub fn udp_open(&self, session: u32, header: Bytes) -> bool {
+        match self {
+            Carrier::Frames(frames) => {
+                frames.control(Frame::new(session, FrameType::UdpOpen, header))
+            }
+            Carrier::Quic(quic) => {
+                let _ = quic
+                    .connection
+                    .send_datagram(encode_open_datagram(session, &header));
+                quic.control
+                    .send(ControlMessage::UdpOpen { session, header })
+            }
+        }
+    }
+
+    pub fn udp_close(&self, session: u32) -> bool {
+        match self {
+            Carrier::Frames(frames) => {
+                frames.control(Frame::new(session, FrameType::UdpClose, Bytes::new()))
+            }
+            Carrier::Quic(quic) => quic.control.send(ControlMessage::UdpClose { session }),
+        }
+    }
+
+    /// Pushes a CONFIG (hub only).
+    pub fn config(&self, json: Bytes) -> bool {
+        match self {
+            Carrier::Frames(frames) => frames.control(Frame::new(
+                crate::protocol::frame::CONTROL_STREAM_ID,
+                FrameType::Config,
+                json,
+            )),
+            Carrier::Quic(quic) => quic.control.send(ControlMessage::Config(json)),
+        }
+    }
+
+    pub fn pong(&self, nonce: [u8; crate::protocol::frame::PING_NONCE_LEN]) -> bool {
+        match self {
+            Carrier::Frames(frames) => frames.control(Frame::pong(nonce)),
+            Carrier::Quic(quic) => quic.control.send(ControlMessage::Pong(nonce)),
+        }
+    }
+
+    pub fn ping(&self) -> bool {
+        let nonce = crate::events::unix_millis().to_be_bytes();
+        match self {
+            Carrier::Frames(frames) => frames.control(Frame::ping(nonce)),
+            Carrier::Quic(quic) => quic.control.send(ControlMessage::Ping(nonce)),
+        }
+    }
 }

@@ -1,6 +1,8 @@
-//! The receive side of a tunnel, the same on both ends: dispatch every frame, watch for
-//! silence, optionally ping, and stop when the writer fails or the tunnel is cancelled.
+//! The receive side of a tunnel, the same on both ends and both transports: dispatch every
+//! message (a frame, or a QUIC control message), watch for silence, optionally ping, and stop
+//! when the writer fails or the tunnel is cancelled.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::AsyncRead;
@@ -8,30 +10,43 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::unix_millis;
 use crate::protocol::frame::Frame;
 
 use super::reader::FrameReader;
-use super::writer::FrameSender;
 use super::TunnelError;
+
+/// Where a tunnel's incoming messages come from. `next` must be cancel-safe: the loop drops
+/// it whenever another branch is ready.
+pub trait MessageSource {
+    type Message;
+    fn next(&mut self) -> impl Future<Output = Result<Self::Message, TunnelError>> + Send;
+}
+
+impl<R: AsyncRead + Unpin + Send> MessageSource for FrameReader<R> {
+    type Message = Frame;
+    fn next(&mut self) -> impl Future<Output = Result<Frame, TunnelError>> + Send {
+        FrameReader::next(self)
+    }
+}
 
 /// When to check that the peer is alive, and whether this end sends the pings.
 pub struct Heartbeat<'a> {
     /// How often silence is checked (and a ping sent, if this end pings).
     pub interval: Duration,
-    /// Silence this long ends the tunnel; any frame counts as a sign of life.
+    /// Silence this long ends the tunnel; any message counts as a sign of life.
     pub timeout: Duration,
-    pub ping_through: Option<&'a FrameSender>,
+    /// Sends a ping, if this end pings.
+    pub ping: Option<&'a (dyn Fn() + Sync)>,
 }
 
-/// Runs until the tunnel ends and returns why. `dispatch` handles each frame; an error from it
+/// Runs until the tunnel ends and returns why. `dispatch` handles each message; an error from it
 /// is a protocol error that ends the tunnel.
-pub async fn run_frame_loop<R: AsyncRead + Unpin>(
-    mut reader: FrameReader<R>,
+pub async fn run_tunnel_loop<S: MessageSource>(
+    mut source: S,
     writer: JoinHandle<Result<(), TunnelError>>,
     cancel: &CancellationToken,
     heartbeat: Heartbeat<'_>,
-    mut dispatch: impl FnMut(Frame) -> Result<(), TunnelError>,
+    mut dispatch: impl FnMut(S::Message) -> Result<(), TunnelError>,
 ) -> TunnelError {
     let mut tick =
         tokio::time::interval_at(Instant::now() + heartbeat.interval, heartbeat.interval);
@@ -51,17 +66,17 @@ pub async fn run_frame_loop<R: AsyncRead + Unpin>(
                 if silent >= heartbeat.timeout {
                     return TunnelError::HeartbeatTimeout(silent.as_millis());
                 }
-                if let Some(frames) = heartbeat.ping_through {
-                    frames.control(Frame::ping(unix_millis().to_be_bytes()));
+                if let Some(ping) = heartbeat.ping {
+                    ping();
                 }
             }
-            frame = reader.next() => {
-                let frame = match frame {
-                    Ok(frame) => frame,
+            message = source.next() => {
+                let message = match message {
+                    Ok(message) => message,
                     Err(e) => return e,
                 };
                 last_heard = Instant::now();
-                if let Err(e) = dispatch(frame) {
+                if let Err(e) = dispatch(message) {
                     return e;
                 }
             }

@@ -1,0 +1,446 @@
+//! Edges connected over QUIC: the same login and session as over TLS, with the control stream
+//! for tunnel messages, one QUIC stream per tunneled connection and datagrams for UDP.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::frame::ResetReason;
+use crate::protocol::handshake::take_line;
+use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
+use crate::protocol::quic::{parse_open, parse_open_header, ControlMessage};
+use crate::transport::quic::{negotiated_alpn, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED};
+use crate::tunnel::quic::{
+    control_channel, receive_datagrams, receive_oversized, relay, reset_code, run_control_writer,
+    ControlReader, QuicLink, RelayCounters,
+};
+use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
+use crate::tunnel::{Carrier, TunnelError};
+
+use super::session::{
+    connect_target, run_session, EdgeSession, Login, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES,
+};
+use super::udp::MAX_UDP_SESSIONS_PER_EDGE;
+use super::HubShared;
+
+#[derive(Debug, thiserror::Error)]
+enum QuicHandshakeFailure {
+    #[error("QUIC: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(
+        "the edge did not negotiate ALPN {:?}",
+        String::from_utf8_lossy(crate::transport::tls::ALPN)
+    )]
+    Alpn,
+    #[error("{0}")]
+    Line(#[from] crate::protocol::handshake::HandshakeError),
+    #[error("control stream: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("closed before the handshake finished")]
+    Closed,
+    #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+}
+
+pub(super) async fn accept_loop(
+    hub: Arc<HubShared>,
+    endpoint: Endpoint,
+    cancel: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let peer = incoming.remote_address();
+        // As over TCP: refused before the handshake, which costs the hub nothing.
+        let allowed = hub
+            .auth_throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allows(peer.ip(), std::time::Instant::now());
+        if !allowed {
+            hub.count_handshake_failure("throttled");
+            incoming.ignore();
+            continue;
+        }
+        let Ok(permit) = hub.handshakes.clone().try_acquire_owned() else {
+            hub.count_handshake_failure("limit");
+            hub.warn_throttled(
+                "handshakeLimit",
+                format!("{MAX_PENDING_HANDSHAKES} handshakes under way; dropping new connections"),
+            );
+            incoming.ignore();
+            continue;
+        };
+        hub.tasks.spawn(serve_edge_connection(
+            hub.clone(),
+            incoming,
+            peer,
+            cancel.child_token(),
+            permit,
+        ));
+    }
+    endpoint.close(crate::transport::quic::CLOSE_STOPPED, b"hub stopped");
+    // Let the close reach the edges, so they notice at once; bounded for unreachable ones.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+async fn serve_edge_connection(
+    hub: Arc<HubShared>,
+    incoming: Incoming,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let handshake = async {
+        let connection = incoming.accept()?.await?;
+        if !negotiated_alpn(&connection) {
+            connection.close(CLOSE_PROTOCOL_ERROR, b"ALPN");
+            return Err(QuicHandshakeFailure::Alpn);
+        }
+        // The edge opens the control stream by writing its auth line.
+        let (send, mut recv) = connection.accept_bi().await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let line = loop {
+            if let Some(line) = take_line(&mut buf)? {
+                break line;
+            }
+            match recv.read_chunk(1024, true).await? {
+                Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+                None => return Err(QuicHandshakeFailure::Closed),
+            }
+        };
+        Ok((connection, send, recv, line, buf))
+    };
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => return,
+        outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => outcome,
+    };
+    let (connection, mut send, recv, line, leftover) =
+        match outcome.unwrap_or(Err(QuicHandshakeFailure::Timeout)) {
+            Ok(parts) => parts,
+            Err(e) => {
+                hub.count_handshake_failure("tls");
+                hub.warn(
+                    "handshakeFailed",
+                    format!("edge connection from {peer} (QUIC): {e}"),
+                );
+                return;
+            }
+        };
+    let (control, queue) = control_channel();
+    let link = QuicLink::new(connection.clone(), control, hub.tasks.clone());
+    let login = Login {
+        hub: &hub,
+        peer,
+        cancel: &cancel,
+        handshake_permit,
+    };
+    let Some(session) = login.finish(&line, &mut send, Carrier::Quic(link)).await else {
+        let _ = send.finish();
+        // Delivered before the close, as the edge reads the refusal before the close arrives.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
+        connection.close(CLOSE_SESSION_ENDED, b"unauthorized");
+        return;
+    };
+    run_session(&hub, session.clone(), peer, async {
+        let ended = serve(&hub, &session, &connection, send, recv, leftover, queue).await;
+        let code = if matches!(ended, TunnelError::Violation(_)) {
+            CLOSE_PROTOCOL_ERROR
+        } else {
+            CLOSE_SESSION_ENDED
+        };
+        let reason = session.close_reason().unwrap_or_else(|| ended.to_string());
+        connection.close(code, reason.as_bytes());
+        ended
+    })
+    .await;
+}
+
+/// Serves one QUIC session until it ends: the control loop here; connection streams,
+/// datagrams and oversized datagrams in tasks of their own, which end with the session.
+async fn serve(
+    hub: &Arc<HubShared>,
+    session: &Arc<EdgeSession>,
+    connection: &Connection,
+    send: SendStream,
+    recv: RecvStream,
+    leftover: BytesMut,
+    queue: tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
+) -> TunnelError {
+    let cancel = &session.cancel;
+    let opens = Arc::new(Mutex::new(UdpOpens::default()));
+    spawn_until(
+        hub,
+        cancel,
+        accept_streams(hub.clone(), session.clone(), connection.clone()),
+    );
+    let (hub_ref, session_ref, opens_ref) = (hub.clone(), session.clone(), opens.clone());
+    spawn_until(
+        hub,
+        cancel,
+        receive_datagrams(connection.clone(), move |id, rest| {
+            on_datagram(&hub_ref, &session_ref, &opens_ref, id, rest)
+        }),
+    );
+    let session_ref = session.clone();
+    spawn_until(
+        hub,
+        cancel,
+        receive_oversized(connection.clone(), hub.tasks.clone(), move |id, payload| {
+            session_ref.udp.forward(id, payload)
+        }),
+    );
+    let writer = hub
+        .tasks
+        .spawn(run_control_writer(send, queue, cancel.clone()));
+    let reader = ControlReader::new(recv, leftover);
+    let ping = || {
+        session.carrier.ping();
+    };
+    let heartbeat = Heartbeat {
+        interval: hub.options.heartbeat_interval,
+        timeout: hub.options.heartbeat_timeout,
+        ping: Some(&ping),
+    };
+    run_tunnel_loop(reader, writer, cancel, heartbeat, |message| {
+        on_control(hub, session, &opens, message)
+    })
+    .await
+}
+
+/// Runs `work` as a hub task until it finishes or `cancel` fires.
+fn spawn_until(
+    hub: &HubShared,
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let cancel = cancel.clone();
+    hub.tasks.spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = work => {}
+        }
+    });
+}
+
+fn on_control(
+    hub: &Arc<HubShared>,
+    session: &Arc<EdgeSession>,
+    opens: &Mutex<UdpOpens>,
+    message: ControlMessage,
+) -> Result<(), TunnelError> {
+    match message {
+        ControlMessage::Ping(nonce) => {
+            session.carrier.pong(nonce);
+        }
+        ControlMessage::Pong(_) => {}
+        ControlMessage::UdpOpen {
+            session: id,
+            header,
+        } => {
+            let open_now = opens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .register(id)?;
+            let Some(addresses) = parse_open_header(&header) else {
+                return Err(TunnelError::Violation(format!(
+                    "UDP_OPEN for session {id} does not carry a PROXY v2 datagram header"
+                )));
+            };
+            if open_now {
+                // Its open datagram may still arrive, and is then a repeat, not data.
+                session.start_udp(hub, id, addresses, Some(header));
+            }
+        }
+        ControlMessage::UdpClose { session: id } => session.udp.close(id),
+        ControlMessage::Config(_) => {
+            return Err(TunnelError::Violation("CONFIG sent by an edge".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A datagram from the edge: data for a known session, or an open.
+fn on_datagram(
+    hub: &Arc<HubShared>,
+    session: &Arc<EdgeSession>,
+    opens: &Mutex<UdpOpens>,
+    id: u32,
+    rest: Bytes,
+) {
+    if session.udp.forward_datagram(id, rest.clone()) {
+        return;
+    }
+    let Some(addresses) = parse_open(&rest) else {
+        // Data for a session that is not open (yet, or any more): lost, as UDP allows.
+        session.udp.count_drop();
+        return;
+    };
+    let open_now = opens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .datagram_open(id);
+    if open_now {
+        session.start_udp(hub, id, addresses, Some(rest.slice(1..)));
+    }
+}
+
+/// Which UDP sessions were opened, so that each opens once although its open arrives twice:
+/// as a datagram (fast, may be lost) and on the control stream (reliable, in id order).
+#[derive(Debug, Default)]
+struct UdpOpens {
+    /// The last id registered on the control stream; they grow.
+    highest_registered: u32,
+    /// Opened by a datagram, registration not seen yet.
+    opened_by_datagram: BTreeSet<u32>,
+}
+
+impl UdpOpens {
+    /// A registration on the control stream: true = open the session now, false = its datagram
+    /// did already.
+    fn register(&mut self, id: u32) -> Result<bool, TunnelError> {
+        if id <= self.highest_registered {
+            return Err(TunnelError::Violation(format!(
+                "UDP session {id} registered after {}",
+                self.highest_registered
+            )));
+        }
+        self.highest_registered = id;
+        Ok(!self.opened_by_datagram.remove(&id))
+    }
+
+    /// An open datagram for a session that is not open: true = open it now; false = it was
+    /// open before and has ended (the datagram is late or a repeat).
+    fn datagram_open(&mut self, id: u32) -> bool {
+        if id <= self.highest_registered || !self.opened_by_datagram.insert(id) {
+            return false;
+        }
+        // Bounded against an edge that never registers: the oldest are forgotten.
+        if self.opened_by_datagram.len() > MAX_UDP_SESSIONS_PER_EDGE {
+            self.opened_by_datagram.pop_first();
+        }
+        true
+    }
+}
+
+async fn accept_streams(hub: Arc<HubShared>, session: Arc<EdgeSession>, connection: Connection) {
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        let (hub, session) = (hub.clone(), session.clone());
+        hub.tasks
+            .clone()
+            .spawn(async move { serve_stream(&hub, &session, send, recv).await });
+    }
+}
+
+/// Why a connection stream's PROXY line could not be read.
+enum LineFailure {
+    /// Not a PROXY v1 line with addresses: a protocol error.
+    Bad(String),
+    /// The stream was reset or the tunnel ended first.
+    Gone,
+}
+
+async fn read_proxy_line(recv: &mut RecvStream) -> Result<(ProxyAddresses, Bytes), LineFailure> {
+    let mut buf = BytesMut::new();
+    loop {
+        match parse_v1(&buf) {
+            Ok(Some((ProxyHeader::Addresses(addresses), used))) => {
+                return Ok((addresses, buf.split_off(used).freeze()));
+            }
+            Ok(Some(_)) => return Err(LineFailure::Bad("PROXY UNKNOWN".into())),
+            Ok(None) => {}
+            Err(e) => return Err(LineFailure::Bad(e.to_string())),
+        }
+        // At most one line's worth: what follows it is the relay's.
+        match recv
+            .read_chunk(PROXY_V1_MAX_LEN - buf.len().min(PROXY_V1_MAX_LEN - 1), true)
+            .await
+        {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return Err(LineFailure::Gone),
+        }
+    }
+}
+
+/// One tunneled connection: its PROXY line, the port check, the target, then the relay.
+async fn serve_stream(
+    hub: &Arc<HubShared>,
+    session: &Arc<EdgeSession>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    // Stream 0 is the control stream, so connection streams count from 1 as over TLS.
+    let id = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
+    let _open = session.quic_streams.open();
+    let refuse = |send: &mut SendStream, recv: &mut RecvStream, reason| {
+        let _ = send.reset(reset_code(reason));
+        let _ = recv.stop(reset_code(reason));
+    };
+    let line = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_proxy_line(&mut recv)).await;
+    let (addresses, early_data) = match line {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(LineFailure::Bad(e))) => {
+            session.close(
+                &TunnelError::Violation(format!(
+                    "connection stream {id} does not start with a PROXY v1 line with addresses: {e}"
+                ))
+                .to_string(),
+            );
+            return;
+        }
+        Ok(Err(LineFailure::Gone)) | Err(_) => {
+            refuse(&mut send, &mut recv, ResetReason::Aborted);
+            return;
+        }
+    };
+    let port_bytes = match session.admit_stream(hub, id, &addresses) {
+        Ok(port_bytes) => port_bytes,
+        Err(reason) => {
+            refuse(&mut send, &mut recv, reason);
+            return;
+        }
+    };
+    let port = addresses.destination.port();
+    let target = match connect_target(hub, &addresses, port).await {
+        Ok(mut target) => {
+            use tokio::io::AsyncWriteExt;
+            match target.write_all(&early_data).await {
+                Ok(()) => {
+                    port_bytes.written.fetch_add(
+                        early_data.len() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    Some(target)
+                }
+                Err(_) => None,
+            }
+        }
+        Err(e) => {
+            hub.warn(
+                "targetUnreachable",
+                format!("{}:{port}: {e}", hub.options.target_host),
+            );
+            None
+        }
+    };
+    match target {
+        Some(target) => {
+            let counters = RelayCounters {
+                read: &port_bytes.read,
+                written: &port_bytes.written,
+            };
+            relay(target, send, recv, counters, &session.cancel).await;
+        }
+        None => refuse(&mut send, &mut recv, ResetReason::Unreachable),
+    }
+    session.stream_closed(hub, id);
+}

@@ -1,0 +1,166 @@
+//! QUIC endpoints for both ends: the same rustls configs (identity, trust, ALPN) as the TLS
+//! transport, transport limits sized for a tunnel, and UDP sockets with room for bursts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt};
+use rustls::{ClientConfig, ServerConfig};
+
+use super::tls::{TlsSetupError, ALPN};
+
+/// Kernel buffers asked for each QUIC socket: the default ~200 KiB loses thousands of packets
+/// in a loopback burst (the kernel caps it at net.core.rmem_max / wmem_max).
+pub const QUIC_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// Tunneled TCP connections one edge may have open at once: each is a bidirectional stream,
+/// so this is the hub's stream limit (quinn's default of 100 would cap a tunnel at 100).
+pub const MAX_QUIC_STREAMS_PER_EDGE: u32 = 65_536;
+/// Oversized datagrams in flight at once, each on its own unidirectional stream.
+pub const MAX_OVERSIZED_DATAGRAM_STREAMS: u32 = 256;
+/// Bytes one tunneled connection may have in flight unread, per direction.
+pub const QUIC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Bytes all connections of one tunnel may have in flight unread, per direction: the same
+/// budget as the TLS transport's windows.
+pub const QUIC_CONNECTION_WINDOW: u32 = crate::mux::flow::TUNNEL_WINDOW_BUDGET;
+/// Datagrams waiting to be sent or read, per tunnel: bursts are queued rather than dropped.
+pub const QUIC_DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
+/// Application close code for a clean stop.
+pub const CLOSE_STOPPED: VarInt = VarInt::from_u32(0);
+/// Application close code for a protocol violation; the reason text says which.
+pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
+/// Application close code when the hub ends a session (replaced, removed, secret changed).
+pub const CLOSE_SESSION_ENDED: VarInt = VarInt::from_u32(2);
+
+/// Transport limits for one side. `accepts_streams` is the hub: it accepts the edge's
+/// connection streams. `idle_timeout` closes a silent connection; `keep_alive` keeps NAT
+/// mappings open between heartbeats.
+fn transport_config(
+    accepts_streams: bool,
+    idle_timeout: Duration,
+    keep_alive: Option<Duration>,
+) -> TransportConfig {
+    let mut transport = TransportConfig::default();
+    let bidi = if accepts_streams {
+        MAX_QUIC_STREAMS_PER_EDGE
+    } else {
+        0
+    };
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(bidi))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_OVERSIZED_DATAGRAM_STREAMS))
+        .stream_receive_window(VarInt::from_u32(QUIC_STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(QUIC_CONNECTION_WINDOW))
+        .send_window(u64::from(QUIC_CONNECTION_WINDOW))
+        .datagram_receive_buffer_size(Some(QUIC_DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(QUIC_DATAGRAM_BUFFER)
+        .keep_alive_interval(keep_alive)
+        // Out of range only beyond 2^62 ms; fall back to no quinn timeout (heartbeats remain).
+        .max_idle_timeout(IdleTimeout::try_from(idle_timeout).ok());
+    transport
+}
+
+/// A UDP socket bound to `address` with large kernel buffers, for a QUIC endpoint.
+fn bind_socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel may cap them, which costs only burst tolerance.
+    let _ = socket.set_recv_buffer_size(QUIC_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(QUIC_SOCKET_BUFFER);
+    if address.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuicSetupError {
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("the TLS configuration cannot be used for QUIC: {0}")]
+    Crypto(String),
+    #[error("cannot listen for QUIC on UDP {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The hub's QUIC endpoint on UDP `address`, with the identity of its TLS listener.
+pub fn hub_endpoint(
+    address: SocketAddr,
+    tls: Arc<ServerConfig>,
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Result<Endpoint, QuicSetupError> {
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(
+        true,
+        idle_timeout,
+        Some(keep_alive),
+    )));
+    let bind = |address| {
+        let socket = bind_socket(address)?;
+        Endpoint::new(
+            EndpointConfig::default(),
+            Some(server.clone()),
+            socket,
+            Arc::new(TokioRuntime),
+        )
+    };
+    bind(address).map_err(|source| QuicSetupError::Bind { address, source })
+}
+
+/// An edge's endpoint for one connection attempt to a hub at `hub`.
+pub fn edge_endpoint(
+    hub: SocketAddr,
+    tls: Arc<ClientConfig>,
+    idle_timeout: Duration,
+) -> Result<Endpoint, QuicSetupError> {
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    // An edge keeps its side alive a few times per timeout, for NATs on the way.
+    client.transport_config(Arc::new(transport_config(
+        false,
+        idle_timeout,
+        Some(idle_timeout / 3),
+    )));
+    let local: SocketAddr = if hub.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = bind_socket(local).map_err(|source| QuicSetupError::Bind {
+        address: local,
+        source,
+    })?;
+    let mut endpoint = Endpoint::new(
+        EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(TokioRuntime),
+    )
+    .map_err(|source| QuicSetupError::Bind {
+        address: local,
+        source,
+    })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Whether the peer agreed on our ALPN (a client that offers none still completes a handshake).
+pub fn negotiated_alpn(connection: &quinn::Connection) -> bool {
+    connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|protocol| protocol == ALPN)
+}

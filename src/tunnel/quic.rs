@@ -1,0 +1,408 @@
+//! The QUIC transport's async pieces, the same on both ends: the control stream's writer task
+//! and reader, UDP datagrams (with a stream for those too large for a datagram), and the relay
+//! between a TCP socket and the QUIC stream that carries it.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::protocol::frame::ResetReason;
+use crate::protocol::quic::{
+    decode_control, encode_datagram, split_datagram, ControlMessage, MAX_UDP_PAYLOAD,
+    SESSION_ID_LEN,
+};
+use crate::transport::quic::MAX_OVERSIZED_DATAGRAM_STREAMS;
+
+use super::receive_loop::MessageSource;
+use super::TunnelError;
+
+/// Bytes read from a socket or a QUIC stream at once by the relay.
+const RELAY_CHUNK_BYTES: usize = 64 * 1024;
+/// Reads below this are copied out of the read buffer, so a small chunk waiting for its
+/// acknowledgement does not pin a whole 64 KiB buffer.
+const RELAY_COPY_BELOW_BYTES: usize = 8 * 1024;
+/// Room made in the control reader's buffer before each read.
+const CONTROL_READ_BYTES: usize = 4 * 1024;
+
+/// A `ConnectionError` as the reason a tunnel ended; the peer's close reason is kept.
+pub fn connection_ended(error: ConnectionError) -> TunnelError {
+    match error {
+        ConnectionError::ApplicationClosed(close) if !close.reason.is_empty() => {
+            TunnelError::ClosedByPeer(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed => {
+            TunnelError::PeerClosed
+        }
+        ConnectionError::TimedOut => TunnelError::Io(io::ErrorKind::TimedOut.into()),
+        other => TunnelError::Io(io::Error::other(other)),
+    }
+}
+
+/// Cloneable handle for queueing control messages on a tunnel's control stream.
+#[derive(Clone, Debug)]
+pub struct ControlSender(UnboundedSender<ControlMessage>);
+
+impl ControlSender {
+    /// Queues a message; false when the tunnel is gone.
+    pub fn send(&self, message: ControlMessage) -> bool {
+        self.0.send(message).is_ok()
+    }
+}
+
+/// A control sender and the queue its writer task drains.
+pub fn control_channel() -> (ControlSender, UnboundedReceiver<ControlMessage>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (ControlSender(tx), rx)
+}
+
+/// The control stream's writer task: sends queued messages, several per write when they pile
+/// up, until the tunnel is cancelled or the stream fails.
+pub async fn run_control_writer(
+    mut stream: SendStream,
+    mut queue: UnboundedReceiver<ControlMessage>,
+    cancel: CancellationToken,
+) -> Result<(), TunnelError> {
+    let mut batch = BytesMut::new();
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            message = queue.recv() => message,
+        };
+        let Some(message) = message else {
+            return Ok(());
+        };
+        message.encode(&mut batch);
+        while batch.len() < RELAY_CHUNK_BYTES {
+            match queue.try_recv() {
+                Ok(message) => message.encode(&mut batch),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            written = stream.write_chunk(batch.split().freeze()) => written,
+        };
+        written.map_err(write_ended)?;
+    }
+}
+
+fn write_ended(error: WriteError) -> TunnelError {
+    match error {
+        WriteError::ConnectionLost(e) => connection_ended(e),
+        other => TunnelError::Violation(format!("control stream: {other}")),
+    }
+}
+
+fn read_ended(error: ReadError) -> TunnelError {
+    match error {
+        ReadError::ConnectionLost(e) => connection_ended(e),
+        other => TunnelError::Violation(format!("control stream: {other}")),
+    }
+}
+
+/// Decodes control messages from the control stream, after the handshake lines.
+pub struct ControlReader {
+    stream: RecvStream,
+    buf: BytesMut,
+}
+
+impl ControlReader {
+    /// `leftover` is whatever arrived after the handshake line in the same read.
+    pub fn new(stream: RecvStream, leftover: BytesMut) -> Self {
+        Self {
+            stream,
+            buf: leftover,
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<ControlMessage, TunnelError> {
+        loop {
+            if let Some(message) = decode_control(&mut self.buf)
+                .map_err(|e| TunnelError::Violation(format!("control stream: {e}")))?
+            {
+                return Ok(message);
+            }
+            match self.stream.read_chunk(CONTROL_READ_BYTES, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(TunnelError::PeerClosed),
+                Err(e) => return Err(read_ended(e)),
+            }
+        }
+    }
+}
+
+impl MessageSource for ControlReader {
+    type Message = ControlMessage;
+    fn next(&mut self) -> impl Future<Output = Result<ControlMessage, TunnelError>> + Send {
+        self.next_message()
+    }
+}
+
+/// The pieces of an established QUIC tunnel that both ends send through. Tunnel bytes are
+/// the connection's own UDP counts ([`QuicLink::bytes`]).
+#[derive(Clone)]
+pub struct QuicLink {
+    pub connection: Connection,
+    pub control: ControlSender,
+    /// Oversized datagrams in flight, each on its own stream.
+    oversized: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+impl QuicLink {
+    pub fn new(connection: Connection, control: ControlSender, tasks: TaskTracker) -> Self {
+        Self {
+            connection,
+            control,
+            oversized: Arc::new(Semaphore::new(MAX_OVERSIZED_DATAGRAM_STREAMS as usize)),
+            tasks,
+        }
+    }
+
+    /// UDP bytes received and sent by the connection so far, QUIC overhead included.
+    pub fn bytes(&self) -> (u64, u64) {
+        let stats = self.connection.stats();
+        (stats.udp_rx.bytes, stats.udp_tx.bytes)
+    }
+
+    /// Sends one UDP payload of `session`: as a datagram when it fits, else on a stream of its
+    /// own. False when it was dropped (the tunnel is gone, or too many large ones in flight).
+    pub fn send_udp(&self, session: u32, payload: &[u8]) -> bool {
+        let datagram = encode_datagram(session, payload);
+        let fits = self
+            .connection
+            .max_datagram_size()
+            .is_some_and(|max| datagram.len() <= max);
+        if fits {
+            self.connection.send_datagram(datagram).is_ok()
+        } else {
+            self.send_oversized(datagram)
+        }
+    }
+
+    fn send_oversized(&self, datagram: Bytes) -> bool {
+        let Ok(permit) = self.oversized.clone().try_acquire_owned() else {
+            return false;
+        };
+        let connection = self.connection.clone();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            if let Ok(mut stream) = connection.open_uni().await {
+                if stream.write_chunk(datagram).await.is_ok() {
+                    let _ = stream.finish();
+                    // Wait for delivery, so the permit bounds the streams really in flight.
+                    let _ = stream.stopped().await;
+                }
+            }
+        });
+        true
+    }
+}
+
+/// Receives UDP payloads sent as datagrams until the connection ends, handing each to
+/// `deliver(session, rest)` (the rest may be an open: the caller decides).
+pub async fn receive_datagrams(connection: Connection, mut deliver: impl FnMut(u32, Bytes)) {
+    while let Ok(datagram) = connection.read_datagram().await {
+        // Shorter than a session id: nothing to deliver it to.
+        if let Ok((session, rest)) = split_datagram(datagram) {
+            deliver(session, rest);
+        }
+    }
+}
+
+/// Receives UDP payloads too large for a datagram, one per unidirectional stream, until the
+/// connection ends.
+pub async fn receive_oversized(
+    connection: Connection,
+    tasks: TaskTracker,
+    deliver: impl Fn(u32, Bytes) + Clone + Send + 'static,
+) {
+    while let Ok(mut stream) = connection.accept_uni().await {
+        let deliver = deliver.clone();
+        tasks.spawn(async move {
+            // Longer than any datagram: not ours to deliver.
+            let Ok(content) = stream.read_to_end(SESSION_ID_LEN + MAX_UDP_PAYLOAD).await else {
+                return;
+            };
+            if let Ok((session, payload)) = split_datagram(Bytes::from(content)) {
+                deliver(session, payload);
+            }
+        });
+    }
+}
+
+/// The QUIC stream reset code for a reason, and back.
+pub fn reset_code(reason: ResetReason) -> VarInt {
+    VarInt::from_u32(u32::from(reason as u8))
+}
+
+fn reason_of(code: VarInt) -> ResetReason {
+    u8::try_from(code.into_inner())
+        .ok()
+        .and_then(ResetReason::from_byte)
+        .unwrap_or(ResetReason::Aborted)
+}
+
+/// Counts a tunnel's open relays; each relay holds one `OpenStream` while it runs.
+#[derive(Debug, Default)]
+pub struct StreamCount(Arc<AtomicUsize>);
+
+pub struct OpenStream(Arc<AtomicUsize>);
+
+impl StreamCount {
+    pub fn open(&self) -> OpenStream {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.0.clone())
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How one direction of a relay ended.
+enum DirectionEnd {
+    /// EOF passed on as a half-close.
+    Finished,
+    /// The connection is over: the peer reset it, a socket failed, or the tunnel went away.
+    Aborted(ResetReason),
+}
+
+/// Bytes read from and written to the local socket, for per-port metrics.
+pub struct RelayCounters<'a> {
+    pub read: &'a AtomicU64,
+    pub written: &'a AtomicU64,
+}
+
+/// Moves bytes between a local TCP socket and the QUIC stream that carries it, both ways at
+/// once, until both directions have finished. A half-close passes through as a half-close; a
+/// reset or failure on either side resets the other side (the TCP socket with an RST).
+pub async fn relay(
+    socket: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    counters: RelayCounters<'_>,
+    cancel: &CancellationToken,
+) {
+    let abort = cancel.child_token();
+    let (up, down) = tokio::join!(
+        async {
+            let end = socket_to_stream(&socket, &mut send, counters.read, &abort).await;
+            if matches!(end, DirectionEnd::Aborted(_)) {
+                abort.cancel();
+            }
+            end
+        },
+        async {
+            let end = stream_to_socket(&mut recv, &socket, counters.written, &abort).await;
+            if matches!(end, DirectionEnd::Aborted(_)) {
+                abort.cancel();
+            }
+            end
+        }
+    );
+    let reason = match (up, down) {
+        (DirectionEnd::Finished, DirectionEnd::Finished) => return,
+        (DirectionEnd::Aborted(reason), _) | (_, DirectionEnd::Aborted(reason)) => reason,
+    };
+    let code = reset_code(reason);
+    let _ = send.reset(code);
+    let _ = recv.stop(code);
+    // An abort, so the local peer does not mistake it for a complete answer.
+    let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+}
+
+async fn socket_to_stream(
+    socket: &TcpStream,
+    send: &mut SendStream,
+    read: &AtomicU64,
+    abort: &CancellationToken,
+) -> DirectionEnd {
+    let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
+    loop {
+        tokio::select! {
+            _ = abort.cancelled() => return aborted,
+            ready = socket.readable() => if ready.is_err() { return aborted },
+        }
+        // Allocated only once there is something to read: idle connections hold no buffer.
+        let mut buf = BytesMut::with_capacity(RELAY_CHUNK_BYTES);
+        let n = match socket.try_read_buf(&mut buf) {
+            Ok(0) => {
+                return match send.finish() {
+                    Ok(()) => DirectionEnd::Finished,
+                    Err(_) => aborted,
+                };
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return aborted,
+        };
+        read.fetch_add(n as u64, Ordering::Relaxed);
+        let chunk = if n < RELAY_COPY_BELOW_BYTES {
+            Bytes::copy_from_slice(&buf)
+        } else {
+            buf.freeze()
+        };
+        tokio::select! {
+            _ = abort.cancelled() => return aborted,
+            written = send.write_chunk(chunk) => if written.is_err() { return aborted },
+        }
+    }
+}
+
+async fn stream_to_socket(
+    recv: &mut RecvStream,
+    socket: &TcpStream,
+    written: &AtomicU64,
+    abort: &CancellationToken,
+) -> DirectionEnd {
+    let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
+    loop {
+        let chunk = tokio::select! {
+            _ = abort.cancelled() => return aborted,
+            chunk = recv.read_chunk(RELAY_CHUNK_BYTES, true) => chunk,
+        };
+        let mut bytes = match chunk {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => {
+                return match SockRef::from(socket).shutdown(std::net::Shutdown::Write) {
+                    Ok(()) => DirectionEnd::Finished,
+                    Err(_) => aborted,
+                };
+            }
+            Err(ReadError::Reset(code)) => return DirectionEnd::Aborted(reason_of(code)),
+            Err(_) => return aborted,
+        };
+        while !bytes.is_empty() {
+            tokio::select! {
+                _ = abort.cancelled() => return aborted,
+                ready = socket.writable() => if ready.is_err() { return aborted },
+            }
+            match socket.try_write(&bytes) {
+                Ok(n) => {
+                    written.fetch_add(n as u64, Ordering::Relaxed);
+                    let _ = bytes.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return aborted,
+            }
+        }
+    }
+}
