@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
 
-export type TransportKind = 'tcpTls'
+/** The transport a tunnel runs over. */
+export type TransportKind = 'tcpTls' | 'quic'
 
 export interface HubConfig {
   /** Port edges connect to (TLS over TCP). Default 8443; 0 picks a free port (see getStatus). */
@@ -81,8 +82,13 @@ export class RemoteIngressHub extends EventEmitter<HubEvents> {
 }
 
 interface EdgeExtras {
-  /** Only this transport is available in this version. Default 'tcpTls'. */
-  transportMode?: 'tcpTls'
+  /**
+   * 'tcpTls' (default): one TLS connection, frame-multiplexed. 'quic': QUIC on the hub's
+   * tunnel port over UDP, a QUIC stream per connection, UDP as QUIC datagrams.
+   * 'quicWithFallback': QUIC, or TCP+TLS when QUIC is not up within 5 s (each attempt);
+   * `tunnelConnected` and `getStatus().transport` say which is in use.
+   */
+  transportMode?: 'tcpTls' | 'quic' | 'quicWithFallback'
   /** Address the edge's listeners bind. Default '0.0.0.0'. */
   bindAddress?: string
   /** Accept only a hub whose key has this fingerprint (the hub's certFingerprint). */

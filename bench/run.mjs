@@ -174,13 +174,20 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   const rows = [await measure('direct', '127.0.0.1', [])]
 
   fs.writeFileSync(path.join(WORK, 'edges.json'), JSON.stringify([{ id: 'bench', secret: 'bench-secret', listenPorts: [PORT.iperf, PORT.http] }]))
-  const hub = start(process.execPath, [CLI, 'hub', '--edges', path.join(WORK, 'edges.json'), '--tunnel-port', String(PORT.hub),
-    '--bind', '127.0.0.1', '--target-host', '127.0.0.1', '--proxy-protocol', 'none'], 'hub')
-  await waitForPort('127.0.0.1', PORT.hub)
-  const edge = start(process.execPath, [CLI, 'edge', '--hub-host', '127.0.0.1', '--hub-port', String(PORT.hub), '--edge-id', 'bench',
-    '--secret', 'bench-secret', '--bind', '127.0.0.2', '--no-stun'], 'edge')
-  await waitForPort('127.0.0.2', PORT.http)
-  rows.push(await measure('tcpTls', '127.0.0.2', [hub.pid, edge.pid]))
+  for (const transport of ['tcpTls', 'quic']) {
+    const hub = start(process.execPath, [CLI, 'hub', '--edges', path.join(WORK, 'edges.json'), '--tunnel-port', String(PORT.hub),
+      '--bind', '127.0.0.1', '--target-host', '127.0.0.1', '--proxy-protocol', 'none'], `hub-${transport}`)
+    await waitForPort('127.0.0.1', PORT.hub)
+    const edge = start(process.execPath, [CLI, 'edge', '--hub-host', '127.0.0.1', '--hub-port', String(PORT.hub), '--edge-id', 'bench',
+      '--secret', 'bench-secret', '--transport', transport, '--bind', '127.0.0.2', '--no-stun'], `edge-${transport}`)
+    await waitForPort('127.0.0.2', PORT.http)
+    rows.push(await measure(transport, '127.0.0.2', [hub.pid, edge.pid]))
+    for (const child of [edge, hub]) {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGTERM')
+      await exited
+    }
+  }
 
   console.log(table(rows))
   fs.writeFileSync(path.join(ROOT, 'bench-results.json'), JSON.stringify(rows, null, 1))

@@ -36,7 +36,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --token T               connection token from the hub operator
   --hub-host H            hub address; --hub-port P (default 8443)
   --edge-id ID --secret S edge credentials
-  --transport MODE        tcpTls (default)
+  --transport MODE        tcpTls (default), quic, or quicWithFallback (QUIC, else TCP+TLS after 5 s)
   --bind ADDR             address the edge's listeners bind (default 0.0.0.0)
   --hub-fingerprint F     accept only a hub with this key fingerprint (sha256/...)
   --ca FILE               accept only a hub with a certificate from this CA (PEM)

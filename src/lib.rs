@@ -1,14 +1,16 @@
 //! remoteingress: an ingress tunnel. An edge on a public host dials out to a hub in a private
-//! network over one TLS connection; the hub assigns the edge its ports, and every connection
+//! network over one TLS connection or QUIC; the hub assigns the edge its ports, and every connection
 //! the edge accepts is carried to the hub and handed to `targetHost:<same port>` behind a
 //! PROXY protocol header that keeps the real client address.
 //!
 //! # Layout
 //! - [`protocol`]: the wire formats, pure and without I/O (frames, handshake, PROXY v1/v2,
-//!   connection tokens).
+//!   connection tokens, QUIC control messages and datagrams).
 //! - [`mux`]: pure multiplexing state (flow-control windows, round robin, sustained flows).
-//! - [`transport`]: rustls configs, the hub's identity and how an edge trusts it.
-//! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump).
+//! - [`transport`]: rustls configs, the hub's identity and how an edge trusts it, QUIC
+//!   endpoints.
+//! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump;
+//!   QUIC control stream, datagrams and relay).
 //! - [`hub`], [`edge`]: the two runtimes.
 //! - [`stun`]: public-IP discovery (STUN Binding requests, parsing sans-IO).
 //! - [`config`], [`events`], [`metrics`]: reading JavaScript options, reporting events and
