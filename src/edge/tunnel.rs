@@ -29,7 +29,7 @@ use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::{frame_channel, run_writer};
-use crate::tunnel::{Carrier, TunnelError};
+use crate::tunnel::{Carrier, OnDrop, TunnelError};
 
 use super::backoff::{jitter, Backoff};
 use super::options::TransportMode;
@@ -95,16 +95,28 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
             Ok((established, config)) => {
                 backoff.reset();
                 edge.totals().connects += 1;
-                let reason = serve(&edge, established, config).await;
+                // A task of its own, so a panic while serving costs this tunnel, not the edge.
+                let serving = edge.tasks.spawn({
+                    let edge = edge.clone();
+                    async move { serve(&edge, established, config).await }
+                });
+                let reason = match serving.await {
+                    Ok(ended) => ended.to_string(),
+                    Err(failed) => {
+                        edge.warn(
+                            "internalError",
+                            format!("the tunnel's task failed ({failed}); reconnecting"),
+                        );
+                        "internal error".to_string()
+                    }
+                };
                 if edge.cancel.is_cancelled() {
                     edge.emit(EdgeEvent::TunnelDisconnected {
                         reason: "edge stopped".into(),
                     });
                     return;
                 }
-                edge.emit(EdgeEvent::TunnelDisconnected {
-                    reason: reason.to_string(),
-                });
+                edge.emit(EdgeEvent::TunnelDisconnected { reason });
             }
             Err(e @ ConnectError::Rejected(_)) => {
                 *edge
@@ -310,6 +322,15 @@ async fn serve(
         )),
     });
     *edge.link() = Some(link.clone());
+    // However serving ends, a panic included: the tunnel's tasks stop and listeners stop
+    // handing it connections.
+    let _retire = OnDrop::new(|| {
+        link.cancel.cancel();
+        let mut current = edge.link();
+        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            *current = None;
+        }
+    });
     edge.tasks.spawn(super::udp::sweep_idle(
         link.clone(),
         edge.options.udp_idle_timeout,
@@ -409,12 +430,6 @@ async fn serve(
         // Each transport's queues were made with its carrier above.
         _ => TunnelError::PeerClosed,
     };
-
-    link.cancel.cancel();
-    let mut current = edge.link();
-    if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
-        *current = None;
-    }
     ended
 }
 

@@ -19,7 +19,7 @@ use crate::tunnel::quic::{
     ControlReader, QuicLink, RelayCounters,
 };
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::{Carrier, TunnelError};
+use crate::tunnel::{Carrier, OnDrop, TunnelError};
 
 use super::session::{
     connect_target, run_session, EdgeSession, Login, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES,
@@ -381,6 +381,7 @@ async fn serve_stream(
     // Stream 0 is the control stream, so connection streams count from 1 as over TLS.
     let id = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
     let _open = session.quic_streams.open();
+
     let refuse = |send: &mut SendStream, recv: &mut RecvStream, reason| {
         let _ = send.reset(reset_code(reason));
         let _ = recv.stop(reset_code(reason));
@@ -409,6 +410,8 @@ async fn serve_stream(
             return;
         }
     };
+    // Also on a panic: its end is reported.
+    let _closed = OnDrop::new(|| session.stream_closed(hub, id));
     let port = addresses.destination.port();
     let target = match connect_target(hub, &addresses, port).await {
         Ok(mut target) => {
@@ -442,5 +445,4 @@ async fn serve_stream(
         }
         None => refuse(&mut send, &mut recv, ResetReason::Unreachable),
     }
-    session.stream_closed(hub, id);
 }

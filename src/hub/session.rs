@@ -30,7 +30,7 @@ use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::{pump, reset_frame, SocketBytes, StreamTable, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
-use crate::tunnel::{Carrier, TunnelError};
+use crate::tunnel::{Carrier, OnDrop, TunnelError};
 
 use super::options::ProxyProtocol;
 use super::udp::{Refusal, UdpSessions};
@@ -279,35 +279,63 @@ pub(super) async fn run_session(
     peer: SocketAddr,
     serve: impl Future<Output = TunnelError>,
 ) {
-    let edge_id = session.edge_id.clone();
     hub.emit(HubEvent::EdgeConnected {
-        edge_id: edge_id.clone(),
+        edge_id: session.edge_id.clone(),
         remote_address: peer.to_string(),
         transport: session.carrier.transport(),
     });
-    let ended = serve.await;
-    session.cancel.cancel();
-    {
-        // Under the totals lock, so a metrics scrape sees these counts exactly once: either in
-        // the live session or in the totals.
-        let status = session.status();
-        let mut totals = hub.totals();
-        let edge = totals.edges.entry(edge_id.clone()).or_default();
-        edge.bytes_in += status.bytes_in;
-        edge.bytes_out += status.bytes_out;
-        edge.udp_dropped += status.udp_datagrams_dropped;
-        let mut sessions = hub.sessions();
-        if sessions
-            .get(&edge_id)
-            .is_some_and(|current| Arc::ptr_eq(current, &session))
+    let mut retirement = Retirement {
+        hub,
+        session,
+        ended: None,
+    };
+    retirement.ended = Some(serve.await);
+}
+
+/// Retires a session when dropped: after `serve` ends, and also while a panic in the session's
+/// task unwinds, so a bug costs one session (with a warning), never a session that stays
+/// registered, nor the Node process.
+struct Retirement<'a> {
+    hub: &'a Arc<HubShared>,
+    session: Arc<EdgeSession>,
+    ended: Option<TunnelError>,
+}
+
+impl Drop for Retirement<'_> {
+    fn drop(&mut self) {
+        let (hub, session) = (self.hub, &self.session);
+        let edge_id = session.edge_id.clone();
+        session.cancel.cancel();
         {
-            sessions.remove(&edge_id);
+            // Under the totals lock, so a metrics scrape sees these counts exactly once: either
+            // in the live session or in the totals.
+            let status = session.status();
+            let mut totals = hub.totals();
+            let edge = totals.edges.entry(edge_id.clone()).or_default();
+            edge.bytes_in += status.bytes_in;
+            edge.bytes_out += status.bytes_out;
+            edge.udp_dropped += status.udp_datagrams_dropped;
+            let mut sessions = hub.sessions();
+            if sessions
+                .get(&edge_id)
+                .is_some_and(|current| Arc::ptr_eq(current, session))
+            {
+                sessions.remove(&edge_id);
+            }
         }
+        let reason = match (session.take_close_reason(), self.ended.take()) {
+            (Some(reason), _) => reason,
+            (None, Some(ended)) => ended.to_string(),
+            (None, None) => {
+                hub.warn(
+                    "internalError",
+                    format!("edge {edge_id}: a session task panicked; the session was closed"),
+                );
+                "internal error".to_string()
+            }
+        };
+        hub.emit(HubEvent::EdgeDisconnected { edge_id, reason });
     }
-    let reason = session
-        .take_close_reason()
-        .unwrap_or_else(|| ended.to_string());
-    hub.emit(HubEvent::EdgeDisconnected { edge_id, reason });
 }
 
 async fn read_line<R: AsyncRead + Unpin>(
@@ -667,6 +695,11 @@ impl EdgeSession {
         let cancel = self.cancel.child_token();
         hub.tasks.spawn(async move {
             let hub = hub_for_task;
+            // Also on a panic: the stream leaves the table and its end is reported.
+            let _closed = OnDrop::new(|| {
+                session.streams.remove(id);
+                session.stream_closed(&hub, id);
+            });
             let port = addresses.destination.port();
             match connect_target(&hub, &addresses, port).await {
                 Ok(target) => {
@@ -680,8 +713,6 @@ impl EdgeSession {
                     );
                 }
             }
-            session.streams.remove(id);
-            session.stream_closed(&hub, id);
         });
         Ok(())
     }
@@ -707,4 +738,61 @@ pub(super) async fn connect_target(
         target.write_all(&header).await?;
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::options::{parse_allowed_edges, HubOptions};
+    use crate::hub::Hub;
+    use serde_json::json;
+
+    /// A panic in a session's task closes that session with a warning: it does not stay
+    /// registered, the edge is reported disconnected, and the hub carries on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_session_is_retired_with_a_warning() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let options =
+            HubOptions::from_json(&json!({ "tunnelPort": 0, "bindAddress": "127.0.0.1" })).unwrap();
+        let hub = Hub::start(options, Arc::new(move |e| sink.lock().unwrap().push(e)))
+            .await
+            .unwrap();
+        hub.update_allowed_edges(
+            parse_allowed_edges(&json!([{ "id": "e", "secret": "s3cret-s3cret" }])).unwrap(),
+        );
+        let shared = hub.shared.clone();
+        let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
+        let (frames, _queues) = frame_channel();
+        let (session, _) = admit(
+            &shared,
+            "e",
+            "s3cret-s3cret",
+            peer,
+            Carrier::Frames(frames),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(hub.status().connected_edges.len(), 1);
+
+        let task = tokio::spawn(async move {
+            run_session(&shared, session, peer, async { panic!("injected") }).await;
+        });
+        assert!(task.await.unwrap_err().is_panic());
+
+        assert!(
+            hub.status().connected_edges.is_empty(),
+            "the session is gone"
+        );
+        let events = events.lock().unwrap().clone();
+        assert!(events.iter().any(|e| matches!(
+            e,
+            HubEvent::Warning { code: "internalError", message } if message.contains("edge e")
+        )));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            HubEvent::EdgeDisconnected { edge_id, reason } if edge_id == "e" && reason == "internal error"
+        )));
+        hub.stop().await;
+    }
 }

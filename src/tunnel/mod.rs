@@ -123,3 +123,21 @@ impl Carrier {
         }
     }
 }
+
+/// Runs a closure when dropped, also while a panic unwinds: cleanup that must happen however
+/// a task ends.
+pub struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    pub fn new(cleanup: F) -> Self {
+        Self(Some(cleanup))
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.0.take() {
+            cleanup();
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The hub's QUIC side against a hand-driven QUIC edge: UDP opens that survive the loss of
+//! their datagram, repeats that are not data, datagrams for sessions that are not open, and
+//! protocol errors on the control and connection streams.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use remoteingress::hub::options::{parse_allowed_edges, HubOptions};
+use remoteingress::hub::{Hub, HubEvent};
+use remoteingress::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
+use remoteingress::protocol::quic::{encode_datagram, encode_open_datagram, ControlMessage};
+use remoteingress::transport::quic::edge_endpoint;
+use remoteingress::transport::tls::HubTrust;
+use serde_json::json;
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A hub with one edge allowed on the target's UDP port, and a logged-in QUIC connection.
+struct Rig {
+    hub: Hub,
+    events: Arc<Mutex<Vec<HubEvent>>>,
+    target: UdpSocket,
+    connection: quinn::Connection,
+    control: quinn::SendStream,
+    _control_recv: quinn::RecvStream,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = target.local_addr().unwrap().port();
+        let options = HubOptions::from_json(&json!({
+            "tunnelPort": 0, "bindAddress": "127.0.0.1", "targetHost": "127.0.0.1",
+            "udpProxyHeader": "none",
+        }))
+        .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let hub = Hub::start(options, Arc::new(move |e| sink.lock().unwrap().push(e)))
+            .await
+            .unwrap();
+        let allowed = json!([{ "id": "e", "secret": "s3cret-s3cret", "listenPortsUdp": [port] }]);
+        hub.update_allowed_edges(parse_allowed_edges(&allowed).unwrap());
+
+        let hub_address: SocketAddr = ([127, 0, 0, 1], hub.tunnel_port()).into();
+        let tls = HubTrust::AnyKey.client_config().unwrap();
+        let endpoint = edge_endpoint(hub_address, tls, Duration::from_secs(10)).unwrap();
+        let connection = endpoint
+            .connect(hub_address, "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut control, mut control_recv) = connection.open_bi().await.unwrap();
+        control.write_all(b"EDGE e s3cret-s3cret\n").await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\n") {
+            let chunk = timeout(WAIT, control_recv.read_chunk(4096, true))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            answer.extend_from_slice(&chunk.bytes);
+        }
+        assert!(
+            answer.starts_with(b"{\"listenPorts\":[]"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        Rig {
+            hub,
+            events,
+            target,
+            connection,
+            control,
+            _control_recv: control_recv,
+            _endpoint: endpoint,
+        }
+    }
+
+    fn open_header(&self, client_port: u16) -> Bytes {
+        let port = self.target.local_addr().unwrap().port();
+        let addresses = ProxyAddresses {
+            source: ([203, 0, 113, 9], client_port).into(),
+            destination: ([198, 51, 100, 1], port).into(),
+        };
+        Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses))
+    }
+
+    async fn send_control(&mut self, message: ControlMessage) {
+        let mut buf = BytesMut::new();
+        message.encode(&mut buf);
+        self.control.write_all(&buf).await.unwrap();
+    }
+
+    /// The next datagram at the target, and where it came from (the session's hub socket).
+    async fn target_receives(&self) -> (Vec<u8>, SocketAddr) {
+        let mut buf = vec![0u8; 70_000];
+        let (len, from) = timeout(WAIT, self.target.recv_from(&mut buf))
+            .await
+            .expect("a datagram at the target")
+            .unwrap();
+        buf.truncate(len);
+        (buf, from)
+    }
+
+    /// Sends `payload` for `session` until the target gets it: data sent before the hub has
+    /// seen the session's open is dropped, as UDP allows.
+    async fn send_until_received(&self, session: u32, payload: &[u8]) -> SocketAddr {
+        let mut buf = vec![0u8; 70_000];
+        for _ in 0..50 {
+            self.connection
+                .send_datagram(encode_datagram(session, payload))
+                .unwrap();
+            if let Ok(received) =
+                timeout(Duration::from_millis(100), self.target.recv_from(&mut buf)).await
+            {
+                let (len, from) = received.unwrap();
+                assert_eq!(&buf[..len], payload);
+                return from;
+            }
+        }
+        panic!("the target never received {payload:?}");
+    }
+
+    fn dropped(&self) -> u64 {
+        self.hub.status().connected_edges[0].udp_datagrams_dropped
+    }
+
+    async fn disconnect_reason(&self) -> String {
+        let closed = timeout(WAIT, self.connection.closed()).await.unwrap();
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                String::from_utf8_lossy(&close.reason).into_owned()
+            }
+            other => panic!("closed by {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_registered_only_on_the_control_stream_opens_the_session() {
+    let mut rig = Rig::start().await;
+    let header = rig.open_header(4000);
+    // The open datagram was lost: only the registration arrives.
+    rig.send_control(ControlMessage::UdpOpen {
+        session: 1,
+        header: header.clone(),
+    })
+    .await;
+    let hub_socket = rig.send_until_received(1, b"first").await;
+
+    // Replies come back as datagrams of the same session.
+    rig.target.send_to(b"reply", hub_socket).await.unwrap();
+    let reply = timeout(WAIT, rig.connection.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, encode_datagram(1, b"reply"));
+
+    // The open datagram arriving late is a repeat, not data; what follows is data.
+    rig.connection
+        .send_datagram(encode_open_datagram(1, &header))
+        .unwrap();
+    rig.connection
+        .send_datagram(encode_datagram(1, b"after"))
+        .unwrap();
+    let (payload, from) = rig.target_receives().await;
+    assert_eq!(payload, b"after");
+    assert_eq!(from, hub_socket, "still the same session");
+    // Data that merely starts with the open marker is data.
+    rig.connection
+        .send_datagram(encode_datagram(1, b"\xFFnot an open"))
+        .unwrap();
+    assert_eq!(rig.target_receives().await.0, b"\xFFnot an open");
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_datagram_opens_the_session_and_its_registration_is_a_repeat() {
+    let mut rig = Rig::start().await;
+    let header = rig.open_header(4001);
+    rig.connection
+        .send_datagram(encode_open_datagram(7, &header))
+        .unwrap();
+    let hub_socket = rig.send_until_received(7, b"via the datagram").await;
+    rig.send_control(ControlMessage::UdpOpen {
+        session: 7,
+        header: header.clone(),
+    })
+    .await;
+    let again = rig.send_until_received(7, b"one session").await;
+    assert_eq!(
+        again, hub_socket,
+        "the registration did not open a second session"
+    );
+    assert_eq!(rig.hub.status().connected_edges[0].active_udp_sessions, 1);
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_for_sessions_that_are_not_open_are_dropped_and_counted() {
+    let rig = Rig::start().await;
+    let before = rig.dropped();
+    rig.connection
+        .send_datagram(encode_datagram(99, b"nobody"))
+        .unwrap();
+    // Shorter than a session id: nothing to count it against, and no harm done.
+    rig.connection
+        .send_datagram(Bytes::from_static(&[1, 2]))
+        .unwrap();
+    let counted = async {
+        while rig.dropped() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(WAIT, counted)
+        .await
+        .expect("the drop to be counted");
+    // The tunnel is still up and a real session works.
+    rig.connection
+        .send_datagram(encode_open_datagram(100, &rig.open_header(4002)))
+        .unwrap();
+    rig.send_until_received(100, b"still up").await;
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_whose_id_does_not_grow_closes_the_tunnel() {
+    let mut rig = Rig::start().await;
+    let header = rig.open_header(4003);
+    rig.send_control(ControlMessage::UdpOpen {
+        session: 5,
+        header: header.clone(),
+    })
+    .await;
+    rig.send_control(ControlMessage::UdpOpen { session: 5, header })
+        .await;
+    let reason = rig.disconnect_reason().await;
+    assert!(reason.contains("protocol error"), "{reason}");
+    assert!(reason.contains("registered after"), "{reason}");
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stream_without_a_proxy_line_closes_the_tunnel_with_a_reason() {
+    let rig = Rig::start().await;
+    let (mut send, _recv) = rig.connection.open_bi().await.unwrap();
+    send.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reason = rig.disconnect_reason().await;
+    assert!(reason.contains("PROXY v1"), "{reason}");
+    let disconnected = async {
+        loop {
+            let found = rig.events.lock().unwrap().iter().find_map(|e| match e {
+                HubEvent::EdgeDisconnected { reason, .. } => Some(reason.clone()),
+                _ => None,
+            });
+            if let Some(reason) = found {
+                return reason;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let reported = timeout(WAIT, disconnected).await.unwrap();
+    assert!(reported.starts_with("protocol error"), "{reported}");
+    rig.hub.stop().await;
+}
