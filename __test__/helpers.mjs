@@ -1089,3 +1089,60 @@ export async function startCoturn(binary) {
   }
   throw lastError
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resource counts and socket endings, for leak and restart tests
+
+/** This process's open file descriptors (entries of /proc/self/fd) and threads (/proc/self/status). */
+export function processCounts() {
+  const fds = fs.readdirSync('/proc/self/fd').length
+  const threads = Number(/^Threads:\s+(\d+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1])
+  return { fds, threads }
+}
+
+/**
+ * Waits (bounded) until this process has at most `before.fds + fdSlack` descriptors and
+ * `before.threads + threadSlack` threads, as sockets closed on a later event-loop turn leave
+ * the table; returns the last counts. Throws with both counts if they do not come back.
+ */
+export async function countsComeBack(before, { fdSlack = 0, threadSlack = 0, timeoutMs = 10000, what = 'counts' } = {}) {
+  let last
+  try {
+    await waitFor(
+      () => {
+        last = processCounts()
+        return last.fds <= before.fds + fdSlack && last.threads <= before.threads + threadSlack
+      },
+      { timeoutMs, intervalMs: 50, what },
+    )
+  } catch {
+    throw new Error(
+      `${what}: fds ${before.fds} -> ${last.fds} (slack ${fdSlack}), threads ${before.threads} -> ${last.threads} (slack ${threadSlack})`,
+    )
+  }
+  return last
+}
+
+/**
+ * How a socket finishes, watched from now on: resolves at 'close' with { how, bytes }, where
+ * `how` is 'reset' (ECONNRESET), another error code (e.g. 'ECONNREFUSED'), 'end' (a clean FIN)
+ * or 'closed', and `bytes` counts the data received meanwhile. Rejects after `timeoutMs`.
+ */
+export function socketEnding(socket, timeoutMs = 5000) {
+  let bytes = 0
+  let ended = false
+  let error = null
+  return withTimeout(
+    new Promise((resolve) => {
+      socket.on('data', (chunk) => (bytes += chunk.length))
+      socket.on('end', () => (ended = true))
+      socket.on('error', (err) => (error ??= err.code ?? err.message))
+      socket.once('close', () => {
+        const how = error === 'ECONNRESET' ? 'reset' : error ?? (ended ? 'end' : 'closed')
+        resolve({ how, bytes })
+      })
+    }),
+    timeoutMs,
+    `a socket to close (${bytes} bytes so far)`,
+  )
+}
