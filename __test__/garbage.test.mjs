@@ -28,10 +28,11 @@ import {
   V2_SIGNATURE,
   waitFor,
   withTimeout,
+  TEST_TRANSPORT,
 } from './helpers.mjs'
 
 /** Transports the real edge is tested over; a second one (QUIC) is added here when it exists. */
-const TRANSPORTS = ['tcpTls']
+const TRANSPORTS = [TEST_TRANSPORT]
 
 const RUDE_ID = 'rude-edge'
 const RUDE_SECRET = 'rude-secret-4b8e2d91'

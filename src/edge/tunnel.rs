@@ -49,8 +49,8 @@ enum ConnectError {
     Closed,
     #[error("the hub refused this edge: {0}")]
     Rejected(String),
-    #[error("no answer from the hub within {0:?}")]
-    Timeout(std::time::Duration),
+    #[error("no answer from the hub at {0} within {1:?}")]
+    Timeout(String, std::time::Duration),
     #[error("QUIC: {0}")]
     Quic(String),
     #[error("{0}")]
@@ -150,11 +150,11 @@ async fn connect(
 ) -> Result<(Established, EdgeConfig), ConnectError> {
     let limit = edge.options.connect_timeout;
     match edge.options.transport {
-        TransportMode::TcpTls => within(limit, connect_tls(edge, connector)).await,
-        TransportMode::Quic => within(limit, connect_quic(edge, tls)).await,
+        TransportMode::TcpTls => within(edge, limit, connect_tls(edge, connector)).await,
+        TransportMode::Quic => within(edge, limit, connect_quic(edge, tls)).await,
         TransportMode::QuicWithFallback => {
             let quic_limit = limit.min(QUIC_FALLBACK_AFTER);
-            match within(quic_limit, connect_quic(edge, tls)).await {
+            match within(edge, quic_limit, connect_quic(edge, tls)).await {
                 Ok(established) => Ok(established),
                 // The hub answered: TCP+TLS would get the same answer.
                 Err(e @ ConnectError::Rejected(_)) => Err(e),
@@ -163,7 +163,7 @@ async fn connect(
                         "quicFallback",
                         format!("QUIC did not come up ({e}); trying TCP+TLS"),
                     );
-                    within(limit, connect_tls(edge, connector)).await
+                    within(edge, limit, connect_tls(edge, connector)).await
                 }
             }
         }
@@ -171,12 +171,16 @@ async fn connect(
 }
 
 async fn within<T>(
+    edge: &EdgeShared,
     limit: Duration,
     attempt: impl std::future::Future<Output = Result<T, ConnectError>>,
 ) -> Result<T, ConnectError> {
     tokio::time::timeout(limit, attempt)
         .await
-        .unwrap_or(Err(ConnectError::Timeout(limit)))
+        .unwrap_or_else(|_| {
+            let hub = format!("{}:{}", edge.options.hub_host, edge.options.hub_port);
+            Err(ConnectError::Timeout(hub, limit))
+        })
 }
 
 async fn connect_tls(
