@@ -168,8 +168,10 @@ fn carry(
             }
         }
     };
-    let payload = Bytes::copy_from_slice(datagram);
-    if !link.carrier.udp(id, FrameType::UdpData, payload) {
+    if !link
+        .carrier
+        .udp_from_slice(id, FrameType::UdpData, datagram)
+    {
         edge.count_udp_drop();
     }
 }

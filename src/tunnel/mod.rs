@@ -70,6 +70,19 @@ impl Carrier {
         }
     }
 
+    /// As [`Carrier::udp`], from a borrowed payload: copied once, into whichever framing the
+    /// transport needs.
+    pub fn udp_from_slice(&self, session: u32, frame_type: FrameType, payload: &[u8]) -> bool {
+        match self {
+            Carrier::Frames(frames) => frames.datagram(Frame::new(
+                session,
+                frame_type,
+                Bytes::copy_from_slice(payload),
+            )),
+            Carrier::Quic(quic) => quic.send_udp(session, payload),
+        }
+    }
+
     /// Opens a UDP session whose PROXY v2 header is `header` (edge only). Over QUIC the open
     /// goes as a datagram, which is quick, and on the control stream, which cannot be lost.
     pub fn udp_open(&self, session: u32, header: Bytes) -> bool {

@@ -185,7 +185,10 @@ impl QuicLink {
             .max_datagram_size()
             .is_some_and(|max| datagram.len() <= max);
         if fits {
-            self.connection.send_datagram(datagram).is_ok()
+            // quinn makes room in a full queue by dropping the oldest datagram, unseen; refuse
+            // the new one instead, so the caller counts it.
+            datagram.len() <= self.connection.datagram_send_buffer_space()
+                && self.connection.send_datagram(datagram).is_ok()
         } else {
             self.send_oversized(datagram)
         }
