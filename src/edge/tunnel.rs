@@ -28,7 +28,7 @@ use crate::tunnel::quic::{
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::StreamTable;
-use crate::tunnel::writer::{frame_channel, run_writer};
+use crate::tunnel::writer::{frame_channel, run_writer, FrameQueues};
 use crate::tunnel::{Carrier, OnDrop, TunnelError};
 
 use super::backoff::{jitter, Backoff};
@@ -299,18 +299,37 @@ async fn serve(
     established: Established,
     config: EdgeConfig,
 ) -> TunnelError {
-    let carrier = match &established {
-        Established::Tls { .. } => {
+    // The sending half every task uses; the I/O and the queue its writer task drains.
+    let (carrier, io) = match established {
+        Established::Tls { stream, leftover } => {
             let (frames, queues) = frame_channel();
-            (Carrier::Frames(frames), Some(queues), None)
+            let io = TunnelIo::Tls {
+                stream,
+                leftover,
+                queues,
+            };
+            (Carrier::Frames(frames), io)
         }
-        Established::Quic { connection, .. } => {
+        Established::Quic {
+            endpoint,
+            connection,
+            send,
+            recv,
+            leftover,
+        } => {
             let (control, queue) = control_channel();
             let link = QuicLink::new(connection.clone(), control, edge.tasks.clone());
-            (Carrier::Quic(link), None, Some(queue))
+            let io = TunnelIo::Quic {
+                endpoint,
+                connection,
+                send,
+                recv,
+                leftover,
+                queue,
+            };
+            (Carrier::Quic(link), io)
         }
     };
-    let (carrier, frame_queues, control_queue) = carrier;
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
         carrier,
@@ -362,8 +381,12 @@ async fn serve(
         timeout: edge.options.heartbeat_timeout,
         ping: None,
     };
-    let ended = match (established, frame_queues, control_queue) {
-        (Established::Tls { stream, leftover }, Some(queues), _) => {
+    match io {
+        TunnelIo::Tls {
+            stream,
+            leftover,
+            queues,
+        } => {
             let (read_half, write_half) = tokio::io::split(*stream);
             let writer = edge.tasks.spawn(run_writer(
                 write_half,
@@ -377,17 +400,14 @@ async fn serve(
             })
             .await
         }
-        (
-            Established::Quic {
-                endpoint,
-                connection,
-                send,
-                recv,
-                leftover,
-            },
-            _,
-            Some(queue),
-        ) => {
+        TunnelIo::Quic {
+            endpoint,
+            connection,
+            send,
+            recv,
+            leftover,
+            queue,
+        } => {
             let (edge_ref, link_ref) = (edge.clone(), link.clone());
             spawn_until(
                 edge,
@@ -431,10 +451,25 @@ async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             ended
         }
-        // Each transport's queues were made with its carrier above.
-        _ => TunnelError::PeerClosed,
-    };
-    ended
+    }
+}
+
+/// An established tunnel's I/O with the queue its writer task drains: frames over TLS,
+/// control messages over QUIC.
+enum TunnelIo {
+    Tls {
+        stream: Box<HubStream>,
+        leftover: BytesMut,
+        queues: FrameQueues,
+    },
+    Quic {
+        endpoint: quinn::Endpoint,
+        connection: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        leftover: BytesMut,
+        queue: tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
+    },
 }
 
 /// Runs `work` as an edge task until it finishes or `cancel` fires.
