@@ -355,3 +355,40 @@ test('a CONFIG that changes only the STUN interval is not reported as a port upd
     await stopQuietly(tunnel, target, other)
   }
 })
+
+test('an edge id connecting twice: the new connection replaces the old session, which ends cleanly', { timeout: 20000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  const edges = []
+  let hub
+  try {
+    let hubPort
+    ;({ hub, hubPort } = await startHub([{ id: 'dup', secret: SECRET, listenPorts: [target.port] }]))
+    const hubEvents = recordEvents(hub, ['edgeConnected', 'edgeDisconnected'])
+    // The first edge does not come back within the test, so the replacement is not undone.
+    const first = await startConnectedEdge(edgeConfig(hubPort, 'dup', SECRET, { reconnectMinMs: 60000, reconnectMaxMs: 60000 }))
+    edges.push(first.edge)
+    await waitFor(() => hubEvents.of('edgeConnected').length === 1, { what: 'the first edge on the hub' })
+    const firstLost = once(first.edge, 'tunnelDisconnected', 5000)
+    const second = await startConnectedEdge(edgeConfig(hubPort, 'dup', SECRET, { bindAddress: '127.0.0.3' }))
+    edges.push(second.edge)
+
+    // Over QUIC the old edge is also told why; over TLS it sees the connection close.
+    assert.match((await firstLost).reason, TEST_TRANSPORT === 'quic' ? /^peer closed the tunnel: replaced by a new connection/ : /^peer closed the tunnel/)
+    await waitFor(() => hubEvents.of('edgeDisconnected').length === 1 && hubEvents.of('edgeConnected').length === 2, {
+      what: "the hub's replacement events",
+    })
+    assert.deepEqual(hubEvents.of('edgeDisconnected'), [{ edgeId: 'dup', reason: 'replaced by a new connection from the same edge' }])
+    const status = await hub.getStatus()
+    assert.equal(status.connectedEdges.length, 1, 'one session for the id, the old one is gone')
+    assert.equal((await first.edge.getStatus()).connected, false)
+    // The new session carries traffic.
+    const client = await connect(target.port, '127.0.0.3')
+    try {
+      await assertEchoes(client, 'through the replacement')
+    } finally {
+      client.destroy()
+    }
+  } finally {
+    await stopQuietly(...edges, hub, target)
+  }
+})
