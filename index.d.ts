@@ -22,6 +22,24 @@ export interface HubConfig {
   heartbeatTimeoutMs?: number
   /** A UDP session with no datagram either way for this long ends. Default 60000. */
   udpIdleTimeoutMs?: number
+  /** Limits that protect the hub; each has a default. */
+  limits?: HubLimits
+}
+
+export interface HubLimits {
+  /** Edges connected at once; past it a login is answered `edge limit reached`. Default 1024. */
+  maxEdges?: number
+  /**
+   * Connections one edge may have open at once. Default 65536. Past it a connection is reset
+   * over TCP+TLS, and waits for a free stream over QUIC.
+   */
+  maxStreamsPerEdge?: number
+  /** UDP sessions one edge may have open at once; past it new sessions are closed. Default 4096. */
+  maxUdpSessionsPerEdge?: number
+  /** TLS or QUIC handshake plus the edge's login must finish within this. Default 10000. */
+  handshakeTimeoutMs?: number
+  /** Handshakes in progress at once; past it new connections are dropped. Default 512. */
+  maxPendingHandshakes?: number
 }
 
 export interface AllowedEdge {

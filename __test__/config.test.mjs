@@ -20,6 +20,8 @@ const badHubConfigs = [
   { name: "proxyProtocol 'v9'", config: { tunnelPort: 0, bindAddress: '127.0.0.1', proxyProtocol: 'v9' }, field: /proxyProtocol/ },
   { name: "targetHost ''", config: { tunnelPort: 0, bindAddress: '127.0.0.1', targetHost: '' }, field: /targetHost/ },
   { name: 'an unknown key', config: { tunnelPort: 0, bindAddress: '127.0.0.1', tunnelPrt: 1 }, field: /tunnelPrt/ },
+  { name: 'limits.maxEdges 0', config: { tunnelPort: 0, bindAddress: '127.0.0.1', limits: { maxEdges: 0 } }, field: /limits\.maxEdges/ },
+  { name: 'an unknown limit', config: { tunnelPort: 0, bindAddress: '127.0.0.1', limits: { maxFrameSize: 1 } }, field: /limits\.maxFrameSize/ },
 ]
 
 for (const { name, config, field } of badHubConfigs) {

@@ -101,6 +101,7 @@ async fn bind_tunnel_port(
         match hub_endpoint(
             address,
             tls.clone(),
+            options.limits.max_streams_per_edge,
             options.heartbeat_timeout,
             options.heartbeat_interval,
         ) {
@@ -234,10 +235,11 @@ impl Hub {
         let acceptor = TlsAcceptor::from(server_config.clone());
         let (listener, endpoint, tunnel_port) = bind_tunnel_port(&options, server_config).await?;
         let cancel = CancellationToken::new();
+        let pending_handshakes = options.limits.max_pending_handshakes;
         let shared = Arc::new(HubShared {
             options,
             auth_throttle: Mutex::default(),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(session::MAX_PENDING_HANDSHAKES)),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(pending_handshakes)),
             last_throttled_warning: std::sync::atomic::AtomicU64::new(0),
             totals: Mutex::default(),
             allowed: RwLock::new(HashMap::new()),

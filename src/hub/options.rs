@@ -19,6 +19,87 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 /// A UDP session with no datagram either way for this long ends.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Edges connected at once, by default.
+pub const DEFAULT_MAX_EDGES: usize = 1024;
+/// Tunneled TCP connections one edge may have open at once, by default; more are refused, so
+/// one edge cannot exhaust the hub's sockets.
+pub const DEFAULT_MAX_STREAMS_PER_EDGE: u32 = 65_536;
+/// UDP sessions one edge may have open at once, by default.
+pub const DEFAULT_MAX_UDP_SESSIONS_PER_EDGE: usize = crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL;
+/// TLS or QUIC handshake plus the edge's auth line must finish within this, by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections between accept and a finished login at once, by default. Past it new
+/// connections are dropped, so a storm of slow or bogus handshakes cannot take the hub's
+/// memory and CPU from established tunnels.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 512;
+
+/// Limits an operator may set (`limits` in the start options). The frame size is not among
+/// them: it is part of the wire protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    pub max_edges: usize,
+    pub max_streams_per_edge: u32,
+    pub max_udp_sessions_per_edge: usize,
+    pub handshake_timeout: Duration,
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            max_edges: DEFAULT_MAX_EDGES,
+            max_streams_per_edge: DEFAULT_MAX_STREAMS_PER_EDGE,
+            max_udp_sessions_per_edge: DEFAULT_MAX_UDP_SESSIONS_PER_EDGE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+        }
+    }
+}
+
+impl HubLimits {
+    fn from_json(value: Option<&Value>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let Some(value) = value else {
+            return Ok(defaults);
+        };
+        let f = Fields::of(
+            value,
+            "limits",
+            &[
+                "maxEdges",
+                "maxStreamsPerEdge",
+                "maxUdpSessionsPerEdge",
+                "handshakeTimeoutMs",
+                "maxPendingHandshakes",
+            ],
+        )?;
+        let count = |key: &str, max: u64, default: usize| -> Result<usize, ConfigError> {
+            Ok(f.integer(key, 1, max)?
+                .map_or(default, |n| usize::try_from(n).unwrap_or(default)))
+        };
+        Ok(Self {
+            max_edges: count("maxEdges", 1_000_000, defaults.max_edges)?,
+            max_streams_per_edge: f
+                .integer("maxStreamsPerEdge", 1, 1 << 20)?
+                .map_or(defaults.max_streams_per_edge, |n| {
+                    u32::try_from(n).unwrap_or(defaults.max_streams_per_edge)
+                }),
+            max_udp_sessions_per_edge: count(
+                "maxUdpSessionsPerEdge",
+                1 << 20,
+                defaults.max_udp_sessions_per_edge,
+            )?,
+            handshake_timeout: f
+                .millis("handshakeTimeoutMs")?
+                .unwrap_or(defaults.handshake_timeout),
+            max_pending_handshakes: count(
+                "maxPendingHandshakes",
+                1_000_000,
+                defaults.max_pending_handshakes,
+            )?,
+        })
+    }
+}
 
 /// Header the hub puts in front of each TCP connection to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +128,7 @@ pub struct HubOptions {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    pub limits: HubLimits,
 }
 
 #[derive(Clone)]
@@ -76,6 +158,7 @@ impl HubOptions {
                 "heartbeatIntervalMs",
                 "heartbeatTimeoutMs",
                 "udpIdleTimeoutMs",
+                "limits",
             ],
         )?;
         let tls = match f.raw("tls") {
@@ -136,6 +219,7 @@ impl HubOptions {
             udp_idle_timeout: f
                 .millis("udpIdleTimeoutMs")?
                 .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
+            limits: HubLimits::from_json(f.raw("limits"))?,
         })
     }
 }

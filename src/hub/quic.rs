@@ -21,10 +21,7 @@ use crate::tunnel::quic::{
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::{Carrier, OnDrop, TunnelError};
 
-use super::session::{
-    connect_target, run_session, EdgeSession, Login, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES,
-};
-use super::udp::MAX_UDP_SESSIONS_PER_EDGE;
+use super::session::{connect_target, run_session, EdgeSession, Login};
 use super::HubShared;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +39,7 @@ enum QuicHandshakeFailure {
     Read(#[from] quinn::ReadError),
     #[error("closed before the handshake finished")]
     Closed,
-    #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
+    #[error("no handshake within the handshake timeout")]
     Timeout,
 }
 
@@ -75,7 +72,10 @@ pub(super) async fn accept_loop(
             hub.count_handshake_failure("limit");
             hub.warn_throttled(
                 "handshakeLimit",
-                format!("{MAX_PENDING_HANDSHAKES} handshakes under way; dropping new connections"),
+                format!(
+                    "{} handshakes under way; dropping new connections",
+                    hub.options.limits.max_pending_handshakes
+                ),
             );
             incoming.ignore();
             continue;
@@ -122,7 +122,7 @@ async fn serve_edge_connection(
     };
     let outcome = tokio::select! {
         _ = cancel.cancelled() => return,
-        outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => outcome,
+        outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
     };
     let (connection, mut send, recv, line, leftover) =
         match outcome.unwrap_or(Err(QuicHandshakeFailure::Timeout)) {
@@ -177,7 +177,10 @@ async fn serve(
     queue: tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
 ) -> TunnelError {
     let cancel = &session.cancel;
-    let opens = Arc::new(Mutex::new(UdpOpens::default()));
+    let opens = Arc::new(Mutex::new(UdpOpens {
+        capacity: hub.options.limits.max_udp_sessions_per_edge,
+        ..UdpOpens::default()
+    }));
     spawn_until(
         hub,
         cancel,
@@ -302,6 +305,8 @@ struct UdpOpens {
     highest_registered: u32,
     /// Opened by a datagram, registration not seen yet.
     opened_by_datagram: BTreeSet<u32>,
+    /// How many of those are remembered: the edge's session limit.
+    capacity: usize,
 }
 
 impl UdpOpens {
@@ -325,7 +330,7 @@ impl UdpOpens {
             return false;
         }
         // Bounded against an edge that never registers: the oldest are forgotten.
-        if self.opened_by_datagram.len() > MAX_UDP_SESSIONS_PER_EDGE {
+        if self.opened_by_datagram.len() > self.capacity {
             self.opened_by_datagram.pop_first();
         }
         true
@@ -386,7 +391,11 @@ async fn serve_stream(
         let _ = send.reset(reset_code(reason));
         let _ = recv.stop(reset_code(reason));
     };
-    let line = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_proxy_line(&mut recv)).await;
+    let line = tokio::time::timeout(
+        hub.options.limits.handshake_timeout,
+        read_proxy_line(&mut recv),
+    )
+    .await;
     let (addresses, early_data) = match line {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(LineFailure::Bad(e))) => {

@@ -36,17 +36,8 @@ use super::options::ProxyProtocol;
 use super::udp::{Refusal, UdpSessions};
 use super::{ConnectedEdgeStatus, HubEvent, HubShared};
 
-/// TLS handshake plus the edge's auth line must finish within this, or the socket is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed login waits this long before its answer, to slow down guessing.
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(300);
-/// Connections between accept and a finished login at once. Past it new connections are
-/// dropped, so a storm of slow or bogus handshakes cannot take the hub's memory and CPU from
-/// established tunnels.
-pub const MAX_PENDING_HANDSHAKES: usize = 512;
-/// Streams one edge may have open at once; more are refused, so one edge cannot exhaust the
-/// hub's sockets.
-pub const MAX_STREAMS_PER_EDGE: usize = 65_536;
 /// Connecting to the target must succeed within this.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,7 +71,10 @@ pub(super) async fn accept_loop(
             hub.count_handshake_failure("limit");
             hub.warn_throttled(
                 "handshakeLimit",
-                format!("{MAX_PENDING_HANDSHAKES} handshakes under way; dropping new connections"),
+                format!(
+                    "{} handshakes under way; dropping new connections",
+                    hub.options.limits.max_pending_handshakes
+                ),
             )
         }) else {
             continue;
@@ -111,7 +105,7 @@ enum HandshakeFailure {
     Line(#[from] HandshakeError),
     #[error("closed before the handshake finished")]
     Closed,
-    #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
+    #[error("no handshake within the handshake timeout")]
     Timeout,
 }
 
@@ -134,7 +128,7 @@ async fn serve_edge_connection(
     };
     let outcome = tokio::select! {
         _ = cancel.cancelled() => return,
-        outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => outcome,
+        outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
     };
     let (mut tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
         Ok(parts) => parts,
@@ -207,11 +201,19 @@ impl Login<'_> {
                     carrier,
                     cancel.clone(),
                 );
-                if admitted.is_none() {
-                    hub.warn(
+                match admitted {
+                    Err(LoginRefusal::Unauthorized) => hub.warn(
                         "authFailed",
                         format!("edge connection from {peer}: unknown edge id or wrong secret"),
-                    );
+                    ),
+                    Err(LoginRefusal::EdgeLimit) => hub.warn(
+                        "edgeLimit",
+                        format!(
+                            "edge {} from {peer} refused: {} edges are connected (limits.maxEdges)",
+                            auth.edge_id, hub.options.limits.max_edges
+                        ),
+                    ),
+                    Ok(_) => {}
                 }
                 admitted
             }
@@ -220,10 +222,24 @@ impl Login<'_> {
                     "handshakeFailed",
                     format!("edge connection from {peer}: {e}"),
                 );
-                None
+                Err(LoginRefusal::Unauthorized)
             }
         };
-        let Some((session, config)) = admitted else {
+        if let Err(LoginRefusal::EdgeLimit) = admitted {
+            // Not the edge's fault: no delay, nothing held against its address.
+            hub.count_handshake_failure("limit");
+            drop(handshake_permit);
+            let reply = encode_reply(&HubReply::Rejected {
+                error: "edge limit reached".into(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                reply_to.write_all(&reply).await?;
+                reply_to.flush().await
+            })
+            .await;
+            return None;
+        }
+        let Ok((session, config)) = admitted else {
             hub.count_handshake_failure("auth");
             let refused_from_now = hub
                 .auth_throttle
@@ -362,12 +378,21 @@ fn admit(
     peer: SocketAddr,
     carrier: Carrier,
     cancel: CancellationToken,
-) -> Option<(Arc<EdgeSession>, EdgeConfig)> {
+) -> Result<(Arc<EdgeSession>, EdgeConfig), LoginRefusal> {
     let allowed = hub.allowed.read().unwrap_or_else(|e| e.into_inner());
     let entry = allowed.get(edge_id);
     let expected = entry.map_or("\0unknown edge\0", |e| e.secret.as_str());
     let matches: bool = secret.as_bytes().ct_eq(expected.as_bytes()).into();
-    let entry = entry.filter(|_| matches)?;
+    let entry = entry
+        .filter(|_| matches)
+        .ok_or(LoginRefusal::Unauthorized)?;
+    {
+        // A reconnecting edge replaces its own session, so it never counts against the limit.
+        let sessions = hub.sessions();
+        if sessions.len() >= hub.options.limits.max_edges && !sessions.contains_key(edge_id) {
+            return Err(LoginRefusal::EdgeLimit);
+        }
+    }
     let session = Arc::new(EdgeSession {
         edge_id: edge_id.to_string(),
         secret: entry.secret.clone(),
@@ -387,7 +412,16 @@ fn admit(
         old.close("replaced by a new connection from the same edge");
     }
     hub.update_edge_totals(edge_id, |edge| edge.connects += 1);
-    Some((session, entry.config.clone()))
+    Ok((session, entry.config.clone()))
+}
+
+/// Why a login was turned down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginRefusal {
+    /// Unknown edge id or wrong secret (or a malformed auth line).
+    Unauthorized,
+    /// As many edges as `limits.maxEdges` are connected.
+    EdgeLimit,
 }
 
 /// A connected, authenticated edge.
@@ -604,8 +638,7 @@ impl EdgeSession {
                 "udpSessionLimit",
                 format!(
                     "edge {} reached {} UDP sessions; refusing more",
-                    self.edge_id,
-                    super::udp::MAX_UDP_SESSIONS_PER_EDGE
+                    self.edge_id, hub.options.limits.max_udp_sessions_per_edge
                 ),
             ),
         }
@@ -668,12 +701,13 @@ impl EdgeSession {
                 )))
             }
         };
-        if self.streams.len() >= MAX_STREAMS_PER_EDGE {
+        let max_streams = hub.options.limits.max_streams_per_edge as usize;
+        if self.streams.len() >= max_streams {
             frames.control(reset_frame(id, HUB_SIDE, ResetReason::Limit));
             hub.warn(
                 "streamLimit",
                 format!(
-                    "edge {} reached {MAX_STREAMS_PER_EDGE} open connections; refusing more",
+                    "edge {} reached {max_streams} open connections; refusing more",
                     self.edge_id
                 ),
             );

@@ -21,7 +21,6 @@ use super::options::UdpProxyHeader;
 use super::HubShared;
 use crate::tunnel::Carrier;
 
-pub use crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL as MAX_UDP_SESSIONS_PER_EDGE;
 /// Datagrams waiting for one session's socket (while it is set up, or the target is slow).
 const SESSION_QUEUE_DATAGRAMS: usize = 256;
 /// Room for the largest UDP payload.
@@ -76,7 +75,7 @@ impl UdpSessions {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE_DATAGRAMS);
         {
             let mut flows = self.flows();
-            if flows.len() >= MAX_UDP_SESSIONS_PER_EDGE {
+            if flows.len() >= hub.options.limits.max_udp_sessions_per_edge {
                 return Err(Refusal::SessionLimit);
             }
             flows.insert(

@@ -14,9 +14,6 @@ use super::tls::{TlsSetupError, ALPN};
 /// Kernel buffers asked for each QUIC socket: the default ~200 KiB loses thousands of packets
 /// in a loopback burst (the kernel caps it at net.core.rmem_max / wmem_max).
 pub const QUIC_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
-/// Tunneled TCP connections one edge may have open at once: each is a bidirectional stream,
-/// so this is the hub's stream limit (quinn's default of 100 would cap a tunnel at 100).
-pub const MAX_QUIC_STREAMS_PER_EDGE: u32 = 65_536;
 /// Oversized datagrams in flight at once, each on its own unidirectional stream.
 pub const MAX_OVERSIZED_DATAGRAM_STREAMS: u32 = 256;
 /// Bytes one tunneled connection may have in flight unread, per direction.
@@ -33,22 +30,18 @@ pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
 /// Application close code when the hub ends a session (replaced, removed, secret changed).
 pub const CLOSE_SESSION_ENDED: VarInt = VarInt::from_u32(2);
 
-/// Transport limits for one side. `accepts_streams` is the hub: it accepts the edge's
-/// connection streams. `idle_timeout` closes a silent connection; `keep_alive` keeps NAT
-/// mappings open between heartbeats.
+/// Transport limits for one side. `accepted_streams` is how many connection streams the
+/// peer may open at once: the hub's per-edge limit (each tunneled connection is a stream, so
+/// quinn's default of 100 would cap a tunnel at 100), none for an edge. `idle_timeout` closes
+/// a silent connection; `keep_alive` keeps NAT mappings open between heartbeats.
 fn transport_config(
-    accepts_streams: bool,
+    accepted_streams: u32,
     idle_timeout: Duration,
     keep_alive: Option<Duration>,
 ) -> TransportConfig {
     let mut transport = TransportConfig::default();
-    let bidi = if accepts_streams {
-        MAX_QUIC_STREAMS_PER_EDGE
-    } else {
-        0
-    };
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(bidi))
+        .max_concurrent_bidi_streams(VarInt::from_u32(accepted_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_OVERSIZED_DATAGRAM_STREAMS))
         .stream_receive_window(VarInt::from_u32(QUIC_STREAM_WINDOW))
         .receive_window(VarInt::from_u32(QUIC_CONNECTION_WINDOW))
@@ -95,6 +88,7 @@ pub enum QuicSetupError {
 pub fn hub_endpoint(
     address: SocketAddr,
     tls: Arc<ServerConfig>,
+    streams_per_edge: u32,
     idle_timeout: Duration,
     keep_alive: Duration,
 ) -> Result<Endpoint, QuicSetupError> {
@@ -102,7 +96,8 @@ pub fn hub_endpoint(
         QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(
-        true,
+        // The control stream is a bidirectional stream too.
+        streams_per_edge.saturating_add(1),
         idle_timeout,
         Some(keep_alive),
     )));
@@ -129,7 +124,7 @@ pub fn edge_endpoint(
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     // An edge keeps its side alive a few times per timeout, for NATs on the way.
     client.transport_config(Arc::new(transport_config(
-        false,
+        0,
         idle_timeout,
         Some(idle_timeout / 3),
     )));
