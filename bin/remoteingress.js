@@ -27,6 +27,9 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --state-dir DIR         keep a generated key in DIR so pinned edges trust the hub after restarts
   --proxy-protocol v1|v2|none                       header to the target (default v1)
   --udp-proxy-header everyDatagram|firstDatagram|none
+  --max-edges N           edges connected at once (default 1024)
+  --max-streams-per-edge N, --max-udp-sessions-per-edge N   (defaults 65536, 4096)
+  --handshake-timeout-ms N  TLS/QUIC handshake plus login (default 10000)
   --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
   --log-level debug|info|warn|error   debug adds a line per connection (default info)
   --log-format text|json
@@ -208,6 +211,10 @@ async function runHub(args) {
     'state-dir': { type: 'string' },
     'proxy-protocol': { type: 'string' },
     'udp-proxy-header': { type: 'string' },
+    'max-edges': { type: 'string' },
+    'max-streams-per-edge': { type: 'string' },
+    'max-udp-sessions-per-edge': { type: 'string' },
+    'handshake-timeout-ms': { type: 'string' },
     'metrics-port': { type: 'string' },
     ...LOG_OPTIONS,
   })
@@ -225,6 +232,12 @@ async function runHub(args) {
     tls: hubTls(values, api),
     proxyProtocol: values['proxy-protocol'],
     udpProxyHeader: values['udp-proxy-header'],
+    limits: {
+      maxEdges: integer(values['max-edges'], 'max-edges'),
+      maxStreamsPerEdge: integer(values['max-streams-per-edge'], 'max-streams-per-edge'),
+      maxUdpSessionsPerEdge: integer(values['max-udp-sessions-per-edge'], 'max-udp-sessions-per-edge'),
+      handshakeTimeoutMs: integer(values['handshake-timeout-ms'], 'handshake-timeout-ms'),
+    },
   })
   await hub.updateAllowedEdges(edges)
   if (values['metrics-port'] !== undefined) await serveMetrics(hub, integer(values['metrics-port'], 'metrics-port'), 'hub')
