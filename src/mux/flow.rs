@@ -41,38 +41,51 @@ pub enum FlowError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendWindow {
     available: u32,
+    /// Taken by a sender that has not settled yet (it is reading its socket). Still the
+    /// peer's grant, so it counts when a new grant is checked against the maximum.
+    held: u32,
 }
 
 impl SendWindow {
     pub fn new(initial: u32) -> Self {
-        Self { available: initial }
+        Self {
+            available: initial,
+            held: 0,
+        }
     }
 
     pub fn available(&self) -> u32 {
         self.available
     }
 
-    /// Takes up to `wanted` bytes of credit and returns how much was taken.
+    /// Takes up to `wanted` bytes of credit and returns how much was taken; settle it with
+    /// [`SendWindow::settle`].
     pub fn take(&mut self, wanted: u32) -> u32 {
         let taken = wanted.min(self.available);
         self.available -= taken;
+        self.held += taken;
         taken
     }
 
-    /// Gives back credit taken by `take` that was not used (a short read).
-    pub fn give_back(&mut self, unused: u32) {
-        self.available = self.available.saturating_add(unused).min(MAX_STREAM_WINDOW);
+    /// Of `taken` bytes of credit from `take`, `used` were sent; the rest comes back.
+    pub fn settle(&mut self, taken: u32, used: u32) {
+        let taken = taken.min(self.held);
+        self.held -= taken;
+        // available + held never exceeds MAX_STREAM_WINDOW, so this cannot either.
+        self.available += taken - used.min(taken);
     }
 
-    /// Applies a WINDOW_UPDATE from the peer.
+    /// Applies a WINDOW_UPDATE from the peer; the peer's whole outstanding credit, held
+    /// credit included, may not exceed the maximum window.
     pub fn grant(&mut self, credit: u32) -> Result<(), FlowError> {
-        match self.available.checked_add(credit) {
+        let outstanding = self.available + self.held;
+        match outstanding.checked_add(credit) {
             Some(sum) if sum <= MAX_STREAM_WINDOW => {
-                self.available = sum;
+                self.available += credit;
                 Ok(())
             }
             _ => Err(FlowError::CreditOverflow {
-                available: self.available,
+                available: outstanding,
                 credit,
             }),
         }
@@ -143,8 +156,27 @@ mod tests {
         assert_eq!(w.take(4), 4);
         assert_eq!(w.take(100), 6);
         assert_eq!(w.take(1), 0);
-        w.give_back(3);
+        w.settle(6, 3);
         assert_eq!(w.available(), 3);
+        w.settle(4, 4);
+        assert_eq!(w.available(), 3);
+    }
+
+    #[test]
+    fn credit_held_by_a_sender_still_counts_against_the_maximum() {
+        let mut w = SendWindow::new(MAX_STREAM_WINDOW - 10);
+        assert_eq!(w.take(64 * 1024), 64 * 1024);
+        // While 64 KiB are held, the peer's credit is still MAX - 10: 11 more overflows.
+        assert_eq!(
+            w.grant(11),
+            Err(FlowError::CreditOverflow {
+                available: MAX_STREAM_WINDOW - 10,
+                credit: 11
+            })
+        );
+        assert_eq!(w.grant(10), Ok(()));
+        w.settle(64 * 1024, 0);
+        assert_eq!(w.available(), MAX_STREAM_WINDOW);
     }
 
     #[test]

@@ -104,8 +104,9 @@ impl StreamFlow {
         }
     }
 
-    fn give_back(&self, unused: u32) {
-        self.windows().send.give_back(unused);
+    /// Of `taken` credit from `acquire_send`, `used` bytes were sent; the rest comes back.
+    fn settle(&self, taken: u32, used: u32) {
+        self.windows().send.settle(taken, used);
     }
 
     /// A WINDOW_UPDATE from the peer.
@@ -348,7 +349,7 @@ async fn upload(
             }
         };
         if read == 0 {
-            flow.give_back(credit);
+            flow.settle(credit, 0);
             let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
             return if frames.data(fin) {
                 Ok(())
@@ -358,7 +359,7 @@ async fn upload(
         }
         bytes_read.fetch_add(read as u64, Ordering::Relaxed);
         // `read` is at most `credit`, a u32.
-        flow.give_back(credit - read as u32);
+        flow.settle(credit, read as u32);
         if !frames.data(Frame::new(id, side.data, buf.freeze())) {
             return Err(Abort::TunnelGone);
         }
