@@ -1,0 +1,117 @@
+//! Tunnel frames (`protocol::frame`), as a peer sends them over TLS.
+//!
+//! Invariants checked besides "never panics":
+//! - a decoded frame re-encodes to exactly the bytes it consumed (the format is canonical);
+//! - `Ok(None)` and errors leave the buffer untouched;
+//! - feeding the same bytes in chunks (size from the first input byte) yields the same frames
+//!   and the same final error or leftover as feeding them at once;
+//! - the payload helpers agree with their encoders.
+#![no_main]
+
+use bytes::{BufMut, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use remoteingress::protocol::frame::{
+    close_payload, decode, decode_close, decode_ping, decode_window_credit, encode, Frame,
+    FrameError, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD,
+};
+
+/// How a decoding session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Waiting for more bytes; these were left over.
+    Pending(Vec<u8>),
+    Failed(FrameError),
+}
+
+fn check_payload_helpers(frame: &Frame) {
+    let payload = &frame.payload[..];
+    match decode_window_credit(payload) {
+        Ok(credit) => {
+            assert_ne!(credit, 0);
+            assert_eq!(payload, credit.to_be_bytes());
+        }
+        Err(FrameError::ZeroWindowUpdate) => assert_eq!(payload, [0u8; 4]),
+        Err(FrameError::BadWindowUpdate { len }) => {
+            assert_eq!(len, payload.len());
+            assert_ne!(len, 4);
+        }
+        Err(other) => panic!("decode_window_credit: unexpected {other:?}"),
+    }
+    match decode_ping(payload) {
+        Ok(nonce) => assert_eq!(payload, nonce),
+        Err(FrameError::BadPing { len }) => {
+            assert_eq!(len, payload.len());
+            assert_ne!(len, 8);
+        }
+        Err(other) => panic!("decode_ping: unexpected {other:?}"),
+    }
+    let kind = decode_close(payload);
+    assert_eq!(decode_close(&close_payload(kind)), kind);
+    if matches!(payload, [] | [1..=4]) {
+        // Empty and the known reasons are canonical; anything else reads as Aborted.
+        assert_eq!(close_payload(kind)[..], *payload);
+    }
+}
+
+/// Decodes everything `buf` holds, checking each step.
+fn drain(buf: &mut BytesMut, frames: &mut Vec<Frame>) -> Option<FrameError> {
+    loop {
+        let before = buf.clone();
+        match decode(buf) {
+            Ok(Some(frame)) => {
+                let consumed = before.len() - buf.len();
+                assert_eq!(consumed, FRAME_HEADER_LEN + frame.payload.len());
+                assert!(frame.payload.len() <= MAX_FRAME_PAYLOAD);
+                assert_eq!(&before[consumed..], &buf[..], "rest of buffer changed");
+                let mut again = BytesMut::new();
+                encode(&frame, &mut again);
+                assert_eq!(&again[..], &before[..consumed], "not canonical");
+                check_payload_helpers(&frame);
+                frames.push(frame);
+            }
+            Ok(None) => {
+                assert_eq!(&before[..], &buf[..], "Ok(None) changed the buffer");
+                return None;
+            }
+            Err(error) => {
+                assert!(
+                    before.len() >= FRAME_HEADER_LEN,
+                    "error before a full header"
+                );
+                assert_eq!(&before[..], &buf[..], "an error changed the buffer");
+                return Some(error);
+            }
+        }
+    }
+}
+
+fn decode_at_once(data: &[u8]) -> (Vec<Frame>, End) {
+    let mut buf = BytesMut::from(data);
+    let mut frames = Vec::new();
+    let end = match drain(&mut buf, &mut frames) {
+        Some(error) => End::Failed(error),
+        None => End::Pending(buf.to_vec()),
+    };
+    (frames, end)
+}
+
+fn decode_in_chunks(data: &[u8], chunk: usize) -> (Vec<Frame>, End) {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for piece in data.chunks(chunk) {
+        buf.put_slice(piece);
+        if let Some(error) = drain(&mut buf, &mut frames) {
+            return (frames, End::Failed(error));
+        }
+    }
+    (frames, End::Pending(buf.to_vec()))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let whole = decode_at_once(rest);
+    let chunked = decode_in_chunks(rest, usize::from(first % 32) + 1);
+    assert_eq!(whole, chunked, "chunked decoding differs");
+});

@@ -1,0 +1,452 @@
+//! Property tests: every wire format's encoder and decoder are inverses, for arbitrary valid
+//! values, and the stream decoders give the same answer however the bytes are split.
+//!
+//! The fuzz targets in fuzz/ (run with scripts/fuzz.sh) cover the other direction: arbitrary
+//! bytes into the decoders.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use proptest::prelude::*;
+
+use remoteingress::protocol::frame::{
+    self, close_payload, decode_close, decode_ping, decode_window_credit, CloseKind, Frame,
+    FrameType, ResetReason, FRAME_HEADER_LEN,
+};
+use remoteingress::protocol::handshake::{
+    encode_auth_line, encode_config, encode_reply, parse_auth_line, parse_config, parse_reply,
+    take_line, take_line_limited, EdgeConfig, HubReply, MAX_REPLY_LINE, MAX_STUN_INTERVAL_SECS,
+    MIN_STUN_INTERVAL_SECS,
+};
+use remoteingress::protocol::proxy::{
+    encode_v1, encode_v2, parse_v1, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport,
+    PROXY_V1_MAX_LEN,
+};
+use remoteingress::protocol::quic::{
+    decode_control, encode_datagram, encode_open_datagram, is_repeated_open, parse_open,
+    parse_open_header, split_datagram, ControlMessage, OPEN_MARKER,
+};
+use remoteingress::protocol::token::{decode_token, encode_token, ConnectionToken};
+
+// ---------------------------------------------------------------------------------------------
+// Strategies
+
+const FRAME_TYPES: [FrameType; 14] = [
+    FrameType::Open,
+    FrameType::Data,
+    FrameType::Close,
+    FrameType::DataBack,
+    FrameType::CloseBack,
+    FrameType::Config,
+    FrameType::Ping,
+    FrameType::Pong,
+    FrameType::WindowUpdate,
+    FrameType::WindowUpdateBack,
+    FrameType::UdpOpen,
+    FrameType::UdpData,
+    FrameType::UdpDataBack,
+    FrameType::UdpClose,
+];
+
+fn payload(max: usize) -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(any::<u8>(), 0..=max).prop_map(Bytes::from)
+}
+
+fn any_frame() -> impl Strategy<Value = Frame> {
+    (
+        any::<u32>(),
+        prop::sample::select(&FRAME_TYPES[..]),
+        payload(300),
+    )
+        .prop_map(|(id, kind, payload)| Frame::new(id, kind, payload))
+}
+
+fn any_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from),
+        // IPv4-mapped IPv6, which the encoders produce for mixed families.
+        any::<[u8; 4]>().prop_map(|v4| IpAddr::V6(std::net::Ipv4Addr::from(v4).to_ipv6_mapped())),
+    ]
+}
+
+fn any_addresses() -> impl Strategy<Value = ProxyAddresses> {
+    (any_ip(), any::<u16>(), any_ip(), any::<u16>()).prop_map(|(s, sp, d, dp)| ProxyAddresses {
+        source: SocketAddr::new(s, sp),
+        destination: SocketAddr::new(d, dp),
+    })
+}
+
+fn any_transport() -> impl Strategy<Value = ProxyTransport> {
+    prop_oneof![Just(ProxyTransport::Stream), Just(ProxyTransport::Datagram)]
+}
+
+/// Edge ids and secrets: 1..=256 bytes of visible ASCII.
+fn identity() -> impl Strategy<Value = String> {
+    "[!-~]{1,256}"
+}
+
+fn port() -> impl Strategy<Value = u16> {
+    1..=u16::MAX
+}
+
+fn any_config() -> impl Strategy<Value = EdgeConfig> {
+    (
+        prop::collection::vec(port(), 0..40),
+        prop::collection::vec(port(), 0..40),
+        MIN_STUN_INTERVAL_SECS..=MAX_STUN_INTERVAL_SECS,
+    )
+        .prop_map(
+            |(listen_ports, listen_ports_udp, stun_interval_secs)| EdgeConfig {
+                listen_ports,
+                listen_ports_udp,
+                stun_interval_secs,
+            },
+        )
+}
+
+fn any_control() -> impl Strategy<Value = ControlMessage> {
+    prop_oneof![
+        payload(200).prop_map(ControlMessage::Config),
+        any::<[u8; 8]>().prop_map(ControlMessage::Ping),
+        any::<[u8; 8]>().prop_map(ControlMessage::Pong),
+        (any::<u32>(), payload(60))
+            .prop_map(|(session, header)| ControlMessage::UdpOpen { session, header }),
+        any::<u32>().prop_map(|session| ControlMessage::UdpClose { session }),
+    ]
+}
+
+/// What the PROXY encoders promise to write: the addresses as given when both are IPv4,
+/// otherwise both as IPv6 (IPv4-mapped where needed).
+fn single_family(addrs: &ProxyAddresses) -> ProxyAddresses {
+    let v6 = |addr: SocketAddr| match addr.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), addr.port()),
+        IpAddr::V6(_) => addr,
+    };
+    if addrs.source.is_ipv4() && addrs.destination.is_ipv4() {
+        *addrs
+    } else {
+        ProxyAddresses {
+            source: v6(addrs.source),
+            destination: v6(addrs.destination),
+        }
+    }
+}
+
+fn encode_frames(frames: &[Frame]) -> BytesMut {
+    let mut wire = BytesMut::new();
+    for f in frames {
+        frame::encode(f, &mut wire);
+    }
+    wire
+}
+
+fn encode_controls(messages: &[ControlMessage]) -> BytesMut {
+    let mut wire = BytesMut::new();
+    for m in messages {
+        m.encode(&mut wire);
+    }
+    wire
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+proptest! {
+    #[test]
+    fn frames_round_trip_at_once(frames in prop::collection::vec(any_frame(), 1..8)) {
+        let wire = encode_frames(&frames);
+        prop_assert_eq!(
+            wire.len(),
+            frames.iter().map(|f| FRAME_HEADER_LEN + f.payload.len()).sum::<usize>()
+        );
+        let mut buf = wire.clone();
+        let mut got = Vec::new();
+        while let Some(f) = frame::decode(&mut buf).unwrap() {
+            got.push(f);
+        }
+        prop_assert_eq!(got, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frames_round_trip_byte_at_a_time(frames in prop::collection::vec(any_frame(), 1..5)) {
+        let wire = encode_frames(&frames);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &byte in wire.iter() {
+            buf.put_u8(byte);
+            let before = buf.clone();
+            match frame::decode(&mut buf).unwrap() {
+                Some(f) => got.push(f),
+                None => prop_assert_eq!(&buf, &before, "Ok(None) changed the buffer"),
+            }
+        }
+        prop_assert_eq!(got, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frames_round_trip_in_random_chunks(
+        frames in prop::collection::vec(any_frame(), 1..8),
+        chunk in 1usize..64,
+    ) {
+        let wire = encode_frames(&frames);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(chunk) {
+            buf.put_slice(piece);
+            while let Some(f) = frame::decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+        }
+        prop_assert_eq!(got, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frame_payload_helpers_round_trip(
+        stream in any::<u32>(),
+        credit in 1..=u32::MAX,
+        nonce in any::<[u8; 8]>(),
+        reason in prop::sample::select(&[
+            ResetReason::Refused,
+            ResetReason::Unreachable,
+            ResetReason::Aborted,
+            ResetReason::Limit,
+        ][..]),
+    ) {
+        for kind in [FrameType::WindowUpdate, FrameType::WindowUpdateBack] {
+            let f = Frame::window_update(stream, kind, credit);
+            prop_assert_eq!(decode_window_credit(&f.payload), Ok(credit));
+        }
+        prop_assert_eq!(decode_ping(&Frame::ping(nonce).payload), Ok(nonce));
+        prop_assert_eq!(decode_ping(&Frame::pong(nonce).payload), Ok(nonce));
+        for kind in [CloseKind::HalfClose, CloseKind::Reset(reason)] {
+            prop_assert_eq!(decode_close(&close_payload(kind)), kind);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PROXY protocol
+
+proptest! {
+    #[test]
+    fn proxy_v1_round_trip(addrs in any_addresses(), trailing in payload(40)) {
+        let encoded = encode_v1(&addrs);
+        prop_assert!(encoded.len() <= PROXY_V1_MAX_LEN);
+        let mut wire = encoded.clone();
+        wire.extend_from_slice(&trailing);
+        let expected = ProxyHeader::Addresses(single_family(&addrs));
+        prop_assert_eq!(parse_v1(&wire), Ok(Some((expected, encoded.len()))));
+        for cut in 0..encoded.len() {
+            prop_assert_eq!(parse_v1(&wire[..cut]), Ok(None), "cut at {}", cut);
+        }
+    }
+
+    #[test]
+    fn proxy_v2_round_trip(
+        addrs in any_addresses(),
+        transport in any_transport(),
+        trailing in payload(40),
+    ) {
+        let encoded = encode_v2(transport, &addrs);
+        let mut wire = encoded.clone();
+        wire.extend_from_slice(&trailing);
+        let expected = ProxyHeader::Addresses(single_family(&addrs));
+        prop_assert_eq!(
+            parse_v2(&wire),
+            Ok(Some((expected, Some(transport), encoded.len())))
+        );
+        for cut in 0..encoded.len() {
+            prop_assert_eq!(parse_v2(&wire[..cut]), Ok(None), "cut at {}", cut);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection tokens
+
+fn any_token() -> impl Strategy<Value = ConnectionToken> {
+    (
+        // Any non-empty text, quotes, backslashes, control and non-ASCII characters included.
+        ".{1,60}",
+        port(),
+        identity(),
+        identity(),
+        prop::option::of(".{1,80}"),
+    )
+        .prop_map(
+            |(hub_host, hub_port, edge_id, secret, hub_fingerprint)| ConnectionToken {
+                hub_host,
+                hub_port,
+                edge_id,
+                secret,
+                hub_fingerprint,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn token_round_trip(token in any_token(), padding in 0usize..3) {
+        let encoded = encode_token(&token);
+        prop_assert!(!encoded.contains(['+', '/', '=']));
+        prop_assert_eq!(decode_token(&encoded), Ok(token.clone()));
+        // Surrounding whitespace and '=' padding are tolerated.
+        let pasted = format!(" \t{encoded}{}\r\n", "=".repeat(padding));
+        prop_assert_eq!(decode_token(&pasted), Ok(token));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake
+
+proptest! {
+    #[test]
+    fn auth_line_round_trip(
+        edge_id in identity(),
+        secret in identity(),
+        crlf in any::<bool>(),
+        after in payload(40),
+    ) {
+        let mut wire = encode_auth_line(&edge_id, &secret).unwrap();
+        if crlf {
+            let newline = wire.pop();
+            prop_assert_eq!(newline, Some(b'\n'));
+            wire.extend_from_slice(b"\r\n");
+        }
+        let line_len = wire.len();
+        wire.extend_from_slice(&after);
+        let mut buf = BytesMut::from(&wire[..]);
+        let line = take_line(&mut buf).unwrap().expect("a whole line");
+        // Bytes after the newline (already frames) stay in the buffer.
+        prop_assert_eq!(&buf[..], &after[..]);
+        let auth = parse_auth_line(&line).unwrap();
+        prop_assert_eq!(&auth.edge_id, &edge_id);
+        prop_assert_eq!(&auth.secret, &secret);
+        for cut in 0..line_len {
+            let mut partial = BytesMut::from(&wire[..cut]);
+            prop_assert_eq!(take_line(&mut partial), Ok(None));
+            prop_assert_eq!(partial.len(), cut);
+        }
+    }
+
+    #[test]
+    fn config_round_trip(config in any_config()) {
+        let encoded = encode_config(&config);
+        prop_assert!(!encoded.contains(&b'\n'));
+        prop_assert_eq!(parse_config(&encoded), Ok(config.clone()));
+
+        let reply = HubReply::Accepted(config);
+        let wire = encode_reply(&reply);
+        let mut buf = BytesMut::from(&wire[..]);
+        let line = take_line_limited(&mut buf, MAX_REPLY_LINE).unwrap().expect("a whole line");
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(&line[..], &encoded[..]);
+        prop_assert_eq!(parse_reply(&line), Ok(reply));
+    }
+
+    #[test]
+    fn rejection_round_trip(error in ".{0,80}") {
+        let reply = HubReply::Rejected { error };
+        let wire = encode_reply(&reply);
+        // Always one line, whatever the message holds.
+        prop_assert_eq!(wire.iter().position(|&b| b == b'\n'), Some(wire.len() - 1));
+        prop_assert_eq!(parse_reply(&wire[..wire.len() - 1]), Ok(reply));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// QUIC control messages and datagrams
+
+proptest! {
+    #[test]
+    fn control_messages_round_trip(
+        messages in prop::collection::vec(any_control(), 1..8),
+        chunk in 1usize..32,
+    ) {
+        let wire = encode_controls(&messages);
+        let mut buf = wire.clone();
+        let mut got = Vec::new();
+        while let Some(m) = decode_control(&mut buf).unwrap() {
+            got.push(m);
+        }
+        prop_assert_eq!(&got, &messages);
+        prop_assert!(buf.is_empty());
+
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(chunk) {
+            buf.put_slice(piece);
+            loop {
+                let before = buf.clone();
+                match decode_control(&mut buf).unwrap() {
+                    Some(m) => got.push(m),
+                    None => {
+                        prop_assert_eq!(&buf, &before, "Ok(None) changed the buffer");
+                        break;
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(got, messages);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn control_messages_byte_at_a_time(messages in prop::collection::vec(any_control(), 1..5)) {
+        let wire = encode_controls(&messages);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &byte in wire.iter() {
+            buf.put_u8(byte);
+            while let Some(m) = decode_control(&mut buf).unwrap() {
+                got.push(m);
+            }
+        }
+        prop_assert_eq!(got, messages);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn data_datagram_round_trip(session in any::<u32>(), data in payload(300)) {
+        let datagram = encode_datagram(session, &data);
+        let (got_session, rest) = split_datagram(datagram).unwrap();
+        prop_assert_eq!(got_session, session);
+        prop_assert_eq!(&rest, &data);
+        if data.first() != Some(&OPEN_MARKER) {
+            prop_assert_eq!(parse_open(&rest), None);
+        }
+    }
+
+    #[test]
+    fn open_datagram_round_trip(session in any::<u32>(), addrs in any_addresses()) {
+        let header = encode_v2(ProxyTransport::Datagram, &addrs);
+        let expected = single_family(&addrs);
+        prop_assert_eq!(parse_open_header(&header), Some(expected));
+
+        let datagram = encode_open_datagram(session, &header);
+        let (got_session, rest) = split_datagram(datagram).unwrap();
+        prop_assert_eq!(got_session, session);
+        prop_assert_eq!(parse_open(&rest), Some(expected));
+        prop_assert!(is_repeated_open(&rest, &header));
+
+        // The same header on the control stream.
+        let message = ControlMessage::UdpOpen { session, header: Bytes::from(header.clone()) };
+        let mut wire = BytesMut::new();
+        message.encode(&mut wire);
+        match decode_control(&mut wire).unwrap() {
+            Some(ControlMessage::UdpOpen { session: s, header: h }) => {
+                prop_assert_eq!(s, session);
+                prop_assert_eq!(parse_open_header(&h), Some(expected));
+            }
+            other => prop_assert!(false, "decoded {:?}", other),
+        }
+
+        // A stream header is not an open.
+        let stream = encode_v2(ProxyTransport::Stream, &addrs);
+        prop_assert_eq!(parse_open_header(&stream), None);
+    }
+}
