@@ -25,6 +25,8 @@ use crate::tunnel::Carrier;
 const SESSION_QUEUE_DATAGRAMS: usize = 256;
 /// Room for the largest UDP payload.
 const MAX_DATAGRAM_BYTES: usize = 65_535;
+/// A session keeps its header-plus-datagram buffer between datagrams up to this size.
+const REUSED_HEADER_BUFFER_BYTES: usize = 4096;
 
 struct Flow {
     datagrams: mpsc::Sender<Bytes>,
@@ -163,26 +165,45 @@ impl FlowTask {
         let mut header_due = self.hub.options.udp_proxy_header != UdpProxyHeader::None;
         let idle = self.hub.options.udp_idle_timeout;
         let mut expires = Instant::now() + idle;
+        let mut with_header = Vec::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(expires) => break,
                 datagram = datagrams.recv() => {
-                    let Some(datagram) = datagram else { return };
+                    let Some(first) = datagram else { return };
                     expires = Instant::now() + idle;
-                    let sent = if header_due {
-                        header_due = self.hub.options.udp_proxy_header == UdpProxyHeader::EveryDatagram;
-                        let mut with_header = Vec::with_capacity(header.len() + datagram.len());
-                        with_header.extend_from_slice(&header);
-                        with_header.extend_from_slice(&datagram);
-                        socket.send(&with_header).await
-                    } else {
-                        socket.send(&datagram).await
-                    };
-                    // Too large with the header, or an ICMP refusal from the target: the
-                    // datagram is lost, as UDP allows, and counted.
-                    if sent.is_err() {
-                        self.sessions.count_drop();
+                    // What queued up behind it goes out in the same turn (bounded by the queue's
+                    // size, so replies still get their turn).
+                    let mut next = Some(first);
+                    let mut turn = 0;
+                    while let Some(datagram) = next {
+                        let sent = if header_due {
+                            header_due = self.hub.options.udp_proxy_header == UdpProxyHeader::EveryDatagram;
+                            with_header.clear();
+                            with_header.extend_from_slice(&header);
+                            with_header.extend_from_slice(&datagram);
+                            let sent = socket.send(&with_header).await;
+                            // Kept for the next datagram only while small: an idle session
+                            // holds no large buffer.
+                            if with_header.capacity() > REUSED_HEADER_BUFFER_BYTES {
+                                with_header = Vec::new();
+                            }
+                            sent
+                        } else {
+                            socket.send(&datagram).await
+                        };
+                        // Too large with the header, or an ICMP refusal from the target: the
+                        // datagram is lost, as UDP allows, and counted.
+                        if sent.is_err() {
+                            self.sessions.count_drop();
+                        }
+                        turn += 1;
+                        next = if turn < SESSION_QUEUE_DATAGRAMS {
+                            datagrams.try_recv().ok()
+                        } else {
+                            None
+                        };
                     }
                 }
                 ready = socket.readable() => {
