@@ -81,12 +81,13 @@ test('a storm of concurrent bad logins does not disturb an established tunnel', 
   let tunnel
   try {
     tunnel = await startTunnel({ ports: [target.port] })
-    // 200 sources in 127.0.1.0/24 with a few attempts each, all at once, while data flows.
+    // 1,000 bad logins: 250 sources in 127.0.1.0/24 with 4 attempts each, all at once, while
+    // data flows.
     const storm = []
-    for (let i = 1; i <= 200; i++) for (let k = 0; k < 3; k++) storm.push(badLogin(tunnel.hubPort, `127.0.1.${i}`))
+    for (let i = 1; i <= 250; i++) for (let k = 0; k < 4; k++) storm.push(badLogin(tunnel.hubPort, `127.0.1.${i}`))
     for (let round = 0; round < 20; round++) await assertEchoesThrough(target.port, `round ${round} during the storm`)
     const outcomes = await Promise.all(storm)
-    assert.equal(outcomes.length, 600)
+    assert.equal(outcomes.length, 1000)
     assert.ok(outcomes.every((o) => o === 'rejected' || o === 'refused'))
     await waitFor(async () => (await tunnel.hub.getStatus()).connectedEdges.length === 1, { what: 'the edge still connected' })
   } finally {

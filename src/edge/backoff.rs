@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// A tunnel that stayed up this long was stable: the next reconnect starts again from the
+/// minimum delay. One that ends sooner keeps the delays growing, so a hub that accepts and
+/// then drops an edge is not hammered.
+pub const STABLE_TUNNEL: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
@@ -35,6 +40,13 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// A tunnel that was up for `lasted` has ended.
+    pub fn tunnel_ended(&mut self, lasted: Duration) {
+        if lasted >= STABLE_TUNNEL {
+            self.reset();
+        }
+    }
 }
 
 /// A random u32 for jitter from the system's generator.
@@ -59,6 +71,26 @@ mod tests {
         }
         assert_eq!(b.next_delay(u32::MAX), Duration::from_secs(30));
         assert_eq!(b.next_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_a_stable_tunnel_starts_the_delays_over() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        for _ in 0..3 {
+            b.next_delay(u32::MAX);
+        }
+        b.tunnel_ended(Duration::from_secs(59));
+        assert_eq!(
+            b.next_delay(u32::MAX),
+            Duration::from_secs(8),
+            "a short tunnel escalates"
+        );
+        b.tunnel_ended(STABLE_TUNNEL);
+        assert_eq!(
+            b.next_delay(u32::MAX),
+            Duration::from_secs(1),
+            "a stable one starts over"
+        );
     }
 
     #[test]

@@ -93,14 +93,16 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
         };
         match outcome {
             Ok((established, config)) => {
-                backoff.reset();
+                let connected_at = std::time::Instant::now();
                 edge.totals().connects += 1;
                 // A task of its own, so a panic while serving costs this tunnel, not the edge.
                 let serving = edge.tasks.spawn({
                     let edge = edge.clone();
                     async move { serve(&edge, established, config).await }
                 });
-                let reason = match serving.await {
+                let ended = serving.await;
+                backoff.tunnel_ended(connected_at.elapsed());
+                let reason = match ended {
                     Ok(ended) => ended.to_string(),
                     Err(failed) => {
                         edge.warn(
