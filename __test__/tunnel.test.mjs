@@ -182,8 +182,10 @@ test('a target reset closes the client connection', { timeout: 20000 }, async ()
   }
 })
 
-test('flow control: 16 MiB to a client that pauses reading arrives intact', { timeout: 60000 }, async () => {
-  const SIZE = 16 * MiB // well past the 4 MiB initial stream window, so window updates must flow
+test('flow control: 64 MiB to a client that pauses reading arrives intact', { timeout: 60000 }, async () => {
+  // Far past the 4 MiB stream window plus what loopback socket buffers can hold (their
+  // autotuning reaches several MiB per socket, so 16 MiB could fit without any backpressure).
+  const SIZE = 64 * MiB
   const payload = crypto.randomBytes(SIZE)
   const target = await startTarget((socket, record) => {
     // Write in 64 KiB chunks honouring backpressure, and count how far we got.

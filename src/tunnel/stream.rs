@@ -1,7 +1,7 @@
 //! Tunneled TCP connections: the table the reader dispatches into and the pump that moves
 //! bytes between a local socket and the tunnel, in both directions at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -56,20 +55,29 @@ pub const HUB_SIDE: StreamSide = StreamSide {
     window_update: FrameType::WindowUpdateBack,
 };
 
-/// Send and receive accounting of one stream.
+/// Send and receive accounting of one stream, and what the tunnel delivered to it.
 #[derive(Debug)]
 struct Windows {
     send: SendWindow,
     recv: RecvWindow,
     /// Incoming bytes over time, to lock an elephant flow's window to the floor.
     received: FlowMeter,
+    /// Delivered by the tunnel reader, not yet taken by the pump. Bounded by the receive
+    /// window; unlike a channel it allocates nothing until the first item, so an idle stream
+    /// holds no buffer.
+    inbox: VecDeque<StreamInput>,
+    /// A half-close and a reset are each queued once, so a peer repeating them cannot grow
+    /// the inbox.
+    half_closed: bool,
+    reset: bool,
 }
 
-/// Both windows of one stream, shared by the tunnel reader and the stream's pump.
+/// Both windows of one stream and its inbox, shared by the tunnel reader and the stream's pump.
 #[derive(Debug)]
 pub struct StreamFlow {
     windows: Mutex<Windows>,
     credit_arrived: Notify,
+    input_arrived: Notify,
     /// Streams open on the tunnel: the receive window is the tunnel budget shared out.
     active_streams: Arc<AtomicUsize>,
 }
@@ -81,8 +89,12 @@ impl StreamFlow {
                 send: SendWindow::new(INITIAL_STREAM_WINDOW),
                 recv: RecvWindow::new(INITIAL_STREAM_WINDOW),
                 received: FlowMeter::new(Instant::now()),
+                inbox: VecDeque::new(),
+                half_closed: false,
+                reset: false,
             }),
             credit_arrived: Notify::new(),
+            input_arrived: Notify::new(),
             active_streams,
         }
     }
@@ -117,11 +129,47 @@ impl StreamFlow {
     }
 
     /// A DATA frame from the peer, before it is queued for the socket.
-    pub fn on_data(&self, len: u32) -> Result<(), FlowError> {
-        let mut windows = self.windows();
-        windows.recv.on_data(len)?;
-        windows.received.record(len as usize, Instant::now());
+    /// Takes a DATA payload from the peer into the inbox; a peer that overruns its credit
+    /// is an error.
+    pub fn on_data(&self, payload: Bytes) -> Result<(), FlowError> {
+        // Payloads are bounded by MAX_FRAME_PAYLOAD, far below u32::MAX.
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        {
+            let mut windows = self.windows();
+            windows.recv.on_data(len)?;
+            windows.received.record(len as usize, Instant::now());
+            windows.inbox.push_back(StreamInput::Data(payload));
+        }
+        self.input_arrived.notify_one();
         Ok(())
+    }
+
+    /// A half-close or reset from the peer, after whatever data came before it.
+    fn on_close(&self, input: StreamInput) {
+        {
+            let mut windows = self.windows();
+            let seen = match input {
+                StreamInput::HalfClose => std::mem::replace(&mut windows.half_closed, true),
+                StreamInput::Reset(_) => std::mem::replace(&mut windows.reset, true),
+                StreamInput::Data(_) => false,
+            };
+            if seen {
+                return;
+            }
+            windows.inbox.push_back(input);
+        }
+        self.input_arrived.notify_one();
+    }
+
+    /// The next thing the tunnel delivered to this stream, in order.
+    async fn next_input(&self) -> StreamInput {
+        loop {
+            let arrived = self.input_arrived.notified();
+            if let Some(input) = self.windows().inbox.pop_front() {
+                return input;
+            }
+            arrived.await;
+        }
     }
 
     fn on_consumed(&self, len: u32) -> Option<u32> {
@@ -139,13 +187,11 @@ impl StreamFlow {
 /// The reader's handle on a live stream.
 #[derive(Debug, Clone)]
 pub struct StreamHandle {
-    pub input: UnboundedSender<StreamInput>,
     pub flow: Arc<StreamFlow>,
 }
 
 /// What the pump needs from the other side of the handle.
 pub struct StreamPort {
-    pub input: UnboundedReceiver<StreamInput>,
     pub flow: Arc<StreamFlow>,
     bytes: Arc<SocketBytes>,
 }
@@ -179,18 +225,10 @@ impl StreamTable {
         let Entry::Vacant(slot) = map.entry(id) else {
             return None;
         };
-        let (tx, rx) = mpsc::unbounded_channel();
         let flow = Arc::new(StreamFlow::new(self.active.clone()));
-        slot.insert(StreamHandle {
-            input: tx,
-            flow: flow.clone(),
-        });
+        slot.insert(StreamHandle { flow: flow.clone() });
         self.active.store(map.len(), Ordering::Relaxed);
-        Some(StreamPort {
-            input: rx,
-            flow,
-            bytes,
-        })
+        Some(StreamPort { flow, bytes })
     }
 
     pub fn get(&self, id: u32) -> Option<StreamHandle> {
@@ -215,10 +253,7 @@ impl StreamTable {
     /// dropped: they were in flight when our reset went out.
     pub fn deliver_data(&self, id: u32, payload: Bytes) -> Result<(), FlowError> {
         if let Some(stream) = self.get(id) {
-            // Payloads are bounded by MAX_FRAME_PAYLOAD, far below u32::MAX.
-            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-            stream.flow.on_data(len)?;
-            let _ = stream.input.send(StreamInput::Data(payload));
+            stream.flow.on_data(payload)?;
         }
         Ok(())
     }
@@ -229,7 +264,7 @@ impl StreamTable {
                 CloseKind::HalfClose => StreamInput::HalfClose,
                 CloseKind::Reset(reason) => StreamInput::Reset(reason),
             };
-            let _ = stream.input.send(input);
+            stream.flow.on_close(input);
         }
     }
 
@@ -269,24 +304,12 @@ pub async fn pump(
     frames: FrameSender,
     cancel: CancellationToken,
 ) -> StreamEnd {
-    let StreamPort {
-        mut input,
-        flow,
-        bytes,
-    } = port;
+    let StreamPort { flow, bytes } = port;
     let both_directions = async {
         let upload = upload(&socket, id, side, &flow, &frames, &bytes.read);
         tokio::pin!(upload);
         {
-            let download = download(
-                &socket,
-                id,
-                side,
-                &mut input,
-                &flow,
-                &frames,
-                &bytes.written,
-            );
+            let download = download(&socket, id, side, &flow, &frames, &bytes.written);
             tokio::pin!(download);
             tokio::select! {
                 done = &mut upload => {
@@ -299,7 +322,7 @@ pub async fn pump(
         // The peer half-closed first; a reset from it must still end our upload.
         tokio::select! {
             done = &mut upload => done,
-            abort = wait_for_reset(&mut input) => Err(abort),
+            abort = wait_for_reset(&flow) => Err(abort),
         }
     };
     let outcome = tokio::select! {
@@ -371,13 +394,13 @@ async fn download(
     socket: &TcpStream,
     id: u32,
     side: StreamSide,
-    input: &mut UnboundedReceiver<StreamInput>,
     flow: &StreamFlow,
     frames: &FrameSender,
     bytes_written: &AtomicU64,
 ) -> Result<(), Abort> {
-    while let Some(item) = input.recv().await {
-        match item {
+    // The tunnel's end is the pump's cancellation, not an end of this loop.
+    loop {
+        match flow.next_input().await {
             StreamInput::Data(bytes) => {
                 write_all(socket, &bytes).await.map_err(Abort::Local)?;
                 bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -396,16 +419,13 @@ async fn download(
             StreamInput::Reset(reason) => return Err(Abort::Peer(reason)),
         }
     }
-    Err(Abort::TunnelGone)
 }
 
 /// After the peer's half-close only a reset matters; stray data after FIN is dropped.
-async fn wait_for_reset(input: &mut UnboundedReceiver<StreamInput>) -> Abort {
+async fn wait_for_reset(flow: &StreamFlow) -> Abort {
     loop {
-        match input.recv().await {
-            Some(StreamInput::Reset(reason)) => return Abort::Peer(reason),
-            Some(_) => continue,
-            None => return Abort::TunnelGone,
+        if let StreamInput::Reset(reason) = flow.next_input().await {
+            return Abort::Peer(reason);
         }
     }
 }
