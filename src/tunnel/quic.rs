@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quinn::{Connection, ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use quinn::{
+    Connection, ConnectionError, ReadError, RecvStream, SendDatagramError, SendStream, VarInt,
+    WriteError,
+};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -180,17 +183,19 @@ impl QuicLink {
     /// own. False when it was dropped (the tunnel is gone, or too many large ones in flight).
     pub fn send_udp(&self, session: u32, payload: &[u8]) -> bool {
         let datagram = encode_datagram(session, payload);
-        let fits = self
-            .connection
-            .max_datagram_size()
-            .is_some_and(|max| datagram.len() <= max);
-        if fits {
-            // quinn makes room in a full queue by dropping the oldest datagram, unseen; refuse
-            // the new one instead, so the caller counts it.
-            datagram.len() <= self.connection.datagram_send_buffer_space()
-                && self.connection.send_datagram(datagram).is_ok()
-        } else {
-            self.send_oversized(datagram)
+        // quinn makes room in a full queue by dropping the oldest datagram, unseen; refuse the
+        // new one instead, so the caller counts it.
+        if datagram.len() > self.connection.datagram_send_buffer_space() {
+            return false;
+        }
+        // quinn checks the size against the path's current limit itself (it changes with MTU
+        // discovery), which saves asking first on every datagram.
+        match self.connection.send_datagram(datagram.clone()) {
+            Ok(()) => true,
+            Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => {
+                self.send_oversized(datagram)
+            }
+            Err(_) => false,
         }
     }
 
