@@ -18,6 +18,7 @@ import {
   SECRET,
   startConnectedEdge,
   startHub,
+  startRawHub,
   startTarget,
   stopQuietly,
   waitFor,
@@ -120,5 +121,30 @@ test('caPem: an edge accepts a hub certificate from its CA and refuses one from 
   } finally {
     await stopQuietly(...edges, hub)
     fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+test('a pinned edge never sends its secret to a hub with another key: that hub receives no byte of it', { timeout: 20000 }, async () => {
+  // A TLS server that records every session that gets past the handshake and its auth line.
+  const impostor = await startRawHub({ answer: () => '{"listenPorts":[]}\n' })
+  let connections = 0
+  impostor.server.on('connection', () => connections++)
+  const edge = new RemoteIngressEdge()
+  try {
+    const pinned = remoteingress.generateHubCertificate().fingerprint
+    const warnings = recordEvents(edge, ['warning', 'tunnelConnected'])
+    // TCP+TLS whatever the run's transport: the impostor speaks only that.
+    await edge.start(edgeConfig(impostor.port, 'pinned-edge', SECRET, { hubFingerprint: pinned, transportMode: 'tcpTls' }))
+    await waitFor(() => warnings.of('warning').filter((w) => w.code === 'connectFailed').length >= 3, {
+      what: 'three refused attempts',
+    })
+    assert.ok(connections >= 3, 'the edge did reach the impostor')
+    assert.equal(impostor.sessions.length, 0, 'no TLS session was completed with the impostor')
+    assert.ok(impostor.sessions.every((s) => s.authLine === undefined), 'no auth line was received')
+    assert.equal(warnings.of('tunnelConnected').length, 0)
+    for (const w of warnings.of('warning')) assert.ok(!w.message.includes(SECRET), 'no secret in warnings')
+  } finally {
+    await stopQuietly(edge)
+    await impostor.close()
   }
 })
