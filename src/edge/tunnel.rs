@@ -29,7 +29,7 @@ use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::{frame_channel, run_writer, FrameQueues};
-use crate::tunnel::{Carrier, OnDrop, TunnelError};
+use crate::tunnel::{spawn_until, Carrier, OnDrop, TunnelError};
 
 use super::backoff::{jitter, Backoff};
 use super::options::TransportMode;
@@ -412,7 +412,7 @@ async fn serve(
         } => {
             let (edge_ref, link_ref) = (edge.clone(), link.clone());
             spawn_until(
-                edge,
+                &edge.tasks,
                 &link.cancel,
                 receive_datagrams(connection.clone(), move |id, payload| {
                     link_ref.udp.reply(&edge_ref, id, &payload)
@@ -420,7 +420,7 @@ async fn serve(
             );
             let (edge_ref, link_ref) = (edge.clone(), link.clone());
             spawn_until(
-                edge,
+                &edge.tasks,
                 &link.cancel,
                 receive_oversized(
                     connection.clone(),
@@ -472,21 +472,6 @@ enum TunnelIo {
         leftover: BytesMut,
         queue: tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
     },
-}
-
-/// Runs `work` as an edge task until it finishes or `cancel` fires.
-fn spawn_until(
-    edge: &EdgeShared,
-    cancel: &tokio_util::sync::CancellationToken,
-    work: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let cancel = cancel.clone();
-    edge.tasks.spawn(async move {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = work => {}
-        }
-    });
 }
 
 fn dispatch_control(

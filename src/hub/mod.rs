@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -203,6 +204,34 @@ impl HubShared {
     /// Updates one edge's totals, created at first use.
     fn update_edge_totals<R>(&self, edge_id: &str, update: impl FnOnce(&mut EdgeTotals) -> R) -> R {
         update(self.totals().edges.entry(edge_id.to_string()).or_default())
+    }
+
+    /// Whether a new connection from `source` may start a handshake. It is refused before any
+    /// TLS or QUIC work, which costs the hub nothing, when the source failed to log in too
+    /// often or too many handshakes are under way. The permit is held until the login is
+    /// decided.
+    fn handshake_permit(&self, source: std::net::IpAddr) -> Option<OwnedSemaphorePermit> {
+        let allowed = self
+            .auth_throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allows(source, std::time::Instant::now());
+        if !allowed {
+            self.count_handshake_failure("throttled");
+            return None;
+        }
+        let permit = self.handshakes.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.count_handshake_failure("limit");
+            self.warn_throttled(
+                "handshakeLimit",
+                format!(
+                    "{} handshakes under way; dropping new connections",
+                    self.options.limits.max_pending_handshakes
+                ),
+            );
+        }
+        permit
     }
 
     fn count_handshake_failure(&self, reason: &'static str) {

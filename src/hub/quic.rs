@@ -19,7 +19,7 @@ use crate::tunnel::quic::{
     ControlReader, QuicLink, RelayCounters,
 };
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::{Carrier, OnDrop, TunnelError};
+use crate::tunnel::{spawn_until, Carrier, OnDrop, TunnelError};
 
 use super::session::{connect_target, run_session, EdgeSession, Login};
 use super::HubShared;
@@ -57,26 +57,7 @@ pub(super) async fn accept_loop(
             },
         };
         let peer = incoming.remote_address();
-        // As over TCP: refused before the handshake, which costs the hub nothing.
-        let allowed = hub
-            .auth_throttle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allows(peer.ip(), std::time::Instant::now());
-        if !allowed {
-            hub.count_handshake_failure("throttled");
-            incoming.ignore();
-            continue;
-        }
-        let Ok(permit) = hub.handshakes.clone().try_acquire_owned() else {
-            hub.count_handshake_failure("limit");
-            hub.warn_throttled(
-                "handshakeLimit",
-                format!(
-                    "{} handshakes under way; dropping new connections",
-                    hub.options.limits.max_pending_handshakes
-                ),
-            );
+        let Some(permit) = hub.handshake_permit(peer.ip()) else {
             incoming.ignore();
             continue;
         };
@@ -182,13 +163,13 @@ async fn serve(
         ..UdpOpens::default()
     }));
     spawn_until(
-        hub,
+        &hub.tasks,
         cancel,
         accept_streams(hub.clone(), session.clone(), connection.clone()),
     );
     let (hub_ref, session_ref, opens_ref) = (hub.clone(), session.clone(), opens.clone());
     spawn_until(
-        hub,
+        &hub.tasks,
         cancel,
         receive_datagrams(connection.clone(), move |id, rest| {
             on_datagram(&hub_ref, &session_ref, &opens_ref, id, rest)
@@ -196,7 +177,7 @@ async fn serve(
     );
     let session_ref = session.clone();
     spawn_until(
-        hub,
+        &hub.tasks,
         cancel,
         receive_oversized(connection.clone(), hub.tasks.clone(), move |id, payload| {
             session_ref.udp.forward(id, payload)
@@ -218,21 +199,6 @@ async fn serve(
         on_control(hub, session, &opens, message)
     })
     .await
-}
-
-/// Runs `work` as a hub task until it finishes or `cancel` fires.
-fn spawn_until(
-    hub: &HubShared,
-    cancel: &CancellationToken,
-    work: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let cancel = cancel.clone();
-    hub.tasks.spawn(async move {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = work => {}
-        }
-    });
 }
 
 fn on_control(

@@ -60,29 +60,9 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        // Refused before TLS, which costs the hub nothing: a source that failed to log in too
-        // often, or any source while too many handshakes are under way.
-        let allowed = hub
-            .auth_throttle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allows(peer.ip(), std::time::Instant::now());
-        let Ok(permit) = hub.handshakes.clone().try_acquire_owned().map_err(|_| {
-            hub.count_handshake_failure("limit");
-            hub.warn_throttled(
-                "handshakeLimit",
-                format!(
-                    "{} handshakes under way; dropping new connections",
-                    hub.options.limits.max_pending_handshakes
-                ),
-            )
-        }) else {
+        let Some(permit) = hub.handshake_permit(peer.ip()) else {
             continue;
         };
-        if !allowed {
-            hub.count_handshake_failure("throttled");
-            continue;
-        }
         let _ = crate::transport::tune_tunnel_socket(&tcp);
         hub.tasks.spawn(serve_edge_connection(
             hub.clone(),
@@ -229,14 +209,7 @@ impl Login<'_> {
             // Not the edge's fault: no delay, nothing held against its address.
             hub.count_handshake_failure("limit");
             drop(handshake_permit);
-            let reply = encode_reply(&HubReply::Rejected {
-                error: "edge limit reached".into(),
-            });
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                reply_to.write_all(&reply).await?;
-                reply_to.flush().await
-            })
-            .await;
+            refuse(reply_to, "edge limit reached").await;
             return None;
         }
         let Ok((session, config)) = admitted else {
@@ -263,14 +236,7 @@ impl Login<'_> {
                 _ = cancel.cancelled() => return None,
                 _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
             }
-            let reply = encode_reply(&HubReply::Rejected {
-                error: "unauthorized".into(),
-            });
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                reply_to.write_all(&reply).await?;
-                reply_to.flush().await
-            })
-            .await;
+            refuse(reply_to, "unauthorized").await;
             return None;
         };
         hub.auth_throttle
@@ -285,6 +251,18 @@ impl Login<'_> {
         }
         Some(session)
     }
+}
+
+/// Answers a refused login with its reason, bounded in time: the edge may not be reading.
+async fn refuse<W: AsyncWrite + Unpin>(reply_to: &mut W, error: &str) {
+    let reply = encode_reply(&HubReply::Rejected {
+        error: error.into(),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        reply_to.write_all(&reply).await?;
+        reply_to.flush().await
+    })
+    .await;
 }
 
 /// Reports the session, serves it until `serve` ends, then retires it: its counts move into

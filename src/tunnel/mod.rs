@@ -137,6 +137,21 @@ impl Carrier {
     }
 }
 
+/// Runs `work` as a task of `tasks` until it finishes or `cancel` fires.
+pub fn spawn_until(
+    tasks: &tokio_util::task::TaskTracker,
+    cancel: &tokio_util::sync::CancellationToken,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let cancel = cancel.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = work => {}
+        }
+    });
+}
+
 /// Runs a closure when dropped, also while a panic unwinds: cleanup that must happen however
 /// a task ends.
 pub struct OnDrop<F: FnOnce()>(Option<F>);
