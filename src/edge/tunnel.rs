@@ -66,14 +66,18 @@ enum Established {
         stream: Box<HubStream>,
         leftover: BytesMut,
     },
-    Quic {
-        /// Owns the socket; kept until the tunnel ends.
-        endpoint: quinn::Endpoint,
-        connection: quinn::Connection,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-        leftover: BytesMut,
-    },
+    Quic(QuicTunnel),
+}
+
+/// A QUIC tunnel: its connection and control stream.
+struct QuicTunnel {
+    /// Owns the socket; kept until the tunnel ends.
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// What arrived after the hub's answer line.
+    leftover: BytesMut,
 }
 
 /// Runs until the edge is stopped.
@@ -267,13 +271,13 @@ async fn connect_quic(
     };
     match parse_reply(&line)? {
         HubReply::Accepted(config) => Ok((
-            Established::Quic {
+            Established::Quic(QuicTunnel {
                 endpoint,
                 connection,
                 send,
                 recv,
                 leftover: buf,
-            },
+            }),
             config,
         )),
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
@@ -312,24 +316,10 @@ async fn serve(
             };
             (Carrier::Frames(frames), io)
         }
-        Established::Quic {
-            endpoint,
-            connection,
-            send,
-            recv,
-            leftover,
-        } => {
+        Established::Quic(tunnel) => {
             let (control, queue) = control_channel();
-            let link = QuicLink::new(connection.clone(), control, edge.tasks.clone());
-            let io = TunnelIo::Quic {
-                endpoint,
-                connection,
-                send,
-                recv,
-                leftover,
-                queue,
-            };
-            (Carrier::Quic(link), io)
+            let link = QuicLink::new(tunnel.connection.clone(), control, edge.tasks.clone());
+            (Carrier::Quic(link), TunnelIo::Quic { tunnel, queue })
         }
     };
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
@@ -403,11 +393,14 @@ async fn serve(
             .await
         }
         TunnelIo::Quic {
-            endpoint,
-            connection,
-            send,
-            recv,
-            leftover,
+            tunnel:
+                QuicTunnel {
+                    endpoint,
+                    connection,
+                    send,
+                    recv,
+                    leftover,
+                },
             queue,
         } => {
             let (edge_ref, link_ref) = (edge.clone(), link.clone());
@@ -465,11 +458,7 @@ enum TunnelIo {
         queues: FrameQueues,
     },
     Quic {
-        endpoint: quinn::Endpoint,
-        connection: quinn::Connection,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-        leftover: BytesMut,
+        tunnel: QuicTunnel,
         queue: tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
     },
 }
