@@ -90,14 +90,17 @@ test('quicWithFallback: with QUIC reachable the tunnel runs over QUIC', { timeou
   }
 })
 
-test('2,000 concurrent connections over one QUIC tunnel each get their own bytes back', { timeout: 120000 }, async () => {
+test('2,000 concurrent connections over one QUIC tunnel each get their own bytes back', { timeout: 120000 }, async (t) => {
   const CONNECTIONS = 2000
   const target = await startTarget(behaviours.echo)
   let tunnel
   const clients = []
   try {
     tunnel = await startTunnel({ ports: [target.port], edgeOptions: { transportMode: 'quic' } })
-    const hubEvents = recordEvents(tunnel.hub, ['streamOpened'])
+    const hubEvents = recordEvents(tunnel.hub, ['streamOpened', 'warning', 'edgeDisconnected'])
+    const edgeEvents = recordEvents(tunnel.edge, ['warning', 'tunnelDisconnected'])
+    // Whatever the hub and edge said, to explain a failure.
+    t.after(() => t.diagnostic(JSON.stringify({ hub: [...hubEvents.of('warning'), ...hubEvents.of('edgeDisconnected')], edge: [...edgeEvents.of('warning'), ...edgeEvents.of('tunnelDisconnected')] }).slice(0, 2000)))
     // Connect in batches, below the listen backlog.
     for (let i = 0; i < CONNECTIONS; i += 250) {
       const batch = await Promise.all(Array.from({ length: Math.min(250, CONNECTIONS - i) }, () => connect(target.port)))
