@@ -1,5 +1,5 @@
 // Lifecycle: starting and stopping a hub and an edge many times in one process leaves no file
-// descriptors or threads behind, and stop() resolves only once its sockets are closed.
+// descriptors, threads or memory behind, and stop() resolves only once its sockets are closed.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
@@ -18,6 +18,13 @@ import {
 const CYCLES = 200
 const openFds = () => fs.readdirSync('/proc/self/fd').length
 const threads = () => fs.readdirSync('/proc/self/task').length
+const rssMiB = () => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) / 1024
+/**
+ * Growth allowed over the second half of the cycles, once allocators and V8's heap have
+ * settled after the first half: a leak of 100 KiB per cycle (a hub's or edge's state, say)
+ * would exceed it.
+ */
+const SECOND_HALF_RSS_GROWTH_MIB = 10
 
 async function cycle(target) {
   const { hub, hubPort } = await startHub([{ id: 'cycler', secret: SECRET, listenPorts: [target.port] }])
@@ -34,13 +41,16 @@ async function cycle(target) {
   }
 }
 
-test(`${CYCLES} start/stop cycles of a hub and an edge leak no file descriptors or threads`, { timeout: 180_000 }, async () => {
+test(`${CYCLES} start/stop cycles of a hub and an edge leak no file descriptors, threads or memory`, { timeout: 180_000 }, async (t) => {
   const target = await startTarget(behaviours.echo)
   try {
     // Warm-up: the runtime's worker threads and Node's own handles appear on first use.
     for (let i = 0; i < 3; i++) await cycle(target)
     const before = { fds: openFds(), threads: threads() }
-    for (let i = 0; i < CYCLES; i++) await cycle(target)
+    for (let i = 0; i < CYCLES / 2; i++) await cycle(target)
+    const halfway = rssMiB()
+    for (let i = 0; i < CYCLES / 2; i++) await cycle(target)
+    const end = rssMiB()
     // Sockets closed by the client side may take a moment to leave the table; the count must
     // come back, not stay up.
     let after
@@ -49,9 +59,10 @@ test(`${CYCLES} start/stop cycles of a hub and an edge leak no file descriptors 
       if (after.fds <= before.fds && after.threads <= before.threads) break
       await new Promise((resolve) => setTimeout(resolve, 100))
     }
-    console.log(`${CYCLES} cycles: fds ${before.fds} -> ${after.fds}, threads ${before.threads} -> ${after.threads}`)
+    t.diagnostic(`${CYCLES} cycles: fds ${before.fds} -> ${after.fds}, threads ${before.threads} -> ${after.threads}, RSS ${halfway.toFixed(1)} MiB halfway -> ${end.toFixed(1)} MiB`)
     assert.ok(after.fds <= before.fds, `file descriptors: ${before.fds} before, ${after.fds} after ${CYCLES} cycles`)
     assert.ok(after.threads <= before.threads, `threads: ${before.threads} before, ${after.threads} after ${CYCLES} cycles`)
+    assert.ok(end - halfway < SECOND_HALF_RSS_GROWTH_MIB, `RSS grew ${(end - halfway).toFixed(1)} MiB over the last ${CYCLES / 2} cycles`)
   } finally {
     await stopQuietly(target)
   }
