@@ -216,16 +216,15 @@ fn on_control(
             session: id,
             header,
         } => {
-            let open_now = opens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .register(id)?;
             let Some(addresses) = parse_open_header(&header) else {
                 return Err(TunnelError::Violation(format!(
                     "UDP_OPEN for session {id} does not carry a PROXY v2 datagram header"
                 )));
             };
-            if open_now {
+            // Held until the session exists: a datagram that finds it registered must also
+            // find it open, or that datagram is lost.
+            let mut opens = opens.lock().unwrap_or_else(|e| e.into_inner());
+            if opens.register(id)? {
                 // Its open datagram may still arrive, and is then a repeat, not data.
                 session.start_udp(hub, id, addresses, Some(header));
             }
@@ -246,6 +245,9 @@ fn on_datagram(
     id: u32,
     rest: Bytes,
 ) {
+    // Held throughout, so a registration on the control stream cannot come between finding
+    // no session and deciding what this datagram is (that datagram would be lost).
+    let mut opens = opens.lock().unwrap_or_else(|e| e.into_inner());
     if session.udp.forward_datagram(id, rest.clone()) {
         return;
     }
@@ -254,11 +256,7 @@ fn on_datagram(
         session.udp.count_drop();
         return;
     };
-    let open_now = opens
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .datagram_open(id);
-    if open_now {
+    if opens.datagram_open(id) {
         session.start_udp(hub, id, addresses, Some(rest.slice(1..)));
     }
 }
