@@ -20,6 +20,8 @@ export const remoteingress = require(PACKAGE_ROOT)
 export const { RemoteIngressHub, RemoteIngressEdge } = remoteingress
 
 export const EDGE_ADDRESS = '127.0.0.2'
+/** Accept queue of test targets (the kernel caps it at net.core.somaxconn). */
+const TARGET_BACKLOG = 4096
 export const TARGET_ADDRESS = '127.0.0.1'
 
 // ---------------------------------------------------------------------------------------------
@@ -239,7 +241,9 @@ export async function startTarget(behaviour = behaviours.echo, { proxy = 'v1', p
   })
   await new Promise((resolve, reject) => {
     server.once('error', reject)
-    server.listen(port, TARGET_ADDRESS, resolve)
+    // A deep backlog: the hub may connect thousands at once, and a connection dropped from a
+    // full accept queue can come back as a reset.
+    server.listen({ port, host: TARGET_ADDRESS, backlog: TARGET_BACKLOG }, resolve)
   })
   return {
     server,
