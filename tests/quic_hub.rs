@@ -203,6 +203,28 @@ async fn an_open_datagram_opens_the_session_and_its_registration_is_a_repeat() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_mtu_discovery_fits_several_udp_datagrams_in_one_packet() {
+    let rig = Rig::start().await;
+    // 1452 bytes is quinn's default bound; loopback lets discovery go to ours.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rig.connection.max_datagram_size().unwrap_or(0) < 4 * 1200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "MTU discovery stopped at {:?} bytes per datagram",
+            rig.connection.max_datagram_size()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let header = rig.open_header(4003);
+    rig.connection
+        .send_datagram(encode_open_datagram(9, &header))
+        .unwrap();
+    let large = vec![b'x'; 4 * 1200];
+    rig.send_until_received(9, &large).await;
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datagrams_for_sessions_that_are_not_open_are_dropped_and_counted() {
     let rig = Rig::start().await;
     let before = rig.dropped();

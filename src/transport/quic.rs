@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt};
+use quinn::{
+    Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TokioRuntime, TransportConfig,
+    VarInt,
+};
 use rustls::{ClientConfig, ServerConfig};
 
 use super::tls::{TlsSetupError, ALPN};
@@ -23,6 +26,12 @@ pub const QUIC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const QUIC_CONNECTION_WINDOW: u32 = crate::mux::flow::TUNNEL_WINDOW_BUDGET;
 /// Datagrams waiting to be sent or read, per tunnel: bursts are queued rather than dropped.
 pub const QUIC_DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
+/// The largest UDP payload MTU discovery tries, and accepts from the peer. Where the path
+/// allows it (loopback, jumbo frames) several UDP datagrams share one QUIC packet, which cuts
+/// the per-packet work; elsewhere discovery settles at the path MTU. quinn sends up to 10
+/// packets in one GSO batch and the kernel takes at most 64 KiB in one send, so a larger
+/// bound makes whole batches fail.
+pub const QUIC_MAX_UDP_PAYLOAD: u16 = 6500;
 /// Application close code for a clean stop.
 pub const CLOSE_STOPPED: VarInt = VarInt::from_u32(0);
 /// Application close code for a protocol violation; the reason text says which.
@@ -51,7 +60,18 @@ fn transport_config(
         .keep_alive_interval(keep_alive)
         // Out of range only beyond 2^62 ms; fall back to no quinn timeout (heartbeats remain).
         .max_idle_timeout(IdleTimeout::try_from(idle_timeout).ok());
+    let mut mtu_discovery = MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(QUIC_MAX_UDP_PAYLOAD);
+    transport.mtu_discovery_config(Some(mtu_discovery));
     transport
+}
+
+fn endpoint_config() -> EndpointConfig {
+    let mut config = EndpointConfig::default();
+    config
+        .max_udp_payload_size(QUIC_MAX_UDP_PAYLOAD)
+        .expect("QUIC_MAX_UDP_PAYLOAD is within quinn's range");
+    config
 }
 
 /// A UDP socket bound to `address` with large kernel buffers, for a QUIC endpoint.
@@ -104,7 +124,7 @@ pub fn hub_endpoint(
     let bind = |address| {
         let socket = bind_socket(address)?;
         Endpoint::new(
-            EndpointConfig::default(),
+            endpoint_config(),
             Some(server.clone()),
             socket,
             Arc::new(TokioRuntime),
@@ -137,16 +157,11 @@ pub fn edge_endpoint(
         address: local,
         source,
     })?;
-    let mut endpoint = Endpoint::new(
-        EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(TokioRuntime),
-    )
-    .map_err(|source| QuicSetupError::Bind {
-        address: local,
-        source,
-    })?;
+    let mut endpoint = Endpoint::new(endpoint_config(), None, socket, Arc::new(TokioRuntime))
+        .map_err(|source| QuicSetupError::Bind {
+            address: local,
+            source,
+        })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
