@@ -51,10 +51,13 @@ function callSync(fn) {
 class NativeRunner extends EventEmitter {
   #native
   #untilStopped = null
+  // Handed to the native side on start() only: it holds the callback strongly while running
+  // (keeping this object alive, like a listening net.Server) and lets go of it on stop().
+  #onEvent = (event) => this.#dispatch(event)
 
   constructor(NativeClass) {
     super()
-    this.#native = new NativeClass((event) => this.#dispatch(event))
+    this.#native = new NativeClass()
   }
 
   #dispatch(event) {
@@ -67,7 +70,7 @@ class NativeRunner extends EventEmitter {
   }
 
   async start(config) {
-    await call(() => this.#native.start(config))
+    await call(() => this.#native.start(this.#onEvent, config))
     // A pending native promise keeps the event loop alive, like a listening net.Server; it
     // settles in stop(), after which nothing holds the process.
     this.#untilStopped = this.#native.waitForStop().catch(() => {})
