@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quinn::congestion::CubicConfig;
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{
     Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TokioRuntime, TransportConfig,
@@ -63,6 +64,15 @@ fn transport_config(
     let mut mtu_discovery = MtuDiscoveryConfig::default();
     mtu_discovery.upper_bound(QUIC_MAX_UDP_PAYLOAD);
     transport.mtu_discovery_config(Some(mtu_discovery));
+    // quinn sends even a CONNECTION_CLOSE only within the congestion window. With the
+    // default ~14.7 KB window, two MTU probes of our size fill it right after the handshake,
+    // and a close then waits for their acknowledgement; if that takes longer than the closing
+    // period, the close is never sent and the peer gets a stateless reset instead of the
+    // reason. Ten packets of our largest size, as RFC 9002 counts the initial window, leaves
+    // room for it.
+    let mut congestion = CubicConfig::default();
+    congestion.initial_window(10 * u64::from(QUIC_MAX_UDP_PAYLOAD));
+    transport.congestion_controller_factory(Arc::new(congestion));
     transport
 }
 
