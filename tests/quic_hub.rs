@@ -32,13 +32,21 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
+        Rig::start_with(json!({})).await
+    }
+
+    /// As [`Rig::start`], with more hub options.
+    async fn start_with(extra_options: serde_json::Value) -> Rig {
         let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let port = target.local_addr().unwrap().port();
-        let options = HubOptions::from_json(&json!({
+        let mut options = json!({
             "tunnelPort": 0, "bindAddress": "127.0.0.1", "targetHost": "127.0.0.1",
             "udpProxyHeader": "none",
-        }))
-        .unwrap();
+        });
+        for (key, value) in extra_options.as_object().unwrap() {
+            options[key] = value.clone();
+        }
+        let options = HubOptions::from_json(&options).unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let hub = Hub::start(options, Arc::new(move |e| sink.lock().unwrap().push(e)))
@@ -221,6 +229,28 @@ async fn on_loopback_mtu_discovery_fits_several_udp_datagrams_in_one_packet() {
         .unwrap();
     let large = vec![b'x'; 4 * 1200];
     rig.send_until_received(9, &large).await;
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_steady_traffic_stays_one_session_past_its_idle_timeout() {
+    let rig = Rig::start_with(json!({ "udpIdleTimeoutMs": 300 })).await;
+    rig.connection
+        .send_datagram(encode_open_datagram(3, &rig.open_header(4004)))
+        .unwrap();
+    let hub_socket = rig.send_until_received(3, b"0").await;
+    // Three idle timeouts' worth of traffic, a datagram every 50 ms: one session throughout.
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    for i in 1..=18 {
+        pace.tick().await;
+        let payload = i.to_string();
+        rig.connection
+            .send_datagram(encode_datagram(3, payload.as_bytes()))
+            .unwrap();
+        let (received, from) = rig.target_receives().await;
+        assert_eq!(received, payload.as_bytes());
+        assert_eq!(from, hub_socket, "datagram {i} came from another session");
+    }
     rig.hub.stop().await;
 }
 
