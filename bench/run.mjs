@@ -174,14 +174,21 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   const rows = [await measure('direct', '127.0.0.1', [])]
 
   fs.writeFileSync(path.join(WORK, 'edges.json'), JSON.stringify([{ id: 'bench', secret: 'bench-secret', listenPorts: [PORT.iperf, PORT.http] }]))
-  for (const transport of ['tcpTls', 'quic']) {
+  const tunnels = [
+    { name: 'tcpTls', transport: 'tcpTls', hubArgs: [] },
+    { name: 'quic', transport: 'quic', hubArgs: [] },
+    // JavaScript listeners on every connection's streamOpened and streamClosed: the CLI's debug
+    // log, which formats a line for each and writes it to the hub's log file.
+    { name: 'tcpTls+listeners', transport: 'tcpTls', hubArgs: ['--log-level', 'debug'] },
+  ]
+  for (const { name, transport, hubArgs } of tunnels) {
     const hub = start(process.execPath, [CLI, 'hub', '--edges', path.join(WORK, 'edges.json'), '--tunnel-port', String(PORT.hub),
-      '--bind', '127.0.0.1', '--target-host', '127.0.0.1', '--proxy-protocol', 'none'], `hub-${transport}`)
+      '--bind', '127.0.0.1', '--target-host', '127.0.0.1', '--proxy-protocol', 'none', ...hubArgs], `hub-${name}`)
     await waitForPort('127.0.0.1', PORT.hub)
     const edge = start(process.execPath, [CLI, 'edge', '--hub-host', '127.0.0.1', '--hub-port', String(PORT.hub), '--edge-id', 'bench',
-      '--secret', 'bench-secret', '--transport', transport, '--bind', '127.0.0.2', '--no-stun'], `edge-${transport}`)
+      '--secret', 'bench-secret', '--transport', transport, '--bind', '127.0.0.2', '--no-stun'], `edge-${name}`)
     await waitForPort('127.0.0.2', PORT.http)
-    rows.push(await measure(transport, '127.0.0.2', [hub.pid, edge.pid]))
+    rows.push(await measure(name, '127.0.0.2', [hub.pid, edge.pid]))
     for (const child of [edge, hub]) {
       const exited = new Promise((resolve) => child.once('exit', resolve))
       child.kill('SIGTERM')
