@@ -128,7 +128,6 @@ impl StreamFlow {
         Ok(())
     }
 
-    /// A DATA frame from the peer, before it is queued for the socket.
     /// Takes a DATA payload from the peer into the inbox; a peer that overruns its credit
     /// is an error.
     pub fn on_data(&self, payload: Bytes) -> Result<(), FlowError> {
@@ -145,13 +144,18 @@ impl StreamFlow {
     }
 
     /// A half-close or reset from the peer, after whatever data came before it.
-    fn on_close(&self, input: StreamInput) {
+    fn on_close(&self, kind: CloseKind) {
         {
             let mut windows = self.windows();
-            let seen = match input {
-                StreamInput::HalfClose => std::mem::replace(&mut windows.half_closed, true),
-                StreamInput::Reset(_) => std::mem::replace(&mut windows.reset, true),
-                StreamInput::Data(_) => false,
+            let (seen, input) = match kind {
+                CloseKind::HalfClose => (
+                    std::mem::replace(&mut windows.half_closed, true),
+                    StreamInput::HalfClose,
+                ),
+                CloseKind::Reset(reason) => (
+                    std::mem::replace(&mut windows.reset, true),
+                    StreamInput::Reset(reason),
+                ),
             };
             if seen {
                 return;
@@ -260,11 +264,7 @@ impl StreamTable {
 
     pub fn deliver_close(&self, id: u32, kind: CloseKind) {
         if let Some(stream) = self.get(id) {
-            let input = match kind {
-                CloseKind::HalfClose => StreamInput::HalfClose,
-                CloseKind::Reset(reason) => StreamInput::Reset(reason),
-            };
-            stream.flow.on_close(input);
+            stream.flow.on_close(kind);
         }
     }
 
