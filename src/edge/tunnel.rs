@@ -220,13 +220,17 @@ async fn connect_tls(
     let mut buf = BytesMut::with_capacity(1024);
     let line = read_line(&mut tls, &mut buf).await?;
     match parse_reply(&line)? {
-        HubReply::Accepted(config) => Ok((
-            Established::Tls {
-                stream: Box::new(tls),
-                leftover: buf,
-            },
-            config,
-        )),
+        HubReply::Accepted(config) => {
+            // Best effort: without a round-trip estimate the kernel's autotuning stays.
+            let _ = crate::transport::bound_receive_buffer(tls.get_ref().0);
+            Ok((
+                Established::Tls {
+                    stream: Box::new(tls),
+                    leftover: buf,
+                },
+                config,
+            ))
+        }
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
     }
 }

@@ -121,6 +121,8 @@ async fn serve_edge_connection(
             return;
         }
     };
+    // Best effort: without a round-trip estimate the kernel's autotuning stays.
+    let _ = crate::transport::bound_receive_buffer(tls.get_ref().0);
     let (frames, queues) = frame_channel();
     let carrier = Carrier::Frames(frames.clone());
     let login = Login {

@@ -4,15 +4,130 @@
 pub mod quic;
 pub mod tls;
 
+use std::io;
+use std::time::Duration;
+
 use tokio::net::TcpStream;
 
 /// Unsent bytes the kernel may hold for a tunnel socket. Without a bound it queues megabytes,
 /// and a small request's frames wait behind all of them, out of reach of the writer's tiers;
 /// with it, data waits in the writer, where control frames and small streams go first.
-pub const TUNNEL_NOTSENT_LOWAT: u32 = 128 * 1024;
+pub const TUNNEL_NOTSENT_LOWAT: u32 = 32 * 1024;
 
-/// Socket options for the TCP connection a tunnel runs over, on both ends.
-pub fn tune_tunnel_socket(tcp: &TcpStream) -> std::io::Result<()> {
+/// The fastest path a tunnel's receive buffer is sized for, in bytes per second (10 Gbit/s).
+/// A buffer larger than this rate times the round trip cannot carry more, only queue.
+pub const RECEIVE_BUFFER_SIZED_FOR: f64 = 10e9 / 8.0;
+
+/// The smallest receive buffer asked for. The kernel doubles what it is asked (half is
+/// bookkeeping), so about this much payload can wait unread.
+pub const MIN_TUNNEL_RECEIVE_BUFFER: usize = 128 * 1024;
+
+/// Round trips long enough that [`RECEIVE_BUFFER_SIZED_FOR`] would ask for more than this
+/// keep the kernel's autotuning, whose usual ceiling (net.ipv4.tcp_rmem) is 6 MiB.
+pub const MAX_TUNNEL_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Socket options for the TCP connection a tunnel runs over, on both ends, set as soon as it
+/// is connected.
+pub fn tune_tunnel_socket(tcp: &TcpStream) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     socket2::SockRef::from(tcp).set_tcp_notsent_lowat(TUNNEL_NOTSENT_LOWAT)
+}
+
+/// Bounds the receive buffer of an established tunnel socket to what the path can use, once
+/// the kernel has measured its round trip (after the TLS handshake). On a short path
+/// (loopback, a LAN) Linux otherwise grows it to megabytes while a bulk transfer runs, and
+/// every other connection's bytes wait behind those megabytes, where no tier can reach them.
+/// Returns the size asked for, or None when the path is long and autotuning stays.
+pub fn bound_receive_buffer(tcp: &TcpStream) -> io::Result<Option<usize>> {
+    let size = receive_buffer_for(smoothed_rtt(tcp)?);
+    if let Some(size) = size {
+        socket2::SockRef::from(tcp).set_recv_buffer_size(size)?;
+    }
+    Ok(size)
+}
+
+/// The receive buffer for a path with round trip `rtt`, or None to leave autotuning alone.
+pub fn receive_buffer_for(rtt: Duration) -> Option<usize> {
+    // Float to integer casts saturate, so a huge round trip cannot wrap.
+    let filled_in_one_round_trip = (rtt.as_secs_f64() * RECEIVE_BUFFER_SIZED_FOR) as usize;
+    (filled_in_one_round_trip < MAX_TUNNEL_RECEIVE_BUFFER)
+        .then(|| filled_in_one_round_trip.max(MIN_TUNNEL_RECEIVE_BUFFER))
+}
+
+/// The kernel's smoothed round-trip estimate for a connected TCP socket (TCP_INFO).
+#[cfg(target_os = "linux")]
+fn smoothed_rtt(tcp: &TcpStream) -> io::Result<Duration> {
+    use std::os::fd::AsRawFd;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is a live TCP socket owned by `tcp`; getsockopt writes at most `len`
+    // bytes into `info`, which is that large and zeroed, so every field is initialised.
+    let info = unsafe {
+        if libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        info.assume_init()
+    };
+    Ok(Duration::from_micros(info.tcpi_rtt.into()))
+}
+
+/// Elsewhere there is no estimate to size by; autotuning stays.
+#[cfg(not(target_os = "linux"))]
+fn smoothed_rtt(_: &TcpStream) -> io::Result<Duration> {
+    Ok(Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn receive_buffers_follow_the_round_trip_between_the_floor_and_autotuning() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            receive_buffer_for(Duration::from_micros(30)),
+            Some(MIN_TUNNEL_RECEIVE_BUFFER)
+        );
+        let near = |size: Option<usize>, expected: usize| size.unwrap().abs_diff(expected) <= 1;
+        assert!(near(receive_buffer_for(ms(1)), 1_250_000));
+        assert!(near(receive_buffer_for(ms(3)), 3_750_000));
+        assert_eq!(receive_buffer_for(ms(4)), None);
+        assert_eq!(receive_buffer_for(ms(80)), None);
+        assert_eq!(receive_buffer_for(Duration::MAX), None);
+    }
+
+    #[tokio::test]
+    async fn a_loopback_tunnel_socket_gets_the_smallest_receive_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        // A round trip of data, as a handshake gives the kernel before the bound is set.
+        client.write_all(b"ping").await.unwrap();
+        server.read_exact(&mut [0; 4]).await.unwrap();
+        server.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut [0; 4]).await.unwrap();
+        for socket in [&client, &server] {
+            let rtt = smoothed_rtt(socket).unwrap();
+            assert!(
+                rtt > Duration::ZERO && rtt < Duration::from_millis(50),
+                "{rtt:?}"
+            );
+            assert_eq!(
+                bound_receive_buffer(socket).unwrap(),
+                Some(MIN_TUNNEL_RECEIVE_BUFFER)
+            );
+            let kernel = socket2::SockRef::from(socket).recv_buffer_size().unwrap();
+            assert_eq!(kernel, 2 * MIN_TUNNEL_RECEIVE_BUFFER);
+        }
+    }
 }
