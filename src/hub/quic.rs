@@ -245,8 +245,13 @@ fn on_datagram(
     id: u32,
     rest: Bytes,
 ) {
-    // Held throughout, so a registration on the control stream cannot come between finding
-    // no session and deciding what this datagram is (that datagram would be lost).
+    // Almost every datagram belongs to a running session and needs no ledger.
+    if session.udp.forward_datagram(id, rest.clone()) {
+        return;
+    }
+    // Held from here on, so a registration on the control stream cannot come between finding
+    // no session and deciding what this datagram is (that datagram would be lost). The
+    // session may have started since the look above, so look again under the lock.
     let mut opens = opens.lock().unwrap_or_else(|e| e.into_inner());
     if session.udp.forward_datagram(id, rest.clone()) {
         return;
