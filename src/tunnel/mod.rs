@@ -14,8 +14,9 @@ use std::io;
 /// spoofed sources is turned away instead of costing the hub a socket each.
 pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = 4096;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
+use tokio::net::TcpStream;
 
 use crate::events::TransportKind;
 use crate::protocol::frame::Frame;
@@ -137,6 +138,24 @@ impl Carrier {
     }
 }
 
+/// Reads below this are copied into an allocation of their own size, so a short request
+/// waiting in a queue does not pin a whole read buffer.
+const COPY_READS_BELOW_BYTES: usize = 8 * 1024;
+
+/// One non-blocking read of up to `max` bytes from a local socket: empty at EOF, `WouldBlock`
+/// when the readiness was spurious. The buffer lives only for this attempt, so a connection
+/// waiting for data holds none; tokio reports a freshly accepted socket readable once before
+/// any data has arrived, and a buffer kept across that wait cost every idle client 64 KiB.
+pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(max);
+    let read = socket.try_read_buf(&mut buf)?;
+    Ok(if read < COPY_READS_BELOW_BYTES {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    })
+}
+
 /// Runs `work` as a task of `tasks` until it finishes or `cancel` fires.
 pub fn spawn_until(
     tasks: &tokio_util::task::TaskTracker,
@@ -167,5 +186,50 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
         if let Some(cleanup) = self.0.take() {
             cleanup();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    async fn accepted_pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (accepted, client)
+    }
+
+    #[tokio::test]
+    async fn try_read_chunk_sees_spurious_readiness_then_data_then_eof() {
+        let (accepted, mut client) = accepted_pair().await;
+        // The readiness tokio reports before any byte arrived: nothing to read, no error.
+        tokio::time::timeout(Duration::from_secs(5), accepted.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        let spurious = try_read_chunk(&accepted, 64 * 1024).unwrap_err();
+        assert_eq!(spurious.kind(), io::ErrorKind::WouldBlock);
+
+        let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        client.write_all(&payload).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        // Small reads (copied) and large ones (frozen) both come back exact, capped at `max`.
+        let mut received = Vec::new();
+        loop {
+            accepted.readable().await.unwrap();
+            match try_read_chunk(&accepted, 7_000) {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => {
+                    assert!(chunk.len() <= 7_000);
+                    received.extend_from_slice(&chunk);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+        assert_eq!(received, payload);
     }
 }

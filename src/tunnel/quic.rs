@@ -28,13 +28,10 @@ use crate::protocol::quic::{
 use crate::transport::quic::MAX_OVERSIZED_DATAGRAM_STREAMS;
 
 use super::receive_loop::MessageSource;
-use super::TunnelError;
+use super::{try_read_chunk, TunnelError};
 
 /// Bytes read from a socket or a QUIC stream at once by the relay.
 const RELAY_CHUNK_BYTES: usize = 64 * 1024;
-/// Reads below this are copied out of the read buffer, so a small chunk waiting for its
-/// acknowledgement does not pin a whole 64 KiB buffer.
-const RELAY_COPY_BELOW_BYTES: usize = 8 * 1024;
 /// Room made in the control reader's buffer before each read.
 const CONTROL_READ_BYTES: usize = 4 * 1024;
 
@@ -349,25 +346,18 @@ async fn socket_to_stream(
             _ = abort.cancelled() => return aborted,
             ready = socket.readable() => if ready.is_err() { return aborted },
         }
-        // Allocated only once there is something to read: idle connections hold no buffer.
-        let mut buf = BytesMut::with_capacity(RELAY_CHUNK_BYTES);
-        let n = match socket.try_read_buf(&mut buf) {
-            Ok(0) => {
+        let chunk = match try_read_chunk(socket, RELAY_CHUNK_BYTES) {
+            Ok(chunk) if chunk.is_empty() => {
                 return match send.finish() {
                     Ok(()) => DirectionEnd::Finished,
                     Err(_) => aborted,
                 };
             }
-            Ok(n) => n,
+            Ok(chunk) => chunk,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return aborted,
         };
-        read.fetch_add(n as u64, Ordering::Relaxed);
-        let chunk = if n < RELAY_COPY_BELOW_BYTES {
-            Bytes::copy_from_slice(&buf)
-        } else {
-            buf.freeze()
-        };
+        read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         tokio::select! {
             _ = abort.cancelled() => return aborted,
             written = send.write_chunk(chunk) => if written.is_err() { return aborted },

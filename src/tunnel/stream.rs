@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -21,6 +21,7 @@ use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
 };
 
+use super::try_read_chunk;
 use super::writer::FrameSender;
 
 /// What the tunnel delivers to one stream.
@@ -346,8 +347,8 @@ pub async fn pump(
     }
 }
 
-/// Local socket to tunnel. Reads only with credit in hand and allocates its read buffer only
-/// once the socket is readable, so an idle connection holds no buffer.
+/// Local socket to tunnel. Reads only with credit in hand, through `try_read_chunk`, so an
+/// idle connection holds no buffer.
 async fn upload(
     socket: &TcpStream,
     id: u32,
@@ -359,18 +360,15 @@ async fn upload(
     loop {
         // MAX_DATA_PAYLOAD is 64 KiB and fits a u32.
         let credit = flow.acquire_send(MAX_DATA_PAYLOAD as u32).await;
-        let mut buf = BytesMut::new();
-        let read = loop {
+        let chunk = loop {
             socket.readable().await.map_err(Abort::Local)?;
-            if buf.capacity() == 0 {
-                buf.reserve(credit as usize);
-            }
-            match socket.try_read_buf(&mut buf) {
-                Ok(n) => break n,
+            match try_read_chunk(socket, credit as usize) {
+                Ok(chunk) => break chunk,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(Abort::Local(e)),
             }
         };
+        let read = chunk.len();
         if read == 0 {
             flow.settle(credit, 0);
             let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
@@ -383,7 +381,7 @@ async fn upload(
         bytes_read.fetch_add(read as u64, Ordering::Relaxed);
         // `read` is at most `credit`, a u32.
         flow.settle(credit, read as u32);
-        if !frames.data(Frame::new(id, side.data, buf.freeze())) {
+        if !frames.data(Frame::new(id, side.data, chunk)) {
             return Err(Abort::TunnelGone);
         }
     }
