@@ -53,16 +53,25 @@ class NativeRunner extends EventEmitter {
   #untilStopped = null
   // Handed to the native side on start() only: it holds the callback strongly while running
   // (keeping this object alive, like a listening net.Server) and lets go of it on stop().
-  #onEvent = (event) => this.#dispatch(event)
+  // A call means "events are queued": one call collects a whole batch.
+  #onEvent = () => this.#dispatchQueued()
 
   constructor(NativeClass) {
     super()
     this.#native = new NativeClass()
   }
 
-  #dispatch(event) {
-    const { type, ...payload } = event
-    this.emit(type, payload)
+  #dispatchQueued() {
+    for (const { type, ...payload } of JSON.parse(this.#native.takeEvents())) {
+      try {
+        this.emit(type, payload)
+      } catch (err) {
+        // As uncaught as a throwing listener always is, without losing the rest of the batch.
+        process.nextTick(() => {
+          throw err
+        })
+      }
+    }
   }
 
   get _native() {
@@ -96,9 +105,28 @@ class NativeRunner extends EventEmitter {
   }
 }
 
+/** Sent by the native hub only while something listens: one per connection is costly. */
+const PER_STREAM_EVENTS = ['streamOpened', 'streamClosed']
+
 class RemoteIngressHub extends NativeRunner {
+  #trackingListeners = true
+  #onNewListener = (event) => {
+    if (PER_STREAM_EVENTS.includes(event)) this._native.setPerStreamEvents(true)
+  }
+  #onRemoveListener = (event, listener) => {
+    if (listener === this.#onNewListener) {
+      // removeAllListeners() took the tracking away: from now on, always send.
+      this.#trackingListeners = false
+      this._native.setPerStreamEvents(true)
+    } else if (this.#trackingListeners && PER_STREAM_EVENTS.includes(event)) {
+      this._native.setPerStreamEvents(PER_STREAM_EVENTS.some((name) => this.listenerCount(name) > 0))
+    }
+  }
+
   constructor() {
     super(native.NativeHub)
+    this.on('newListener', this.#onNewListener)
+    this.on('removeListener', this.#onRemoveListener)
   }
 
   /** Starts listening for edges; resolves once the tunnel port is bound. */

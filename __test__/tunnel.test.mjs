@@ -5,6 +5,7 @@ import crypto from 'node:crypto'
 import {
   behaviours,
   connect,
+  once,
   readBytes,
   readUntilEnd,
   recordEvents,
@@ -297,6 +298,50 @@ test('flow control: 16 MiB from a client to a target that pauses reading arrives
     assert.equal(sha256(got), sha256(payload))
   } finally {
     client?.destroy()
+    await stopQuietly(tunnel, target)
+  }
+})
+
+test('streamOpened/streamClosed reach listeners attached at any time, also after removeAllListeners()', { timeout: 30000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel
+  // One echoed exchange; returns the client's port, which the hub's events report.
+  const exchange = async (text) => {
+    const client = await connect(target.port)
+    try {
+      const echoed = readBytes(client, text.length)
+      client.write(text)
+      assert.equal((await echoed).toString(), text)
+      return client.localPort
+    } finally {
+      client.destroy()
+    }
+  }
+  try {
+    tunnel = await startTunnel({ ports: [target.port] })
+    const { hub } = tunnel
+    // Attached after start: the first listener turns the native side's sending on.
+    const opened = once(hub, 'streamOpened')
+    const closed = once(hub, 'streamClosed')
+    const firstPort = await exchange('first')
+    const first = await opened
+    assert.equal(first.clientPort, firstPort)
+    assert.equal((await closed).streamId, first.streamId)
+
+    // No listener left: this connection's events are not sent. The next listener gets the
+    // next connection's, not a stale one.
+    assert.equal(hub.listenerCount('streamOpened') + hub.listenerCount('streamClosed'), 0)
+    await exchange('unheard')
+    const reopened = once(hub, 'streamOpened')
+    const secondPort = await exchange('second')
+    assert.equal((await reopened).clientPort, secondPort)
+
+    // removeAllListeners() also removes the facade's own tracking; events must still come.
+    hub.removeAllListeners()
+    const openedAfterReset = once(hub, 'streamOpened')
+    const thirdPort = await exchange('third')
+    assert.equal((await openedAfterReset).clientPort, thirdPort)
+  } finally {
     await stopQuietly(tunnel, target)
   }
 })

@@ -61,6 +61,16 @@ pub enum HubEvent {
     },
 }
 
+impl HubEvent {
+    /// One per tunneled connection: thousands a second on a busy hub.
+    pub fn is_per_stream(&self) -> bool {
+        matches!(
+            self,
+            HubEvent::StreamOpened { .. } | HubEvent::StreamClosed { .. }
+        )
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum HubStartError {
     #[error(transparent)]
