@@ -21,6 +21,14 @@ use super::TunnelError;
 /// Bytes gathered before one write to the TLS stream.
 pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
+/// A batch smaller than this waits one turn before it is written, so the frames of tasks that
+/// are already runnable (other connections whose reads became ready at the same time) share
+/// its TLS record and syscall. Every write also wakes the peer's process, which on loopback
+/// costs more than the write: this about halved the writes per tunneled request (keep-alive,
+/// 10 connections: 0.93-0.95 -> 0.42-0.55 per request at hub and edge). Larger batches are
+/// bulk transfers, which need no help.
+const SHARE_A_TURN_BELOW_BYTES: usize = 16 * 1024;
+
 /// Streams metered at once for sustained-flow detection. Meters end with a stream's
 /// half-close; a stream that ends by reset leaves one behind, so past this the table restarts
 /// (costing at most a late demotion).
@@ -200,11 +208,10 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             },
         };
         queues.append(&mut batch, &first);
-        while batch.len() < WRITE_BATCH_BYTES {
-            match queues.try_next() {
-                Some(frame) => queues.append(&mut batch, &frame),
-                None => break,
-            }
+        queues.fill(&mut batch);
+        if batch.len() < SHARE_A_TURN_BELOW_BYTES {
+            runnable_tasks_first().await;
+            queues.fill(&mut batch);
         }
         bytes_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
         tokio::select! {
@@ -222,12 +229,38 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Lets every task that is runnable now run before this one continues. A task that wakes
+/// itself goes to the back of tokio's run queue; `tokio::task::yield_now` would also wait for
+/// a poll of the I/O driver, an extra `epoll_wait` per batch.
+async fn runnable_tasks_first() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 async fn write_batch<W: AsyncWrite + Unpin>(io: &mut W, batch: &[u8]) -> std::io::Result<()> {
     io.write_all(batch).await?;
     io.flush().await
 }
 
 impl FrameQueues {
+    /// Appends queued frames until the batch is full or nothing is waiting.
+    fn fill(&mut self, batch: &mut BytesMut) {
+        while batch.len() < WRITE_BATCH_BYTES {
+            match self.try_next() {
+                Some(frame) => self.append(batch, &frame),
+                None => break,
+            }
+        }
+    }
+
     /// Encodes a frame into the batch; a datagram leaving the queue frees its budget.
     fn append(&self, batch: &mut BytesMut, frame: &Frame) {
         if matches!(
@@ -338,6 +371,97 @@ mod tests {
         queues.sustained_share.served(2_000_000);
         assert_eq!(queues.try_next().map(|f| f.stream_id), Some(4));
         assert_eq!(queues.try_next().map(|f| f.stream_id), Some(3));
+    }
+
+    /// Records each write the writer makes and signals it.
+    #[derive(Clone, Default)]
+    struct RecordedWrites {
+        writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        written: Arc<tokio::sync::Notify>,
+    }
+
+    impl AsyncWrite for RecordedWrites {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.lock().unwrap().push(buf.to_vec());
+            self.written.notify_one();
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One worker thread, so tokio's LIFO slot runs a woken writer right after the task that
+    /// woke it, ahead of tasks that were runnable before: the case the shared turn is for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn frames_of_tasks_runnable_together_share_one_write() {
+        use std::time::Duration;
+        let (sender, queues) = frame_channel();
+        let recorder = RecordedWrites::default();
+        let cancel = CancellationToken::new();
+        let writer = tokio::spawn(run_writer(
+            recorder.clone(),
+            queues,
+            cancel.clone(),
+            Arc::default(),
+        ));
+        let data = |id: u32| Frame::new(id, FrameType::Data, Bytes::from(vec![id as u8; 100]));
+        let next_write = || {
+            let written = recorder.written.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), written.notified())
+                    .await
+                    .expect("no write within 5 s")
+            }
+        };
+        // A first frame, written alone: afterwards the writer waits for the next.
+        sender.data(data(1));
+        next_write().await;
+
+        // Task `second` becomes runnable, then `first` queues a frame and wakes the writer.
+        let go = Arc::new(tokio::sync::Notify::new());
+        let second = tokio::spawn({
+            let (go, sender) = (go.clone(), sender.clone());
+            async move {
+                go.notified().await;
+                sender.data(data(3));
+            }
+        });
+        let first = tokio::spawn({
+            let sender = sender.clone();
+            async move {
+                go.notify_one();
+                sender.data(data(2));
+            }
+        });
+        next_write().await;
+        first.await.unwrap();
+        second.await.unwrap();
+
+        let writes = recorder.writes.lock().unwrap().clone();
+        let mut expected = BytesMut::new();
+        for id in [2, 3] {
+            crate::protocol::frame::encode(&data(id), &mut expected);
+        }
+        assert_eq!(writes.len(), 2, "frames 2 and 3 went out in one write");
+        assert_eq!(writes[1], expected.to_vec());
+        cancel.cancel();
+        writer.await.unwrap().unwrap();
     }
 
     #[test]
