@@ -228,6 +228,33 @@ test('a 65,000-byte datagram and an empty one cross whole, both ways', { timeout
   }
 })
 
+test('a burst from one client arrives as separate datagrams, each with its own header', { timeout: 20000 }, async () => {
+  // The hub sends runs of equal-size datagrams that queued behind each other with one
+  // segmented send: the target must still see every datagram whole and apart.
+  const target = await startUdpTarget(udpBehaviours.sink)
+  let tunnel, client
+  try {
+    tunnel = await startTunnel({ ports: [], udpPorts: [target.port], edgeId: 'udp-burst' })
+    client = await startUdpClient()
+    const burst = Array.from({ length: 64 }, (_, i) => crypto.randomBytes(500).fill(i, 0, 1))
+    await Promise.all(burst.map((payload) => client.send(payload, target.port)))
+    await waitFor(() => target.datagrams.length >= burst.length, { what: `${burst.length} datagrams at the target` })
+    assert.equal(target.datagrams.length, burst.length)
+    const arrived = [...target.datagrams].sort((a, b) => a.payload[0] - b.payload[0])
+    arrived.forEach((record, i) => {
+      assert.equal(record.error, null)
+      assert.equal(record.header.length, 28)
+      assert.deepEqual(record.header.source, { address: '127.0.0.1', port: client.port })
+      assert.ok(record.payload.equals(burst[i]), `datagram ${i} arrived whole`)
+    })
+    // One session, one hub socket.
+    assert.equal(new Set(target.datagrams.map((r) => r.from.port)).size, 1)
+  } finally {
+    await client?.close()
+    await stopQuietly(tunnel, target)
+  }
+})
+
 test("udpProxyHeader 'firstDatagram': only a session's first datagram carries the header", { timeout: 20000 }, async () => {
   const target = await startUdpTarget(udpBehaviours.echo)
   let tunnel

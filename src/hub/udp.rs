@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::protocol::quic::is_repeated_open;
+use crate::transport::gso;
 
 use super::options::UdpProxyHeader;
 use super::HubShared;
@@ -25,8 +26,9 @@ use crate::tunnel::Carrier;
 const SESSION_QUEUE_DATAGRAMS: usize = 256;
 /// Room for the largest UDP payload.
 const MAX_DATAGRAM_BYTES: usize = 65_535;
-/// A session keeps its header-plus-datagram buffer between datagrams up to this size.
-const REUSED_HEADER_BUFFER_BYTES: usize = 4096;
+/// A session keeps its send buffer after a busy turn only up to this size, so an idle
+/// session holds no large buffer.
+const KEPT_SEND_BUFFER_BYTES: usize = 4096;
 
 struct Flow {
     datagrams: mpsc::Sender<Bytes>,
@@ -163,9 +165,10 @@ impl FlowTask {
         };
         let header = Bytes::from(encode_v2(ProxyTransport::Datagram, &self.addresses));
         let mut header_due = self.hub.options.udp_proxy_header != UdpProxyHeader::None;
+        let every_datagram = self.hub.options.udp_proxy_header == UdpProxyHeader::EveryDatagram;
         let idle = self.hub.options.udp_idle_timeout;
         let mut expires = Instant::now() + idle;
-        let mut with_header = Vec::new();
+        let mut run = SegmentRun::default();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -174,36 +177,34 @@ impl FlowTask {
                     let Some(first) = datagram else { return };
                     expires = Instant::now() + idle;
                     // What queued up behind it goes out in the same turn (bounded by the queue's
-                    // size, so replies still get their turn).
+                    // size, so replies still get their turn), in runs of equal-size datagrams
+                    // that leave in one segmented send each.
                     let mut next = Some(first);
                     let mut turn = 0;
-                    while let Some(datagram) = next {
-                        let sent = if header_due {
-                            header_due = self.hub.options.udp_proxy_header == UdpProxyHeader::EveryDatagram;
-                            with_header.clear();
-                            with_header.extend_from_slice(&header);
-                            with_header.extend_from_slice(&datagram);
-                            let sent = socket.send(&with_header).await;
-                            // Kept for the next datagram only while small: an idle session
-                            // holds no large buffer.
-                            if with_header.capacity() > REUSED_HEADER_BUFFER_BYTES {
-                                with_header = Vec::new();
+                    while let Some(datagram) = next.take() {
+                        run.clear();
+                        let mut queued = Some(datagram);
+                        while let Some(datagram) = queued.take() {
+                            let header_now: &[u8] = if header_due { &header } else { &[] };
+                            if !run.push(header_now, &datagram) {
+                                next = Some(datagram);
+                                break;
                             }
-                            sent
-                        } else {
-                            socket.send(&datagram).await
-                        };
+                            header_due = every_datagram;
+                            turn += 1;
+                            if turn < SESSION_QUEUE_DATAGRAMS {
+                                queued = datagrams.try_recv().ok();
+                            }
+                        }
                         // Too large with the header, or an ICMP refusal from the target: the
-                        // datagram is lost, as UDP allows, and counted.
-                        if sent.is_err() {
+                        // datagrams are lost, as UDP allows, and counted.
+                        let lost = gso::send_segments(&socket, &run.bytes, run.segment).await;
+                        for _ in 0..lost {
                             self.sessions.count_drop();
                         }
-                        turn += 1;
-                        next = if turn < SESSION_QUEUE_DATAGRAMS {
-                            datagrams.try_recv().ok()
-                        } else {
-                            None
-                        };
+                    }
+                    if run.bytes.capacity() > KEPT_SEND_BUFFER_BYTES {
+                        run = SegmentRun::default();
                     }
                 }
                 ready = socket.readable() => {
@@ -241,6 +242,43 @@ impl FlowTask {
     }
 }
 
+/// Datagrams of one size laid end to end, to leave in one segmented send.
+#[derive(Debug, Default)]
+struct SegmentRun {
+    bytes: Vec<u8>,
+    /// The size of each datagram in the run.
+    segment: usize,
+    count: usize,
+}
+
+impl SegmentRun {
+    /// Appends a datagram (`header`, then `payload`) if it can share the run: the same size as
+    /// the others, within what one segmented send may carry. The first always fits.
+    fn push(&mut self, header: &[u8], payload: &[u8]) -> bool {
+        let len = header.len() + payload.len();
+        if self.count > 0 {
+            let fits = len == self.segment
+                && len <= gso::MAX_SEGMENT_BYTES
+                && self.count < gso::MAX_SEGMENTS
+                && gso::available();
+            if !fits {
+                return false;
+            }
+        }
+        self.bytes.extend_from_slice(header);
+        self.bytes.extend_from_slice(payload);
+        self.segment = len;
+        self.count += 1;
+        true
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.segment = 0;
+        self.count = 0;
+    }
+}
+
 /// A socket of the target's family, connected so only the target's replies arrive.
 async fn connect(host: &str, port: u16) -> std::io::Result<UdpSocket> {
     let target = tokio::net::lookup_host((host, port))
@@ -255,4 +293,31 @@ async fn connect(host: &str, port: u16) -> std::io::Result<UdpSocket> {
     let socket = UdpSocket::bind(local).await?;
     socket.connect(target).await?;
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_takes_equal_sizes_up_to_the_limits_of_one_send() {
+        let mut run = SegmentRun::default();
+        assert!(run.push(b"HDR", &[1; 997]));
+        assert!(run.push(b"", &[2; 1000]), "same size without the header");
+        assert!(!run.push(b"", &[3; 999]), "another size starts a new run");
+        assert_eq!((run.count, run.segment, run.bytes.len()), (2, 1000, 2000));
+        assert_eq!(&run.bytes[..4], b"HDR\x01");
+
+        run.clear();
+        for _ in 0..gso::MAX_SEGMENTS {
+            assert!(run.push(b"", &[0; 100]));
+        }
+        assert!(!run.push(b"", &[0; 100]), "at most MAX_SEGMENTS");
+
+        // Too large to segment: each goes alone, and the kernel may fragment it.
+        run.clear();
+        let large = vec![0; gso::MAX_SEGMENT_BYTES + 1];
+        assert!(run.push(b"", &large));
+        assert!(!run.push(b"", &large));
+    }
 }

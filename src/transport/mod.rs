@@ -1,6 +1,7 @@
 //! The tunnel's transport for both ends: TLS configuration (the hub's identity, the edge's
-//! trust in it, the ALPN both check) and the TCP socket options.
+//! trust in it, the ALPN both check), the TCP socket options, and segmented UDP sends.
 
+pub mod gso;
 pub mod quic;
 pub mod tls;
 
