@@ -19,7 +19,7 @@ use crate::protocol::handshake::{
     HubReply, MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
 };
 use crate::protocol::quic::ControlMessage;
-use crate::transport::quic::{edge_endpoint, negotiated_alpn, CLOSE_STOPPED};
+use crate::transport::quic::{close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED};
 use crate::transport::tls::{server_name, HubTrust, ALPN};
 use crate::tunnel::quic::{
     control_channel, receive_datagrams, receive_oversized, run_control_writer, ControlReader,
@@ -399,7 +399,8 @@ async fn serve(
         TunnelIo::Quic {
             tunnel:
                 QuicTunnel {
-                    endpoint,
+                    // Owns the socket: held until the tunnel ends.
+                    endpoint: _endpoint,
                     connection,
                     send,
                     recv,
@@ -438,16 +439,13 @@ async fn serve(
             } else {
                 ended.to_string()
             };
-            connection.close(CLOSE_STOPPED, reason.as_bytes());
+            close_and_send(&connection, CLOSE_STOPPED, reason.as_bytes()).await;
             let (bytes_in, bytes_out) = (
                 connection.stats().udp_rx.bytes,
                 connection.stats().udp_tx.bytes,
             );
             edge.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
             edge.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-            // Let the close reach the hub, so it sees the disconnect at once; bounded for a
-            // hub that is gone.
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             ended
         }
     }
