@@ -223,6 +223,10 @@ pub async fn receive_datagrams(connection: Connection, mut deliver: impl FnMut(u
         if let Ok((session, rest)) = split_datagram(datagram) {
             deliver(session, rest);
         }
+        // quinn hands over a whole burst without this task ever yielding, so the sessions'
+        // tasks did not run until it was read and their queues overflowed; now they take
+        // turns with it.
+        tokio::task::consume_budget().await;
     }
 }
 
