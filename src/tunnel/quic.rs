@@ -4,8 +4,10 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -180,19 +182,21 @@ impl QuicLink {
     /// own. False when it was dropped (the tunnel is gone, or too many large ones in flight).
     pub fn send_udp(&self, session: u32, payload: &[u8]) -> bool {
         let datagram = encode_datagram(session, payload);
-        // quinn makes room in a full queue by dropping the oldest datagram, unseen; refuse the
-        // new one instead, so the caller counts it.
-        if datagram.len() > self.connection.datagram_send_buffer_space() {
-            return false;
-        }
-        // quinn checks the size against the path's current limit itself (it changes with MTU
-        // discovery), which saves asking first on every datagram.
-        match self.connection.send_datagram(datagram.clone()) {
-            Ok(()) => true,
-            Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => {
-                self.send_oversized(datagram)
-            }
-            Err(_) => false,
+        // quinn's `send_datagram` makes room in a full queue by dropping the oldest datagram,
+        // unseen; the waiting variant refuses instead, so the caller counts the new one. Polled
+        // once it never waits, and it looks at the connection once rather than twice (space,
+        // then send) under a lock the connection's driver holds while it encrypts.
+        let send = pin!(self.connection.send_datagram_wait(datagram.clone()));
+        match send.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => true,
+            // quinn checks the size against the path's current limit itself (it changes with
+            // MTU discovery), which saves asking first on every datagram.
+            Poll::Ready(Err(
+                SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer,
+            )) => self.send_oversized(datagram),
+            Poll::Ready(Err(_)) => false,
+            // The send queue is full.
+            Poll::Pending => false,
         }
     }
 
