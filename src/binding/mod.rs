@@ -2,6 +2,8 @@
 //! hand-written facade in index.js, which turns events into EventEmitter calls and the
 //! `[CODE] message` errors made here into `Error`s with a `code`.
 
+mod allocator;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
