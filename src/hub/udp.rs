@@ -104,12 +104,9 @@ impl UdpSessions {
 
     /// A datagram from the client; dropped (and counted) when the session's queue is full.
     pub fn forward(&self, id: u32, datagram: Bytes) {
-        let flows = self.flows();
-        let Some(flow) = flows.get(&id) else {
-            return; // in flight when the session ended
-        };
-        if let Err(TrySendError::Full(_)) = flow.datagrams.try_send(datagram) {
-            self.count_drop();
+        // An unknown session ended while the datagram was in flight.
+        if let Some(flow) = self.flows().get(&id) {
+            self.queue(flow, datagram);
         }
     }
 
@@ -127,10 +124,15 @@ impl UdpSessions {
         {
             return true;
         }
-        if let Err(TrySendError::Full(_)) = flow.datagrams.try_send(rest) {
+        self.queue(flow, rest);
+        true
+    }
+
+    /// Queues a datagram for its session's task, or counts it as dropped when the queue is full.
+    fn queue(&self, flow: &Flow, datagram: Bytes) {
+        if let Err(TrySendError::Full(_)) = flow.datagrams.try_send(datagram) {
             self.count_drop();
         }
-        true
     }
 
     /// The edge ended the session.
