@@ -177,7 +177,7 @@ pub fn edge_endpoint(
 }
 
 /// How long a closing side waits for its CONNECTION_CLOSE to leave, for a peer that is gone.
-pub const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a closing side looks whether its CONNECTION_CLOSE has left.
 const CLOSE_SENT_POLL: Duration = Duration::from_millis(1);
 
@@ -188,6 +188,9 @@ const CLOSE_SENT_POLL: Duration = Duration::from_millis(1);
 /// 120 ms in release builds and 700 ms in debug ones, where the handshake's round trip
 /// estimate is long.
 pub async fn close_and_send(connection: &quinn::Connection, code: VarInt, reason: &[u8]) {
+    if connection.close_reason().is_some() {
+        return; // closed by the peer or lost: there is no close of ours to send
+    }
     // After close() the connection sends nothing but its close, and quinn counts a datagram
     // under the same lock as it hands it to the socket.
     let sent_before = connection.stats().udp_tx.datagrams;
