@@ -14,12 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
+use crate::transport::recv_batch::ReceiveBatch;
 use crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL;
 
 use super::{EdgeShared, TunnelLink};
 
-/// Room for the largest UDP payload.
-const MAX_DATAGRAM_BYTES: usize = 65_535;
 /// Receive buffer asked of the kernel for each UDP listener, so bursts are not lost before
 /// the edge reads them (the kernel caps it at net.core.rmem_max).
 const LISTENER_RECV_BUFFER: usize = 4 * 1024 * 1024;
@@ -84,23 +83,25 @@ impl UdpSessions {
     }
 }
 
-/// Receives datagrams on one port until cancelled.
+/// Receives datagrams on one port until cancelled, as many per syscall as are waiting.
 pub(super) async fn listen(
     edge: Arc<EdgeShared>,
     socket: Arc<UdpSocket>,
     port: u16,
     cancel: CancellationToken,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
+    let mut batch = ReceiveBatch::default();
     loop {
         let received = tokio::select! {
             _ = cancel.cancelled() => return,
-            received = socket.recv_from(&mut buf) => received,
+            received = batch.receive(&socket) => received,
         };
         match received {
-            Ok((len, client)) => {
-                let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-                carry(&edge, &socket, port, client, &buf[..len]);
+            Ok(()) => {
+                for (datagram, client) in batch.datagrams() {
+                    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+                    carry(&edge, &socket, port, client, datagram);
+                }
             }
             // Errors queued by ICMP for earlier replies; the socket itself is fine.
             Err(_) => tokio::task::yield_now().await,

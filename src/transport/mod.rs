@@ -1,8 +1,10 @@
 //! The tunnel's transport for both ends: TLS configuration (the hub's identity, the edge's
-//! trust in it, the ALPN both check), the TCP socket options, and segmented UDP sends.
+//! trust in it, the ALPN both check), the TCP socket options, segmented UDP sends and batched
+//! UDP receives.
 
 pub mod gso;
 pub mod quic;
+pub mod recv_batch;
 pub mod tls;
 
 use std::io;
