@@ -2,12 +2,13 @@
 //! so the target's replies map back to exactly one client; a task per session owns the socket,
 //! adds the PROXY v2 header as configured, and ends the session when it has been idle.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
@@ -17,15 +18,26 @@ use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::protocol::quic::is_repeated_open;
 use crate::transport::gso;
+use crate::transport::recv_batch::ReceiveBatch;
 
 use super::options::UdpProxyHeader;
 use super::HubShared;
 use crate::tunnel::Carrier;
 
+thread_local! {
+    /// Where sessions read their target's replies: one batch per runtime thread, shared by all
+    /// the sessions it runs (a read never waits while it holds the batch), so an idle session
+    /// holds no receive buffer.
+    static REPLY_BATCH: RefCell<ReceiveBatch> = RefCell::new(ReceiveBatch::default());
+}
+
+/// Receive buffer asked of the kernel for each session's socket, so a target that answers in
+/// bursts (a download, a media stream) is not cut short while the session's task waits for a
+/// turn. The default (about 200 KiB) holds some 90 datagrams.
+const TARGET_RECV_BUFFER: usize = 1024 * 1024;
+
 /// Datagrams waiting for one session's socket (while it is set up, or the target is slow).
 const SESSION_QUEUE_DATAGRAMS: usize = 256;
-/// Room for the largest UDP payload.
-const MAX_DATAGRAM_BYTES: usize = 65_535;
 /// A session keeps its send buffer after a busy turn only up to this size, so an idle
 /// session holds no large buffer.
 const KEPT_SEND_BUFFER_BYTES: usize = 4096;
@@ -213,28 +225,30 @@ impl FlowTask {
                     if ready.is_err() {
                         break;
                     }
-                    let mut buf = BytesMut::with_capacity(MAX_DATAGRAM_BYTES);
-                    match socket.try_recv_buf(&mut buf) {
-                        Ok(len) => {
-                            expires = Instant::now() + idle;
-                            // Copy small replies out so a queued datagram holds only its bytes.
-                            let reply = if len < MAX_DATAGRAM_BYTES / 4 {
-                                Bytes::copy_from_slice(&buf)
-                            } else {
-                                buf.freeze()
-                            };
-                            if !self.carrier.udp(self.id, FrameType::UdpDataBack, reply) {
-                                self.sessions.count_drop();
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        // ECONNREFUSED from an earlier send's ICMP error: keep the session.
-                        Err(_) => {}
+                    // An error is stale readiness (WouldBlock) or ECONNREFUSED from an earlier
+                    // send's ICMP error: either way the session stays.
+                    if self.forward_replies(&socket).is_ok() {
+                        expires = Instant::now() + idle;
                     }
                 }
             }
         }
         self.end();
+    }
+
+    /// Sends the target's waiting replies back through the tunnel, all read in one syscall,
+    /// each copied out to its own size.
+    fn forward_replies(&self, socket: &UdpSocket) -> std::io::Result<()> {
+        REPLY_BATCH.with_borrow_mut(|batch| {
+            batch.try_receive(socket)?;
+            for (reply, _) in batch.datagrams() {
+                let reply = Bytes::copy_from_slice(reply);
+                if !self.carrier.udp(self.id, FrameType::UdpDataBack, reply) {
+                    self.sessions.count_drop();
+                }
+            }
+            Ok(())
+        })
     }
 
     /// The hub ends the session (idle, or no target): forget it and tell the edge.
@@ -292,7 +306,16 @@ async fn connect(host: &str, port: u16) -> std::io::Result<UdpSocket> {
     } else {
         ([0u16; 8], 0).into()
     };
-    let socket = UdpSocket::bind(local).await?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(local),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    // Best effort: the kernel may cap it, which costs only burst tolerance.
+    let _ = socket.set_recv_buffer_size(TARGET_RECV_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&local.into())?;
+    let socket = UdpSocket::from_std(socket.into())?;
     socket.connect(target).await?;
     Ok(socket)
 }
@@ -321,5 +344,44 @@ mod tests {
         let large = vec![0; gso::MAX_SEGMENT_BYTES + 1];
         assert!(run.push(b"", &large));
         assert!(!run.push(b"", &large));
+    }
+
+    #[tokio::test]
+    async fn a_session_socket_is_connected_to_the_target_with_room_for_a_burst_of_replies() {
+        let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = target.local_addr().unwrap().port();
+        let socket = connect("127.0.0.1", port).await.unwrap();
+        assert_eq!(socket.peer_addr().unwrap(), target.local_addr().unwrap());
+        // Linux doubles what it is asked for, up to twice net.core.rmem_max.
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .map(|max| max.trim().parse().unwrap())
+            .unwrap_or(TARGET_RECV_BUFFER);
+        let kernel = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        assert_eq!(kernel, 2 * TARGET_RECV_BUFFER.min(rmem_max));
+
+        // A burst larger than one batch comes back whole and in order over several reads.
+        let burst = 3 * crate::transport::recv_batch::BATCH_DATAGRAMS;
+        let client = socket.local_addr().unwrap();
+        for i in 0..burst {
+            target
+                .send_to(&(i as u32).to_be_bytes(), client)
+                .await
+                .unwrap();
+        }
+        let mut batch = ReceiveBatch::default();
+        let mut seen = Vec::new();
+        while seen.len() < burst {
+            tokio::time::timeout(std::time::Duration::from_secs(5), socket.readable())
+                .await
+                .expect("replies within 5 s")
+                .unwrap();
+            if batch.try_receive(&socket).is_ok() {
+                seen.extend(batch.datagrams().map(|(reply, from)| {
+                    assert_eq!(from, target.local_addr().unwrap());
+                    u32::from_be_bytes(reply.try_into().unwrap()) as usize
+                }));
+            }
+        }
+        assert_eq!(seen, (0..burst).collect::<Vec<_>>());
     }
 }

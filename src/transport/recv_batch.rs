@@ -45,6 +45,12 @@ impl ReceiveBatch {
         }
     }
 
+    /// Reads what is waiting now, without waiting: `WouldBlock` when the socket is empty.
+    pub fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        self.received.clear();
+        socket.try_io(Interest::READABLE, || self.receive_now(socket))
+    }
+
     /// The datagrams of the last batch, in the order they arrived, with their senders.
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         self.received.iter().map(|&(slot, len, source)| {
