@@ -221,13 +221,5 @@ pub(super) async fn sweep_idle(link: Arc<TunnelLink>, idle: Duration) {
 
 /// Binds a UDP listener with a large receive buffer.
 pub(super) fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::DGRAM,
-        None,
-    )?;
-    let _ = socket.set_recv_buffer_size(LISTENER_RECV_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    UdpSocket::from_std(socket.into())
+    crate::transport::bind_udp(address, LISTENER_RECV_BUFFER)
 }

@@ -306,16 +306,7 @@ async fn connect(host: &str, port: u16) -> std::io::Result<UdpSocket> {
     } else {
         ([0u16; 8], 0).into()
     };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(local),
-        socket2::Type::DGRAM,
-        None,
-    )?;
-    // Best effort: the kernel may cap it, which costs only burst tolerance.
-    let _ = socket.set_recv_buffer_size(TARGET_RECV_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.bind(&local.into())?;
-    let socket = UdpSocket::from_std(socket.into())?;
+    let socket = crate::transport::bind_udp(local, TARGET_RECV_BUFFER)?;
     socket.connect(target).await?;
     Ok(socket)
 }

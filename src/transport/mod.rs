@@ -8,9 +8,10 @@ pub mod recv_batch;
 pub mod tls;
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 /// Unsent bytes the kernel may hold for a tunnel socket. Without a bound it queues megabytes,
 /// and a small request's frames wait behind all of them, out of reach of the writer's tiers;
@@ -28,6 +29,21 @@ pub const MIN_TUNNEL_RECEIVE_BUFFER: usize = 128 * 1024;
 /// Round trips long enough that [`RECEIVE_BUFFER_SIZED_FOR`] would ask for more than this
 /// keep the kernel's autotuning, whose usual ceiling (net.ipv4.tcp_rmem) is 6 MiB.
 pub const MAX_TUNNEL_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A non-blocking UDP socket bound to `address` that asks the kernel for `recv_buffer` bytes
+/// of receive buffer: best effort, since the kernel caps it at net.core.rmem_max, which costs
+/// only burst tolerance.
+pub fn bind_udp(address: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    let _ = socket.set_recv_buffer_size(recv_buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    UdpSocket::from_std(socket.into())
+}
 
 /// Socket options for the TCP connection a tunnel runs over, on both ends, set as soon as it
 /// is connected.
