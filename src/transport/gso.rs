@@ -121,11 +121,12 @@ fn sendmsg_segmented(_: &UdpSocket, _: &[u8], _: u16) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
-    async fn connected_pair() -> (UdpSocket, UdpSocket) {
+    /// A sender connected to a receiver, both on loopback.
+    pub(crate) async fn connected_pair() -> (UdpSocket, UdpSocket) {
         let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         sender

@@ -38,7 +38,7 @@ impl ReceiveBatch {
     pub async fn receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
         loop {
             socket.readable().await?;
-            match socket.try_io(Interest::READABLE, || self.receive_now(socket)) {
+            match self.try_receive(socket) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return result,
             }
@@ -47,6 +47,8 @@ impl ReceiveBatch {
 
     /// Reads what is waiting now, without waiting: `WouldBlock` when the socket is empty.
     pub fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        // Cleared here, not in the read, since try_io skips the read when tokio already knows
+        // the socket is empty.
         self.received.clear();
         socket.try_io(Interest::READABLE, || self.receive_now(socket))
     }
@@ -66,7 +68,6 @@ impl ReceiveBatch {
     fn receive_now(&mut self, socket: &UdpSocket) -> io::Result<()> {
         use std::os::fd::AsRawFd;
 
-        self.received.clear();
         let base = self.slots.as_mut_ptr();
         let mut names: [socket2::SockAddrStorage; BATCH_DATAGRAMS] =
             std::array::from_fn(|_| socket2::SockAddrStorage::zeroed());
@@ -115,7 +116,6 @@ impl ReceiveBatch {
     /// Elsewhere one datagram per call.
     #[cfg(not(target_os = "linux"))]
     fn receive_now(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        self.received.clear();
         let mut slot = &mut self.slots[..SLOT_BYTES];
         let (len, source) = socket.try_recv_buf_from(&mut slot)?;
         self.received.push((0, len, source));
@@ -163,12 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn more_than_a_batch_is_read_over_several_calls_in_order() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        sender
-            .connect(receiver.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (sender, receiver) = crate::transport::gso::tests::connected_pair().await;
         let total = BATCH_DATAGRAMS * 2 + 3;
         for i in 0..total {
             sender.send(&(i as u32).to_be_bytes()).await.unwrap();
