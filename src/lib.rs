@@ -7,8 +7,8 @@
 //! - [`protocol`]: the wire formats, pure and without I/O (frames, handshake, PROXY v1/v2,
 //!   connection tokens, QUIC control messages and datagrams).
 //! - [`mux`]: pure multiplexing state (flow-control windows, round robin, sustained flows).
-//! - [`transport`]: rustls configs, the hub's identity and how an edge trusts it, QUIC
-//!   endpoints.
+//! - [`transport`]: rustls configs, the hub's identity and how an edge trusts it, the TLS
+//!   records a tunnel seals and opens after the handshake, QUIC endpoints.
 //! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump;
 //!   QUIC control stream, datagrams and relay).
 //! - [`hub`], [`edge`]: the two runtimes.

@@ -10,8 +10,6 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use crate::protocol::frame::{decode_close, decode_ping, decode_window_credit, Frame, FrameType};
 use crate::protocol::handshake::{
@@ -21,6 +19,7 @@ use crate::protocol::handshake::{
 use crate::protocol::quic::ControlMessage;
 use crate::transport::quic::{close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED};
 use crate::transport::tls::{server_name, HubTrust, ALPN};
+use crate::transport::tls_stream::{self, TlsConnection};
 use crate::tunnel::quic::{
     control_channel, receive_datagrams, receive_oversized, run_control_writer, ControlReader,
     QuicLink, StreamCount,
@@ -63,7 +62,7 @@ pub const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(5);
 /// A tunnel that is up and logged in, on either transport.
 enum Established {
     Tls {
-        stream: Box<HubStream>,
+        connection: Box<TlsConnection>,
         leftover: BytesMut,
     },
     Quic(QuicTunnel),
@@ -82,7 +81,6 @@ struct QuicTunnel {
 
 /// Runs until the edge is stopped.
 pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
-    let connector = TlsConnector::from(tls.clone());
     let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
     if matches!(edge.options.trust, HubTrust::AnyKey) {
         edge.warn(
@@ -93,7 +91,7 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
     loop {
         let outcome = tokio::select! {
             _ = edge.cancel.cancelled() => return,
-            outcome = connect(&edge, &connector, &tls) => outcome,
+            outcome = connect(&edge, &tls) => outcome,
         };
         match outcome {
             Ok((established, config)) => {
@@ -145,18 +143,15 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
     }
 }
 
-type HubStream = TlsStream<TcpStream>;
-
 /// One attempt to bring a tunnel up over the configured transport(s), each within the
 /// connect timeout.
 async fn connect(
     edge: &EdgeShared,
-    connector: &TlsConnector,
     tls: &Arc<ClientConfig>,
 ) -> Result<(Established, EdgeConfig), ConnectError> {
     let limit = edge.options.connect_timeout;
     match edge.options.transport {
-        TransportMode::TcpTls => within(edge, limit, connect_tls(edge, connector)).await,
+        TransportMode::TcpTls => within(edge, limit, connect_tls(edge, tls)).await,
         TransportMode::Quic => within(edge, limit, connect_quic(edge, tls)).await,
         TransportMode::QuicWithFallback => {
             let quic_limit = limit.min(QUIC_FALLBACK_AFTER);
@@ -169,7 +164,7 @@ async fn connect(
                         "quicFallback",
                         format!("QUIC did not come up ({e}); trying TCP+TLS"),
                     );
-                    within(edge, limit, connect_tls(edge, connector)).await
+                    within(edge, limit, connect_tls(edge, tls)).await
                 }
             }
         }
@@ -191,7 +186,7 @@ async fn within<T>(
 
 async fn connect_tls(
     edge: &EdgeShared,
-    connector: &TlsConnector,
+    tls: &Arc<ClientConfig>,
 ) -> Result<(Established, EdgeConfig), ConnectError> {
     let o = &edge.options;
     let address = format!("{}:{}", o.hub_host, o.hub_port);
@@ -206,26 +201,26 @@ async fn connect_tls(
             reason,
         ))
     })?;
-    let mut tls = connector
-        .connect(name, tcp)
+    let mut tls = tls_stream::connect(tls.clone(), name, tcp)
         .await
         .map_err(ConnectError::Tls)?;
-    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+    if tls.alpn.as_deref() != Some(ALPN) {
         return Err(ConnectError::Alpn);
     }
     // Only now, with the hub's key checked, does the secret leave the edge.
-    tls.write_all(&encode_auth_line(&o.edge_id, &o.secret)?)
+    tls.writer
+        .write_all(&encode_auth_line(&o.edge_id, &o.secret)?)
         .await?;
-    tls.flush().await?;
+    tls.writer.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
-    let line = read_line(&mut tls, &mut buf).await?;
+    let line = read_line(&mut tls.reader, &mut buf).await?;
     match parse_reply(&line)? {
         HubReply::Accepted(config) => {
             // Best effort: without a round-trip estimate the kernel's autotuning stays.
-            let _ = crate::transport::bound_receive_buffer(tls.get_ref().0);
+            let _ = crate::transport::bound_receive_buffer(tls.reader.tcp());
             Ok((
                 Established::Tls {
-                    stream: Box::new(tls),
+                    connection: Box::new(tls),
                     leftover: buf,
                 },
                 config,
@@ -311,10 +306,13 @@ async fn serve(
 ) -> TunnelError {
     // The sending half every task uses; the I/O and the queue its writer task drains.
     let (carrier, io) = match established {
-        Established::Tls { stream, leftover } => {
+        Established::Tls {
+            connection,
+            leftover,
+        } => {
             let (frames, queues) = frame_channel();
             let io = TunnelIo::Tls {
-                stream,
+                connection,
                 leftover,
                 queues,
             };
@@ -379,11 +377,15 @@ async fn serve(
     };
     match io {
         TunnelIo::Tls {
-            stream,
+            connection,
             leftover,
             queues,
         } => {
-            let (read_half, write_half) = tokio::io::split(*stream);
+            let TlsConnection {
+                reader: read_half,
+                writer: write_half,
+                ..
+            } = *connection;
             let writer = edge.tasks.spawn(run_writer(
                 write_half,
                 queues,
@@ -455,7 +457,7 @@ async fn serve(
 /// control messages over QUIC.
 enum TunnelIo {
     Tls {
-        stream: Box<HubStream>,
+        connection: Box<TlsConnection>,
         leftover: BytesMut,
         queues: FrameQueues,
     },

@@ -15,7 +15,6 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -271,8 +270,8 @@ impl Hub {
             None => HubIdentity::generate()?,
         };
         let server_config = identity.server_config()?;
-        let acceptor = TlsAcceptor::from(server_config.clone());
-        let (listener, endpoint, tunnel_port) = bind_tunnel_port(&options, server_config).await?;
+        let (listener, endpoint, tunnel_port) =
+            bind_tunnel_port(&options, server_config.clone()).await?;
         let cancel = CancellationToken::new();
         let pending_handshakes = options.limits.max_pending_handshakes;
         let shared = Arc::new(HubShared {
@@ -289,7 +288,7 @@ impl Hub {
         shared.tasks.spawn(session::accept_loop(
             shared.clone(),
             listener,
-            acceptor,
+            server_config,
             cancel.clone(),
         ));
         shared

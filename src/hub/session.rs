@@ -11,7 +11,6 @@ use subtle::ConstantTimeEq;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::unix_millis;
@@ -25,6 +24,7 @@ use crate::protocol::handshake::{
 use crate::protocol::proxy::{encode_v2, parse_v1, ProxyAddresses, ProxyHeader, ProxyTransport};
 use crate::protocol::quic::parse_open_header;
 use crate::transport::tls::ALPN;
+use crate::transport::tls_stream::{self, TlsConnection};
 use crate::tunnel::quic::StreamCount;
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
@@ -44,7 +44,7 @@ pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) async fn accept_loop(
     hub: Arc<HubShared>,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -68,7 +68,7 @@ pub(super) async fn accept_loop(
             hub.clone(),
             tcp,
             peer,
-            acceptor.clone(),
+            tls.clone(),
             cancel.child_token(),
             permit,
         ));
@@ -93,24 +93,24 @@ async fn serve_edge_connection(
     hub: Arc<HubShared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     cancel: CancellationToken,
     handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let handshake = async {
-        let mut tls = acceptor.accept(tcp).await?;
-        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        let mut tls = tls_stream::accept(tls, tcp).await?;
+        if tls.alpn.as_deref() != Some(ALPN) {
             return Err(HandshakeFailure::Alpn);
         }
         let mut buf = BytesMut::with_capacity(1024);
-        let line = read_line(&mut tls, &mut buf).await?;
+        let line = read_line(&mut tls.reader, &mut buf).await?;
         Ok((tls, line, buf))
     };
     let outcome = tokio::select! {
         _ = cancel.cancelled() => return,
         outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
     };
-    let (mut tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
+    let (tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
         Ok(parts) => parts,
         Err(e) => {
             hub.count_handshake_failure("tls");
@@ -122,7 +122,12 @@ async fn serve_edge_connection(
         }
     };
     // Best effort: without a round-trip estimate the kernel's autotuning stays.
-    let _ = crate::transport::bound_receive_buffer(tls.get_ref().0);
+    let _ = crate::transport::bound_receive_buffer(tls.reader.tcp());
+    let TlsConnection {
+        reader: read_half,
+        writer: mut write_half,
+        ..
+    } = tls;
     let (frames, queues) = frame_channel();
     let carrier = Carrier::Frames(frames.clone());
     let login = Login {
@@ -131,12 +136,11 @@ async fn serve_edge_connection(
         cancel: &cancel,
         handshake_permit,
     };
-    let Some(session) = login.finish(&line, &mut tls, carrier).await else {
-        let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    let Some(session) = login.finish(&line, &mut write_half, carrier).await else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), write_half.shutdown()).await;
         return;
     };
     run_session(&hub, session.clone(), peer, async {
-        let (read_half, write_half) = tokio::io::split(tls);
         let writer = hub.tasks.spawn(run_writer(
             write_half,
             queues,

@@ -1,11 +1,13 @@
 //! The tunnel's transport for both ends: TLS configuration (the hub's identity, the edge's
-//! trust in it, the ALPN both check), the TCP socket options, segmented UDP sends and batched
-//! UDP receives.
+//! trust in it, the ALPN both check), the TLS connection and its records after the handshake,
+//! the TCP socket options, segmented UDP sends and batched UDP receives.
 
 pub mod gso;
 pub mod quic;
+pub mod records;
 pub mod recv_batch;
 pub mod tls;
+pub mod tls_stream;
 
 use std::io;
 use std::net::SocketAddr;

@@ -108,6 +108,10 @@ impl HubIdentity {
                 reason: format!("does not match the certificate or is unsupported: {e}"),
             })?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // The tunnel's records are sealed outside rustls once the handshake is done
+        // (`tls_stream`); no session is ever resumed, so no tickets are sent.
+        config.enable_secret_extraction = true;
+        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 }
@@ -191,6 +195,9 @@ impl HubTrust {
             }
             .with_no_client_auth();
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // As on the hub: records are sealed outside rustls, and sessions are not resumed.
+        config.enable_secret_extraction = true;
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }
