@@ -31,7 +31,13 @@ pub enum TlsSetupError {
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // AES-128-GCM first (the default puts AES-256 first): four fewer AES rounds per block
+    // for every tunneled byte, with a margin that is still far beyond reach.
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// The hub's certificate chain, private key and the fingerprint edges can pin.

@@ -579,6 +579,14 @@ mod tests {
             .connect(server_name("localhost").unwrap(), tcp)
             .await
             .unwrap();
+        assert_eq!(
+            client
+                .get_ref()
+                .1
+                .negotiated_cipher_suite()
+                .map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
         let sent = payload(300_000);
         let (first, second) = sent.split_at(100_000);
         let mut back = vec![0; sent.len()];
