@@ -24,6 +24,12 @@ use crate::protocol::frame::{
 use super::try_read_chunk;
 use super::writer::FrameSender;
 
+/// DATA payloads up to this size are written to the stream's socket by the tunnel reader
+/// itself when nothing of the stream is waiting to be written: a request or a response then
+/// costs no wake-up of the stream's task (and often of a second runtime thread). Larger
+/// payloads, bulk transfers, stay with the stream's task so the reader keeps decrypting.
+const DIRECT_WRITE_MAX_BYTES: usize = 16 * 1024;
+
 /// What the tunnel delivers to one stream.
 #[derive(Debug)]
 pub enum StreamInput {
@@ -71,6 +77,21 @@ struct Windows {
     /// the inbox.
     half_closed: bool,
     reset: bool,
+    /// Data is on its way to the socket (the pump's write, or the reader's direct one): the
+    /// next payload must queue behind it.
+    writing: bool,
+    /// Set while the pump runs: how the reader writes small payloads itself.
+    direct: Option<Arc<DirectWrite>>,
+}
+
+/// What the tunnel reader needs to write a stream's data to its socket and return the credit.
+#[derive(Debug)]
+struct DirectWrite {
+    socket: Arc<TcpStream>,
+    frames: FrameSender,
+    id: u32,
+    window_update: FrameType,
+    bytes: Arc<SocketBytes>,
 }
 
 /// Both windows of one stream and its inbox, shared by the tunnel reader and the stream's pump.
@@ -93,6 +114,8 @@ impl StreamFlow {
                 inbox: VecDeque::new(),
                 half_closed: false,
                 reset: false,
+                writing: false,
+                direct: None,
             }),
             credit_arrived: Notify::new(),
             input_arrived: Notify::new(),
@@ -131,16 +154,58 @@ impl StreamFlow {
 
     /// Takes a DATA payload from the peer into the inbox; a peer that overruns its credit
     /// is an error.
-    pub fn on_data(&self, payload: Bytes) -> Result<(), FlowError> {
+    pub fn on_data(&self, mut payload: Bytes) -> Result<(), FlowError> {
         // Payloads are bounded by MAX_FRAME_PAYLOAD, far below u32::MAX.
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        {
+        let direct = {
             let mut windows = self.windows();
             windows.recv.on_data(len)?;
             windows.received.record(len as usize, Instant::now());
-            windows.inbox.push_back(StreamInput::Data(payload));
+            let idle = windows.inbox.is_empty()
+                && !windows.writing
+                && !windows.half_closed
+                && !windows.reset;
+            match windows.direct.clone() {
+                Some(direct) if idle && payload.len() <= DIRECT_WRITE_MAX_BYTES => {
+                    windows.writing = true;
+                    direct
+                }
+                _ => {
+                    windows.inbox.push_back(StreamInput::Data(payload));
+                    drop(windows);
+                    self.input_arrived.notify_one();
+                    return Ok(());
+                }
+            }
+        };
+        // Outside the lock: the pump's upload takes it for every read.
+        // On WouldBlock, or an error the pump's own write will meet and report, nothing went.
+        let written = direct.socket.try_write(&payload).unwrap_or_default();
+        direct
+            .bytes
+            .written
+            .fetch_add(written as u64, Ordering::Relaxed);
+        let credit = {
+            let mut windows = self.windows();
+            windows.writing = false;
+            if written < payload.len() {
+                windows
+                    .inbox
+                    .push_back(StreamInput::Data(payload.split_off(written)));
+            }
+            // `written` is at most the payload's length, a u32.
+            self.credit_after(&mut windows, written as u32)
+        };
+        if written < len as usize {
+            self.input_arrived.notify_one();
         }
-        self.input_arrived.notify_one();
+        if let Some(credit) = credit {
+            direct.frames.control(Frame::window_update(
+                direct.id,
+                direct.window_update,
+                credit,
+            ));
+        }
         Ok(())
     }
 
@@ -166,19 +231,32 @@ impl StreamFlow {
         self.input_arrived.notify_one();
     }
 
-    /// The next thing the tunnel delivered to this stream, in order.
+    /// The next thing the tunnel delivered to this stream, in order. Data is being written
+    /// from then on, until `on_consumed`.
     async fn next_input(&self) -> StreamInput {
         loop {
             let arrived = self.input_arrived.notified();
-            if let Some(input) = self.windows().inbox.pop_front() {
-                return input;
+            {
+                let mut windows = self.windows();
+                if !windows.writing {
+                    if let Some(input) = windows.inbox.pop_front() {
+                        windows.writing = matches!(input, StreamInput::Data(_));
+                        return input;
+                    }
+                }
             }
             arrived.await;
         }
     }
 
+    /// `len` bytes of data reached the socket; returns credit to grant the peer, if due.
     fn on_consumed(&self, len: u32) -> Option<u32> {
         let mut windows = self.windows();
+        windows.writing = false;
+        self.credit_after(&mut windows, len)
+    }
+
+    fn credit_after(&self, windows: &mut Windows, len: u32) -> Option<u32> {
         // An elephant flow's window locks to the floor; the others share the tunnel budget.
         let window = if windows.received.is_sustained() {
             MIN_STREAM_WINDOW
@@ -186,6 +264,12 @@ impl StreamFlow {
             stream_window(self.active_streams.load(Ordering::Relaxed))
         };
         windows.recv.on_consumed(len, window)
+    }
+
+    /// Lets the tunnel reader write small payloads to the socket itself (see
+    /// [`DIRECT_WRITE_MAX_BYTES`]), or, with None, stops it.
+    fn set_direct(&self, direct: Option<Arc<DirectWrite>>) {
+        self.windows().direct = direct;
     }
 }
 
@@ -306,11 +390,22 @@ pub async fn pump(
     cancel: CancellationToken,
 ) -> StreamEnd {
     let StreamPort { flow, bytes } = port;
+    let socket = Arc::new(socket);
+    flow.set_direct(Some(Arc::new(DirectWrite {
+        socket: socket.clone(),
+        frames: frames.clone(),
+        id,
+        window_update: side.window_update,
+        bytes: bytes.clone(),
+    })));
+    // However the pump ends, the reader must not write to the socket after it.
+    let _detach = super::OnDrop::new(|| flow.set_direct(None));
+    let socket = &*socket;
     let both_directions = async {
-        let upload = upload(&socket, id, side, &flow, &frames, &bytes.read);
+        let upload = upload(socket, id, side, &flow, &frames, &bytes.read);
         tokio::pin!(upload);
         {
-            let download = download(&socket, id, side, &flow, &frames, &bytes.written);
+            let download = download(socket, id, side, &flow, &frames, &bytes.written);
             tokio::pin!(download);
             tokio::select! {
                 done = &mut upload => {
@@ -334,7 +429,7 @@ pub async fn pump(
         Ok(()) => StreamEnd::Finished,
         Err(abort) => {
             // An aborted connection must look aborted to the local client, not like a clean EOF.
-            let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+            let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
             match abort {
                 Abort::Peer(reason) => StreamEnd::ResetByPeer(reason),
                 Abort::TunnelGone => StreamEnd::TunnelClosed,
@@ -422,8 +517,13 @@ async fn download(
 /// After the peer's half-close only a reset matters; stray data after FIN is dropped.
 async fn wait_for_reset(flow: &StreamFlow) -> Abort {
     loop {
-        if let StreamInput::Reset(reason) = flow.next_input().await {
-            return Abort::Peer(reason);
+        match flow.next_input().await {
+            StreamInput::Reset(reason) => return Abort::Peer(reason),
+            // Dropped, not written: ends the write `next_input` began.
+            StreamInput::Data(_) => {
+                let _ = flow.on_consumed(0);
+            }
+            StreamInput::HalfClose => {}
         }
     }
 }
@@ -442,4 +542,79 @@ async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::writer::frame_channel;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The client reads nothing until the peer's half-close is queued, so the first payloads
+    /// go straight to the socket from the delivering task and, once its buffers are full, the
+    /// rest wait for the pump: the bytes must arrive whole and in order, then the end of
+    /// stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn payloads_written_directly_and_by_the_pump_arrive_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        SockRef::from(&accepted).set_send_buffer_size(8192).unwrap();
+        SockRef::from(&client).set_recv_buffer_size(8192).unwrap();
+
+        let table = StreamTable::default();
+        let port = table.open(1, Arc::default()).unwrap();
+        let flow = port.flow.clone();
+        let (frames, _queues) = frame_channel();
+        let pump = tokio::spawn(pump(
+            accepted,
+            1,
+            HUB_SIDE,
+            port,
+            frames,
+            CancellationToken::new(),
+        ));
+        // The pump hands the socket to the flow when it starts.
+        let started = tokio::time::Instant::now() + Duration::from_secs(5);
+        while flow.windows().direct.is_none() {
+            assert!(tokio::time::Instant::now() < started, "pump never started");
+            tokio::task::yield_now().await;
+        }
+
+        // 900 KiB in payloads of 1-16 KiB: within the initial window, far beyond the buffers.
+        let mut sent = Vec::new();
+        let mut i = 0u32;
+        while sent.len() < 900 * 1024 {
+            let len = 1 + (i as usize * 7919) % DIRECT_WRITE_MAX_BYTES;
+            let chunk: Vec<u8> = (0..len).map(|b| (b as u32 ^ i) as u8).collect();
+            sent.extend_from_slice(&chunk);
+            table.deliver_data(1, Bytes::from(chunk)).unwrap();
+            i += 1;
+        }
+        assert!(
+            !flow.windows().inbox.is_empty() || flow.windows().writing,
+            "the socket filled and later payloads waited for the pump"
+        );
+        table.deliver_close(1, CloseKind::HalfClose);
+
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(received.len(), sent.len());
+        assert!(received == sent, "bytes reordered or changed");
+        client.shutdown().await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), pump)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, StreamEnd::Finished);
+        assert!(
+            flow.windows().direct.is_none(),
+            "detached when the pump ended"
+        );
+    }
 }
