@@ -218,6 +218,13 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             _ = cancel.cancelled() => break,
             written = write_batch(&mut io, &batch) => written?,
         }
+        if batch.len() >= SHARE_A_TURN_BELOW_BYTES {
+            // A bulk transfer keeps the queues full and the socket writable, so without this
+            // the writer holds its runtime thread for up to a whole coop budget of writes
+            // (128 x 64 KiB), and the reader and small streams on that thread wait for all
+            // of them. Yielding lets the I/O driver run too, which is what wakes them.
+            tokio::task::yield_now().await;
+        }
         batch.clear();
         if batch.capacity() > 4 * WRITE_BATCH_BYTES {
             // One huge burst must not pin a large buffer for the tunnel's lifetime.
@@ -460,6 +467,42 @@ mod tests {
         }
         assert_eq!(writes.len(), 2, "frames 2 and 3 went out in one write");
         assert_eq!(writes[1], expected.to_vec());
+        cancel.cancel();
+        writer.await.unwrap().unwrap();
+    }
+
+    /// On one thread, a task woken while the writer works through a bulk backlog runs
+    /// after the writer's first large batch, not after all of them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bulk_backlog_lets_other_tasks_run_between_batches() {
+        use std::time::Duration;
+        let (sender, queues) = frame_channel();
+        let recorder = RecordedWrites::default();
+        let cancel = CancellationToken::new();
+        let chunk = Bytes::from(vec![7u8; crate::protocol::frame::MAX_DATA_PAYLOAD]);
+        for _ in 0..10 {
+            sender.data(Frame::new(1, FrameType::Data, chunk.clone()));
+        }
+        let writer = tokio::spawn(run_writer(
+            recorder.clone(),
+            queues,
+            cancel.clone(),
+            Arc::default(),
+        ));
+        let writes = recorder.writes.clone();
+        // Spawned after the writer, so it runs once the writer first gives the thread up.
+        let writes_seen = tokio::spawn(async move { writes.lock().unwrap().len() })
+            .await
+            .unwrap();
+        assert_eq!(writes_seen, 1, "the writer yields after each large batch");
+        let finished = async {
+            while recorder.writes.lock().unwrap().len() < 10 {
+                recorder.written.notified().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), finished)
+            .await
+            .expect("all ten batches written");
         cancel.cancel();
         writer.await.unwrap().unwrap();
     }
