@@ -119,43 +119,32 @@ trait Handshake: Sized {
     ) -> Result<(rustls::ExtractedSecrets, Box<dyn TrafficSecrets>), rustls::Error>;
 }
 
-impl Handshake for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn into_kernel(
-        self,
-    ) -> Result<(rustls::ExtractedSecrets, Box<dyn TrafficSecrets>), rustls::Error> {
-        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-        Ok((secrets, Box::new(kernel)))
-    }
+/// The two impls differ only in their types: rustls gives each side its own methods.
+macro_rules! impl_handshake {
+    ($connection:ty, $data:ty) => {
+        impl Handshake for $connection {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn common(&self) -> &CommonState {
+                self
+            }
+            fn into_kernel(
+                self,
+            ) -> Result<(rustls::ExtractedSecrets, Box<dyn TrafficSecrets>), rustls::Error> {
+                let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
+                Ok((secrets, Box::new(kernel)))
+            }
+        }
+    };
 }
 
-impl Handshake for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn into_kernel(
-        self,
-    ) -> Result<(rustls::ExtractedSecrets, Box<dyn TrafficSecrets>), rustls::Error> {
-        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-        Ok((secrets, Box::new(kernel)))
-    }
-}
+impl_handshake!(UnbufferedClientConnection, ClientConnectionData);
+impl_handshake!(UnbufferedServerConnection, ServerConnectionData);
 
 /// What the handshake loop does after rustls returned a state (and the borrow ended).
 enum Step {
@@ -218,8 +207,8 @@ async fn establish<C: Handshake>(mut conn: C, mut tcp: TcpStream) -> io::Result<
                 tcp.write_all(&outgoing).await?;
                 outgoing.clear();
             }
-            // A server may write before the client's Finished has arrived.
             Step::Read => read_more(&mut tcp, &mut incoming).await?,
+            // A server may write before the client's Finished has arrived.
             Step::Established if conn.common().is_handshaking() => {
                 read_more(&mut tcp, &mut incoming).await?
             }
