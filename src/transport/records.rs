@@ -150,18 +150,6 @@ pub fn seal_record(
     Ok(())
 }
 
-/// Appends `data` to `out` as application-data records of up to [`MAX_RECORD_PLAINTEXT`].
-pub fn seal_application_data(
-    key: &mut RecordKey,
-    data: &[u8],
-    out: &mut BytesMut,
-) -> Result<(), RecordError> {
-    for chunk in data.chunks(MAX_RECORD_PLAINTEXT) {
-        seal_record(key, ContentType::ApplicationData, chunk, out)?;
-    }
-    Ok(())
-}
-
 /// The content of a KeyUpdate handshake message that does not ask the peer to update too.
 pub const KEY_UPDATE_NOT_REQUESTED: [u8; 5] = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0];
 
@@ -306,7 +294,9 @@ mod tests {
         let (mut sealer, mut opener) = (key_at(0), key_at(0));
         let mut out = BytesMut::new();
         let big = vec![0x5au8; MAX_RECORD_PLAINTEXT + 10];
-        seal_application_data(&mut sealer, &big, &mut out).unwrap();
+        for chunk in big.chunks(MAX_RECORD_PLAINTEXT) {
+            seal_record(&mut sealer, ContentType::ApplicationData, chunk, &mut out).unwrap();
+        }
         seal_record(&mut sealer, ContentType::Alert, &CLOSE_NOTIFY, &mut out).unwrap();
         assert_eq!(sealer.seq(), 3);
 

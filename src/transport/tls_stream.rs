@@ -322,10 +322,17 @@ pub struct TlsReader {
     /// Bytes read from the socket; the record at the front may be opened already.
     incoming: BytesMut,
     early_plaintext: BytesMut,
-    /// The unread content of the opened record at the front of `incoming`.
-    content: Option<std::ops::Range<usize>>,
+    /// The opened record at the front of `incoming` whose content is not all read yet.
+    content: Option<OpenedRecord>,
     /// close_notify arrived: the peer sends nothing more.
     closed: bool,
+}
+
+/// An application-data record opened in place: where its unread content is, and how far to
+/// advance past it once that is read.
+struct OpenedRecord {
+    unread: std::ops::Range<usize>,
+    len: usize,
 }
 
 impl TlsReader {
@@ -338,7 +345,7 @@ impl TlsReader {
         let (content_type, range) = open_record(&mut self.key, &mut self.incoming[..len])?;
         match content_type {
             ContentType::ApplicationData if !range.is_empty() => {
-                self.content = Some(range);
+                self.content = Some(OpenedRecord { unread: range, len });
                 return Ok(());
             }
             ContentType::ApplicationData => {}
@@ -379,16 +386,16 @@ impl AsyncRead for TlsReader {
         }
         let mut filled = false;
         while buf.remaining() > 0 {
-            if let Some(range) = &mut this.content {
-                let n = range.len().min(buf.remaining());
-                buf.put_slice(&this.incoming[range.start..range.start + n]);
-                range.start += n;
+            if let Some(opened) = &mut this.content {
+                let unread = &mut opened.unread;
+                let n = unread.len().min(buf.remaining());
+                buf.put_slice(&this.incoming[unread.start..unread.start + n]);
+                unread.start += n;
                 filled = true;
-                if range.start == range.end {
-                    // The record ends where its content does, plus type and tag.
-                    let record_end = record_len(&this.incoming)?.unwrap_or(0);
+                if unread.start == unread.end {
+                    let len = opened.len;
                     this.content = None;
-                    this.incoming.advance(record_end);
+                    this.incoming.advance(len);
                 }
                 continue;
             }
