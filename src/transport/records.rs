@@ -134,17 +134,52 @@ pub fn seal_record(
     content: &[u8],
     out: &mut BytesMut,
 ) -> Result<(), RecordError> {
-    debug_assert!(content.len() <= MAX_RECORD_PLAINTEXT);
-    let header = header(content.len() + 1 + TAG_LEN);
-    let nonce = key.next_nonce()?;
     out.reserve(content.len() + RECORD_OVERHEAD);
-    out.put_slice(&header);
-    let start = out.len();
+    let record = begin_record(out);
     out.put_slice(content);
+    finish_record(key, content_type, record, out)
+}
+
+/// A record whose content is being appended to `out`; [`finish_record`] seals it. Content
+/// gathered from several buffers is then copied once, into the record, and encrypted there.
+#[must_use = "an unfinished record leaves a zeroed header in the output"]
+pub struct OpenRecord {
+    /// Where the record's header is in `out`.
+    start: usize,
+}
+
+/// Starts a record at the end of `out`: room for its header, content to follow.
+pub fn begin_record(out: &mut BytesMut) -> OpenRecord {
+    let start = out.len();
+    out.put_bytes(0, RECORD_HEADER_LEN);
+    OpenRecord { start }
+}
+
+/// How much more content `record` can take: [`MAX_RECORD_PLAINTEXT`] in all.
+pub fn record_room(record: &OpenRecord, out: &BytesMut) -> usize {
+    MAX_RECORD_PLAINTEXT.saturating_sub(out.len() - record.start - RECORD_HEADER_LEN)
+}
+
+/// Seals `record`, whose content is everything after its header in `out`, as one protected
+/// record of type `content_type`.
+pub fn finish_record(
+    key: &mut RecordKey,
+    content_type: ContentType,
+    record: OpenRecord,
+    out: &mut BytesMut,
+) -> Result<(), RecordError> {
+    let content_start = record.start + RECORD_HEADER_LEN;
+    let content_len = out.len() - content_start;
+    if content_len > MAX_RECORD_PLAINTEXT {
+        return Err(RecordError::Oversized(content_len));
+    }
+    let header = header(content_len + 1 + TAG_LEN);
+    let nonce = key.next_nonce()?;
+    out[record.start..content_start].copy_from_slice(&header);
     out.put_u8(content_type as u8);
     let tag = key
         .key
-        .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[start..])
+        .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[content_start..])
         .map_err(|_| RecordError::Decrypt)?;
     out.put_slice(tag.as_ref());
     Ok(())

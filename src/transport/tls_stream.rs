@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
@@ -23,9 +23,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::records::{
-    check_alert, open_record, parse_post_handshake, record_len, seal_record, ContentType,
-    PostHandshake, RecordError, RecordKey, CLOSE_NOTIFY, KEY_UPDATE_NOT_REQUESTED,
-    MAX_RECORD_PLAINTEXT,
+    begin_record, check_alert, finish_record, open_record, parse_post_handshake, record_len,
+    record_room, seal_record, ContentType, OpenRecord, PostHandshake, RecordError, RecordKey,
+    CLOSE_NOTIFY, KEY_UPDATE_NOT_REQUESTED, MAX_RECORD_PLAINTEXT, RECORD_OVERHEAD,
 };
 
 /// Room made in the receive buffer before each socket read.
@@ -441,16 +441,46 @@ pub struct TlsWriter {
 }
 
 impl TlsWriter {
-    fn seal(&mut self, data: &[u8]) -> io::Result<()> {
-        for chunk in data.chunks(MAX_RECORD_PLAINTEXT) {
-            self.update_key_if_due()?;
-            seal_record(
-                &mut self.key,
-                ContentType::ApplicationData,
-                chunk,
-                &mut self.outgoing,
-            )?;
+    /// Seals `bufs`, in order, into as few records as they fill: each byte is copied once,
+    /// into its record, and encrypted there.
+    fn seal(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|buf| buf.len()).sum();
+        let records = total.div_ceil(MAX_RECORD_PLAINTEXT);
+        self.outgoing.reserve(total + records * RECORD_OVERHEAD);
+        let mut open: Option<OpenRecord> = None;
+        for buf in bufs {
+            let mut rest: &[u8] = buf;
+            while !rest.is_empty() {
+                let record = match open.take() {
+                    Some(record) => record,
+                    None => {
+                        self.update_key_if_due()?;
+                        begin_record(&mut self.outgoing)
+                    }
+                };
+                let n = rest.len().min(record_room(&record, &self.outgoing));
+                self.outgoing.put_slice(&rest[..n]);
+                rest = &rest[n..];
+                if record_room(&record, &self.outgoing) == 0 {
+                    self.finish(record)?;
+                } else {
+                    open = Some(record);
+                }
+            }
         }
+        if let Some(record) = open {
+            self.finish(record)?;
+        }
+        Ok(total)
+    }
+
+    fn finish(&mut self, record: OpenRecord) -> io::Result<()> {
+        finish_record(
+            &mut self.key,
+            ContentType::ApplicationData,
+            record,
+            &mut self.outgoing,
+        )?;
         Ok(())
     }
 
@@ -494,8 +524,22 @@ impl AsyncWrite for TlsWriter {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        this.seal(buf)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(this.seal(&[io::IoSlice::new(buf)]))
+    }
+
+    /// Takes all of `bufs` once earlier records are out, packed into full records.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Poll::Ready(this.seal(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -559,7 +603,10 @@ mod tests {
                 if n == 0 {
                     break; // close_notify
                 }
-                tls.writer.write_all(&buf[..n]).await.unwrap();
+                // Two slices, so records are packed across a slice boundary.
+                let (front, back) = buf[..n].split_at(n / 2);
+                let slices = [io::IoSlice::new(front), io::IoSlice::new(back)];
+                assert_eq!(tls.writer.write_vectored(&slices).await.unwrap(), n);
                 tls.writer.flush().await.unwrap();
                 echoed += n;
             }
@@ -601,6 +648,60 @@ mod tests {
         .expect("echo within the limit");
         assert_eq!(back, sent);
         assert_eq!(server.await.unwrap(), sent.len());
+    }
+
+    /// A vectored write fills each record to the limit across slice boundaries (an empty
+    /// slice included), and the peer reads the slices' bytes back in order.
+    #[tokio::test]
+    async fn vectored_writes_are_packed_into_full_records() {
+        let identity = HubIdentity::generate().unwrap();
+        let config = identity.server_config().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(config, tcp).await.unwrap()
+        });
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let trust = HubTrust::AnyKey.client_config().unwrap();
+        let mut client = tokio::time::timeout(
+            LIMIT,
+            connect(trust, server_name("localhost").unwrap(), tcp),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let mut server = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+
+        let sent = payload(3 * MAX_RECORD_PLAINTEXT + 1_000);
+        let cuts = [0, 3, 20_003, 20_003, 49_000, sent.len()];
+        let slices: Vec<io::IoSlice<'_>> = cuts
+            .windows(2)
+            .map(|cut| io::IoSlice::new(&sent[cut[0]..cut[1]]))
+            .collect();
+        let taken = std::future::poll_fn(|cx| {
+            Pin::new(&mut client.writer).poll_write_vectored(cx, &slices)
+        })
+        .await
+        .unwrap();
+        assert_eq!(taken, sent.len());
+        // Sealed, not written yet: three full records and one with the rest.
+        let mut record_lens = Vec::new();
+        let mut sealed = &client.writer.outgoing[..];
+        while let Some(len) = record_len(sealed).unwrap() {
+            record_lens.push(len);
+            sealed = &sealed[len..];
+        }
+        let full = MAX_RECORD_PLAINTEXT + RECORD_OVERHEAD;
+        assert_eq!(record_lens, [full, full, full, 1_000 + RECORD_OVERHEAD]);
+
+        client.writer.flush().await.unwrap();
+        let mut received = vec![0; sent.len()];
+        tokio::time::timeout(LIMIT, server.reader.read_exact(&mut received))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(received, sent);
     }
 
     /// Our client half against rustls' own server, which sends session tickets after the

@@ -3,11 +3,12 @@
 //! record and syscall, which costs several times the throughput).
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -198,7 +199,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
     cancel: CancellationToken,
     bytes_out: Arc<AtomicU64>,
 ) -> Result<(), TunnelError> {
-    let mut batch = BytesMut::with_capacity(WRITE_BATCH_BYTES + FRAME_HEADER_LEN);
+    let mut batch = Batch::default();
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -207,7 +208,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
                 None => break,
             },
         };
-        queues.append(&mut batch, &first);
+        queues.append(&mut batch, first);
         queues.fill(&mut batch);
         if batch.len() < SHARE_A_TURN_BELOW_BYTES {
             runnable_tasks_first().await;
@@ -226,10 +227,6 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             tokio::task::yield_now().await;
         }
         batch.clear();
-        if batch.capacity() > 4 * WRITE_BATCH_BYTES {
-            // One huge burst must not pin a large buffer for the tunnel's lifetime.
-            batch = BytesMut::with_capacity(WRITE_BATCH_BYTES + FRAME_HEADER_LEN);
-        }
     }
     // Best effort: tell the peer we are done (TLS close_notify), without waiting on a dead peer.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(200), io.shutdown()).await;
@@ -252,24 +249,89 @@ async fn runnable_tasks_first() {
     .await
 }
 
-async fn write_batch<W: AsyncWrite + Unpin>(io: &mut W, batch: &[u8]) -> std::io::Result<()> {
-    io.write_all(batch).await?;
+/// Frames gathered for one write. Headers and small payloads are copied into `inline`;
+/// larger payloads are only referenced, so their bytes are copied once, by the TLS writer
+/// into its records, instead of into the batch first (a tenth of an edge's CPU in bulk).
+#[derive(Default)]
+struct Batch {
+    inline: BytesMut,
+    /// Referenced payloads, each after the first `.0` bytes of `inline`.
+    referenced: Vec<(usize, Bytes)>,
+    len: usize,
+}
+
+/// Payloads shorter than this are copied into the batch: a slice of its own costs more than
+/// the copy, and this bounds a batch to a few dozen slices.
+const REFERENCE_PAYLOADS_FROM_BYTES: usize = 4 * 1024;
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, frame: Frame) {
+        // Payloads are at most MAX_FRAME_PAYLOAD, so the length always fits in a u32.
+        let len = u32::try_from(frame.payload.len()).unwrap_or(u32::MAX);
+        encode_header(frame.stream_id, frame.frame_type, len, &mut self.inline);
+        self.len += FRAME_HEADER_LEN + frame.payload.len();
+        if frame.payload.len() < REFERENCE_PAYLOADS_FROM_BYTES {
+            self.inline.extend_from_slice(&frame.payload);
+        } else {
+            self.referenced.push((self.inline.len(), frame.payload));
+        }
+    }
+
+    /// The batch's bytes in order, as slices for one vectored write.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(2 * self.referenced.len() + 1);
+        let mut inline_from = 0;
+        for (inline_to, payload) in &self.referenced {
+            slices.push(IoSlice::new(&self.inline[inline_from..*inline_to]));
+            slices.push(IoSlice::new(payload));
+            inline_from = *inline_to;
+        }
+        slices.push(IoSlice::new(&self.inline[inline_from..]));
+        slices.retain(|slice| !slice.is_empty());
+        slices
+    }
+
+    fn clear(&mut self) {
+        self.inline.clear();
+        self.referenced.clear();
+        self.len = 0;
+        if self.inline.capacity() > 4 * WRITE_BATCH_BYTES {
+            // One burst of small frames must not pin a large buffer for the tunnel's lifetime.
+            self.inline = BytesMut::new();
+        }
+    }
+}
+
+async fn write_batch<W: AsyncWrite + Unpin>(io: &mut W, batch: &Batch) -> std::io::Result<()> {
+    let mut slices = batch.slices();
+    let mut unwritten = &mut slices[..];
+    while !unwritten.is_empty() {
+        let written = io.write_vectored(unwritten).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut unwritten, written);
+    }
     io.flush().await
 }
 
 impl FrameQueues {
     /// Appends queued frames until the batch is full or nothing is waiting.
-    fn fill(&mut self, batch: &mut BytesMut) {
+    fn fill(&mut self, batch: &mut Batch) {
         while batch.len() < WRITE_BATCH_BYTES {
             match self.try_next() {
-                Some(frame) => self.append(batch, &frame),
+                Some(frame) => self.append(batch, frame),
                 None => break,
             }
         }
     }
 
-    /// Encodes a frame into the batch; a datagram leaving the queue frees its budget.
-    fn append(&self, batch: &mut BytesMut, frame: &Frame) {
+    /// Adds a frame to the batch; a datagram leaving the queue frees its budget.
+    fn append(&self, batch: &mut Batch, frame: Frame) {
         if matches!(
             frame.frame_type,
             FrameType::UdpData | FrameType::UdpDataBack
@@ -277,10 +339,7 @@ impl FrameQueues {
             self.queued_datagram_bytes
                 .fetch_sub(frame.payload.len(), Ordering::AcqRel);
         }
-        // Payloads are at most MAX_FRAME_PAYLOAD, so the length always fits in a u32.
-        let len = u32::try_from(frame.payload.len()).unwrap_or(u32::MAX);
-        encode_header(frame.stream_id, frame.frame_type, len, batch);
-        batch.extend_from_slice(&frame.payload);
+        batch.push(frame);
     }
 }
 
@@ -304,9 +363,9 @@ mod tests {
         // Stream data is not limited by the datagram budget.
         assert!(sender.data(Frame::new(2, FrameType::Data, Bytes::from_static(b"x"))));
         let mut queues = queues;
-        let mut batch = BytesMut::new();
+        let mut batch = Batch::default();
         let frame = queues.try_next().unwrap();
-        queues.append(&mut batch, &frame);
+        queues.append(&mut batch, frame);
         assert!(sender.datagram(datagram(chunk)));
         assert!(!sender.datagram(datagram(1)));
     }
@@ -396,6 +455,23 @@ mod tests {
             self.writes.lock().unwrap().push(buf.to_vec());
             self.written.notify_one();
             std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        /// All slices as one write, as the TLS writer takes them.
+        fn poll_write_vectored(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let write: Vec<u8> = bufs.iter().flat_map(|buf| buf.iter().copied()).collect();
+            let len = write.len();
+            self.writes.lock().unwrap().push(write);
+            self.written.notify_one();
+            std::task::Poll::Ready(Ok(len))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
         }
 
         fn poll_flush(
@@ -505,6 +581,80 @@ mod tests {
             .expect("all ten batches written");
         cancel.cancel();
         writer.await.unwrap().unwrap();
+    }
+
+    /// A batch's slices carry exactly the frames' encodings in order; payloads from 4 KiB on
+    /// are the frames' own bytes (not copied), smaller ones are copied next to the headers.
+    #[test]
+    fn a_batch_is_the_frames_encoded_in_order_with_large_payloads_referenced() {
+        let sizes = [
+            0,
+            10,
+            REFERENCE_PAYLOADS_FROM_BYTES - 1,
+            REFERENCE_PAYLOADS_FROM_BYTES,
+            3,
+        ];
+        let frames: Vec<Frame> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| Frame::new(i as u32, FrameType::Data, Bytes::from(vec![i as u8; len])))
+            .collect();
+        let mut batch = Batch::default();
+        let mut expected = BytesMut::new();
+        for frame in &frames {
+            crate::protocol::frame::encode(frame, &mut expected);
+            batch.push(frame.clone());
+        }
+        assert_eq!(batch.len(), expected.len());
+        let slices = batch.slices();
+        let written: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(written, expected.to_vec());
+        // Headers and small payloads before the large one, the large one, the rest.
+        assert_eq!(slices.len(), 3);
+        assert_eq!(slices[1].as_ptr(), frames[3].payload.as_ptr());
+    }
+
+    /// Takes at most 7 bytes of its first slice per write, as a congested socket might.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(7);
+            self.0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_written_in_pieces_arrives_whole() {
+        let mut batch = Batch::default();
+        let mut expected = BytesMut::new();
+        for (i, len) in [5_000, 1, 9_000, 0].into_iter().enumerate() {
+            let frame = Frame::new(1, FrameType::Data, Bytes::from(vec![i as u8 + 1; len]));
+            crate::protocol::frame::encode(&frame, &mut expected);
+            batch.push(frame);
+        }
+        let mut trickle = Trickle(Vec::new());
+        write_batch(&mut trickle, &batch).await.unwrap();
+        assert_eq!(trickle.0, expected.to_vec());
     }
 
     #[test]
