@@ -4,6 +4,7 @@ import test from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import net from 'node:net'
+import os from 'node:os'
 import {
   behaviours,
   connect,
@@ -179,9 +180,12 @@ test('edge.stop() closes its listeners and tunneled connections', { timeout: 200
   }
 })
 
-/** Runs `node -e script`; returns { child, output(), exited } with exited resolving to {code, signal}. */
-function runNode(script) {
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+/**
+ * Runs `node -e script` (with `env` as its environment when given); returns { child, output(),
+ * exited } with exited resolving to {code, signal}.
+ */
+function runNode(script, env = process.env) {
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'], env })
   let stdout = ''
   let stderr = ''
   child.stdout.on('data', (chunk) => (stdout += chunk))
@@ -231,6 +235,35 @@ test('a process that starts and stops a hub and an edge exits on its own with co
     assert.ok(Date.now() - started < 15000)
   } finally {
     if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL')
+  }
+})
+
+test('the runtime has a worker thread per two cores, or as many as TOKIO_WORKER_THREADS asks for', { timeout: 30000 }, async () => {
+  const script = `${PRELUDE}
+const fs = require('node:fs')
+;(async () => {
+  const hub = new RemoteIngressHub()
+  await hub.start({ tunnelPort: 0, bindAddress: '127.0.0.1' })
+  const names = fs.readdirSync('/proc/self/task').map((task) => fs.readFileSync('/proc/self/task/' + task + '/comm', 'utf8').trim())
+  await hub.stop()
+  console.log(names.filter((name) => name === 'tokio-rt-worker').length)
+})().catch((err) => { console.error(err); process.exit(2) })
+`
+  const { TOKIO_WORKER_THREADS: _, ...withoutChoice } = process.env
+  const cases = [
+    { env: withoutChoice, workers: Math.max(1, Math.ceil(os.availableParallelism() / 2)) },
+    { env: { ...withoutChoice, TOKIO_WORKER_THREADS: '3' }, workers: 3 },
+  ]
+  for (const { env, workers } of cases) {
+    const run = runNode(script, env)
+    try {
+      const { code } = await withTimeout(run.exited, 15000, 'the child to report its worker threads')
+      const { stdout, stderr } = run.output()
+      assert.equal(code, 0, `stderr: ${stderr}`)
+      assert.equal(Number(stdout.trim()), workers, `TOKIO_WORKER_THREADS=${env.TOKIO_WORKER_THREADS}`)
+    } finally {
+      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL')
+    }
   }
 })
 

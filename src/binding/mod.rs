@@ -3,6 +3,7 @@
 //! `[CODE] message` errors made here into `Error`s with a `code`.
 
 mod allocator;
+mod runtime;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
