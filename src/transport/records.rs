@@ -4,7 +4,6 @@
 //! and a record is decrypted where it was read, with no copy through a plaintext queue.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
-use bytes::{BufMut, BytesMut};
 use rustls::ConnectionTrafficSecrets;
 use thiserror::Error;
 
@@ -65,6 +64,8 @@ pub enum RecordError {
     BadKey,
     #[error("TLS sequence numbers exhausted")]
     SequenceExhausted,
+    #[error("no room for the TLS record")]
+    NoRoom,
 }
 
 /// One direction's traffic key and the sequence number of its next record.
@@ -126,63 +127,69 @@ fn header(ciphertext_len: usize) -> [u8; RECORD_HEADER_LEN] {
     [OPAQUE_TYPE, LEGACY_VERSION[0], LEGACY_VERSION[1], hi, lo]
 }
 
-/// Appends `content` to `out` as one protected record of type `content_type`.
-/// `content` is at most [`MAX_RECORD_PLAINTEXT`] bytes.
+/// The length of the record that carries `content_len` bytes of content.
+pub const fn sealed_len(content_len: usize) -> usize {
+    content_len + RECORD_OVERHEAD
+}
+
+/// Seals `content` as one protected record of type `content_type` into the front of `out`,
+/// encrypting it on the way (no copy of the plaintext first), and returns the record's length.
+/// `content` is at most [`MAX_RECORD_PLAINTEXT`] bytes, `out` at least [`sealed_len`] of it.
 pub fn seal_record(
     key: &mut RecordKey,
     content_type: ContentType,
     content: &[u8],
-    out: &mut BytesMut,
-) -> Result<(), RecordError> {
-    out.reserve(content.len() + RECORD_OVERHEAD);
-    let record = begin_record(out);
-    out.put_slice(content);
-    finish_record(key, content_type, record, out)
+    out: &mut [u8],
+) -> Result<usize, RecordError> {
+    let (header_out, body) = record_parts(content.len(), out)?;
+    let header = header(content.len() + 1 + TAG_LEN);
+    let nonce = key.next_nonce()?;
+    header_out.copy_from_slice(&header);
+    let (ciphertext, type_and_tag) = body.split_at_mut(content.len());
+    key.key
+        .seal_out_of_place_scatter(
+            nonce,
+            Aad::from(header),
+            content,
+            ciphertext,
+            &[content_type as u8],
+            type_and_tag,
+        )
+        .map_err(|_| RecordError::Decrypt)?;
+    Ok(sealed_len(content.len()))
 }
 
-/// A record whose content is being appended to `out`; [`finish_record`] seals it. Content
-/// gathered from several buffers is then copied once, into the record, and encrypted there.
-#[must_use = "an unfinished record leaves a zeroed header in the output"]
-pub struct OpenRecord {
-    /// Where the record's header is in `out`.
-    start: usize,
-}
-
-/// Starts a record at the end of `out`: room for its header, content to follow.
-pub fn begin_record(out: &mut BytesMut) -> OpenRecord {
-    let start = out.len();
-    out.put_bytes(0, RECORD_HEADER_LEN);
-    OpenRecord { start }
-}
-
-/// How much more content `record` can take: [`MAX_RECORD_PLAINTEXT`] in all.
-pub fn record_room(record: &OpenRecord, out: &BytesMut) -> usize {
-    MAX_RECORD_PLAINTEXT.saturating_sub(out.len() - record.start - RECORD_HEADER_LEN)
-}
-
-/// Seals `record`, whose content is everything after its header in `out`, as one protected
-/// record of type `content_type`.
-pub fn finish_record(
+/// Seals the `content_len` bytes of content already placed after the header's room at the
+/// front of `out` (content gathered from several buffers), in place; returns the length.
+pub fn seal_record_in_place(
     key: &mut RecordKey,
     content_type: ContentType,
-    record: OpenRecord,
-    out: &mut BytesMut,
-) -> Result<(), RecordError> {
-    let content_start = record.start + RECORD_HEADER_LEN;
-    let content_len = out.len() - content_start;
+    content_len: usize,
+    out: &mut [u8],
+) -> Result<usize, RecordError> {
+    let (header_out, body) = record_parts(content_len, out)?;
+    let header = header(content_len + 1 + TAG_LEN);
+    let nonce = key.next_nonce()?;
+    header_out.copy_from_slice(&header);
+    let (inner, tag_out) = body.split_at_mut(content_len + 1);
+    inner[content_len] = content_type as u8;
+    let tag = key
+        .key
+        .seal_in_place_separate_tag(nonce, Aad::from(header), inner)
+        .map_err(|_| RecordError::Decrypt)?;
+    tag_out.copy_from_slice(tag.as_ref());
+    Ok(sealed_len(content_len))
+}
+
+/// The header and the body (content, type, tag) of a record of `content_len` at `out`'s front.
+fn record_parts(content_len: usize, out: &mut [u8]) -> Result<(&mut [u8], &mut [u8]), RecordError> {
     if content_len > MAX_RECORD_PLAINTEXT {
         return Err(RecordError::Oversized(content_len));
     }
-    let header = header(content_len + 1 + TAG_LEN);
-    let nonce = key.next_nonce()?;
-    out[record.start..content_start].copy_from_slice(&header);
-    out.put_u8(content_type as u8);
-    let tag = key
-        .key
-        .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[content_start..])
-        .map_err(|_| RecordError::Decrypt)?;
-    out.put_slice(tag.as_ref());
-    Ok(())
+    let record = out
+        .get_mut(..sealed_len(content_len))
+        .ok_or(RecordError::NoRoom)?;
+    Ok(record.split_at_mut(RECORD_HEADER_LEN))
 }
 
 /// The content of a KeyUpdate handshake message that does not ask the peer to update too.
@@ -296,16 +303,28 @@ mod tests {
         RecordKey::new(secrets, seq).unwrap()
     }
 
+    /// Appends a sealed record to `out`.
+    fn seal_onto(
+        key: &mut RecordKey,
+        content_type: ContentType,
+        content: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        let start = out.len();
+        out.resize(start + sealed_len(content.len()), 0);
+        let len = seal_record(key, content_type, content, &mut out[start..]).unwrap();
+        assert_eq!(len, sealed_len(content.len()));
+    }
+
     #[test]
     fn a_record_is_the_header_then_content_type_and_tag_sealed_under_iv_xor_seq() {
-        let mut out = BytesMut::new();
-        seal_record(
+        let mut out = Vec::new();
+        seal_onto(
             &mut key_at(7),
             ContentType::ApplicationData,
             b"hello",
             &mut out,
-        )
-        .unwrap();
+        );
         // 5 + 1 + 16 bytes of ciphertext after the header.
         assert_eq!(&out[..5], &[0x17, 0x03, 0x03, 0x00, 0x16]);
         assert_eq!(out.len(), 5 + 22);
@@ -322,17 +341,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&out[5..], &expected[..]);
+
+        // Sealed in place from content already in the buffer: the same bytes.
+        let mut in_place = vec![0; 5 + 22];
+        in_place[5..10].copy_from_slice(b"hello");
+        let len = seal_record_in_place(
+            &mut key_at(7),
+            ContentType::ApplicationData,
+            5,
+            &mut in_place,
+        )
+        .unwrap();
+        assert_eq!(len, 5 + 22);
+        assert_eq!(in_place, out);
+    }
+
+    #[test]
+    fn a_record_needs_room_and_at_most_the_limit_of_content() {
+        let mut short = vec![0; 5 + 21];
+        assert_eq!(
+            seal_record(
+                &mut key_at(0),
+                ContentType::ApplicationData,
+                b"hello",
+                &mut short
+            ),
+            Err(RecordError::NoRoom)
+        );
+        let big = vec![0; MAX_RECORD_PLAINTEXT + 1];
+        let mut out = vec![0; sealed_len(big.len())];
+        assert_eq!(
+            seal_record(&mut key_at(0), ContentType::ApplicationData, &big, &mut out),
+            Err(RecordError::Oversized(MAX_RECORD_PLAINTEXT + 1))
+        );
     }
 
     #[test]
     fn records_open_in_order_with_their_type_and_content() {
         let (mut sealer, mut opener) = (key_at(0), key_at(0));
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         let big = vec![0x5au8; MAX_RECORD_PLAINTEXT + 10];
         for chunk in big.chunks(MAX_RECORD_PLAINTEXT) {
-            seal_record(&mut sealer, ContentType::ApplicationData, chunk, &mut out).unwrap();
+            seal_onto(&mut sealer, ContentType::ApplicationData, chunk, &mut out);
         }
-        seal_record(&mut sealer, ContentType::Alert, &CLOSE_NOTIFY, &mut out).unwrap();
+        seal_onto(&mut sealer, ContentType::Alert, &CLOSE_NOTIFY, &mut out);
         assert_eq!(sealer.seq(), 3);
 
         let mut contents = Vec::new();
@@ -352,14 +404,13 @@ mod tests {
 
     #[test]
     fn a_changed_byte_a_replayed_record_or_the_wrong_key_fails_to_open() {
-        let mut out = BytesMut::new();
-        seal_record(
+        let mut out = Vec::new();
+        seal_onto(
             &mut key_at(3),
             ContentType::ApplicationData,
             b"data",
             &mut out,
-        )
-        .unwrap();
+        );
         let mut flipped = out.to_vec();
         flipped[9] ^= 1;
         assert_eq!(

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
@@ -23,9 +23,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::records::{
-    begin_record, check_alert, finish_record, open_record, parse_post_handshake, record_len,
-    record_room, seal_record, ContentType, OpenRecord, PostHandshake, RecordError, RecordKey,
-    CLOSE_NOTIFY, KEY_UPDATE_NOT_REQUESTED, MAX_RECORD_PLAINTEXT, RECORD_OVERHEAD,
+    check_alert, open_record, parse_post_handshake, record_len, seal_record, seal_record_in_place,
+    sealed_len, ContentType, PostHandshake, RecordError, RecordKey, CLOSE_NOTIFY,
+    KEY_UPDATE_NOT_REQUESTED, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN,
 };
 
 /// Room made in the receive buffer before each socket read.
@@ -251,7 +251,7 @@ async fn establish<C: Handshake>(mut conn: C, mut tcp: TcpStream) -> io::Result<
             key: RecordKey::new(tx, tx_seq)?,
             schedule,
             rekey_after,
-            outgoing: BytesMut::new(),
+            outgoing: SealedRecords::default(),
             close_sent: false,
         },
         alpn,
@@ -435,53 +435,126 @@ pub struct TlsWriter {
     schedule: Arc<KeySchedule>,
     /// Records sealed under one key before it is updated.
     rekey_after: u64,
-    /// Sealed records not yet taken by the socket.
-    outgoing: BytesMut,
+    outgoing: SealedRecords,
     close_sent: bool,
 }
 
+/// Sealed records not yet taken by the socket, `buf[sent..filled]`. The buffer keeps the
+/// length it grew to (zeroed once, when it grew), so records are encrypted straight into it
+/// from the writer's slices, with no copy or zeroing first.
+#[derive(Default)]
+struct SealedRecords {
+    buf: Vec<u8>,
+    filled: usize,
+    sent: usize,
+}
+
+/// A buffer that grew past this (a burst of large frames) is dropped once it is drained.
+const KEPT_OUTGOING_BYTES: usize = 4 * 64 * 1024;
+
+impl SealedRecords {
+    /// Room for `len` more bytes after what is filled.
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        let end = self.filled + len;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        &mut self.buf[self.filled..end]
+    }
+
+    fn unsent(&self) -> &[u8] {
+        &self.buf[self.sent..self.filled]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent == self.filled
+    }
+
+    fn consume(&mut self, len: usize) {
+        self.sent += len;
+        if self.is_empty() {
+            (self.sent, self.filled) = (0, 0);
+            if self.buf.len() > KEPT_OUTGOING_BYTES {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// Seals `content` (at most a record's worth) as the next record.
+    fn seal(
+        &mut self,
+        key: &mut RecordKey,
+        content_type: ContentType,
+        content: &[u8],
+    ) -> io::Result<()> {
+        let out = self.room(sealed_len(content.len()));
+        self.filled += seal_record(key, content_type, content, out)?;
+        Ok(())
+    }
+
+    /// Seals the next record from `parts`, whose lengths add up to at most a record's worth.
+    fn seal_gathered(&mut self, key: &mut RecordKey, parts: &[&[u8]]) -> io::Result<()> {
+        let content_len: usize = parts.iter().map(|part| part.len()).sum();
+        let out = self.room(sealed_len(content_len));
+        let mut at = RECORD_HEADER_LEN;
+        for part in parts {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.filled += seal_record_in_place(key, ContentType::ApplicationData, content_len, out)?;
+        Ok(())
+    }
+}
+
+/// Most slices one record's content is gathered from before it is sealed; past this the
+/// record is cut short (the writer's batches have a few dozen slices at most).
+const MAX_GATHERED_PARTS: usize = 16;
+
 impl TlsWriter {
-    /// Seals `bufs`, in order, into as few records as they fill: each byte is copied once,
-    /// into its record, and encrypted there.
+    /// Seals `bufs`, in order, into as few records as they fill. A record whose content lies
+    /// in one slice is encrypted from it directly; one that spans slices (frame headers and
+    /// the payloads between them) is gathered first.
     fn seal(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let total: usize = bufs.iter().map(|buf| buf.len()).sum();
-        let records = total.div_ceil(MAX_RECORD_PLAINTEXT);
-        self.outgoing.reserve(total + records * RECORD_OVERHEAD);
-        let mut open: Option<OpenRecord> = None;
+        let mut total = 0;
+        let mut parts: [&[u8]; MAX_GATHERED_PARTS] = [&[]; MAX_GATHERED_PARTS];
+        let mut gathered = 0;
+        let mut gathered_len = 0;
         for buf in bufs {
             let mut rest: &[u8] = buf;
+            total += rest.len();
             while !rest.is_empty() {
-                let record = match open.take() {
-                    Some(record) => record,
-                    None => {
-                        self.update_key_if_due()?;
-                        begin_record(&mut self.outgoing)
-                    }
-                };
-                let n = rest.len().min(record_room(&record, &self.outgoing));
-                self.outgoing.put_slice(&rest[..n]);
-                rest = &rest[n..];
-                if record_room(&record, &self.outgoing) == 0 {
-                    self.finish(record)?;
-                } else {
-                    open = Some(record);
+                let take = rest.len().min(MAX_RECORD_PLAINTEXT - gathered_len);
+                let (part, after) = rest.split_at(take);
+                rest = after;
+                if gathered == 0 && take == MAX_RECORD_PLAINTEXT {
+                    self.update_key_if_due()?;
+                    self.outgoing
+                        .seal(&mut self.key, ContentType::ApplicationData, part)?;
+                    continue;
+                }
+                parts[gathered] = part;
+                gathered += 1;
+                gathered_len += take;
+                if gathered_len == MAX_RECORD_PLAINTEXT || gathered == MAX_GATHERED_PARTS {
+                    self.seal_parts(&parts[..gathered])?;
+                    (gathered, gathered_len) = (0, 0);
                 }
             }
         }
-        if let Some(record) = open {
-            self.finish(record)?;
+        if gathered > 0 {
+            self.seal_parts(&parts[..gathered])?;
         }
         Ok(total)
     }
 
-    fn finish(&mut self, record: OpenRecord) -> io::Result<()> {
-        finish_record(
-            &mut self.key,
-            ContentType::ApplicationData,
-            record,
-            &mut self.outgoing,
-        )?;
-        Ok(())
+    fn seal_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        self.update_key_if_due()?;
+        match parts {
+            [content] => self
+                .outgoing
+                .seal(&mut self.key, ContentType::ApplicationData, content),
+            _ => self.outgoing.seal_gathered(&mut self.key, parts),
+        }
     }
 
     /// Moves to the next key near the confidentiality limit, or when the peer asked: a
@@ -492,11 +565,10 @@ impl TlsWriter {
         if self.key.seq() < self.rekey_after && !requested {
             return Ok(());
         }
-        seal_record(
+        self.outgoing.seal(
             &mut self.key,
             ContentType::Handshake,
             &KEY_UPDATE_NOT_REQUESTED,
-            &mut self.outgoing,
         )?;
         self.key = self.schedule.next(true)?;
         Ok(())
@@ -504,13 +576,12 @@ impl TlsWriter {
 
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.outgoing.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.outgoing))?;
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, self.outgoing.unsent()))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.outgoing.advance(n);
+            self.outgoing.consume(n);
         }
-        self.outgoing.clear();
         Poll::Ready(Ok(()))
     }
 }
@@ -554,12 +625,8 @@ impl AsyncWrite for TlsWriter {
         ready!(this.poll_drain(cx))?;
         if !this.close_sent {
             this.close_sent = true;
-            seal_record(
-                &mut this.key,
-                ContentType::Alert,
-                &CLOSE_NOTIFY,
-                &mut this.outgoing,
-            )?;
+            this.outgoing
+                .seal(&mut this.key, ContentType::Alert, &CLOSE_NOTIFY)?;
             ready!(this.poll_drain(cx))?;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
@@ -673,8 +740,10 @@ mod tests {
         .unwrap();
         let mut server = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
 
-        let sent = payload(3 * MAX_RECORD_PLAINTEXT + 1_000);
-        let cuts = [0, 3, 20_003, 20_003, 49_000, sent.len()];
+        let sent = payload(4 * MAX_RECORD_PLAINTEXT + 1_000);
+        // The third record lies inside the fourth slice (sealed from it directly); the others
+        // span slices (gathered first).
+        let cuts = [0, 3, 20_003, 20_003, 52_000, sent.len()];
         let slices: Vec<io::IoSlice<'_>> = cuts
             .windows(2)
             .map(|cut| io::IoSlice::new(&sent[cut[0]..cut[1]]))
@@ -685,15 +754,15 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(taken, sent.len());
-        // Sealed, not written yet: three full records and one with the rest.
+        // Sealed, not written yet: four full records and one with the rest.
         let mut record_lens = Vec::new();
-        let mut sealed = &client.writer.outgoing[..];
+        let mut sealed = client.writer.outgoing.unsent();
         while let Some(len) = record_len(sealed).unwrap() {
             record_lens.push(len);
             sealed = &sealed[len..];
         }
-        let full = MAX_RECORD_PLAINTEXT + RECORD_OVERHEAD;
-        assert_eq!(record_lens, [full, full, full, 1_000 + RECORD_OVERHEAD]);
+        let full = sealed_len(MAX_RECORD_PLAINTEXT);
+        assert_eq!(record_lens, [full, full, full, full, sealed_len(1_000)]);
 
         client.writer.flush().await.unwrap();
         let mut received = vec![0; sent.len()];
