@@ -88,6 +88,35 @@ test('edge wire: auth line, then OPEN with the PROXY line, DATA, CLOSE; replies 
   }
 })
 
+test('edge wire: on a wildcard address the PROXY line names the local address each client reached', { timeout: 20000 }, async () => {
+  const port = await new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once('error', reject)
+    server.listen(0, '0.0.0.0', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+  const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [port] }) })
+  let edge
+  const clients = []
+  try {
+    ;({ edge } = await startEdgeAgainst(rawHub, 'wildcard-edge', { bindAddress: '0.0.0.0' }))
+    const session = rawHub.sessions[0]
+    await waitFor(async () => (await probeConnect(port, '127.0.0.3')) === 'connected', { what: 'the edge listener' })
+    await session.nextFrame((f) => f.type === FrameType.OPEN, 5000, 'the probe OPEN')
+    for (const host of ['127.0.0.3', '127.0.0.4']) {
+      const client = await connect(port, host)
+      clients.push(client)
+      const open = await session.nextFrame((f) => f.type === FrameType.OPEN, 5000, `the OPEN for ${host}`)
+      assert.equal(open.payload.toString('latin1'), `PROXY TCP4 127.0.0.1 ${host} ${client.localPort} ${port}\r\n`)
+    }
+  } finally {
+    for (const client of clients) client.destroy()
+    await stopQuietly(edge, rawHub)
+  }
+})
+
 test('edge wire: a reset from the hub (CLOSE_BACK with a reason) closes the client', { timeout: 20000 }, async () => {
   const port = await freeEdgePort()
   const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [port] }) })

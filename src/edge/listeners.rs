@@ -137,11 +137,18 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: CancellationToken) {
+    // A listener on one address gives every client that address: no getsockname per client
+    // (one syscall of the dozen a short connection costs the edge). On a wildcard address
+    // each client's own says which local address it reached.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => carry(&edge, client, peer),
+                Ok((client, peer)) => carry(&edge, client, peer, bound),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     edge.warn("acceptFailed", format!("accepting a client failed: {e}"));
@@ -153,8 +160,9 @@ async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: Cance
 }
 
 /// Opens a stream for an accepted client, or resets the client when that is not possible.
-fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr) {
-    if let Err(client) = open_stream(edge, client, peer) {
+/// `bound` is the listener's address when it is not a wildcard.
+fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr, bound: Option<SocketAddr>) {
+    if let Err(client) = open_stream(edge, client, peer, bound) {
         // An abort, so the client does not mistake a refusal for an empty answer.
         let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
     }
@@ -166,11 +174,12 @@ fn open_stream(
     edge: &Arc<EdgeShared>,
     client: TcpStream,
     peer: SocketAddr,
+    bound: Option<SocketAddr>,
 ) -> Result<(), TcpStream> {
     let Some(link) = edge.current_link() else {
         return Err(client);
     };
-    let Ok(local) = client.local_addr() else {
+    let Some(local) = bound.or_else(|| client.local_addr().ok()) else {
         return Err(client);
     };
     let _ = client.set_nodelay(true);
