@@ -50,6 +50,8 @@ pub enum RecordError {
     Oversized(usize),
     #[error("TLS record failed to decrypt")]
     Decrypt,
+    #[error("TLS record failed to encrypt")]
+    Encrypt,
     #[error("TLS record with no content type")]
     NoContentType,
     #[error("TLS inner content type {0} after the handshake")]
@@ -141,10 +143,7 @@ pub fn seal_record(
     content: &[u8],
     out: &mut [u8],
 ) -> Result<usize, RecordError> {
-    let (header_out, body) = record_parts(content.len(), out)?;
-    let header = header(content.len() + 1 + TAG_LEN);
-    let nonce = key.next_nonce()?;
-    header_out.copy_from_slice(&header);
+    let (header, nonce, body) = start_record(key, content.len(), out)?;
     let (ciphertext, type_and_tag) = body.split_at_mut(content.len());
     key.key
         .seal_out_of_place_scatter(
@@ -155,7 +154,7 @@ pub fn seal_record(
             &[content_type as u8],
             type_and_tag,
         )
-        .map_err(|_| RecordError::Decrypt)?;
+        .map_err(|_| RecordError::Encrypt)?;
     Ok(sealed_len(content.len()))
 }
 
@@ -167,29 +166,36 @@ pub fn seal_record_in_place(
     content_len: usize,
     out: &mut [u8],
 ) -> Result<usize, RecordError> {
-    let (header_out, body) = record_parts(content_len, out)?;
-    let header = header(content_len + 1 + TAG_LEN);
-    let nonce = key.next_nonce()?;
-    header_out.copy_from_slice(&header);
+    let (header, nonce, body) = start_record(key, content_len, out)?;
     let (inner, tag_out) = body.split_at_mut(content_len + 1);
     inner[content_len] = content_type as u8;
     let tag = key
         .key
         .seal_in_place_separate_tag(nonce, Aad::from(header), inner)
-        .map_err(|_| RecordError::Decrypt)?;
+        .map_err(|_| RecordError::Encrypt)?;
     tag_out.copy_from_slice(tag.as_ref());
     Ok(sealed_len(content_len))
 }
 
-/// The header and the body (content, type, tag) of a record of `content_len` at `out`'s front.
-fn record_parts(content_len: usize, out: &mut [u8]) -> Result<(&mut [u8], &mut [u8]), RecordError> {
+/// Writes the header of a record of `content_len` at `out`'s front and takes the record's
+/// nonce; returns the header (the record's AAD), the nonce and the body (content, type, tag).
+/// Nothing is written and no sequence number is used when the record cannot be sealed there.
+fn start_record<'o>(
+    key: &mut RecordKey,
+    content_len: usize,
+    out: &'o mut [u8],
+) -> Result<([u8; RECORD_HEADER_LEN], Nonce, &'o mut [u8]), RecordError> {
     if content_len > MAX_RECORD_PLAINTEXT {
         return Err(RecordError::Oversized(content_len));
     }
     let record = out
         .get_mut(..sealed_len(content_len))
         .ok_or(RecordError::NoRoom)?;
-    Ok(record.split_at_mut(RECORD_HEADER_LEN))
+    let (header_out, body) = record.split_at_mut(RECORD_HEADER_LEN);
+    let nonce = key.next_nonce()?;
+    let header = header(content_len + 1 + TAG_LEN);
+    header_out.copy_from_slice(&header);
+    Ok((header, nonce, body))
 }
 
 /// The content of a KeyUpdate handshake message that does not ask the peer to update too.
@@ -359,15 +365,13 @@ mod tests {
     #[test]
     fn a_record_needs_room_and_at_most_the_limit_of_content() {
         let mut short = vec![0; 5 + 21];
+        let mut key = key_at(0);
         assert_eq!(
-            seal_record(
-                &mut key_at(0),
-                ContentType::ApplicationData,
-                b"hello",
-                &mut short
-            ),
+            seal_record(&mut key, ContentType::ApplicationData, b"hello", &mut short),
             Err(RecordError::NoRoom)
         );
+        assert_eq!(key.seq(), 0, "a refused record uses no sequence number");
+        assert_eq!(short, vec![0; 5 + 21], "and writes nothing");
         let big = vec![0; MAX_RECORD_PLAINTEXT + 1];
         let mut out = vec![0; sealed_len(big.len())];
         assert_eq!(

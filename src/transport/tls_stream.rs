@@ -649,15 +649,21 @@ mod tests {
             .collect()
     }
 
+    /// A fresh hub identity's TLS config and a loopback listener for it.
+    async fn hub_listener() -> (Arc<ServerConfig>, TcpListener, std::net::SocketAddr) {
+        let identity = HubIdentity::generate().unwrap();
+        let config = identity.server_config().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        (config, listener, address)
+    }
+
     /// Our server half against rustls' own client: bytes both ways, a KeyUpdate the client
     /// starts (which asks for ours), KeyUpdates our writer makes every 4 records, and
     /// close_notify each way.
     #[tokio::test]
     async fn our_records_interoperate_with_a_rustls_client_across_key_updates() {
-        let identity = HubIdentity::generate().unwrap();
-        let config = identity.server_config().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let (config, listener, address) = hub_listener().await;
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = accept(config, tcp).await.unwrap();
@@ -721,10 +727,7 @@ mod tests {
     /// slice included), and the peer reads the slices' bytes back in order.
     #[tokio::test]
     async fn vectored_writes_are_packed_into_full_records() {
-        let identity = HubIdentity::generate().unwrap();
-        let config = identity.server_config().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let (config, listener, address) = hub_listener().await;
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             accept(config, tcp).await.unwrap()

@@ -615,35 +615,6 @@ mod tests {
         assert_eq!(slices[1].as_ptr(), frames[3].payload.as_ptr());
     }
 
-    /// Takes at most 7 bytes of its first slice per write, as a congested socket might.
-    struct Trickle(Vec<u8>);
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let n = buf.len().min(7);
-            self.0.extend_from_slice(&buf[..n]);
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
     #[tokio::test]
     async fn a_batch_written_in_pieces_arrives_whole() {
         let mut batch = Batch::default();
@@ -653,9 +624,19 @@ mod tests {
             crate::protocol::frame::encode(&frame, &mut expected);
             batch.push(frame);
         }
-        let mut trickle = Trickle(Vec::new());
-        write_batch(&mut trickle, &batch).await.unwrap();
-        assert_eq!(trickle.0, expected.to_vec());
+        // A pipe that holds 7 bytes takes each write a few bytes at a time, as a congested
+        // socket might.
+        let (mut pipe, mut far_end) = tokio::io::duplex(7);
+        let received = tokio::spawn(async move {
+            let mut received = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut far_end, &mut received)
+                .await
+                .unwrap();
+            received
+        });
+        write_batch(&mut pipe, &batch).await.unwrap();
+        drop(pipe);
+        assert_eq!(received.await.unwrap(), expected.to_vec());
     }
 
     #[test]
