@@ -526,12 +526,6 @@ impl TlsWriter {
                 let take = rest.len().min(MAX_RECORD_PLAINTEXT - gathered_len);
                 let (part, after) = rest.split_at(take);
                 rest = after;
-                if gathered == 0 && take == MAX_RECORD_PLAINTEXT {
-                    self.update_key_if_due()?;
-                    self.outgoing
-                        .seal(&mut self.key, ContentType::ApplicationData, part)?;
-                    continue;
-                }
                 parts[gathered] = part;
                 gathered += 1;
                 gathered_len += take;
