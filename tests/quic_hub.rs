@@ -12,6 +12,7 @@ use remoteingress::hub::{Hub, HubEvent};
 use remoteingress::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use remoteingress::protocol::quic::{encode_datagram, encode_open_datagram, ControlMessage};
 use remoteingress::transport::quic::edge_endpoint;
+use remoteingress::transport::quic_congestion::MIN_WINDOW_BOUND;
 use remoteingress::transport::tls::HubTrust;
 use serde_json::json;
 use tokio::net::UdpSocket;
@@ -321,5 +322,45 @@ async fn a_connection_stream_without_a_proxy_line_closes_the_tunnel_with_a_reaso
     };
     let reported = timeout(WAIT, disconnected).await.unwrap();
     assert!(reported.starts_with("protocol error"), "{reported}");
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_a_bulk_transfer_keeps_its_window_at_the_short_path_bound() {
+    let rig = Rig::start().await;
+    let header = rig.open_header(4004);
+    rig.connection
+        .send_datagram(encode_open_datagram(11, &header))
+        .unwrap();
+    rig.send_until_received(11, b"first").await;
+    // Datagrams are congestion controlled like stream data. Sent faster than they are
+    // acknowledged, CUBIC alone keeps growing its window while nothing is lost, and loopback
+    // loses nothing. The bound applies once a round trip short enough has been measured
+    // (a debug build's handshake may take longer), and from then on holds the window.
+    let payload = Bytes::from(vec![b'x'; 1200]);
+    let send = || async {
+        let datagram = encode_datagram(11, &payload);
+        rig.connection.send_datagram_wait(datagram).await.unwrap();
+        rig.connection.stats().path.cwnd
+    };
+    let bound = MIN_WINDOW_BOUND;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut window = 0;
+    while window != bound {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the window never settled at the bound of {bound}: {window}"
+        );
+        window = send().await;
+    }
+    let mut above = Vec::new();
+    for _ in 0..(16 << 20) / payload.len() {
+        window = send().await;
+        if window > bound {
+            above.push(window);
+        }
+    }
+    assert!(above.is_empty(), "above the bound: {above:?}");
+    assert_eq!(window, bound);
     rig.hub.stop().await;
 }

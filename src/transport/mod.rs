@@ -4,6 +4,7 @@
 
 pub mod gso;
 pub mod quic;
+pub mod quic_congestion;
 pub mod records;
 pub mod recv_batch;
 pub mod tls;

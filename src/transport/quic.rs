@@ -13,6 +13,7 @@ use quinn::{
 };
 use rustls::{ClientConfig, ServerConfig};
 
+use super::quic_congestion::BoundedCubicConfig;
 use super::tls::{TlsSetupError, ALPN};
 
 /// Kernel buffers asked for each QUIC socket: the default ~200 KiB loses thousands of packets
@@ -70,9 +71,9 @@ fn transport_config(
     // period, the close is never sent and the peer gets a stateless reset instead of the
     // reason. Ten packets of our largest size, as RFC 9002 counts the initial window, leaves
     // room for it.
-    let mut congestion = CubicConfig::default();
-    congestion.initial_window(10 * u64::from(QUIC_MAX_UDP_PAYLOAD));
-    transport.congestion_controller_factory(Arc::new(congestion));
+    let mut cubic = CubicConfig::default();
+    cubic.initial_window(10 * u64::from(QUIC_MAX_UDP_PAYLOAD));
+    transport.congestion_controller_factory(Arc::new(BoundedCubicConfig { cubic }));
     transport
 }
 
