@@ -16,6 +16,7 @@ pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = 4096;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::events::TransportKind;
@@ -146,10 +147,31 @@ const COPY_READS_BELOW_BYTES: usize = 8 * 1024;
 /// when the readiness was spurious. The buffer lives only for this attempt, so a connection
 /// waiting for data holds none; tokio reports a freshly accepted socket readable once before
 /// any data has arrived, and a buffer kept across that wait cost every idle client 64 KiB.
+///
+/// A read that returns less than `max` has emptied the socket's receive queue, so it also
+/// clears tokio's read readiness, as tokio's own `poll_read` does: the next wait is for new
+/// data, not for a read that would only say `WouldBlock`. That read was one of every two
+/// reads in a keep-alive exchange. Readiness cleared this way survives data that arrived in
+/// between (tokio compares its event tick), and EOF is never cleared.
 pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(max);
-    let read = socket.try_read_buf(&mut buf)?;
-    Ok(if read < COPY_READS_BELOW_BYTES {
+    let mut read = None;
+    let outcome = socket.try_io(Interest::READABLE, || {
+        let n = socket2::SockRef::from(socket).recv(&mut buf.spare_capacity_mut()[..max])?;
+        // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(n) };
+        read = Some(n);
+        if n > 0 && n < max {
+            // Emptied: reported as WouldBlock to tokio alone, which clears the readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (outcome, read) {
+        (Ok(_), _) | (Err(_), Some(1..)) => {}
+        (Err(e), _) => return Err(e),
+    }
+    Ok(if buf.len() < COPY_READS_BELOW_BYTES {
         Bytes::copy_from_slice(&buf)
     } else {
         buf.freeze()
@@ -192,6 +214,7 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::io::Write;
     use std::time::Duration;
 
@@ -200,6 +223,59 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         (accepted, client)
+    }
+
+    /// Whether `readable()` completes on its first poll: no waiting, so no timing involved.
+    fn readable_now(socket: &TcpStream) -> bool {
+        let readable = std::pin::pin!(socket.readable());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        readable.poll(&mut cx).is_ready()
+    }
+
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_until_more_data_or_eof_arrives() {
+        let (accepted, mut client) = accepted_pair().await;
+        let wait = Duration::from_secs(5);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        // Data that arrives later than the readiness it raised is read all the same.
+        let mut received = Vec::new();
+        while received.len() < 18 {
+            tokio::time::timeout(wait, accepted.readable())
+                .await
+                .unwrap()
+                .unwrap();
+            match try_read_chunk(&accepted, 64 * 1024) {
+                Ok(chunk) => received.extend_from_slice(&chunk),
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+            }
+        }
+        assert_eq!(received, b"GET / HTTP/1.1\r\n\r\n");
+        // The queue is empty and tokio knows it: no read that could only say WouldBlock.
+        assert!(!readable_now(&accepted));
+
+        client.write_all(b"more").unwrap();
+        tokio::time::timeout(wait, accepted.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&try_read_chunk(&accepted, 64 * 1024).unwrap()[..], b"more");
+
+        // Data and EOF behind it: the short read clears readiness, but not the EOF.
+        client.write_all(b"last").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut tail = Vec::new();
+        loop {
+            tokio::time::timeout(wait, accepted.readable())
+                .await
+                .unwrap()
+                .unwrap();
+            match try_read_chunk(&accepted, 64 * 1024) {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => tail.extend_from_slice(&chunk),
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+            }
+        }
+        assert_eq!(tail, b"last");
     }
 
     #[tokio::test]
