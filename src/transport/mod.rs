@@ -5,6 +5,7 @@
 pub mod gso;
 pub mod quic;
 pub mod quic_congestion;
+pub mod quic_runtime;
 pub mod records;
 pub mod recv_batch;
 pub mod tls;

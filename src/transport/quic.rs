@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use quinn::congestion::CubicConfig;
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
-use quinn::{
-    Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TokioRuntime, TransportConfig,
-    VarInt,
-};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use rustls::{ClientConfig, ServerConfig};
 
 use super::quic_congestion::BoundedCubicConfig;
+use super::quic_runtime::TurnSharingRuntime;
 use super::tls::{TlsSetupError, ALPN};
 
 /// Kernel buffers asked for each QUIC socket: the default ~200 KiB loses thousands of packets
@@ -138,7 +136,7 @@ pub fn hub_endpoint(
             endpoint_config(),
             Some(server.clone()),
             socket,
-            Arc::new(TokioRuntime),
+            Arc::new(TurnSharingRuntime),
         )
     };
     bind(address).map_err(|source| QuicSetupError::Bind { address, source })
@@ -168,11 +166,16 @@ pub fn edge_endpoint(
         address: local,
         source,
     })?;
-    let mut endpoint = Endpoint::new(endpoint_config(), None, socket, Arc::new(TokioRuntime))
-        .map_err(|source| QuicSetupError::Bind {
-            address: local,
-            source,
-        })?;
+    let mut endpoint = Endpoint::new(
+        endpoint_config(),
+        None,
+        socket,
+        Arc::new(TurnSharingRuntime),
+    )
+    .map_err(|source| QuicSetupError::Bind {
+        address: local,
+        source,
+    })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
