@@ -71,10 +71,18 @@ pub fn bound_receive_buffer(tcp: &TcpStream) -> io::Result<Option<usize>> {
 
 /// The receive buffer for a path with round trip `rtt`, or None to leave autotuning alone.
 pub fn receive_buffer_for(rtt: Duration) -> Option<usize> {
+    short_path_bound(rtt, MIN_TUNNEL_RECEIVE_BUFFER as u64).map(|bytes| bytes as usize)
+}
+
+/// What [`RECEIVE_BUFFER_SIZED_FOR`] fills in `rtt`, but at least `floor`; None from
+/// [`MAX_TUNNEL_RECEIVE_BUFFER`] on, where the path is long enough to keep its own tuning. The
+/// rule for both transports' bounds on short paths: a TCP tunnel's receive buffer, a QUIC
+/// tunnel's congestion window (`quic_congestion`).
+pub fn short_path_bound(rtt: Duration, floor: u64) -> Option<u64> {
     // Float to integer casts saturate, so a huge round trip cannot wrap.
-    let filled_in_one_round_trip = (rtt.as_secs_f64() * RECEIVE_BUFFER_SIZED_FOR) as usize;
-    (filled_in_one_round_trip < MAX_TUNNEL_RECEIVE_BUFFER)
-        .then(|| filled_in_one_round_trip.max(MIN_TUNNEL_RECEIVE_BUFFER))
+    let filled_in_one_round_trip = (rtt.as_secs_f64() * RECEIVE_BUFFER_SIZED_FOR) as u64;
+    (filled_in_one_round_trip < MAX_TUNNEL_RECEIVE_BUFFER as u64)
+        .then(|| filled_in_one_round_trip.max(floor))
 }
 
 /// The kernel's smoothed round-trip estimate for a connected TCP socket (TCP_INFO).

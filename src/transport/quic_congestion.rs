@@ -2,7 +2,7 @@
 //! until a queue overflows; on loopback or a LAN the queue is the peer's UDP receive buffer
 //! (megabytes, so bursts are not lost), and every other connection's packets wait behind a
 //! bulk transfer's whole window there. The TCP+TLS transport bounds its receive buffer by the
-//! same rule (`transport::receive_buffer_for`): no more than the fastest rate we size for
+//! same rule (`transport::short_path_bound`): no more than the fastest rate we size for
 //! fills in the path's round trip, with a floor that keeps one busy peer's pauses covered.
 
 use std::any::Any;
@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 use quinn_proto::RttEstimator;
-
-/// The fastest path the bound is sized for, in bytes per second (10 Gbit/s).
-pub const WINDOW_SIZED_FOR: f64 = super::RECEIVE_BUFFER_SIZED_FOR;
 
 /// The smallest bound: what the TCP+TLS tunnel's smallest receive buffer holds (the kernel
 /// doubles the 128 KiB asked). On loopback the round trip is tens of microseconds, but a peer
@@ -24,16 +21,11 @@ pub const WINDOW_SIZED_FOR: f64 = super::RECEIVE_BUFFER_SIZED_FOR;
 /// p99 at 10-13 ms.
 pub const MIN_WINDOW_BOUND: u64 = 256 * 1024;
 
-/// Round trips long enough that the rate would allow more than this leave the window to
-/// CUBIC alone: there the queue a window builds is small against the path's own delay.
-pub const MAX_WINDOW_BOUND: u64 = 4 * 1024 * 1024;
-
-/// The window bound for a path whose shortest round trip is `min_rtt`, or None for no bound.
+/// The window bound for a path whose shortest round trip is `min_rtt`: what 10 Gbit/s fills
+/// in it, at least [`MIN_WINDOW_BOUND`]; None on paths longer than about 3.4 ms, where the
+/// queue a window builds is small against the path's own delay and CUBIC decides alone.
 pub fn window_bound(min_rtt: Duration) -> Option<u64> {
-    // Float to integer casts saturate, so a huge round trip cannot wrap.
-    let filled_in_one_round_trip = (min_rtt.as_secs_f64() * WINDOW_SIZED_FOR) as u64;
-    (filled_in_one_round_trip < MAX_WINDOW_BOUND)
-        .then(|| filled_in_one_round_trip.max(MIN_WINDOW_BOUND))
+    super::short_path_bound(min_rtt, MIN_WINDOW_BOUND)
 }
 
 /// Builds [`BoundedCubic`] controllers.
@@ -142,21 +134,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bound_follows_the_shortest_round_trip_between_the_floor_and_no_bound() {
-        let ms = Duration::from_millis;
+    fn the_bound_is_the_tcp_rule_with_a_floor_of_its_own() {
         assert_eq!(
             window_bound(Duration::from_micros(40)),
             Some(MIN_WINDOW_BOUND)
         );
-        assert_eq!(
-            window_bound(Duration::from_micros(200)),
-            Some(MIN_WINDOW_BOUND)
-        );
-        let near = |bound: Option<u64>, expected: u64| bound.unwrap().abs_diff(expected) <= 1;
-        assert!(near(window_bound(ms(1)), 1_250_000));
-        assert!(near(window_bound(ms(3)), 3_750_000));
-        assert_eq!(window_bound(ms(4)), None);
-        assert_eq!(window_bound(ms(80)), None);
-        assert_eq!(window_bound(Duration::MAX), None);
+        assert_eq!(window_bound(Duration::from_millis(1)), Some(1_250_000));
+        assert_eq!(window_bound(Duration::from_millis(4)), None);
     }
 }
