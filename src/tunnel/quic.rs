@@ -36,6 +36,10 @@ use super::{try_read_chunk, TunnelError};
 const RELAY_CHUNK_BYTES: usize = 64 * 1024;
 /// Room made in the control reader's buffer before each read.
 const CONTROL_READ_BYTES: usize = 4 * 1024;
+/// quinn fills each packet from the streams of the highest priority first (connection streams
+/// have the default, 0), so heartbeats, CONFIG and UDP opens go before data, as control
+/// frames do in the TCP+TLS writer.
+const CONTROL_STREAM_PRIORITY: i32 = 1;
 
 /// A `ConnectionError` as the reason a tunnel ended; the peer's close reason is kept.
 pub fn connection_ended(error: ConnectionError) -> TunnelError {
@@ -75,6 +79,8 @@ pub async fn run_control_writer(
     mut queue: UnboundedReceiver<ControlMessage>,
     cancel: CancellationToken,
 ) -> Result<(), TunnelError> {
+    // Fails only for a stream that is already closed, which the first write reports.
+    let _ = stream.set_priority(CONTROL_STREAM_PRIORITY);
     let mut batch = BytesMut::new();
     loop {
         let message = tokio::select! {
