@@ -167,9 +167,11 @@ pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
         }
         Ok(n)
     });
-    match (outcome, read) {
-        (Ok(_), _) | (Err(_), Some(1..)) => {}
-        (Err(e), _) => return Err(e),
+    match outcome {
+        Ok(_) => {}
+        // The WouldBlock that cleared the readiness after a short read: the data stands.
+        Err(_) if read.is_some_and(|n| n > 0) => {}
+        Err(e) => return Err(e),
     }
     Ok(if buf.len() < COPY_READS_BELOW_BYTES {
         Bytes::copy_from_slice(&buf)
