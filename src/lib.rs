@@ -11,6 +11,7 @@
 //!   records a tunnel seals and opens after the handshake, QUIC endpoints.
 //! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump;
 //!   QUIC control stream, datagrams and relay).
+//! - [`turn`]: giving tokio's scheduler a turn, so runnable tasks' work shares one write.
 //! - [`hub`], [`edge`]: the two runtimes.
 //! - [`stun`]: public-IP discovery (STUN Binding requests, parsing sans-IO).
 //! - [`config`], [`events`], [`metrics`]: reading JavaScript options, reporting events and
@@ -27,5 +28,6 @@ pub mod protocol;
 pub mod stun;
 pub mod transport;
 pub mod tunnel;
+pub mod turn;
 
 pub mod binding;

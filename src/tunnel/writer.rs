@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mux::round_robin::RoundRobin;
 use crate::mux::sustained::{FlowMeter, SustainedShare};
 use crate::protocol::frame::{encode_header, Frame, FrameType, FRAME_HEADER_LEN};
+use crate::turn::runnable_tasks_first;
 
 use super::TunnelError;
 
@@ -231,22 +232,6 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
     // Best effort: tell the peer we are done (TLS close_notify), without waiting on a dead peer.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(200), io.shutdown()).await;
     Ok(())
-}
-
-/// Lets every task that is runnable now run before this one continues. A task that wakes
-/// itself goes to the back of tokio's run queue; `tokio::task::yield_now` would also wait for
-/// a poll of the I/O driver, an extra `epoll_wait` per batch.
-async fn runnable_tasks_first() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// Frames gathered for one write. Headers and small payloads are copied into `inline`;
