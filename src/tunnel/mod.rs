@@ -155,12 +155,10 @@ const COPY_READS_BELOW_BYTES: usize = 8 * 1024;
 /// between (tokio compares its event tick), and EOF is never cleared.
 pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(max);
-    let mut read = None;
     let outcome = socket.try_io(Interest::READABLE, || {
         let n = socket2::SockRef::from(socket).recv(&mut buf.spare_capacity_mut()[..max])?;
         // SAFETY: recv initialised the first `n` bytes of the spare capacity.
         unsafe { buf.set_len(n) };
-        read = Some(n);
         if n > 0 && n < max {
             // Emptied: reported as WouldBlock to tokio alone, which clears the readiness.
             return Err(io::ErrorKind::WouldBlock.into());
@@ -170,7 +168,7 @@ pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
     match outcome {
         Ok(_) => {}
         // The WouldBlock that cleared the readiness after a short read: the data stands.
-        Err(_) if read.is_some_and(|n| n > 0) => {}
+        Err(_) if !buf.is_empty() => {}
         Err(e) => return Err(e),
     }
     Ok(if buf.len() < COPY_READS_BELOW_BYTES {
