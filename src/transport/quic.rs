@@ -71,7 +71,9 @@ fn transport_config(
     // room for it.
     let mut cubic = CubicConfig::default();
     cubic.initial_window(10 * u64::from(QUIC_MAX_UDP_PAYLOAD));
-    transport.congestion_controller_factory(Arc::new(BoundedCubicConfig { cubic }));
+    transport.congestion_controller_factory(Arc::new(BoundedCubicConfig {
+        cubic: Arc::new(cubic),
+    }));
     transport
 }
 

@@ -30,13 +30,13 @@ pub fn window_bound(min_rtt: Duration) -> Option<u64> {
 
 /// Builds [`BoundedCubic`] controllers.
 pub struct BoundedCubicConfig {
-    pub cubic: CubicConfig,
+    pub cubic: Arc<CubicConfig>,
 }
 
 impl ControllerFactory for BoundedCubicConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(BoundedCubic {
-            cubic: Arc::new(self.cubic.clone()).build(now, current_mtu),
+            cubic: self.cubic.clone().build(now, current_mtu),
             bound: None,
         })
     }
