@@ -1168,7 +1168,6 @@ mod tests {
             );
             server.send_to(&good, from).await.unwrap();
         });
-        let started = Instant::now();
         let servers = vec![
             "stun.invalid:3478".to_string(),
             closed.to_string(),
@@ -1178,7 +1177,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ip, IpAddr::from([127, 0, 0, 1]));
-        assert!(started.elapsed() < Duration::from_secs(2));
 
         let failed = discover(&servers[..2], PreferFamily::V4, Duration::from_millis(300))
             .await

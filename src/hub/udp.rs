@@ -362,7 +362,7 @@ mod tests {
         let mut batch = ReceiveBatch::default();
         let mut seen = Vec::new();
         while seen.len() < burst {
-            tokio::time::timeout(std::time::Duration::from_secs(5), socket.readable())
+            tokio::time::timeout(std::time::Duration::from_secs(30), socket.readable())
                 .await
                 .expect("replies within 5 s")
                 .unwrap();

@@ -140,7 +140,7 @@ pub(crate) mod tests {
         let mut datagrams = Vec::new();
         let mut buf = vec![0u8; 65_536];
         for _ in 0..count {
-            let len = tokio::time::timeout(Duration::from_secs(5), receiver.recv(&mut buf))
+            let len = tokio::time::timeout(Duration::from_secs(30), receiver.recv(&mut buf))
                 .await
                 .expect("a datagram within 5 s")
                 .unwrap();

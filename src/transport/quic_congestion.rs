@@ -50,6 +50,11 @@ pub struct BoundedCubic {
 }
 
 impl BoundedCubic {
+    /// The bound in force: None until a round trip is measured, and on long paths.
+    pub fn bound(&self) -> Option<u64> {
+        self.bound
+    }
+
     /// Whether CUBIC's own window already reaches the bound. Acknowledgements then do not
     /// grow it: a window that is never used would only make a later loss halve it from far
     /// above the bound, which would not slow the sender at all.

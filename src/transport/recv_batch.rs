@@ -150,7 +150,7 @@ mod tests {
         }
         // Loopback delivers synchronously, so all four wait for the first receive.
         let mut batch = ReceiveBatch::default();
-        tokio::time::timeout(Duration::from_secs(5), batch.receive(&receiver))
+        tokio::time::timeout(Duration::from_secs(30), batch.receive(&receiver))
             .await
             .expect("datagrams within 5 s")
             .unwrap();
@@ -171,7 +171,7 @@ mod tests {
         let mut batch = ReceiveBatch::default();
         let mut seen = Vec::new();
         while seen.len() < total {
-            tokio::time::timeout(Duration::from_secs(5), batch.receive(&receiver))
+            tokio::time::timeout(Duration::from_secs(30), batch.receive(&receiver))
                 .await
                 .expect("datagrams within 5 s")
                 .unwrap();

@@ -635,7 +635,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    const LIMIT: Duration = Duration::from_secs(10);
+    const LIMIT: Duration = Duration::from_secs(30);
 
     fn payload(len: usize) -> Vec<u8> {
         (0..len as u32)

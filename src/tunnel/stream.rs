@@ -577,7 +577,7 @@ mod tests {
             CancellationToken::new(),
         ));
         // The pump hands the socket to the flow when it starts.
-        let started = tokio::time::Instant::now() + Duration::from_secs(5);
+        let started = tokio::time::Instant::now() + Duration::from_secs(30);
         while flow.windows().direct.is_none() {
             assert!(tokio::time::Instant::now() < started, "pump never started");
             tokio::task::yield_now().await;
@@ -600,14 +600,14 @@ mod tests {
         table.deliver_close(1, CloseKind::HalfClose);
 
         let mut received = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received))
+        tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut received))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(received.len(), sent.len());
         assert!(received == sent, "bytes reordered or changed");
         client.shutdown().await.unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(10), pump)
+        let end = tokio::time::timeout(Duration::from_secs(30), pump)
             .await
             .unwrap()
             .unwrap();

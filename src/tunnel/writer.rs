@@ -493,9 +493,9 @@ mod tests {
         let next_write = || {
             let written = recorder.written.clone();
             async move {
-                tokio::time::timeout(Duration::from_secs(5), written.notified())
+                tokio::time::timeout(Duration::from_secs(30), written.notified())
                     .await
-                    .expect("no write within 5 s")
+                    .expect("no write within 30 s")
             }
         };
         // A first frame, written alone: afterwards the writer waits for the next.
@@ -562,7 +562,7 @@ mod tests {
                 recorder.written.notified().await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(5), finished)
+        tokio::time::timeout(Duration::from_secs(30), finished)
             .await
             .expect("all ten batches written");
         cancel.cancel();
