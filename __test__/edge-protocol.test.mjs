@@ -10,6 +10,7 @@ import {
   EDGE_ADDRESS,
   edgeConfig,
   FrameType,
+  GUARD_MS,
   once,
   probeConnect,
   readUntilEnd,
@@ -38,7 +39,7 @@ const answerWith = (config) => () => JSON.stringify({ listenPortsUdp: [], stunIn
 /** Starts an edge against the raw hub and waits until it is connected; returns { edge, ports }. */
 const startEdgeAgainst = (rawHub, edgeId, extra = {}) => startConnectedEdge(edgeConfig(rawHub.port, edgeId, SECRET, extra))
 
-test('edge wire: auth line, then OPEN with the PROXY line, DATA, CLOSE; replies reach the client', { timeout: 20000 }, async () => {
+test('edge wire: auth line, then OPEN with the PROXY line, DATA, CLOSE; replies reach the client', { timeout: 60000 }, async () => {
   const port = await freeEdgePort()
   // An unknown key in the answer must be ignored (room for extensions).
   const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [port], someFutureOption: { x: 1 } }) })
@@ -53,12 +54,12 @@ test('edge wire: auth line, then OPEN with the PROXY line, DATA, CLOSE; replies 
 
     await waitFor(async () => (await probeConnect(port)) === 'connected', { what: 'the edge listener' })
     // The probe itself opened (and closed) a stream; collect its frames out of the way.
-    const probeOpen = await session.nextFrame((f) => f.type === FrameType.OPEN, 5000, 'the probe OPEN')
+    const probeOpen = await session.nextFrame((f) => f.type === FrameType.OPEN, GUARD_MS, 'the probe OPEN')
 
     const client = await connect(port)
     clients.push(client)
     const clientPort = client.localPort
-    const open = await session.nextFrame((f) => f.type === FrameType.OPEN, 5000, 'an OPEN frame')
+    const open = await session.nextFrame((f) => f.type === FrameType.OPEN, GUARD_MS, 'an OPEN frame')
     assert.equal(open.payload.toString('latin1'), `PROXY TCP4 127.0.0.1 127.0.0.2 ${clientPort} ${port}\r\n`)
     assert.ok(open.streamId > probeOpen.streamId, `stream ids increase: ${probeOpen.streamId} then ${open.streamId}`)
     assert.equal(probeOpen.streamId, 1, 'the first stream of a tunnel is 1')
@@ -69,16 +70,16 @@ test('edge wire: auth line, then OPEN with the PROXY line, DATA, CLOSE; replies 
     const dataFrames = []
     let total = 0
     for (let i = 0; i < 1000 && total < upload.length; i++) {
-      const frame = await session.nextFrame((f) => f.streamId === id && f.type === FrameType.DATA, 5000, `DATA for stream ${id}`)
+      const frame = await session.nextFrame((f) => f.streamId === id && f.type === FrameType.DATA, GUARD_MS, `DATA for stream ${id}`)
       dataFrames.push(frame)
       total += frame.payload.length
     }
     assert.ok(Buffer.concat(dataFrames.map((f) => f.payload)).equals(upload), 'DATA frames carry the client bytes in order')
     assert.ok(dataFrames.every((f) => f.payload.length > 0 && f.payload.length <= 64 * 1024), 'DATA payloads are 1..64 KiB')
-    const close = await session.nextFrame((f) => f.streamId === id && f.type === FrameType.CLOSE, 5000, `CLOSE for stream ${id}`)
+    const close = await session.nextFrame((f) => f.streamId === id && f.type === FrameType.CLOSE, GUARD_MS, `CLOSE for stream ${id}`)
     assert.equal(close.payload.length, 0, 'a client FIN is a half-close (empty CLOSE)')
 
-    const replied = readUntilEnd(client, 5000)
+    const replied = readUntilEnd(client)
     session.send(id, FrameType.DATA_BACK, Buffer.from('answer from the hub'))
     session.send(id, FrameType.CLOSE_BACK, Buffer.alloc(0))
     assert.equal((await replied).toString(), 'answer from the hub')
@@ -88,7 +89,7 @@ test('edge wire: auth line, then OPEN with the PROXY line, DATA, CLOSE; replies 
   }
 })
 
-test('edge wire: on a wildcard address the PROXY line names the local address each client reached', { timeout: 20000 }, async () => {
+test('edge wire: on a wildcard address the PROXY line names the local address each client reached', { timeout: 60000 }, async () => {
   const port = await new Promise((resolve, reject) => {
     const server = net.createServer()
     server.once('error', reject)
@@ -104,11 +105,11 @@ test('edge wire: on a wildcard address the PROXY line names the local address ea
     ;({ edge } = await startEdgeAgainst(rawHub, 'wildcard-edge', { bindAddress: '0.0.0.0' }))
     const session = rawHub.sessions[0]
     await waitFor(async () => (await probeConnect(port, '127.0.0.3')) === 'connected', { what: 'the edge listener' })
-    await session.nextFrame((f) => f.type === FrameType.OPEN, 5000, 'the probe OPEN')
+    await session.nextFrame((f) => f.type === FrameType.OPEN, GUARD_MS, 'the probe OPEN')
     for (const host of ['127.0.0.3', '127.0.0.4']) {
       const client = await connect(port, host)
       clients.push(client)
-      const open = await session.nextFrame((f) => f.type === FrameType.OPEN, 5000, `the OPEN for ${host}`)
+      const open = await session.nextFrame((f) => f.type === FrameType.OPEN, GUARD_MS, `the OPEN for ${host}`)
       assert.equal(open.payload.toString('latin1'), `PROXY TCP4 127.0.0.1 ${host} ${client.localPort} ${port}\r\n`)
     }
   } finally {
@@ -117,7 +118,7 @@ test('edge wire: on a wildcard address the PROXY line names the local address ea
   }
 })
 
-test('edge wire: a reset from the hub (CLOSE_BACK with a reason) closes the client', { timeout: 20000 }, async () => {
+test('edge wire: a reset from the hub (CLOSE_BACK with a reason) closes the client', { timeout: 60000 }, async () => {
   const port = await freeEdgePort()
   const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [port] }) })
   let edge, client
@@ -125,17 +126,17 @@ test('edge wire: a reset from the hub (CLOSE_BACK with a reason) closes the clie
     ;({ edge } = await startEdgeAgainst(rawHub, 'reset-edge'))
     const session = rawHub.sessions[0]
     await waitFor(async () => (await probeConnect(port)) === 'connected', { what: 'the edge listener' })
-    client = await connect(port, EDGE_ADDRESS, 5000, { allowHalfOpen: true }) // a FIN alone would not close it
+    client = await connect(port, EDGE_ADDRESS, GUARD_MS, { allowHalfOpen: true }) // a FIN alone would not close it
     client.on('error', () => {})
     const clientPort = client.localPort
     const open = await session.nextFrame(
       (f) => f.type === FrameType.OPEN && f.payload.toString().includes(` ${clientPort} `),
-      5000,
+      GUARD_MS,
       "the client's OPEN",
     )
     const clientClosed = new Promise((resolve) => client.once('close', resolve))
     session.send(open.streamId, FrameType.CLOSE_BACK, Buffer.from([0x01])) // reset: refused
-    await withTimeout(clientClosed, 5000, 'the client to be closed by the reset')
+    await withTimeout(clientClosed, GUARD_MS, 'the client to be closed by the reset')
     assert.equal(client.writable, false)
   } finally {
     client?.destroy()
@@ -143,7 +144,7 @@ test('edge wire: a reset from the hub (CLOSE_BACK with a reason) closes the clie
   }
 })
 
-test('edge wire: PING is answered with a PONG carrying the same 8 bytes', { timeout: 20000 }, async () => {
+test('edge wire: PING is answered with a PONG carrying the same 8 bytes', { timeout: 60000 }, async () => {
   const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [] }) })
   let edge
   try {
@@ -151,7 +152,7 @@ test('edge wire: PING is answered with a PONG carrying the same 8 bytes', { time
     const session = rawHub.sessions[0]
     const nonce = crypto.randomBytes(8)
     session.send(0, FrameType.PING, nonce)
-    const pong = await session.nextFrame((f) => f.type === FrameType.PONG, 5000, 'a PONG')
+    const pong = await session.nextFrame((f) => f.type === FrameType.PONG, GUARD_MS, 'a PONG')
     assert.equal(pong.streamId, 0)
     assert.equal(pong.payload.toString('hex'), nonce.toString('hex'))
   } finally {
@@ -159,7 +160,7 @@ test('edge wire: PING is answered with a PONG carrying the same 8 bytes', { time
   }
 })
 
-test('edge wire: CONFIG pushed by the hub changes the listening ports', { timeout: 20000 }, async () => {
+test('edge wire: CONFIG pushed by the hub changes the listening ports', { timeout: 60000 }, async () => {
   const first = await freeEdgePort()
   const second = await freeEdgePort()
   const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [first] }) })
@@ -167,7 +168,7 @@ test('edge wire: CONFIG pushed by the hub changes the listening ports', { timeou
   try {
     ;({ edge } = await startEdgeAgainst(rawHub, 'config-edge'))
     const session = rawHub.sessions[0]
-    const updated = once(edge, 'portsUpdated', 5000)
+    const updated = once(edge, 'portsUpdated')
     session.send(0, FrameType.CONFIG, Buffer.from(JSON.stringify({ listenPorts: [second], listenPortsUdp: [], stunIntervalSecs: 300 })))
     assert.deepEqual(await updated, { listenPorts: [second], listenPortsUdp: [] })
     await waitFor(async () => (await probeConnect(second)) === 'connected', { what: `the edge to listen on ${second}` })
@@ -178,13 +179,13 @@ test('edge wire: CONFIG pushed by the hub changes the listening ports', { timeou
   }
 })
 
-test('edge wire: an edge that hears nothing for heartbeatTimeoutMs reconnects', { timeout: 20000 }, async () => {
+test('edge wire: an edge that hears nothing for heartbeatTimeoutMs reconnects', { timeout: 60000 }, async () => {
   const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [] }) })
   let edge
   try {
     ;({ edge } = await startEdgeAgainst(rawHub, 'quiet-edge', { heartbeatTimeoutMs: 400 }))
-    const disconnected = once(edge, 'tunnelDisconnected', 5000)
-    const reconnected = disconnected.then(() => once(edge, 'tunnelConnected', 5000))
+    const disconnected = once(edge, 'tunnelDisconnected')
+    const reconnected = disconnected.then(() => once(edge, 'tunnelConnected'))
     // The raw hub never sends anything after the handshake.
     assert.equal(typeof (await disconnected).reason, 'string')
     await reconnected

@@ -11,6 +11,7 @@ import path from 'node:path'
 import fs from 'node:fs'
 import os from 'node:os'
 import { spawn } from 'node:child_process'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 
 const require = createRequire(import.meta.url)
 
@@ -27,6 +28,13 @@ export const TARGET_ADDRESS = '127.0.0.1'
 // ---------------------------------------------------------------------------------------------
 // Bounded waiting
 
+/**
+ * How long a bounded wait gives a condition before it fails the test. It only guards against
+ * hanging: a loaded or slow machine may need seconds for what takes milliseconds here, so it is
+ * generous, and no test asserts that anything happened within it.
+ */
+export const GUARD_MS = 20_000
+
 /** Rejects with `what` if `promise` has not settled within `timeoutMs`. */
 export function withTimeout(promise, timeoutMs, what) {
   let timer
@@ -37,7 +45,7 @@ export function withTimeout(promise, timeoutMs, what) {
 }
 
 /** Polls `predicate` (may be async) until it returns truthy; returns that value. Bounded. */
-export async function waitFor(predicate, { timeoutMs = 5000, intervalMs = 20, what = 'a condition' } = {}) {
+export async function waitFor(predicate, { timeoutMs = GUARD_MS, intervalMs = 20, what = 'a condition' } = {}) {
   const deadline = Date.now() + timeoutMs
   let lastError
   for (let attempt = 0; attempt < 100000; attempt++) {
@@ -59,7 +67,7 @@ export async function waitFor(predicate, { timeoutMs = 5000, intervalMs = 20, wh
  * Resolves with the first payload of `event` (that passes `filter`), rejecting after
  * `timeoutMs` with a message naming the event.
  */
-export function once(emitter, event, timeoutMs = 5000, filter = () => true) {
+export function once(emitter, event, timeoutMs = GUARD_MS, filter = () => true) {
   let listener
   const fired = new Promise((resolve) => {
     listener = (payload) => {
@@ -70,6 +78,21 @@ export function once(emitter, event, timeoutMs = 5000, filter = () => true) {
     emitter.on(event, listener)
   })
   return withTimeout(fired, timeoutMs, `event '${event}'`).finally(() => emitter.off(event, listener))
+}
+
+/**
+ * Watches this process's event loop for stalls (a timer firing late): how late a callback of
+ * this process can run on this machine right now. `maxMs()` is the worst delay seen since
+ * start; timing checks widen their tolerance by it, so a loaded machine makes them weaker,
+ * never red.
+ */
+export function eventLoopLag() {
+  const histogram = monitorEventLoopDelay({ resolution: 10 })
+  histogram.enable()
+  return {
+    maxMs: () => histogram.max / 1e6,
+    stop: () => histogram.disable(),
+  }
 }
 
 /** Records every emitted payload of the named events, in order: [{ event, payload }]. */
@@ -304,7 +327,7 @@ export function edgeConfig(hubPort, edgeId, secret = SECRET, extra = {}) {
 }
 
 /** Starts an edge and resolves once it is connected and its ports are assigned. */
-export async function startConnectedEdge(config, timeoutMs = 10000) {
+export async function startConnectedEdge(config, timeoutMs = GUARD_MS) {
   const edge = new RemoteIngressEdge()
   const connected = once(edge, 'tunnelConnected', timeoutMs)
   const assigned = once(edge, 'portsAssigned', timeoutMs)
@@ -329,7 +352,7 @@ export async function startTunnel({ ports, udpPorts, edgeId = 'edge-1', hubOptio
   const { hub, hubPort } = await startHub([allowed], hubOptions)
   let edge
   try {
-    const hubSawEdge = once(hub, 'edgeConnected', 10000, (e) => e.edgeId === edgeId)
+    const hubSawEdge = once(hub, 'edgeConnected', GUARD_MS, (e) => e.edgeId === edgeId)
     ;({ edge } = await startConnectedEdge(edgeConfig(hubPort, edgeId, SECRET, edgeOptions)))
     await hubSawEdge
   } catch (err) {
@@ -347,9 +370,9 @@ export async function stopQuietly(...things) {
     try {
       if (typeof thing.stop === 'function') {
         if (thing.running === false) continue
-        await withTimeout(thing.stop(), 10000, 'stop() in cleanup')
+        await withTimeout(thing.stop(), GUARD_MS, 'stop() in cleanup')
       } else if (typeof thing.close === 'function') {
-        await withTimeout(Promise.resolve(thing.close()), 5000, 'close() in cleanup')
+        await withTimeout(Promise.resolve(thing.close()), GUARD_MS, 'close() in cleanup')
       } else if (typeof thing.destroy === 'function') {
         thing.destroy()
       }
@@ -366,7 +389,7 @@ export async function stopQuietly(...things) {
  * Connects to host:port; resolves with the socket once connected, rejects on error.
  * `allowHalfOpen: true` keeps our side writable after a FIN, so a FIN and a reset differ.
  */
-export function connect(port, host = EDGE_ADDRESS, timeoutMs = 5000, { allowHalfOpen = false } = {}) {
+export function connect(port, host = EDGE_ADDRESS, timeoutMs = GUARD_MS, { allowHalfOpen = false } = {}) {
   return withTimeout(
     new Promise((resolve, reject) => {
       const socket = net.connect({ port, host, allowHalfOpen })
@@ -381,10 +404,9 @@ export function connect(port, host = EDGE_ADDRESS, timeoutMs = 5000, { allowHalf
   )
 }
 
-/** Tries to connect; resolves 'connected' (and closes) or the error code (e.g. ECONNREFUSED). */
 /** Opens a connection to an echo target through the edge, sends `text`, returns what came back. */
-export async function echoOnce(port, text, timeoutMs = 5000) {
-  const client = await connect(port)
+export async function echoOnce(port, text, timeoutMs = GUARD_MS) {
+  const client = await connect(port, EDGE_ADDRESS, timeoutMs)
   try {
     const echoed = readBytes(client, Buffer.byteLength(text), timeoutMs)
     client.write(text)
@@ -394,9 +416,13 @@ export async function echoOnce(port, text, timeoutMs = 5000) {
   }
 }
 
+/**
+ * Tries to connect; resolves 'connected' (and closes) or the error code (e.g. ECONNREFUSED).
+ * Loopback answers a connect at once (accept or refusal); the bound is only for a hang.
+ */
 export async function probeConnect(port, host = EDGE_ADDRESS) {
   try {
-    const socket = await connect(port, host, 2000)
+    const socket = await connect(port, host, 10_000)
     socket.destroy()
     return 'connected'
   } catch (err) {
@@ -405,7 +431,7 @@ export async function probeConnect(port, host = EDGE_ADDRESS) {
 }
 
 /** Collects everything the socket sends until 'end'; rejects on error or timeout. */
-export function readUntilEnd(socket, timeoutMs = 10000) {
+export function readUntilEnd(socket, timeoutMs = GUARD_MS) {
   const chunks = []
   return withTimeout(
     new Promise((resolve, reject) => {
@@ -419,7 +445,7 @@ export function readUntilEnd(socket, timeoutMs = 10000) {
 }
 
 /** Resolves when `n` bytes have arrived on the socket (returns them); rejects on end/error/timeout. */
-export function readBytes(socket, n, timeoutMs = 10000) {
+export function readBytes(socket, n, timeoutMs = GUARD_MS) {
   const chunks = []
   let total = 0
   return withTimeout(
@@ -588,7 +614,7 @@ export async function startUdpClient({ host = TARGET_ADDRESS } = {}) {
       return new Promise((resolve, reject) => socket.send(payload, port, toHost, (err) => (err ? reject(err) : resolve())))
     },
     /** Resolves with the first unconsumed datagram matching `filter` ({ data, from }). */
-    nextMessage(filter = () => true, timeoutMs = 5000, what = 'a datagram') {
+    nextMessage(filter = () => true, timeoutMs = GUARD_MS, what = 'a datagram') {
       const index = queue.findIndex(filter)
       if (index !== -1) return Promise.resolve(queue.splice(index, 1)[0])
       let waiter
@@ -598,8 +624,11 @@ export async function startUdpClient({ host = TARGET_ADDRESS } = {}) {
       })
       return withTimeout(promise, timeoutMs, `${what} at client port ${client.port}`).finally(() => waiters.delete(waiter))
     },
-    /** Sends `payload` to `port` and resolves with the reply's data (matching `match`). */
-    async request(payload, port, { match = () => true, timeoutMs = 2000, attempts = 1, toHost = EDGE_ADDRESS } = {}) {
+    /**
+     * Sends `payload` to `port` and resolves with the reply's data (matching `match`). Each of
+     * the `attempts` waits `timeoutMs` for its reply: with one attempt that is a hang guard.
+     */
+    async request(payload, port, { match = () => true, timeoutMs = GUARD_MS, attempts = 1, toHost = EDGE_ADDRESS } = {}) {
       let lastError
       for (let attempt = 0; attempt < attempts; attempt++) {
         const reply = client.nextMessage((m) => match(m.data), timeoutMs, 'a reply')
@@ -644,7 +673,8 @@ export async function canBindUdp6Loopback() {
 
 /**
  * A bounded wait for "nothing more happens": only for use after a positive control showed the
- * path works, so a silent failure cannot pass for an absent datagram.
+ * path works, so a silent failure cannot pass for an absent datagram. On a slow machine the
+ * window covers less, so it can only make a check weaker there, never fail it.
  */
 export function quietWindow(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms))
@@ -750,7 +780,7 @@ function frameConnection(socket, { answerPings }) {
       socket.write(encodeFrame(streamId, type, payload))
     },
     /** Resolves with the first received frame matching `filter` (already received ones count). */
-    nextFrame(filter = () => true, timeoutMs = 5000, what = 'a frame') {
+    nextFrame(filter = () => true, timeoutMs = GUARD_MS, what = 'a frame') {
       const index = frames.findIndex(filter)
       if (index !== -1) return Promise.resolve(frames.splice(index, 1)[0])
       if (closed) return Promise.reject(new Error(`connection closed while waiting for ${what}`))
@@ -775,9 +805,9 @@ function frameConnection(socket, { answerPings }) {
 export async function connectRawEdge(hubPort, edgeId, secret = SECRET, { answerPings = true } = {}) {
   const socket = tls.connect({ host: '127.0.0.1', port: hubPort, rejectUnauthorized: false, ALPNProtocols: [ALPN] })
   const connection = frameConnection(socket, { answerPings })
-  await once(socket, 'secureConnect', 5000)
+  await once(socket, 'secureConnect', GUARD_MS)
   socket.write(`EDGE ${edgeId} ${secret}\n`)
-  connection.answer = JSON.parse(await withTimeout(connection.line, 5000, 'the hub handshake answer'))
+  connection.answer = JSON.parse(await withTimeout(connection.line, GUARD_MS, 'the hub handshake answer'))
   return connection
 }
 
@@ -935,7 +965,10 @@ export async function startFakeStunServer(answer = stunAnswers.silent) {
   const other = await bind()
   const requests = []
   let current = answer
+  const flushes = new Map()
   socket.on('message', (data, rinfo) => {
+    const marker = flushes.get(data.toString('latin1'))
+    if (marker) return marker()
     const message = parseStunMessage(data)
     const request = { message, txid: message?.txid ?? null, from: { address: rinfo.address, port: rinfo.port }, at: Date.now() }
     requests.push(request)
@@ -952,6 +985,38 @@ export async function startFakeStunServer(answer = stunAnswers.silent) {
     /** Binding requests received so far. */
     get bindingRequests() {
       return requests.filter((r) => r.message?.type === StunType.BINDING_REQUEST)
+    },
+    /**
+     * Transactions (rounds) so far, in order: the first Binding request of each transaction id.
+     * A retransmit (same id) is part of its round, however late the answer made it.
+     */
+    get rounds() {
+      const seen = new Set()
+      return this.bindingRequests.filter((r) => {
+        const id = r.txid.toString('hex')
+        if (seen.has(id)) return false
+        seen.add(id)
+        return true
+      })
+    },
+    /**
+     * Resolves once every datagram sent to this server before the call has been recorded: a
+     * marker from another socket queues behind them (loopback delivers in order of sending), so
+     * whatever was sent before, e.g. before an edge's stop() resolved, is counted by then.
+     */
+    async flush() {
+      const marker = `flush-${crypto.randomBytes(8).toString('hex')}`
+      const sender = dgram.createSocket('udp4')
+      sender.on('error', () => {})
+      try {
+        const seen = new Promise((resolve) => flushes.set(marker, resolve))
+        await new Promise((resolve) => sender.bind(0, TARGET_ADDRESS, resolve))
+        sender.send(marker, socket.address().port, TARGET_ADDRESS, () => {})
+        await withTimeout(seen, GUARD_MS, 'the flush marker at the fake STUN server')
+      } finally {
+        flushes.delete(marker)
+        await new Promise((resolve) => sender.close(resolve))
+      }
     },
     setAnswer(next) {
       current = next
@@ -1026,7 +1091,7 @@ export async function freeUdpAndTcpPort() {
 }
 
 /** Sends Binding requests to 127.0.0.1:`port` until one is answered; resolves with the mapped address. Bounded. */
-export async function probeStun(port, { timeoutMs = 5000, intervalMs = 100 } = {}) {
+export async function probeStun(port, { timeoutMs = GUARD_MS, intervalMs = 100 } = {}) {
   const socket = dgram.createSocket('udp4')
   socket.on('error', () => {})
   await new Promise((resolve) => socket.bind(0, TARGET_ADDRESS, resolve))
@@ -1080,7 +1145,7 @@ export async function startCoturn(binary) {
     }
     try {
       await Promise.race([
-        probeStun(port, { timeoutMs: 10000 }),
+        probeStun(port),
         exited.then((code) => {
           throw new Error(`turnserver exited with ${code} at start: ${stderr}`)
         }),
@@ -1109,7 +1174,7 @@ export function processCounts() {
  * `before.threads + threadSlack` threads, as sockets closed on a later event-loop turn leave
  * the table; returns the last counts. Throws with both counts if they do not come back.
  */
-export async function countsComeBack(before, { fdSlack = 0, threadSlack = 0, timeoutMs = 10000, what = 'counts' } = {}) {
+export async function countsComeBack(before, { fdSlack = 0, threadSlack = 0, timeoutMs = GUARD_MS, what = 'counts' } = {}) {
   let last
   try {
     await waitFor(
@@ -1132,7 +1197,7 @@ export async function countsComeBack(before, { fdSlack = 0, threadSlack = 0, tim
  * `how` is 'reset' (ECONNRESET), another error code (e.g. 'ECONNREFUSED'), 'end' (a clean FIN)
  * or 'closed', and `bytes` counts the data received meanwhile. Rejects after `timeoutMs`.
  */
-export function socketEnding(socket, timeoutMs = 5000) {
+export function socketEnding(socket, timeoutMs = GUARD_MS) {
   let bytes = 0
   let ended = false
   let error = null

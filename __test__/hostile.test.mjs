@@ -8,6 +8,7 @@ import {
   SECRET,
   behaviours,
   echoOnce,
+  GUARD_MS,
   once,
   recordEvents,
   startTarget,
@@ -44,18 +45,18 @@ function badLogin(hubPort, localAddress) {
       socket.on('error', () => {})
       socket.on('close', () => resolve(secured && answer.includes('unauthorized') ? 'rejected' : 'refused'))
     }),
-    10000,
+    GUARD_MS,
     `a login attempt from ${localAddress}`,
   )
 }
 
-test('failed logins are throttled per source while other sources and the tunnel carry on', { timeout: 60000 }, async () => {
+test('failed logins are throttled per source while other sources and the tunnel carry on', { timeout: 120000 }, async () => {
   const target = await startTarget(behaviours.echo)
   let tunnel
   try {
     tunnel = await startTunnel({ ports: [target.port] })
     const warnings = recordEvents(tunnel.hub, ['warning'])
-    const throttled = once(tunnel.hub, 'warning', 20000, (w) => w.code === 'authThrottled')
+    const throttled = once(tunnel.hub, 'warning', GUARD_MS, (w) => w.code === 'authThrottled')
 
     const outcomes = []
     for (let i = 0; i < MAX_AUTH_FAILURES + 3; i++) outcomes.push(await badLogin(tunnel.hubPort, '127.0.0.3'))
@@ -76,7 +77,7 @@ test('failed logins are throttled per source while other sources and the tunnel 
   }
 })
 
-test('a storm of concurrent bad logins does not disturb an established tunnel', { timeout: 60000 }, async () => {
+test('a storm of concurrent bad logins does not disturb an established tunnel', { timeout: 120000 }, async () => {
   const target = await startTarget(behaviours.echo)
   let tunnel
   try {

@@ -7,6 +7,7 @@ import {
   connect,
   EDGE_ADDRESS,
   edgeConfig,
+  GUARD_MS,
   once,
   readBytes,
   recordEvents,
@@ -19,9 +20,10 @@ import {
   stopQuietly,
   TEST_TRANSPORT,
   waitFor,
+  withTimeout,
 } from './helpers.mjs'
 
-test('limits.maxEdges: an edge past the limit is refused with a reason, and gets in once a place is free', { timeout: 20000 }, async () => {
+test('limits.maxEdges: an edge past the limit is refused with a reason, and gets in once a place is free', { timeout: 60000 }, async () => {
   let hub
   const edges = []
   try {
@@ -39,7 +41,7 @@ test('limits.maxEdges: an edge past the limit is refused with a reason, and gets
 
     const second = new RemoteIngressEdge()
     edges.push(second)
-    const refused = once(second, 'warning', 5000, (w) => w.code === 'authRejected')
+    const refused = once(second, 'warning', GUARD_MS, (w) => w.code === 'authRejected')
     await second.start(edgeConfig(hubPort, 'second'))
     assert.match((await refused).message, /edge limit reached/)
     await waitFor(() => hubEvents.of('warning').some((w) => w.code === 'edgeLimit'), { what: "the hub's edgeLimit warning" })
@@ -47,7 +49,7 @@ test('limits.maxEdges: an edge past the limit is refused with a reason, and gets
     assert.deepEqual((await hub.getStatus()).connectedEdges.map((e) => e.edgeId), ['first'])
 
     // The refusal is not a failed login: the second edge gets in as soon as the first leaves.
-    const secondIn = once(second, 'tunnelConnected', 10000)
+    const secondIn = once(second, 'tunnelConnected')
     await first.edge.stop()
     await secondIn
     assert.deepEqual((await hub.getStatus()).connectedEdges.map((e) => e.edgeId), ['second'])
@@ -56,7 +58,7 @@ test('limits.maxEdges: an edge past the limit is refused with a reason, and gets
   }
 })
 
-test('limits.maxStreamsPerEdge: a connection past the limit is refused (TLS) or waits for a free stream (QUIC)', { timeout: 20000 }, async () => {
+test('limits.maxStreamsPerEdge: a connection past the limit is refused (TLS) or waits for a free stream (QUIC)', { timeout: 60000 }, async () => {
   const target = await startTarget(behaviours.echo)
   let tunnel
   const clients = []
@@ -77,16 +79,17 @@ test('limits.maxStreamsPerEdge: a connection past the limit is refused (TLS) or 
       third.on('error', () => {})
       const closed = new Promise((resolve) => third.once('close', resolve))
       third.write('c2')
-      await closed
+      await withTimeout(closed, GUARD_MS, 'the connection past the limit to be closed')
       await waitFor(() => hubEvents.of('warning').some((w) => w.code === 'streamLimit'), { what: "the hub's streamLimit warning" })
       assert.equal(target.connections.length, 2, 'the refused connection never reached the target')
     } else {
       // QUIC's own stream limit: the third connection is carried once one of the others ends.
       const third = await connect(target.port)
       clients.push(third)
-      const echoed = readBytes(third, 2, 10000)
+      const echoed = readBytes(third, 2)
       third.write('c2')
-      await waitFor(() => target.connections.length === 2, { what: 'two target connections' })
+      // The edge has taken the third connection and is opening its stream.
+      await waitFor(async () => (await tunnel.edge.getStatus()).activeStreams === 3, { what: 'the edge to hold three connections' })
       assert.equal(target.connections.length, 2, 'the third waits for a stream')
       clients[0].destroy()
       assert.equal((await echoed).toString(), 'c2')

@@ -11,6 +11,7 @@ import { spawn } from 'node:child_process'
 import {
   connect,
   edgeConfig,
+  GUARD_MS,
   PACKAGE_ROOT,
   SECRET,
   TEST_TRANSPORT,
@@ -71,7 +72,7 @@ async function startFirehose() {
   }
 }
 
-test('a client that never reads while its target offers 1 GiB costs hub and edge about one window', { timeout: 90000 }, async (t) => {
+test('a client that never reads while its target offers 1 GiB costs hub and edge about one window', { timeout: 180000 }, async (t) => {
   const target = await startFirehose()
   const fixtures = []
   let client
@@ -81,11 +82,11 @@ test('a client that never reads while its target offers 1 GiB costs hub and edge
       edges: [{ id: 'mem', secret: SECRET, listenPorts: [target.port] }],
     }, (m) => m.type === 'ready')
     fixtures.push(hub)
-    const { port: hubPort, pid: hubPid } = await withTimeout(hub.ready, 15000, 'the hub process')
+    const { port: hubPort, pid: hubPid } = await withTimeout(hub.ready, GUARD_MS, 'the hub process')
     const edge = startFixture('edge-process.mjs', 'REMOTEINGRESS_TEST_EDGE', { start: edgeConfig(hubPort, 'mem') },
       (m) => m.type === 'event' && m.event === 'portsAssigned')
     fixtures.push(edge)
-    await withTimeout(edge.ready, 15000, 'the edge to be connected')
+    await withTimeout(edge.ready, GUARD_MS, 'the edge to be connected')
     const edgePid = edge.child.pid
     const before = { hub: rssOf(hubPid), edge: rssOf(edgePid) }
 
@@ -117,7 +118,7 @@ test('a client that never reads while its target offers 1 GiB costs hub and edge
     await waitFor(() => received >= 64 * MiB, { timeoutMs: 60000, what: '64 MiB to reach the client once it reads' })
   } finally {
     client?.destroy()
-    for (const fixture of fixtures.reverse()) await withTimeout(fixture.stop(), 10000, 'a fixture to stop')
+    for (const fixture of fixtures.reverse()) await withTimeout(fixture.stop(), GUARD_MS, 'a fixture to stop')
     await target.stop()
   }
 })

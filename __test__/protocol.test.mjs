@@ -9,7 +9,9 @@ import {
   connectRawEdge,
   EDGE_ADDRESS,
   FrameType,
+  GUARD_MS,
   once,
+  readBytes,
   readUntilEnd,
   recordEvents,
   SECRET,
@@ -22,13 +24,13 @@ import {
   withTimeout,
 } from './helpers.mjs'
 
-test('the target receives the exact PROXY v1 line, and the hub reports the stream', { timeout: 20000 }, async () => {
+test('the target receives the exact PROXY v1 line, and the hub reports the stream', { timeout: 60000 }, async () => {
   const target = await startTarget(behaviours.replyAfterEnd(Buffer.from('pong')))
   let tunnel, client
   try {
     tunnel = await startTunnel({ ports: [target.port] })
     const hubEvents = recordEvents(tunnel.hub, ['streamOpened', 'streamClosed'])
-    const opened = once(tunnel.hub, 'streamOpened', 5000)
+    const opened = once(tunnel.hub, 'streamOpened')
     client = await connect(target.port)
     const clientPort = client.localPort // read now: a closed socket no longer reports it
     const reply = readUntilEnd(client)
@@ -58,16 +60,16 @@ test('the target receives the exact PROXY v1 line, and the hub reports the strea
   }
 })
 
-test("proxyProtocol 'v2': the target gets the 28-byte binary TCP4 header", { timeout: 20000 }, async () => {
+test("proxyProtocol 'v2': the target gets the 28-byte binary TCP4 header", { timeout: 60000 }, async () => {
   const target = await startTarget(behaviours.echo, { proxy: 'v2' })
   let tunnel, client
   try {
     tunnel = await startTunnel({ ports: [target.port], hubOptions: { proxyProtocol: 'v2' } })
     client = await connect(target.port)
     const clientPort = client.localPort
+    const echoed = readBytes(client, 8)
     client.write('hello v2')
-    const echoed = await new Promise((resolve) => client.once('data', resolve))
-    assert.equal(echoed.toString(), 'hello v2')
+    assert.equal((await echoed).toString(), 'hello v2')
 
     const expected = Buffer.alloc(28)
     V2_SIGNATURE.copy(expected, 0)
@@ -89,7 +91,7 @@ test("proxyProtocol 'v2': the target gets the 28-byte binary TCP4 header", { tim
   }
 })
 
-test("proxyProtocol 'none': the first bytes the target sees are the client's", { timeout: 20000 }, async () => {
+test("proxyProtocol 'none': the first bytes the target sees are the client's", { timeout: 60000 }, async () => {
   const target = await startTarget(behaviours.sink, { proxy: 'none' })
   let tunnel, client
   try {
@@ -104,19 +106,19 @@ test("proxyProtocol 'none': the first bytes the target sees are the client's", {
   }
 })
 
-test('raw edge: OPEN for an unassigned port is refused with a reset and a warning', { timeout: 20000 }, async () => {
+test('raw edge: OPEN for an unassigned port is refused with a reset and a warning', { timeout: 60000 }, async () => {
   const assigned = await startTarget(behaviours.echo)
   const unassigned = await startTarget(behaviours.echo)
   let hub, raw
   try {
     ;({ hub } = await startHub([{ id: 'raw-edge', secret: SECRET, listenPorts: [assigned.port] }]))
     const hubPort = (await hub.getStatus()).tunnelPort
-    const warning = once(hub, 'warning', 5000, (w) => w.code === 'portNotAssigned')
+    const warning = once(hub, 'warning', GUARD_MS, (w) => w.code === 'portNotAssigned')
     raw = await connectRawEdge(hubPort, 'raw-edge')
     assert.deepEqual(raw.answer, { listenPorts: [assigned.port], listenPortsUdp: [], stunIntervalSecs: 300 })
 
     raw.send(1, FrameType.OPEN, Buffer.from(`PROXY TCP4 1.2.3.4 127.0.0.2 5555 ${unassigned.port}\r\n`))
-    const reset = await raw.nextFrame((f) => f.streamId === 1, 5000, 'a frame for stream 1')
+    const reset = await raw.nextFrame((f) => f.streamId === 1, GUARD_MS, 'a frame for stream 1')
     assert.equal(reset.type, FrameType.CLOSE_BACK, `frame type 0x${reset.type.toString(16)}`)
     assert.deepEqual([...reset.payload], [0x01], 'reset reason "refused"')
     const w = await warning
@@ -135,7 +137,7 @@ test('raw edge: OPEN for an unassigned port is refused with a reset and a warnin
   }
 })
 
-test('raw edge: OPEN, DATA, CLOSE on an assigned port; the reply comes back as DATA_BACK then CLOSE_BACK', { timeout: 20000 }, async () => {
+test('raw edge: OPEN, DATA, CLOSE on an assigned port; the reply comes back as DATA_BACK then CLOSE_BACK', { timeout: 60000 }, async () => {
   const target = await startTarget(behaviours.replyAfterEnd(Buffer.from('reply-from-target')))
   let hub, raw
   try {
@@ -149,7 +151,7 @@ test('raw edge: OPEN, DATA, CLOSE on an assigned port; the reply comes back as D
 
     const streamFrames = []
     for (let i = 0; i < 50; i++) {
-      const frame = await raw.nextFrame((f) => f.streamId === 1, 5000, `frame ${i} for stream 1`)
+      const frame = await raw.nextFrame((f) => f.streamId === 1, GUARD_MS, `frame ${i} for stream 1`)
       if (frame.type === FrameType.WINDOW_UPDATE_BACK) continue
       streamFrames.push(frame)
       if (frame.type === FrameType.CLOSE_BACK) break
@@ -171,29 +173,31 @@ test('raw edge: OPEN, DATA, CLOSE on an assigned port; the reply comes back as D
   }
 })
 
-test('heartbeat: the hub drops a raw edge that never answers PING, keeps one that does', { timeout: 20000 }, async () => {
+test('heartbeat: the hub drops a raw edge that never answers PING, keeps one that does', { timeout: 60000 }, async () => {
   const edges = [
     { id: 'silent', secret: SECRET, listenPorts: [] },
     { id: 'chatty', secret: SECRET, listenPorts: [] },
   ]
   let hub, silent, chatty
   try {
-    ;({ hub } = await startHub(edges, { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 1000 }))
+    // The chatty edge answers from this process's event loop: 3 s is far more than a loaded
+    // machine ever stalls it, so only the silent one can be dropped.
+    ;({ hub } = await startHub(edges, { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 3000 }))
     const hubPort = (await hub.getStatus()).tunnelPort
     const events = recordEvents(hub, ['edgeDisconnected'])
     chatty = await connectRawEdge(hubPort, 'chatty')
     silent = await connectRawEdge(hubPort, 'silent', SECRET, { answerPings: false })
 
-    const ping = await silent.nextFrame((f) => f.type === FrameType.PING, 5000, 'a PING on the silent edge')
+    const ping = await silent.nextFrame((f) => f.type === FrameType.PING, GUARD_MS, 'a PING on the silent edge')
     assert.equal(ping.streamId, 0, 'PING rides stream 0')
     assert.equal(ping.payload.length, 8, 'PING carries 8 bytes')
     await waitFor(() => events.of('edgeDisconnected').some((e) => e.edgeId === 'silent'), {
-      timeoutMs: 5000,
       what: "hub 'edgeDisconnected' for the silent edge",
     })
-    await waitFor(() => silent.closed, { timeoutMs: 5000, what: 'the hub to close the silent edge connection' })
-    // The chatty edge has answered pings for longer than the timeout and is still there.
-    await waitFor(() => chatty.pingsAnswered >= 12, { timeoutMs: 5000, what: 'the chatty edge to answer 12 pings' })
+    await waitFor(() => silent.closed, { what: 'the hub to close the silent edge connection' })
+    // The chatty edge connected before the silent one, which was dropped only after a whole
+    // timeout: the chatty one has answered pings for longer than that and is still there.
+    await waitFor(() => chatty.pingsAnswered >= 12, { what: 'the chatty edge to answer 12 pings' })
     assert.equal(chatty.closed, false)
     assert.ok(!events.of('edgeDisconnected').some((e) => e.edgeId === 'chatty'), 'the chatty edge was not dropped')
     assert.deepEqual((await hub.getStatus()).connectedEdges.map((e) => e.edgeId), ['chatty'])
@@ -204,7 +208,7 @@ test('heartbeat: the hub drops a raw edge that never answers PING, keeps one tha
   }
 })
 
-test('a connection to an assigned port whose target is down is closed, and the hub warns', { timeout: 20000 }, async () => {
+test('a connection to an assigned port whose target is down is closed, and the hub warns', { timeout: 60000 }, async () => {
   // Reserve a port, then close it so nothing listens there.
   const placeholder = await startTarget(behaviours.echo)
   const port = placeholder.port
@@ -212,7 +216,7 @@ test('a connection to an assigned port whose target is down is closed, and the h
   let tunnel, client
   try {
     tunnel = await startTunnel({ ports: [port] })
-    const warning = once(tunnel.hub, 'warning', 5000, (w) => w.code === 'targetUnreachable')
+    const warning = once(tunnel.hub, 'warning', GUARD_MS, (w) => w.code === 'targetUnreachable')
     // The reset can come back before Node has even reported the connect (then connect fails with
     // ECONNRESET), so do not wait for 'connect': just expect the socket to be closed.
     client = net.connect({ port, host: EDGE_ADDRESS })
@@ -220,14 +224,14 @@ test('a connection to an assigned port whose target is down is closed, and the h
     const closedAt = new Promise((resolve) => client.once('close', resolve))
     client.write('anyone there?')
     assert.match((await warning).message, new RegExp(String(port)))
-    await withTimeout(closedAt, 5000, 'the client socket to be closed')
+    await withTimeout(closedAt, GUARD_MS, 'the client socket to be closed')
   } finally {
     client?.destroy()
     await stopQuietly(tunnel)
   }
 })
 
-test('a raw edge that breaks the protocol is disconnected with a reason', { timeout: 20000 }, async () => {
+test('a raw edge that breaks the protocol is disconnected with a reason', { timeout: 60000 }, async () => {
   let hub
   const raws = []
   try {
@@ -239,14 +243,14 @@ test('a raw edge that breaks the protocol is disconnected with a reason', { time
       { name: 'an OPEN without a PROXY line', frame: [1, FrameType.OPEN, Buffer.from('hello\r\n')] },
     ]
     for (const { name, frame } of violations) {
-      const disconnected = once(hub, 'edgeDisconnected', 5000)
+      const disconnected = once(hub, 'edgeDisconnected')
       const raw = await connectRawEdge(hubPort, 'rude')
       raws.push(raw)
       raw.send(...frame)
       const { edgeId, reason } = await disconnected
       assert.equal(edgeId, 'rude', name)
       assert.match(reason, /protocol/i, `${name}: reason ${reason}`)
-      await waitFor(() => raw.closed, { timeoutMs: 5000, what: `the hub to close the tunnel after ${name}` })
+      await waitFor(() => raw.closed, { what: `the hub to close the tunnel after ${name}` })
     }
   } finally {
     for (const raw of raws) raw.close()
@@ -254,7 +258,7 @@ test('a raw edge that breaks the protocol is disconnected with a reason', { time
   }
 })
 
-test('an edge removed at the moment it is accepted is still disconnected (no lost update)', { timeout: 30000 }, async () => {
+test('an edge removed at the moment it is accepted is still disconnected (no lost update)', { timeout: 90000 }, async () => {
   // updateAllowedEdges must apply to every session, including one whose handshake answer is
   // already on the wire. Repeat to hit the moment between answering and registering the edge.
   const ATTEMPTS = 100
@@ -269,7 +273,6 @@ test('an edge removed at the moment it is accepted is still disconnected (no los
       raws.push(raw)
       await hub.updateAllowedEdges([]) // the operator removes the edge right then
       await waitFor(() => raw.closed, {
-        timeoutMs: 2000,
         what: `attempt ${attempt + 1}: the hub to close the connection of the edge it no longer allows`,
       })
       await waitFor(async () => (await hub.getStatus()).connectedEdges.length === 0, {

@@ -14,6 +14,8 @@ import {
   EDGE_ADDRESS,
   echoOnce,
   edgeConfig,
+  freeUdpAndTcpPort,
+  GUARD_MS,
   once,
   PACKAGE_ROOT,
   processCounts,
@@ -38,15 +40,24 @@ const TRANSPORTS = [TEST_TRANSPORT]
 /** Fast reconnects, so a restart costs tens of milliseconds, not seconds. */
 const FAST_EDGE = { reconnectMinMs: 20, reconnectMaxMs: 100, connectTimeoutMs: 2000, heartbeatTimeoutMs: 5000 }
 /**
- * QUIC has no RST: a killed peer is noticed only by its silence (and a hub that is not up yet
- * only by a connect timeout), so over QUIC both sides listen for less of it.
+ * QUIC has no RST: a killed peer is noticed only by its silence (a hub that is not up yet only
+ * by a connect timeout), so over QUIC the edge's heartbeatTimeoutMs, which is also the QUIC
+ * connection's idle timeout, is short: a killed hub or edge is noticed after 1 s. Not shorter:
+ * a live peer on a loaded machine must never be silent that long (the hub pings ten times a
+ * second), or a tunnel is dropped that was not killed and the exact counts below are off. The
+ * hub's own heartbeat timeout is longer, so a killed edge, too, is noticed by the idle timeout.
  */
 const QUICK_SILENCE = {
-  edge: { connectTimeoutMs: 500, heartbeatTimeoutMs: 500 },
-  hub: { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 1000 },
+  edge: { heartbeatTimeoutMs: 1000 },
+  hub: { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 2000 },
 }
 const edgeKnobs = (transportMode) => (transportMode === 'quic' ? { ...FAST_EDGE, ...QUICK_SILENCE.edge } : FAST_EDGE)
 const hubKnobs = () => (TEST_TRANSPORT === 'quic' ? QUICK_SILENCE.hub : {})
+/**
+ * An edge process that gets killed, against a hub that is always up: its connect attempts get
+ * 10 s, as a handshake cut off on a loaded machine would cost the hub a session it counts.
+ */
+const killedEdgeKnobs = (transportMode) => ({ ...edgeKnobs(transportMode), connectTimeoutMs: 10000 })
 
 const FIXTURES = path.join(PACKAGE_ROOT, '__test__', 'fixtures')
 
@@ -105,7 +116,7 @@ function spawnFixture(script, envName, config) {
     exited,
     stderr: () => stderr,
     /** The first stdout message (already received or not) that passes `filter`. Bounded. */
-    message(filter, timeoutMs = 5000, what = 'a message') {
+    message(filter, timeoutMs = GUARD_MS, what = 'a message') {
       const found = messages.find(filter)
       if (found) return Promise.resolve(found)
       let waiter
@@ -121,7 +132,7 @@ function spawnFixture(script, envName, config) {
       )
     },
     /** An event the fixture printed: { event, payload }. */
-    event(name, timeoutMs = 5000, filter = () => true) {
+    event(name, timeoutMs = GUARD_MS, filter = () => true) {
       return fixture.message((m) => m.type === 'event' && m.event === name && filter(m.payload), timeoutMs, `event '${name}'`)
     },
     /** Lets a hub started with waitForGo start. */
@@ -137,7 +148,7 @@ function spawnFixture(script, envName, config) {
 }
 
 /** Resolves with the fixture's 'ready' message; throws if it reported a failed start. */
-async function ready(fixture, timeoutMs = 10000) {
+async function ready(fixture, timeoutMs = GUARD_MS) {
   const message = await fixture.message((m) => m.type === 'ready' || m.type === 'failed', timeoutMs, "'ready'")
   if (message.type === 'failed') throw new Error(`fixture failed to start: ${message.code} ${message.message}`)
   return message
@@ -185,7 +196,7 @@ async function probeWhileDown(port) {
   let connected = false
   socket.once('connect', () => (connected = true))
   try {
-    const { how, bytes } = await socketEnding(socket, 3000)
+    const { how, bytes } = await socketEnding(socket, 10_000)
     if (bytes > 0) return `${bytes} bytes received`
     if (how === 'reset') return connected ? 'accepted, then reset' : 'reset during connect'
     return how
@@ -196,17 +207,13 @@ async function probeWhileDown(port) {
   }
 }
 
-/** A TCP port on 127.0.0.1 with nothing listening on it right now. */
-async function deadPort() {
-  const placeholder = await startTarget(behaviours.echo)
-  await placeholder.close()
-  return placeholder.port
-}
+/** A port on 127.0.0.1 with nothing on it right now, TCP and UDP (a QUIC hub binds both). */
+const deadPort = freeUdpAndTcpPort
 
 const EDGE_ID = 'restarted-hub-edge'
 
 for (const transportMode of TRANSPORTS) {
-  test(`[${transportMode}] hub killed with SIGKILL under open connections: clients are reset, the edge port stays bound, the edge reconnects to a new hub process`, { timeout: 60000 }, async () => {
+  test(`[${transportMode}] hub killed with SIGKILL under open connections: clients are reset, the edge port stays bound, the edge reconnects to a new hub process`, { timeout: 120000 }, async () => {
     const target = await startTarget(behaviours.echo)
     const cert = remoteingress.generateHubCertificate()
     const allowed = [{ id: EDGE_ID, secret: SECRET, listenPorts: [target.port] }]
@@ -227,10 +234,10 @@ for (const transportMode of TRANSPORTS) {
         client.write(`before${i}`)
         assert.equal((await echoed).toString(), `before${i}`)
       }
-      const endings = clients.map((client) => socketEnding(client, 5000))
-      const disconnected = once(edge, 'tunnelDisconnected', 5000)
+      const endings = clients.map((client) => socketEnding(client))
+      const disconnected = once(edge, 'tunnelDisconnected')
       firstHub.kill('SIGKILL')
-      assert.deepEqual(await withTimeout(firstHub.exited, 5000, 'the killed hub to exit'), { code: null, signal: 'SIGKILL' })
+      assert.deepEqual(await withTimeout(firstHub.exited, GUARD_MS, 'the killed hub to exit'), { code: null, signal: 'SIGKILL' })
       const { reason } = await disconnected
       assert.match(reason, transportMode === 'quic' ? /connection lost|peer closed|heartbeat timeout/ : /connection lost|peer closed/, `tunnelDisconnected reason: ${reason}`)
       // The tunnel is gone, so each tunneled connection is aborted: a reset, never a clean end
@@ -250,7 +257,7 @@ for (const transportMode of TRANSPORTS) {
       })
       assert.equal(target.connections.length, 3, 'nothing reached the target while the hub was down')
 
-      const reconnected = once(edge, 'tunnelConnected', 10000)
+      const reconnected = once(edge, 'tunnelConnected')
       secondHub = await startHubProcess({ port: hubPort, cert, edges: allowed })
       assert.equal(secondHub.ready.port, hubPort)
       await reconnected
@@ -267,9 +274,9 @@ for (const transportMode of TRANSPORTS) {
       assert.deepEqual(up.listenPorts, [target.port])
 
       // The fixture's own contract: SIGTERM stops the hub and exits 0.
-      const lost = once(edge, 'tunnelDisconnected', 5000)
+      const lost = once(edge, 'tunnelDisconnected')
       secondHub.kill('SIGTERM')
-      assert.deepEqual(await withTimeout(secondHub.exited, 10000, 'the hub process to exit on SIGTERM'), { code: 0, signal: null })
+      assert.deepEqual(await withTimeout(secondHub.exited, GUARD_MS, 'the hub process to exit on SIGTERM'), { code: 0, signal: null })
       await lost
     } finally {
       for (const client of clients) client.destroy()
@@ -278,14 +285,14 @@ for (const transportMode of TRANSPORTS) {
     }
   })
 
-  test(`[${transportMode}] an edge started before its hub exists retries, and connects once the hub process starts`, { timeout: 30000 }, async () => {
+  test(`[${transportMode}] an edge started before its hub exists retries, and connects once the hub process starts`, { timeout: 90000 }, async () => {
     const target = await startTarget(behaviours.echo)
     const cert = remoteingress.generateHubCertificate()
     const hubPort = await deadPort()
     const edge = new RemoteIngressEdge()
     const events = recordEvents(edge, ['tunnelConnected', 'warning'])
     try {
-      await withTimeout(edge.start(edgeConfig(hubPort, EDGE_ID, SECRET, { ...edgeKnobs(transportMode), transportMode, hubFingerprint: cert.fingerprint })), 5000, 'edge.start()')
+      await withTimeout(edge.start(edgeConfig(hubPort, EDGE_ID, SECRET, { ...edgeKnobs(transportMode), transportMode, hubFingerprint: cert.fingerprint })), GUARD_MS, 'edge.start()')
       await waitFor(() => events.of('warning').filter((w) => w.code === 'connectFailed').length >= 3, {
         what: 'three failed connection attempts',
       })
@@ -298,11 +305,11 @@ for (const transportMode of TRANSPORTS) {
       assert.deepEqual(waiting.listenPorts, [])
       assert.equal(events.of('tunnelConnected').length, 0)
 
-      const connected = once(edge, 'tunnelConnected', 10000)
-      const assigned = once(edge, 'portsAssigned', 10000)
+      const connected = once(edge, 'tunnelConnected')
+      const assigned = once(edge, 'portsAssigned')
       const hub = await startHubProcess({ port: hubPort, cert, edges: [{ id: EDGE_ID, secret: SECRET, listenPorts: [target.port] }] })
       await Promise.all([connected, assigned])
-      await hub.event('edgeConnected', 5000, (e) => e.edgeId === EDGE_ID)
+      await hub.event('edgeConnected', GUARD_MS, (e) => e.edgeId === EDGE_ID)
       assert.equal(await echoOnce(target.port, 'late hub'), 'late hub')
     } finally {
       await stopQuietly(edge, target)
@@ -311,7 +318,7 @@ for (const transportMode of TRANSPORTS) {
   })
 
   const RESTARTS = 100
-  test(`[${transportMode}] ${RESTARTS} hub restarts in a row with SIGKILL: the edge reconnects each time and ends with its descriptors and threads as before`, { timeout: transportMode === 'quic' ? 300000 : 120000 }, async () => {
+  test(`[${transportMode}] ${RESTARTS} hub restarts in a row with SIGKILL: the edge reconnects each time and ends with its descriptors and threads as before`, { timeout: transportMode === 'quic' ? 600000 : 300000 }, async () => {
     const target = await startTarget(behaviours.echo)
     const cert = remoteingress.generateHubCertificate()
     const allowed = [{ id: EDGE_ID, secret: SECRET, listenPorts: [target.port] }]
@@ -322,21 +329,23 @@ for (const transportMode of TRANSPORTS) {
       ;({ edge } = await startConnectedEdge(edgeConfig(hubPort, EDGE_ID, SECRET, { ...edgeKnobs(transportMode), transportMode, hubFingerprint: cert.fingerprint })))
       const events = recordEvents(edge, ['tunnelConnected', 'tunnelDisconnected', 'portsAssigned', 'warning'])
       // The next hub is started ahead and waits for "go", so a restart does not wait for Node
-      // to boot; it starts listening once the killed one has exited.
+      // to boot; it starts listening once the killed one has exited, without waiting for the
+      // edge to notice (over QUIC only the silence tells it), so its reconnect finds a hub up
+      // rather than waiting out a connect attempt.
       let next = spawnHub({ port: hubPort, cert, edges: allowed, waitForGo: true })
       let slowest = 0
       const restart = async (n) => {
         const began = Date.now()
-        const disconnected = once(edge, 'tunnelDisconnected', 5000)
-        const reconnected = once(edge, 'tunnelConnected', 10000)
+        const disconnected = once(edge, 'tunnelDisconnected')
+        const reconnected = once(edge, 'tunnelConnected')
         current.kill('SIGKILL')
-        await withTimeout(current.exited, 5000, `restart ${n}: the killed hub to exit`)
-        await disconnected
+        await withTimeout(current.exited, GUARD_MS, `restart ${n}: the killed hub to exit`)
         next.go()
+        await disconnected
         current = next
         next = spawnHub({ port: hubPort, cert, edges: allowed, waitForGo: true })
         await ready(current)
-        await withTimeout(reconnected, 10000, `restart ${n}: the edge to reconnect`)
+        await withTimeout(reconnected, GUARD_MS, `restart ${n}: the edge to reconnect`)
         slowest = Math.max(slowest, Date.now() - began)
       }
 
@@ -372,7 +381,7 @@ for (const transportMode of TRANSPORTS) {
   })
 
   const EDGE_KILLS = 20
-  test(`[${transportMode}] ${EDGE_KILLS} edge processes killed with SIGKILL under an open connection: the hub notices each at once and ends as it began`, { timeout: 60000 }, async () => {
+  test(`[${transportMode}] ${EDGE_KILLS} edge processes killed with SIGKILL under an open connection: the hub notices each at once and ends as it began`, { timeout: 180000 }, async () => {
     const target = await startTarget(behaviours.echo)
     const edgeId = 'killed-edge'
     let hub
@@ -381,10 +390,10 @@ for (const transportMode of TRANSPORTS) {
       const { tunnelPort: hubPort, certFingerprint } = await hub.getStatus()
       const hubEvents = recordEvents(hub, ['edgeConnected', 'edgeDisconnected', 'streamOpened', 'streamClosed', 'warning'])
       const startEdgeProcess = async () => {
-        const connected = once(hub, 'edgeConnected', 10000, (e) => e.edgeId === edgeId)
-        const edgeProcess = spawnEdge(edgeConfig(hubPort, edgeId, SECRET, { ...edgeKnobs(transportMode), transportMode, hubFingerprint: certFingerprint }))
+        const connected = once(hub, 'edgeConnected', GUARD_MS, (e) => e.edgeId === edgeId)
+        const edgeProcess = spawnEdge(edgeConfig(hubPort, edgeId, SECRET, { ...killedEdgeKnobs(transportMode), transportMode, hubFingerprint: certFingerprint }))
         await ready(edgeProcess)
-        await edgeProcess.event('portsAssigned', 10000)
+        await edgeProcess.event('portsAssigned')
         await connected
         return edgeProcess
       }
@@ -392,15 +401,15 @@ for (const transportMode of TRANSPORTS) {
       let slowest = 0
       const life = async (n) => {
         const edgeProcess = await startEdgeProcess()
-        const opened = once(hub, 'streamOpened', 5000)
+        const opened = once(hub, 'streamOpened')
         const client = await connect(target.port)
         const echoed = readBytes(client, 4)
         client.write('live')
         assert.equal((await echoed).toString(), 'live')
         const { streamId } = await opened
-        const clientEnding = socketEnding(client, 5000)
-        const disconnected = once(hub, 'edgeDisconnected', 5000, (e) => e.edgeId === edgeId)
-        const streamClosed = once(hub, 'streamClosed', 5000, (e) => e.streamId === streamId)
+        const clientEnding = socketEnding(client)
+        const disconnected = once(hub, 'edgeDisconnected', GUARD_MS, (e) => e.edgeId === edgeId)
+        const streamClosed = once(hub, 'streamClosed', GUARD_MS, (e) => e.streamId === streamId)
         const killedAt = Date.now()
         edgeProcess.kill('SIGKILL')
         const { reason } = await disconnected
@@ -409,7 +418,7 @@ for (const transportMode of TRANSPORTS) {
         await streamClosed
         // Removed from the hub's table before the event was sent.
         assert.deepEqual((await hub.getStatus()).connectedEdges, [], `kill ${n}: no connected edge left`)
-        await withTimeout(edgeProcess.exited, 5000, `kill ${n}: the edge process to exit`)
+        await withTimeout(edgeProcess.exited, GUARD_MS, `kill ${n}: the edge process to exit`)
         assert.ok(['reset', 'end'].includes((await clientEnding).how), `kill ${n}: the client's connection ends with the edge`)
       }
 
@@ -417,16 +426,16 @@ for (const transportMode of TRANSPORTS) {
       await waitFor(() => target.connections.every((c) => c.socket.destroyed), { what: 'the warm-up target connections to close' })
       const before = processCounts()
       for (let n = 0; n < EDGE_KILLS; n++) await life(n)
-      assert.equal(hubEvents.of('edgeDisconnected').length, 2 + EDGE_KILLS)
+      assert.equal(hubEvents.of('edgeDisconnected').length, 2 + EDGE_KILLS, `edgeDisconnected: ${JSON.stringify(hubEvents.of('edgeDisconnected').map((e) => e.reason))}; warnings ${JSON.stringify(hubEvents.of('warning'))}`)
       assert.equal(hubEvents.of('streamClosed').length, 2 + EDGE_KILLS)
       assert.deepEqual(hubEvents.of('warning'), [], 'no hub warnings')
 
       // A fresh edge connects and carries bytes, then stops cleanly on SIGTERM.
       const fresh = await startEdgeProcess()
       assert.equal(await echoOnce(target.port, 'fresh edge'), 'fresh edge')
-      const left = once(hub, 'edgeDisconnected', 5000, (e) => e.edgeId === edgeId)
+      const left = once(hub, 'edgeDisconnected', GUARD_MS, (e) => e.edgeId === edgeId)
       fresh.kill('SIGTERM')
-      assert.deepEqual(await withTimeout(fresh.exited, 10000, 'the edge process to exit on SIGTERM'), { code: 0, signal: null })
+      assert.deepEqual(await withTimeout(fresh.exited, GUARD_MS, 'the edge process to exit on SIGTERM'), { code: 0, signal: null })
       await left
 
       // No edge is connected and no connection is open, as at `before`. No tolerance, after a

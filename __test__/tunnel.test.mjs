@@ -5,6 +5,7 @@ import crypto from 'node:crypto'
 import {
   behaviours,
   connect,
+  GUARD_MS,
   once,
   readBytes,
   readUntilEnd,
@@ -66,7 +67,7 @@ test('200 concurrent connections each get exactly their own bytes back', { timeo
     })
     const results = await Promise.all(
       payloads.map(async (payload, i) => {
-        const client = await connect(target.port, undefined, 20000)
+        const client = await connect(target.port)
         clients.push(client)
         const echoed = readBytes(client, payload.length, 60000)
         client.write(payload)
@@ -82,7 +83,7 @@ test('200 concurrent connections each get exactly their own bytes back', { timeo
     const clientPorts = new Set(target.connections.map((c) => c.source.port))
     assert.equal(clientPorts.size, CONNECTIONS)
 
-    await waitFor(() => hubEvents.of('streamClosed').length >= CONNECTIONS, { timeoutMs: 20000, what: `${CONNECTIONS} streamClosed events` })
+    await waitFor(() => hubEvents.of('streamClosed').length >= CONNECTIONS, { what: `${CONNECTIONS} streamClosed events` })
     const openedIds = hubEvents.of('streamOpened').map((e) => e.streamId)
     assert.equal(new Set(openedIds).size, CONNECTIONS, 'every stream has its own id')
     assert.deepEqual(hubEvents.of('streamClosed').map((e) => e.streamId).sort((a, b) => a - b), openedIds.sort((a, b) => a - b))
@@ -94,7 +95,7 @@ test('200 concurrent connections each get exactly their own bytes back', { timeo
   }
 })
 
-test('half-close: the client ends its side, the target replies 256 KiB after reading to end', { timeout: 30000 }, async () => {
+test('half-close: the client ends its side, the target replies 256 KiB after reading to end', { timeout: 60000 }, async () => {
   const reply = crypto.randomBytes(256 * 1024)
   const request = Buffer.from('GET /half-close please\n')
   const target = await startTarget(behaviours.replyAfterEnd(reply))
@@ -105,7 +106,7 @@ test('half-close: the client ends its side, the target replies 256 KiB after rea
     const events = []
     client.on('end', () => events.push('end'))
     client.on('close', () => events.push('close'))
-    const received = readUntilEnd(client, 20000)
+    const received = readUntilEnd(client)
     client.end(request)
     const got = await received
     assert.equal(got.length, reply.length, 'the whole reply arrives after the client half-closed')
@@ -114,14 +115,14 @@ test('half-close: the client ends its side, the target replies 256 KiB after rea
     const record = target.connections[0]
     assert.ok(record.ended, 'the target saw the client FIN')
     assert.deepEqual(Buffer.concat(record.received), request, 'the target received the request')
-    await withTimeout(new Promise((resolve) => (client.closed ? resolve() : client.once('close', resolve))), 5000, 'client close')
+    await withTimeout(new Promise((resolve) => (client.closed ? resolve() : client.once('close', resolve))), GUARD_MS, 'client close')
   } finally {
     client?.destroy()
     await stopQuietly(tunnel, target)
   }
 })
 
-test('half-close the other way: the target ends first, the client keeps sending', { timeout: 30000 }, async () => {
+test('half-close the other way: the target ends first, the client keeps sending', { timeout: 60000 }, async () => {
   const greeting = Buffer.from('server speaks first and is done\n')
   const late = crypto.randomBytes(128 * 1024)
   const target = await startTarget((socket, record) => {
@@ -133,11 +134,11 @@ test('half-close the other way: the target ends first, the client keeps sending'
     tunnel = await startTunnel({ ports: [target.port] })
     client = await connect(target.port)
     client.allowHalfOpen = true
-    const got = await readUntilEnd(client, 10000)
+    const got = await readUntilEnd(client)
     assert.ok(got.equals(greeting), 'the client got the greeting, then end')
     // After the target's FIN, the client still sends, and the target still receives.
     client.end(late)
-    await waitFor(() => target.connections[0].ended, { timeoutMs: 10000, what: 'the target to see the client FIN' })
+    await waitFor(() => target.connections[0].ended, { what: 'the target to see the client FIN' })
     const received = Buffer.concat(target.connections[0].received)
     assert.equal(received.length, late.length)
     assert.equal(sha256(received), sha256(late))
@@ -147,7 +148,7 @@ test('half-close the other way: the target ends first, the client keeps sending'
   }
 })
 
-test('a client reset closes the target connection', { timeout: 20000 }, async () => {
+test('a client reset closes the target connection', { timeout: 60000 }, async () => {
   // The sink never ends its side, so only a reset (not a FIN) can close its socket.
   const target = await startTarget(behaviours.sink)
   let tunnel, client
@@ -159,23 +160,23 @@ test('a client reset closes the target connection', { timeout: 20000 }, async ()
     const record = target.connections[0]
     const targetClosed = new Promise((resolve) => (record.socket.closed ? resolve() : record.socket.once('close', resolve)))
     client.resetAndDestroy()
-    await withTimeout(targetClosed, 5000, 'the target socket to close after the client reset')
+    await withTimeout(targetClosed, GUARD_MS, 'the target socket to close after the client reset')
   } finally {
     client?.destroy()
     await stopQuietly(tunnel, target)
   }
 })
 
-test('a target reset closes the client connection', { timeout: 20000 }, async () => {
+test('a target reset closes the client connection', { timeout: 60000 }, async () => {
   const target = await startTarget((socket) => socket.once('data', () => socket.resetAndDestroy()))
   let tunnel, client
   try {
     tunnel = await startTunnel({ ports: [target.port] })
-    client = await connect(target.port, undefined, 5000, { allowHalfOpen: true }) // a FIN alone would not close it
+    client = await connect(target.port, undefined, GUARD_MS, { allowHalfOpen: true }) // a FIN alone would not close it
     client.on('error', () => {}) // ECONNRESET is the expected way to learn about it
     const clientClosed = new Promise((resolve) => client.once('close', resolve))
     client.write('please reset me')
-    await withTimeout(clientClosed, 5000, 'the client socket to close after the target reset')
+    await withTimeout(clientClosed, GUARD_MS, 'the client socket to close after the target reset')
     assert.equal(client.writable, false, 'a reset closes both directions')
   } finally {
     client?.destroy()
@@ -183,7 +184,7 @@ test('a target reset closes the client connection', { timeout: 20000 }, async ()
   }
 })
 
-test('flow control: 64 MiB to a client that pauses reading arrives intact', { timeout: 60000 }, async () => {
+test('flow control: 64 MiB to a client that pauses reading arrives intact', { timeout: 120000 }, async () => {
   // Far past the 4 MiB stream window plus what loopback socket buffers can hold (their
   // autotuning reaches several MiB per socket, so 16 MiB could fit without any backpressure).
   const SIZE = 64 * MiB
@@ -302,7 +303,7 @@ test('flow control: 16 MiB from a client to a target that pauses reading arrives
   }
 })
 
-test('streamOpened/streamClosed reach listeners attached at any time, also after removeAllListeners()', { timeout: 30000 }, async () => {
+test('streamOpened/streamClosed reach listeners attached at any time, also after removeAllListeners()', { timeout: 60000 }, async () => {
   const target = await startTarget(behaviours.echo)
   let tunnel
   // One echoed exchange; returns the client's port, which the hub's events report.

@@ -10,6 +10,7 @@ import {
   EDGE_ADDRESS,
   encodeProxyV2Udp,
   FrameType,
+  GUARD_MS,
   once,
   quietWindow,
   SECRET,
@@ -39,7 +40,7 @@ async function closeAll(clients) {
   await Promise.all(clients.map((c) => c.close().catch(() => {})))
 }
 
-test('UDP4: the target gets the exact 28-byte PROXY v2 header on every datagram; replies return raw', { timeout: 20000 }, async () => {
+test('UDP4: the target gets the exact 28-byte PROXY v2 header on every datagram; replies return raw', { timeout: 60000 }, async () => {
   const target = await startUdpTarget(udpBehaviours.answer((payload) => Buffer.concat([Buffer.from('re:'), payload])))
   let tunnel, client
   try {
@@ -47,9 +48,9 @@ test('UDP4: the target gets the exact 28-byte PROXY v2 header on every datagram;
     client = await startUdpClient()
     const P = target.port
 
-    const first = await client.request(Buffer.from('hello udp'), P, { timeoutMs: 5000 })
+    const first = await client.request(Buffer.from('hello udp'), P)
     assert.equal(first.toString(), 're:hello udp')
-    const second = await client.request(Buffer.from('second'), P, { timeoutMs: 5000 })
+    const second = await client.request(Buffer.from('second'), P)
     assert.equal(second.toString(), 're:second')
     // Replies come from the edge's listening socket, with nothing added.
     for (const message of client.messages) assert.deepEqual(message.from, { address: EDGE_ADDRESS, port: P })
@@ -92,7 +93,7 @@ test('UDP4: the target gets the exact 28-byte PROXY v2 header on every datagram;
   }
 })
 
-test('UDP6: an edge on ::1 gives the target a 52-byte UDP6 header', { timeout: 20000 }, async (t) => {
+test('UDP6: an edge on ::1 gives the target a 52-byte UDP6 header', { timeout: 60000 }, async (t) => {
   if (!(await canBindUdp6Loopback())) {
     t.skip('no IPv6 loopback: a UDP socket cannot be bound on ::1')
     return
@@ -104,7 +105,7 @@ test('UDP6: an edge on ::1 gives the target a 52-byte UDP6 header', { timeout: 2
     assert.deepEqual((await tunnel.edge.getStatus()).listenPortsUdp, [target.port])
     client = await startUdpClient({ host: '::1' })
     const P = target.port
-    const reply = await client.request(Buffer.from('over v6'), P, { toHost: '::1', timeoutMs: 5000 })
+    const reply = await client.request(Buffer.from('over v6'), P, { toHost: '::1' })
     assert.equal(reply.toString(), 'over v6')
     assert.deepEqual(client.messages[0].from, { address: '::1', port: P })
 
@@ -131,7 +132,7 @@ test('UDP6: an edge on ::1 gives the target a 52-byte UDP6 header', { timeout: 2
   }
 })
 
-test('500 concurrent clients each get only their own replies; the hub counts 500 sessions', { timeout: 90000 }, async () => {
+test('500 concurrent clients each get only their own replies; the hub counts 500 sessions', { timeout: 180000 }, async () => {
   const N = 500
   const target = await startUdpTarget(udpBehaviours.echo)
   let tunnel
@@ -146,7 +147,7 @@ test('500 concurrent clients each get only their own replies; the hub counts 500
           const payload = Buffer.from(`client:${i}:msg:${k}`)
           try {
             // Lockstep with bounded retries: this test is about who gets what, not about loss.
-            await client.request(payload, target.port, { match: (d) => d.equals(payload), timeoutMs: 2000, attempts: 5 })
+            await client.request(payload, target.port, { match: (d) => d.equals(payload), timeoutMs: 5000, attempts: 5 })
           } catch (err) {
             failures.push(`client ${i} msg ${k}: ${err.message}`)
             return
@@ -177,7 +178,6 @@ test('500 concurrent clients each get only their own replies; the hub counts 500
     assert.equal(new Set(hubPortByClient.values()).size, N)
 
     await waitFor(async () => (await hubEdgeStatus(tunnel.hub, 'udp-many'))?.activeUdpSessions === N, {
-      timeoutMs: 10000,
       what: `hub activeUdpSessions === ${N}`,
     })
     assert.equal((await tunnel.edge.getStatus()).activeUdpSessions, N)
@@ -187,7 +187,7 @@ test('500 concurrent clients each get only their own replies; the hub counts 500
   }
 })
 
-test('a 65,000-byte datagram and an empty one cross whole, both ways', { timeout: 30000 }, async () => {
+test('a 65,000-byte datagram and an empty one cross whole, both ways', { timeout: 60000 }, async () => {
   const request = crypto.randomBytes(65000)
   const response = crypto.randomBytes(65000)
   const target = await startUdpTarget(
@@ -228,7 +228,7 @@ test('a 65,000-byte datagram and an empty one cross whole, both ways', { timeout
   }
 })
 
-test('a burst from one client arrives as separate datagrams, each with its own header', { timeout: 20000 }, async () => {
+test('a burst from one client arrives as separate datagrams, each with its own header', { timeout: 60000 }, async () => {
   // The hub sends runs of equal-size datagrams that queued behind each other with one
   // segmented send: the target must still see every datagram whole and apart.
   const target = await startUdpTarget(udpBehaviours.sink)
@@ -255,7 +255,7 @@ test('a burst from one client arrives as separate datagrams, each with its own h
   }
 })
 
-test("udpProxyHeader 'firstDatagram': only a session's first datagram carries the header", { timeout: 20000 }, async () => {
+test("udpProxyHeader 'firstDatagram': only a session's first datagram carries the header", { timeout: 60000 }, async () => {
   const target = await startUdpTarget(udpBehaviours.echo)
   let tunnel
   const clients = []
@@ -267,7 +267,7 @@ test("udpProxyHeader 'firstDatagram': only a session's first datagram carries th
       const start = target.datagrams.length
       for (const word of ['one', 'two', 'three']) {
         const payload = Buffer.from(`${name}-${word}`)
-        const reply = await client.request(payload, target.port, { match: (d) => d.equals(payload), timeoutMs: 3000 })
+        const reply = await client.request(payload, target.port, { match: (d) => d.equals(payload) })
         assert.equal(reply.toString(), `${name}-${word}`)
       }
       const records = target.datagrams.slice(start)
@@ -286,7 +286,7 @@ test("udpProxyHeader 'firstDatagram': only a session's first datagram carries th
   }
 })
 
-test("udpProxyHeader 'none': datagrams reach the target exactly as sent", { timeout: 20000 }, async () => {
+test("udpProxyHeader 'none': datagrams reach the target exactly as sent", { timeout: 60000 }, async () => {
   const target = await startUdpTarget(udpBehaviours.echo)
   let tunnel, client
   try {
@@ -294,7 +294,7 @@ test("udpProxyHeader 'none': datagrams reach the target exactly as sent", { time
     client = await startUdpClient()
     const words = ['one', 'two', 'three']
     for (const word of words) {
-      const reply = await client.request(Buffer.from(word), target.port, { match: (d) => d.toString() === word, timeoutMs: 3000 })
+      const reply = await client.request(Buffer.from(word), target.port, { match: (d) => d.toString() === word })
       assert.equal(reply.toString(), word)
     }
     assert.deepEqual(
@@ -307,7 +307,8 @@ test("udpProxyHeader 'none': datagrams reach the target exactly as sent", { time
   }
 })
 
-test('idle sessions end on both sides; the same client then gets a new session and hub socket', { timeout: 20000 }, async () => {
+test('idle sessions end on both sides; the same client then gets a new session and hub socket', { timeout: 60000 }, async () => {
+  const IDLE_MS = 1000
   const target = await startUdpTarget(udpBehaviours.echo)
   let tunnel, client
   try {
@@ -316,24 +317,36 @@ test('idle sessions end on both sides; the same client then gets a new session a
       ports: [],
       udpPorts: [target.port],
       edgeId: 'udp-idle',
-      hubOptions: { udpIdleTimeoutMs: 300, udpProxyHeader: 'firstDatagram' },
-      edgeOptions: { udpIdleTimeoutMs: 300 },
+      hubOptions: { udpIdleTimeoutMs: IDLE_MS, udpProxyHeader: 'firstDatagram' },
+      edgeOptions: { udpIdleTimeoutMs: IDLE_MS },
     })
     client = await startUdpClient()
-    assert.equal((await client.request(Buffer.from('first'), target.port, { timeoutMs: 3000 })).toString(), 'first')
-    const [hubNow, edgeNow] = await Promise.all([hubEdgeStatus(tunnel.hub, 'udp-idle'), tunnel.edge.getStatus()])
-    assert.equal(hubNow.activeUdpSessions, 1, 'hub session right after the exchange')
-    assert.equal(edgeNow.activeUdpSessions, 1, 'edge session right after the exchange')
+    /**
+     * Sends `text` and checks the echo, then that both sides count the session: a session ends
+     * IDLE_MS after its last datagram at the earliest, so a count read sooner than that after
+     * sending must show it. On a machine too slow to read it in time, the count proves nothing
+     * and is not checked.
+     */
+    const exchange = async (text) => {
+      const sentAt = performance.now()
+      assert.equal((await client.request(Buffer.from(text), target.port)).toString(), text)
+      const [hubNow, edgeNow] = await Promise.all([hubEdgeStatus(tunnel.hub, 'udp-idle'), tunnel.edge.getStatus()])
+      if (performance.now() - sentAt < IDLE_MS) {
+        assert.equal(hubNow.activeUdpSessions, 1, `hub session right after the exchange '${text}'`)
+        assert.equal(edgeNow.activeUdpSessions, 1, `edge session right after the exchange '${text}'`)
+      }
+    }
+    await exchange('first')
 
     await waitFor(
       async () => {
         const [hubSide, edgeSide] = await Promise.all([hubEdgeStatus(tunnel.hub, 'udp-idle'), tunnel.edge.getStatus()])
         return hubSide.activeUdpSessions === 0 && edgeSide.activeUdpSessions === 0
       },
-      { timeoutMs: 5000, what: 'activeUdpSessions 0 on hub and edge' },
+      { what: 'activeUdpSessions 0 on hub and edge' },
     )
 
-    assert.equal((await client.request(Buffer.from('again'), target.port, { timeoutMs: 3000 })).toString(), 'again')
+    await exchange('again')
     assert.equal(target.datagrams.length, 2)
     const [before, after] = target.datagrams
     assert.ok(before.header && after.header, 'both sessions start with a header')
@@ -341,14 +354,13 @@ test('idle sessions end on both sides; the same client then gets a new session a
     assert.equal(after.payload.toString(), 'again')
     // The header on `after` (firstDatagram mode) is what proves a new session; its hub socket
     // may even get the old port back, since the old one is closed first.
-    assert.equal((await hubEdgeStatus(tunnel.hub, 'udp-idle')).activeUdpSessions, 1)
   } finally {
     await client?.close()
     await stopQuietly(tunnel, target)
   }
 })
 
-test('updateAllowedEdges: a removed UDP port stops carrying, an added one starts', { timeout: 30000 }, async () => {
+test('updateAllowedEdges: a removed UDP port stops carrying, an added one starts', { timeout: 60000 }, async () => {
   const kept = await startUdpTarget(udpBehaviours.echo)
   const removed = await startUdpTarget(udpBehaviours.echo)
   const added = await startUdpTarget(udpBehaviours.echo)
@@ -364,10 +376,10 @@ test('updateAllowedEdges: a removed UDP port stops carrying, an added one starts
     tunnel = await startTunnel({ ports: [], udpPorts: [kept.port, removed.port], edgeId })
     const onKept = await client()
     const onRemoved = await client()
-    assert.equal((await onKept.request(Buffer.from('kept-1'), kept.port, { timeoutMs: 3000 })).toString(), 'kept-1')
-    assert.equal((await onRemoved.request(Buffer.from('removed-1'), removed.port, { timeoutMs: 3000 })).toString(), 'removed-1')
+    assert.equal((await onKept.request(Buffer.from('kept-1'), kept.port)).toString(), 'kept-1')
+    assert.equal((await onRemoved.request(Buffer.from('removed-1'), removed.port)).toString(), 'removed-1')
 
-    const withoutRemoved = once(tunnel.edge, 'portsUpdated', 5000, (e) => !e.listenPortsUdp.includes(removed.port))
+    const withoutRemoved = once(tunnel.edge, 'portsUpdated', GUARD_MS, (e) => !e.listenPortsUdp.includes(removed.port))
     await tunnel.hub.updateAllowedEdges([{ id: edgeId, secret: SECRET, listenPorts: [], listenPortsUdp: [kept.port] }])
     assert.deepEqual((await withoutRemoved).listenPortsUdp, [kept.port])
     await waitFor(async () => JSON.stringify((await tunnel.edge.getStatus()).listenPortsUdp) === JSON.stringify([kept.port]), {
@@ -381,18 +393,18 @@ test('updateAllowedEdges: a removed UDP port stops carrying, an added one starts
       await onRemoved.send(Buffer.from(`late-old-${i}`), removed.port)
     }
     // Positive control after the sends: the kept port still carries both ways.
-    assert.equal((await onKept.request(Buffer.from('kept-2'), kept.port, { timeoutMs: 3000 })).toString(), 'kept-2')
-    assert.equal((await fresh.request(Buffer.from('kept-3'), kept.port, { timeoutMs: 3000 })).toString(), 'kept-3')
+    assert.equal((await onKept.request(Buffer.from('kept-2'), kept.port)).toString(), 'kept-2')
+    assert.equal((await fresh.request(Buffer.from('kept-3'), kept.port)).toString(), 'kept-3')
     await quietWindow(400)
     assert.equal(removed.datagrams.length, seenAtRemoved, 'datagrams reached the target of a removed port')
 
-    const withAdded = once(tunnel.edge, 'portsUpdated', 5000, (e) => e.listenPortsUdp.includes(added.port))
+    const withAdded = once(tunnel.edge, 'portsUpdated', GUARD_MS, (e) => e.listenPortsUdp.includes(added.port))
     await tunnel.hub.updateAllowedEdges([{ id: edgeId, secret: SECRET, listenPorts: [], listenPortsUdp: [kept.port, added.port] }])
     const byNumber = (a, b) => a - b
     assert.deepEqual([...(await withAdded).listenPortsUdp].sort(byNumber), [kept.port, added.port].sort(byNumber))
     await waitFor(async () => (await tunnel.edge.getStatus()).listenPortsUdp.includes(added.port), { what: 'edge listening on the added port' })
     const onAdded = await client()
-    assert.equal((await onAdded.request(Buffer.from('added-1'), added.port, { timeoutMs: 3000 })).toString(), 'added-1')
+    assert.equal((await onAdded.request(Buffer.from('added-1'), added.port)).toString(), 'added-1')
     assert.equal(added.datagrams.length, 1)
     assert.deepEqual(added.datagrams[0].header.destination, { address: EDGE_ADDRESS, port: added.port })
   } finally {
@@ -401,21 +413,21 @@ test('updateAllowedEdges: a removed UDP port stops carrying, an added one starts
   }
 })
 
-test('raw edge: UDP_OPEN for an unassigned port gets UDP_CLOSE and a warning, and nothing reaches it', { timeout: 20000 }, async () => {
+test('raw edge: UDP_OPEN for an unassigned port gets UDP_CLOSE and a warning, and nothing reaches it', { timeout: 60000 }, async () => {
   const assigned = await startUdpTarget(udpBehaviours.echo)
   const unassigned = await startUdpTarget(udpBehaviours.echo)
   let hub, raw
   try {
     ;({ hub } = await startHub([{ id: 'raw-udp', secret: SECRET, listenPorts: [], listenPortsUdp: [assigned.port] }]))
     const hubPort = (await hub.getStatus()).tunnelPort
-    const warning = once(hub, 'warning', 5000, (w) => w.code === 'portNotAssigned')
+    const warning = once(hub, 'warning', GUARD_MS, (w) => w.code === 'portNotAssigned')
     raw = await connectRawEdge(hubPort, 'raw-udp')
     assert.deepEqual(raw.answer.listenPortsUdp, [assigned.port])
 
     // As a real edge does: the first datagram follows the open without waiting.
     raw.send(1, FrameType.UDP_OPEN, encodeProxyV2Udp({ address: '1.2.3.4', port: 5555 }, { address: EDGE_ADDRESS, port: unassigned.port }))
     raw.send(1, FrameType.UDP_DATA, Buffer.from('ping'))
-    const refusal = await raw.nextFrame((f) => f.streamId === 1, 5000, 'a frame for session 1')
+    const refusal = await raw.nextFrame((f) => f.streamId === 1, GUARD_MS, 'a frame for session 1')
     assert.equal(refusal.type, FrameType.UDP_CLOSE, `frame type 0x${refusal.type.toString(16)}`)
     assert.equal(refusal.payload.length, 0)
     const warned = await warning
@@ -425,7 +437,7 @@ test('raw edge: UDP_OPEN for an unassigned port gets UDP_CLOSE and a warning, an
     // Positive control on the same connection: an assigned port carries.
     raw.send(2, FrameType.UDP_OPEN, encodeProxyV2Udp({ address: '1.2.3.4', port: 5556 }, { address: EDGE_ADDRESS, port: assigned.port }))
     raw.send(2, FrameType.UDP_DATA, Buffer.from('control'))
-    const back = await raw.nextFrame((f) => f.streamId === 2, 5000, 'a frame for session 2')
+    const back = await raw.nextFrame((f) => f.streamId === 2, GUARD_MS, 'a frame for session 2')
     assert.equal(back.type, FrameType.UDP_DATA_BACK)
     assert.equal(back.payload.toString(), 'control')
     await quietWindow(300)
@@ -437,7 +449,7 @@ test('raw edge: UDP_OPEN for an unassigned port gets UDP_CLOSE and a warning, an
   }
 })
 
-test('raw edge: UDP_OPEN + UDP_DATA reach the target with the header; replies come as UDP_DATA_BACK', { timeout: 20000 }, async () => {
+test('raw edge: UDP_OPEN + UDP_DATA reach the target with the header; replies come as UDP_DATA_BACK', { timeout: 60000 }, async () => {
   const target = await startUdpTarget(udpBehaviours.answer((payload) => (payload.toString() === 'ping' ? Buffer.from('pong') : null)))
   let hub, raw
   try {
@@ -447,7 +459,7 @@ test('raw edge: UDP_OPEN + UDP_DATA reach the target with the header; replies co
     const header = encodeProxyV2Udp({ address: '203.0.113.7', port: 40000 }, { address: EDGE_ADDRESS, port: target.port })
     raw.send(1, FrameType.UDP_OPEN, header)
     raw.send(1, FrameType.UDP_DATA, Buffer.from('ping'))
-    const back = await raw.nextFrame((f) => f.streamId === 1, 5000, 'a frame for session 1')
+    const back = await raw.nextFrame((f) => f.streamId === 1, GUARD_MS, 'a frame for session 1')
     assert.equal(back.type, FrameType.UDP_DATA_BACK, `frame type 0x${back.type.toString(16)}`)
     assert.equal(back.payload.toString(), 'pong')
 
@@ -464,15 +476,15 @@ test('raw edge: UDP_OPEN + UDP_DATA reach the target with the header; replies co
   }
 })
 
-test('datagrams arriving while no tunnel is up are counted as dropped', { timeout: 20000 }, async () => {
+test('datagrams arriving while no tunnel is up are counted as dropped', { timeout: 60000 }, async () => {
   const target = await startUdpTarget(udpBehaviours.echo)
   let tunnel, client
   try {
     tunnel = await startTunnel({ ports: [], udpPorts: [target.port], edgeId: 'udp-drops' })
     client = await startUdpClient()
-    assert.equal((await client.request(Buffer.from('up'), target.port, { timeoutMs: 3000 })).toString(), 'up')
+    assert.equal((await client.request(Buffer.from('up'), target.port)).toString(), 'up')
 
-    const down = once(tunnel.edge, 'tunnelDisconnected', 10000)
+    const down = once(tunnel.edge, 'tunnelDisconnected')
     await tunnel.hub.stop()
     await down
     const status = await tunnel.edge.getStatus()
@@ -483,7 +495,6 @@ test('datagrams arriving while no tunnel is up are counted as dropped', { timeou
 
     for (let i = 0; i < 5; i++) await client.send(Buffer.from(`lost-${i}`), target.port)
     await waitFor(async () => (await tunnel.edge.getStatus()).udpDatagramsDropped >= base + 5, {
-      timeoutMs: 5000,
       what: 'edge udpDatagramsDropped to rise by 5',
     })
   } finally {
@@ -492,7 +503,7 @@ test('datagrams arriving while no tunnel is up are counted as dropped', { timeou
   }
 })
 
-test('DNS-style load: 100 clients x 20 lockstep exchanges, no loss', { timeout: 90000 }, async () => {
+test('DNS-style load: 100 clients x 20 lockstep exchanges, no loss', { timeout: 180000 }, async () => {
   const CLIENTS = 100
   const EXCHANGES = 20
   // Request "q:<client>:<seq>:" padded with 'x' to 30-100 bytes; answer "answer:<client>:<seq>".
@@ -517,8 +528,9 @@ test('DNS-style load: 100 clients x 20 lockstep exchanges, no loss', { timeout: 
           const request = Buffer.from(prefix.padEnd(size, 'x'))
           const expected = `answer:${i}:${k}`
           try {
-            // No retries: any lost request or response fails the test.
-            await client.request(request, target.port, { match: (d) => d.toString() === expected, timeoutMs: 2000, attempts: 1 })
+            // No retries: any lost request or response fails the test. A slow one does not: the
+            // wait for it only guards against a loss.
+            await client.request(request, target.port, { match: (d) => d.toString() === expected, attempts: 1 })
           } catch (err) {
             lost.push(`client ${i} exchange ${k}: ${err.message}`)
           }
