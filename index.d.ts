@@ -24,6 +24,8 @@ export interface HubConfig {
   udpIdleTimeoutMs?: number
   /** Limits that protect the hub; each has a default. */
   limits?: HubLimits
+  /** Whether edges may connect over QUIC (UDP on the tunnel port) too. Default true. */
+  quic?: boolean
 }
 
 export interface HubLimits {
@@ -38,8 +40,16 @@ export interface HubLimits {
   maxUdpSessionsPerEdge?: number
   /** TLS or QUIC handshake plus the edge's login must finish within this. Default 10000. */
   handshakeTimeoutMs?: number
-  /** Handshakes in progress at once; past it new connections are dropped. Default 512. */
+  /**
+   * Connections between accept and a decided login, at once. When full, a new connection
+   * evicts the oldest one that has sent nothing yet (else the oldest). Default 512.
+   */
   maxPendingHandshakes?: number
+  /**
+   * Of those, from one source address (IPv6: one /64); past it the source's own oldest is
+   * evicted. Default 8.
+   */
+  maxPendingHandshakesPerSource?: number
 }
 
 export interface AllowedEdge {

@@ -30,6 +30,10 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --max-edges N           edges connected at once (default 1024)
   --max-streams-per-edge N, --max-udp-sessions-per-edge N   (defaults 65536, 4096)
   --handshake-timeout-ms N  TLS/QUIC handshake plus login (default 10000)
+  --max-pending-handshakes N, --max-pending-handshakes-per-source N
+                          connections whose login is not decided yet (defaults 512, 8); when
+                          full, the oldest that has sent nothing is closed for a newcomer
+  --no-quic               do not listen for QUIC on the tunnel port (UDP); TCP+TLS only
   --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
   --log-level debug|info|warn|error   debug adds a line per connection (default info)
   --log-format text|json
@@ -215,6 +219,9 @@ async function runHub(args) {
     'max-streams-per-edge': { type: 'string' },
     'max-udp-sessions-per-edge': { type: 'string' },
     'handshake-timeout-ms': { type: 'string' },
+    'max-pending-handshakes': { type: 'string' },
+    'max-pending-handshakes-per-source': { type: 'string' },
+    'no-quic': { type: 'boolean' },
     'metrics-port': { type: 'string' },
     ...LOG_OPTIONS,
   })
@@ -237,7 +244,10 @@ async function runHub(args) {
       maxStreamsPerEdge: integer(values['max-streams-per-edge'], 'max-streams-per-edge'),
       maxUdpSessionsPerEdge: integer(values['max-udp-sessions-per-edge'], 'max-udp-sessions-per-edge'),
       handshakeTimeoutMs: integer(values['handshake-timeout-ms'], 'handshake-timeout-ms'),
+      maxPendingHandshakes: integer(values['max-pending-handshakes'], 'max-pending-handshakes'),
+      maxPendingHandshakesPerSource: integer(values['max-pending-handshakes-per-source'], 'max-pending-handshakes-per-source'),
     },
+    quic: values['no-quic'] ? false : undefined,
   })
   await hub.updateAllowedEdges(edges)
   if (values['metrics-port'] !== undefined) await serveMetrics(hub, integer(values['metrics-port'], 'metrics-port'), 'hub')

@@ -92,6 +92,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    pub fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ConfigError::new(self.name(key), "must be true or false")),
+        }
+    }
+
     pub fn port(&self, key: &str, min: u16) -> Result<Option<u16>, ConfigError> {
         // The range check keeps the value within u16.
         Ok(self.integer(key, u64::from(min), 65535)?.map(|n| n as u16))

@@ -25,6 +25,7 @@ pub mod hub;
 pub mod metrics;
 pub mod mux;
 pub mod protocol;
+pub mod source;
 pub mod stun;
 pub mod transport;
 pub mod tunnel;

@@ -329,7 +329,7 @@ async fn serve(
         carrier,
         streams: StreamTable::default(),
         quic_streams: StreamCount::default(),
-        udp: Default::default(),
+        udp: super::udp::UdpSessions::new(config.max_udp_sessions),
         next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),
         stun_interval,
@@ -491,6 +491,7 @@ fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, json: &[u8]) -> Resul
     let config =
         parse_config(json).map_err(|e| TunnelError::Violation(format!("bad CONFIG: {e}")))?;
     apply_ports(edge, &config);
+    link.udp.set_limit(config.max_udp_sessions);
     let interval = stun_interval(&config);
     link.stun_interval.send_if_modified(|current| {
         let changed = *current != interval;
