@@ -97,6 +97,27 @@ test('idle connections from many sources that fill the pending handshakes do not
   }
 })
 
+test('a connection that sends nothing is closed, and the hub says why', { timeout: 60000 }, async () => {
+  const { hub, hubPort } = await startHub([{ id: 'edge-1', secret: SECRET }])
+  const warnings = []
+  hub.on('warning', (w) => warnings.push(w))
+  try {
+    const socket = net.connect({ host: '127.0.0.1', port: hubPort, localAddress: '127.0.0.6' })
+    socket.on('error', () => {})
+    const closed = new Promise((resolve) => socket.on('close', resolve))
+    await withTimeout(closed, 30000, 'the hub to close a silent connection')
+    const metrics = await metricsOf(hub)
+    assert.equal(failures(metrics, 'tls'), 1)
+    assert.equal(metrics.get('remoteingress_hub_handshakes_pending'), 0)
+    await waitFor(() => warnings.some((w) => w.code === 'handshakeFailed' && w.message.includes('127.0.0.6') && /nothing sent/.test(w.message)), {
+      timeoutMs: 10000,
+      what: 'the handshakeFailed warning',
+    })
+  } finally {
+    await stopQuietly(hub)
+  }
+})
+
 /**
  * One login with a wrong secret from `localAddress`; resolves when the connection has closed,
  * however it ended.

@@ -186,8 +186,8 @@ struct HubShared {
     /// Connections between accept and a decided login.
     pending: Arc<PendingHandshakes>,
     totals: Mutex<HubTotals>,
-    /// The second of the last rate-limited warning.
-    last_throttled_warning: std::sync::atomic::AtomicU64,
+    /// The second of the last rate-limited warning, per code.
+    last_throttled_warning: Mutex<HashMap<&'static str, u64>>,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
     sessions: Mutex<HashMap<String, Arc<EdgeSession>>>,
     events: EventSink<HubEvent>,
@@ -204,14 +204,15 @@ impl HubShared {
     }
 
     /// A warning for a condition that can repeat thousands of times a second: at most one
-    /// per second.
+    /// per second of each code.
     fn warn_throttled(&self, code: &'static str, message: String) {
         let second = crate::events::unix_millis() / 1000;
-        if self
+        let last = self
             .last_throttled_warning
-            .swap(second, std::sync::atomic::Ordering::Relaxed)
-            != second
-        {
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(code, second);
+        if last != Some(second) {
             self.warn(code, message);
         }
     }
@@ -319,7 +320,7 @@ impl Hub {
             options,
             auth_throttle: Mutex::default(),
             pending,
-            last_throttled_warning: std::sync::atomic::AtomicU64::new(0),
+            last_throttled_warning: Mutex::default(),
             totals: Mutex::default(),
             allowed: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),

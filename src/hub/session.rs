@@ -104,8 +104,10 @@ async fn serve_edge_connection(
     slot: PendingSlot,
 ) {
     let handshake = async {
-        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, tcp.readable()).await {
-            Ok(Ok(())) => slot.mark_started(),
+        // A peek, since tokio may report a new socket readable before any byte has arrived.
+        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, tcp.peek(&mut [0u8; 1])).await {
+            Ok(Ok(0)) => return Err(HandshakeFailure::Closed),
+            Ok(Ok(_)) => slot.mark_started(),
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(HandshakeFailure::Silent),
         }
@@ -126,10 +128,13 @@ async fn serve_edge_connection(
         Ok(parts) => parts,
         Err(e) => {
             hub.count_handshake_failure("tls");
-            hub.warn(
-                "handshakeFailed",
-                format!("edge connection from {peer}: {e}"),
-            );
+            let warning = format!("edge connection from {peer}: {e}");
+            if matches!(e, HandshakeFailure::Silent) {
+                // Idle sockets come by the thousand in a flood.
+                hub.warn_throttled("handshakeFailed", warning);
+            } else {
+                hub.warn("handshakeFailed", warning);
+            }
             return;
         }
     };
