@@ -50,6 +50,11 @@ export interface HubLimits {
    * evicted. Default 8.
    */
   maxPendingHandshakesPerSource?: number
+  /**
+   * Bytes one edge's tunnel may buffer for its connections, per direction: the connections'
+   * flow-control windows share it (1 MiB to 2 GiB). Default 209715200 (200 MiB).
+   */
+  tunnelBufferBytes?: number
 }
 
 export interface AllowedEdge {
@@ -136,6 +141,8 @@ interface EdgeExtras {
   connectTimeoutMs?: number
   /** A UDP session with no datagram either way for this long ends. Default 60000. */
   udpIdleTimeoutMs?: number
+  /** Bytes the tunnel may buffer for its connections, per direction (1 MiB to 2 GiB). Default 200 MiB. */
+  tunnelBufferBytes?: number
 }
 
 export type EdgeConfig =

@@ -211,3 +211,44 @@ test('a UDP flood from thousands of addresses keeps neither new clients out nor 
     await stopQuietly(tunnel, target)
   }
 })
+
+test('connections whose clients never read all end when the clients go, however full the tunnel', { timeout: 120000 }, async () => {
+  const chunk = Buffer.alloc(64 * 1024, 0x61)
+  // Offers data as fast as each connection takes it, for as long as it is open.
+  const target = net.createServer((socket) => {
+    socket.on('error', () => {})
+    const pump = () => {
+      while (!socket.destroyed && socket.write(chunk)) {}
+    }
+    socket.on('drain', pump)
+    pump()
+  })
+  await new Promise((resolve) => target.listen(0, '127.0.0.1', resolve))
+  const port = target.address().port
+  let tunnel
+  const clients = []
+  try {
+    // The smallest budget at the edge: the hub's sending is held up by the whole tunnel's
+    // flow control, not by each stream's, long before the clients' sockets are full.
+    tunnel = await startTunnel({ ports: [port], edgeOptions: { tunnelBufferBytes: 1024 * 1024 } })
+    for (let i = 0; i < 40; i++) {
+      const client = net.connect({ host: EDGE_ADDRESS, port })
+      client.on('error', () => {})
+      client.pause() // never reads
+      clients.push(client)
+    }
+    const edgeStatus = () => tunnel.hub.getStatus().then((s) => s.connectedEdges[0])
+    await waitFor(async () => (await edgeStatus())?.activeStreams === clients.length, { timeoutMs: 30000, what: 'every connection open at the hub' })
+    // The hub has sent more than its budget: its sending side has been full.
+    await waitFor(async () => (await edgeStatus()).bytesOut > 4 * 1024 * 1024, { timeoutMs: 30000, what: 'the tunnel filled' })
+    for (const client of clients) client.destroy()
+    await waitFor(async () => (await edgeStatus()).activeStreams === 0 && (await tunnel.edge.getStatus()).activeStreams === 0, {
+      timeoutMs: 30000,
+      what: 'every connection closed at hub and edge',
+    })
+  } finally {
+    for (const client of clients) client.destroy()
+    await stopQuietly(tunnel)
+    target.close()
+  }
+})

@@ -10,9 +10,12 @@
 //           then an edge starts: how long until its tunnel is up, over TCP+TLS and QUIC.
 // udp       one datagram from each of 5,000 addresses at an edge's UDP port, re-sent every
 //           3 s, while new clients ask the target (an echo) one question each.
+// downloads 1,000 clients start a download that never ends and never read, over TCP+TLS and
+//           QUIC: the peak memory of hub and edge (each in its own process, default budget),
+//           and their memory 10 s after the clients closed.
 //
-// The hub runs in a child process (its memory and CPU are read from /proc); the edge, the
-// attacker and the clients run here. Everything is on loopback, bounded, and stops by itself.
+// The hub runs in a child process (its memory and CPU are read from /proc); the edge (except
+// in `downloads`), the attacker and the clients run here. Everything is on loopback, bounded, and stops by itself.
 import { spawn } from 'node:child_process'
 import dgram from 'node:dgram'
 import fs from 'node:fs'
@@ -25,24 +28,30 @@ const require = createRequire(import.meta.url)
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 const { RemoteIngressEdge } = require(ROOT)
 const HUB_FIXTURE = path.join(ROOT, '__test__', 'fixtures', 'hub-process.mjs')
+const EDGE_FIXTURE = path.join(ROOT, '__test__', 'fixtures', 'edge-process.mjs')
 const SECRET = 'bench-secret-0123456789'
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-/** A hub in a child process; resolves with { pid, port, stop() } once it listens. */
-async function startHub(start, edges) {
-  const child = spawn(process.execPath, [HUB_FIXTURE], {
-    env: { ...process.env, REMOTEINGRESS_TEST_HUB: JSON.stringify({ start, edges }) },
-    stdio: ['pipe', 'pipe', 'inherit'],
-  })
+/**
+ * A hub or an edge in a child process (the test fixtures); resolves with { pid, port, stop() }
+ * once it is ready (and, for `until`, once an event of that name was printed).
+ */
+async function startChild(fixture, env, until) {
+  const child = spawn(process.execPath, [fixture], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'inherit'] })
   const lines = readline.createInterface({ input: child.stdout })
   const ready = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the hub did not start within 30 s')), 30000)
+    const timer = setTimeout(() => reject(new Error(`${path.basename(fixture)} was not ready within 30 s`)), 30000)
+    let readyMessage
+    const events = new Set()
     lines.on('line', (line) => {
       const message = JSON.parse(line)
-      if (message.type === 'ready') {
+      if (message.type === 'ready') readyMessage = message
+      else if (message.type === 'event') events.add(message.event)
+      else if (message.type === 'failed') reject(new Error(`${path.basename(fixture)} failed to start`))
+      if (readyMessage && (!until || events.has(until))) {
         clearTimeout(timer)
-        resolve(message)
-      } else if (message.type === 'failed') reject(new Error('the hub failed to start'))
+        resolve(readyMessage)
+      }
     })
   })
   return {
@@ -65,6 +74,8 @@ function usage(pid) {
   const ticks = Number(fields[11]) + Number(fields[12]) // utime + stime
   return { rssMiB: rssKb / 1024, cpuSeconds: ticks / 100 }
 }
+
+const startHub = (start, edges) => startChild(HUB_FIXTURE, { REMOTEINGRESS_TEST_HUB: JSON.stringify({ start, edges }) })
 
 function edgeConfig(hubPort, extra = {}) {
   return {
@@ -286,7 +297,55 @@ async function udp() {
   target.close()
 }
 
-const scenarios = { initials, pending, udp }
+/** Peak RSS of each pid, sampled every 250 ms for `ms`. */
+async function peakRss(pids, ms) {
+  const peaks = pids.map(() => 0)
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    pids.forEach((pid, i) => (peaks[i] = Math.max(peaks[i], usage(pid).rssMiB)))
+    await sleep(250)
+  }
+  return peaks
+}
+
+async function downloads() {
+  const chunk = Buffer.alloc(64 * 1024, 0x61)
+  // Offers data as fast as each connection takes it, for as long as it is open.
+  const target = net.createServer((socket) => {
+    socket.on('error', () => {})
+    const pump = () => {
+      while (!socket.destroyed && socket.write(chunk)) {}
+    }
+    socket.on('drain', pump)
+    pump()
+  })
+  await new Promise((resolve) => target.listen(0, '127.0.0.1', resolve))
+  const port = target.address().port
+  for (const transportMode of ['tcpTls', 'quic']) {
+    const hub = await startHub({ tunnelPort: 0, bindAddress: '127.0.0.1' }, [{ id: 'bench', secret: SECRET, listenPorts: [port] }])
+    const edge = await startChild(EDGE_FIXTURE, { REMOTEINGRESS_TEST_EDGE: JSON.stringify({ start: edgeConfig(hub.port, { transportMode }) }) }, 'portsAssigned')
+    await sleep(1000)
+    const baseline = [usage(hub.pid).rssMiB, usage(edge.pid).rssMiB]
+    const clients = []
+    for (let i = 0; i < 1000; i++) {
+      const client = net.connect({ host: '127.0.0.2', port })
+      client.on('error', () => {})
+      client.pause() // never reads
+      clients.push(client)
+    }
+    const peak = await peakRss([hub.pid, edge.pid], 15000)
+    for (const client of clients) client.destroy()
+    await sleep(10000)
+    const after = [usage(hub.pid).rssMiB, usage(edge.pid).rssMiB]
+    const row = (name, i) => `${name} ${baseline[i].toFixed(0)} -> peak ${peak[i].toFixed(0)} -> ${after[i].toFixed(0)} MiB 10 s after`
+    console.log(`downloads: ${transportMode}: 1,000 clients that never read: ${row('hub', 0)}; ${row('edge', 1)}`)
+    await edge.stop()
+    await hub.stop()
+  }
+  target.close()
+}
+
+const scenarios = { initials, pending, udp, downloads }
 const chosen = process.argv.slice(2)
 for (const name of chosen.length > 0 ? chosen : Object.keys(scenarios)) {
   if (!scenarios[name]) throw new Error(`unknown scenario ${name}; one of ${Object.keys(scenarios).join(', ')}`)

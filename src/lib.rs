@@ -21,6 +21,7 @@
 pub mod config;
 pub mod edge;
 pub mod events;
+pub mod heap;
 pub mod hub;
 pub mod metrics;
 pub mod mux;

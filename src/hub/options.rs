@@ -46,6 +46,8 @@ pub struct HubLimits {
     pub handshake_timeout: Duration,
     pub max_pending_handshakes: usize,
     pub max_pending_handshakes_per_source: usize,
+    /// Bytes one edge's tunnel may buffer for its streams, per direction.
+    pub tunnel_buffer_bytes: u32,
 }
 
 impl Default for HubLimits {
@@ -57,6 +59,7 @@ impl Default for HubLimits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             max_pending_handshakes_per_source: DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE,
+            tunnel_buffer_bytes: crate::mux::flow::TUNNEL_WINDOW_BUDGET,
         }
     }
 }
@@ -77,6 +80,7 @@ impl HubLimits {
                 "handshakeTimeoutMs",
                 "maxPendingHandshakes",
                 "maxPendingHandshakesPerSource",
+                "tunnelBufferBytes",
             ],
         )?;
         let count = |key: &str, max: u64, default: usize| -> Result<usize, ConfigError> {
@@ -108,6 +112,9 @@ impl HubLimits {
                 1_000_000,
                 defaults.max_pending_handshakes_per_source,
             )?,
+            tunnel_buffer_bytes: f
+                .buffer_bytes("tunnelBufferBytes")?
+                .unwrap_or(defaults.tunnel_buffer_bytes),
         })
     }
 }

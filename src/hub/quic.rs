@@ -161,7 +161,12 @@ async fn serve_edge_connection(
         connection.close(CLOSE_SESSION_ENDED, b"unauthorized");
         return;
     };
-    grant_tunnel_limits(&connection, hub.options.limits.max_streams_per_edge);
+    let limits = &hub.options.limits;
+    grant_tunnel_limits(
+        &connection,
+        limits.max_streams_per_edge,
+        limits.tunnel_buffer_bytes,
+    );
     run_session(&hub, session.clone(), peer, async {
         let ended = serve(&hub, &session, &connection, send, recv, leftover, queue).await;
         let code = if matches!(ended, TunnelError::Violation(_)) {

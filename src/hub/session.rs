@@ -386,7 +386,7 @@ fn admit(
         connected_at: unix_millis(),
         config: Mutex::new(entry.config.clone()),
         carrier,
-        streams: StreamTable::default(),
+        streams: StreamTable::with_budget(hub.options.limits.tunnel_buffer_bytes),
         quic_streams: StreamCount::default(),
         udp: Arc::default(),
         cancel,

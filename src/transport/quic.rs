@@ -221,13 +221,20 @@ pub fn edge_endpoint(
 
 /// Raises a logged-in edge's limits to the tunnel's: `streams_per_edge` connection streams
 /// (each tunneled connection is a stream) beside the control stream, oversized datagrams, and
-/// the tunnel's receive window.
-pub fn grant_tunnel_limits(connection: &quinn::Connection, streams_per_edge: u32) {
+/// the tunnel's buffer budget (see [`apply_buffer_budget`]).
+pub fn grant_tunnel_limits(connection: &quinn::Connection, streams_per_edge: u32, budget: u32) {
     connection.set_max_concurrent_bi_streams(VarInt::from_u32(
         streams_per_edge.saturating_add(STREAMS_BEFORE_LOGIN),
     ));
     connection.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_OVERSIZED_DATAGRAM_STREAMS));
-    connection.set_receive_window(VarInt::from_u32(QUIC_CONNECTION_WINDOW));
+    apply_buffer_budget(connection, budget);
+}
+
+/// Bounds what a connection buffers to `budget` bytes per direction: the peer may send that
+/// much unread, and this side queues as much unsent or unacknowledged.
+pub fn apply_buffer_budget(connection: &quinn::Connection, budget: u32) {
+    connection.set_receive_window(VarInt::from_u32(budget));
+    connection.set_send_window(u64::from(budget));
 }
 
 /// How long a closing side waits for its CONNECTION_CLOSE to leave, for a peer that is gone.
