@@ -24,6 +24,8 @@ export interface HubConfig {
   udpIdleTimeoutMs?: number
   /** Limits that protect the hub; each has a default. */
   limits?: HubLimits
+  /** Whether edges may connect over QUIC (UDP on the tunnel port) too. Default true. */
+  quic?: boolean
 }
 
 export interface HubLimits {
@@ -38,8 +40,21 @@ export interface HubLimits {
   maxUdpSessionsPerEdge?: number
   /** TLS or QUIC handshake plus the edge's login must finish within this. Default 10000. */
   handshakeTimeoutMs?: number
-  /** Handshakes in progress at once; past it new connections are dropped. Default 512. */
+  /**
+   * Connections between accept and a decided login, at once. When full, a new connection
+   * evicts the oldest one that has sent nothing yet (else the oldest). Default 512.
+   */
   maxPendingHandshakes?: number
+  /**
+   * Of those, from one source address (IPv6: one /64); past it the source's own oldest is
+   * evicted. Default 8.
+   */
+  maxPendingHandshakesPerSource?: number
+  /**
+   * Bytes one edge's tunnel may buffer for its connections, per direction: the connections'
+   * flow-control windows share it (1 MiB to 2 GiB). Default 209715200 (200 MiB).
+   */
+  tunnelBufferBytes?: number
 }
 
 export interface AllowedEdge {
@@ -126,6 +141,8 @@ interface EdgeExtras {
   connectTimeoutMs?: number
   /** A UDP session with no datagram either way for this long ends. Default 60000. */
   udpIdleTimeoutMs?: number
+  /** Bytes the tunnel may buffer for its connections, per direction (1 MiB to 2 GiB). Default 200 MiB. */
+  tunnelBufferBytes?: number
 }
 
 export type EdgeConfig =

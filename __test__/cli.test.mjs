@@ -4,6 +4,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
+import dgram from 'node:dgram'
 import fs from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
@@ -218,6 +219,43 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
   } finally {
     for (const cli of [edge, hub]) if (cli && cli.child.exitCode === null) cli.child.kill('SIGKILL')
     await stopQuietly(first, second)
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+test('hub --no-quic leaves the UDP twin of the tunnel port alone; pending-handshake flags reach the hub', { timeout: 60_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ri-cli-'))
+  const edgesFile = path.join(dir, 'edges.json')
+  fs.writeFileSync(edgesFile, JSON.stringify([{ id: 'cli-edge', secret: SECRET }]))
+  let hub
+  try {
+    hub = startCli(['hub', '--edges', edgesFile, '--tunnel-port', '0', '--bind', '127.0.0.1', '--no-quic',
+      '--max-pending-handshakes', '2', '--max-pending-handshakes-per-source', '1', '--metrics-port', '0'])
+    const { url: metricsUrl } = await hub.waitForLog((l) => l.event === 'metricsListening', 'metricsListening')
+    const { tunnelPort } = await hub.waitForLog((l) => l.event === 'started', 'started')
+    // Nothing holds the UDP port: this process can bind it.
+    const udp = dgram.createSocket('udp4')
+    await new Promise((resolve, reject) => udp.once('error', reject).bind(tunnelPort, '127.0.0.1', resolve))
+    udp.close()
+    // One pending place per source: a second idle connection from 127.0.0.7 evicts the first.
+    const first = net.connect({ host: '127.0.0.1', port: tunnelPort, localAddress: '127.0.0.7' })
+    first.on('error', () => {})
+    const firstClosed = new Promise((resolve) => first.once('close', resolve))
+    await new Promise((resolve) => first.once('connect', resolve))
+    await waitFor(async () => parsePrometheus(await httpGet(metricsUrl)).get('remoteingress_hub_handshakes_pending') === 1, {
+      timeoutMs: 15000,
+      what: 'the first connection pending',
+    })
+    const second = net.connect({ host: '127.0.0.1', port: tunnelPort, localAddress: '127.0.0.7' })
+    second.on('error', () => {})
+    await withTimeout(firstClosed, 15000, 'the first connection evicted')
+    second.destroy()
+    const metrics = parsePrometheus(await httpGet(metricsUrl))
+    assert.equal(metrics.get('remoteingress_hub_handshake_failures_total{reason="evicted"}'), 1)
+    hub.child.kill('SIGTERM')
+    assert.deepEqual(await withTimeout(hub.exited, 15000, 'the hub to exit'), { code: 0, signal: null })
+  } finally {
+    if (hub && hub.child.exitCode === null) hub.child.kill('SIGKILL')
     fs.rmSync(dir, { recursive: true, force: true })
   }
 })

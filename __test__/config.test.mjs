@@ -22,6 +22,8 @@ const badHubConfigs = [
   { name: 'an unknown key', config: { tunnelPort: 0, bindAddress: '127.0.0.1', tunnelPrt: 1 }, field: /tunnelPrt/ },
   { name: 'limits.maxEdges 0', config: { tunnelPort: 0, bindAddress: '127.0.0.1', limits: { maxEdges: 0 } }, field: /limits\.maxEdges/ },
   { name: 'an unknown limit', config: { tunnelPort: 0, bindAddress: '127.0.0.1', limits: { maxFrameSize: 1 } }, field: /limits\.maxFrameSize/ },
+  { name: 'limits.tunnelBufferBytes under 1 MiB', config: { tunnelPort: 0, bindAddress: '127.0.0.1', limits: { tunnelBufferBytes: 65536 } }, field: /limits\.tunnelBufferBytes/ },
+  { name: "quic 'no'", config: { tunnelPort: 0, bindAddress: '127.0.0.1', quic: 'no' }, field: /quic/ },
 ]
 
 for (const { name, config, field } of badHubConfigs) {
@@ -45,6 +47,7 @@ const badEdgeConfigs = [
   { name: "transportMode 'bogus'", config: { ...validEdge, transportMode: 'bogus' }, field: /transportMode/ },
   { name: "hubFingerprint 'abc'", config: { ...validEdge, hubFingerprint: 'abc' }, field: /hubFingerprint/ },
   { name: "bindAddress 'nope'", config: { ...validEdge, bindAddress: 'nope' }, field: /bindAddress/ },
+  { name: 'tunnelBufferBytes over 2 GiB', config: { ...validEdge, tunnelBufferBytes: 2 ** 31 + 1 }, field: /tunnelBufferBytes/ },
   {
     name: 'a token together with a secret',
     config: { token: 'eyJoIjoiMTI3LjAuMC4xIiwicCI6MSwiZSI6ImUiLCJzIjoicyJ9', secret: SECRET, stunServers: [] },

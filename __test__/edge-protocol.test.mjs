@@ -73,6 +73,11 @@ test('edge wire: auth line, then OPEN with the PROXY line, DATA, CLOSE; replies 
       const frame = await session.nextFrame((f) => f.streamId === id && f.type === FrameType.DATA, GUARD_MS, `DATA for stream ${id}`)
       dataFrames.push(frame)
       total += frame.payload.length
+      // As a hub does once the bytes reached the target: past its initial window the edge
+      // sends only on credit.
+      const credit = Buffer.alloc(4)
+      credit.writeUInt32BE(frame.payload.length)
+      session.send(id, FrameType.WINDOW_UPDATE_BACK, credit)
     }
     assert.ok(Buffer.concat(dataFrames.map((f) => f.payload)).equals(upload), 'DATA frames carry the client bytes in order')
     assert.ok(dataFrames.every((f) => f.payload.length > 0 && f.payload.length <= 64 * 1024), 'DATA payloads are 1..64 KiB')

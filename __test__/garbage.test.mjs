@@ -41,7 +41,7 @@ const RUDE_SECRET = 'rude-secret-4b8e2d91'
 const STORM_IDS = Array.from({ length: 30 }, (_, i) => `storm-${i}`)
 const MAX_FRAME_PAYLOAD = 1024 * 1024 // protocol/frame.rs
 const MAX_STREAM_WINDOW = 2 ** 31 - 1 // mux/flow.rs: the most credit a sender may hold
-const INITIAL_STREAM_WINDOW = 1024 * 1024 // mux/flow.rs
+const INITIAL_STREAM_WINDOW = 64 * 1024 // mux/flow.rs
 const MAX_DATA_PAYLOAD = 64 * 1024 // protocol/frame.rs: the largest DATA frame
 const SECRETS = [SECRET, RUDE_SECRET]
 

@@ -30,6 +30,12 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --max-edges N           edges connected at once (default 1024)
   --max-streams-per-edge N, --max-udp-sessions-per-edge N   (defaults 65536, 4096)
   --handshake-timeout-ms N  TLS/QUIC handshake plus login (default 10000)
+  --max-pending-handshakes N, --max-pending-handshakes-per-source N
+                          connections whose login is not decided yet (defaults 512, 8); when
+                          full, the oldest that has sent nothing is closed for a newcomer
+  --no-quic               do not listen for QUIC on the tunnel port (UDP); TCP+TLS only
+  --tunnel-buffer-bytes N bytes one edge's tunnel buffers for its connections, per direction
+                          (default 209715200, 200 MiB)
   --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
   --log-level debug|info|warn|error   debug adds a line per connection (default info)
   --log-format text|json
@@ -44,6 +50,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --hub-fingerprint F     accept only a hub with this key fingerprint (sha256/...)
   --ca FILE               accept only a hub with a certificate from this CA (PEM)
   --stun HOST:PORT        STUN server for public-IP discovery (repeatable); --no-stun turns it off
+  --tunnel-buffer-bytes N bytes the tunnel buffers for its connections, per direction (default 200 MiB)
   --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
   --log-level debug|info|warn|error, --log-format text|json
   -h, --help`,
@@ -215,6 +222,10 @@ async function runHub(args) {
     'max-streams-per-edge': { type: 'string' },
     'max-udp-sessions-per-edge': { type: 'string' },
     'handshake-timeout-ms': { type: 'string' },
+    'max-pending-handshakes': { type: 'string' },
+    'max-pending-handshakes-per-source': { type: 'string' },
+    'no-quic': { type: 'boolean' },
+    'tunnel-buffer-bytes': { type: 'string' },
     'metrics-port': { type: 'string' },
     ...LOG_OPTIONS,
   })
@@ -237,7 +248,11 @@ async function runHub(args) {
       maxStreamsPerEdge: integer(values['max-streams-per-edge'], 'max-streams-per-edge'),
       maxUdpSessionsPerEdge: integer(values['max-udp-sessions-per-edge'], 'max-udp-sessions-per-edge'),
       handshakeTimeoutMs: integer(values['handshake-timeout-ms'], 'handshake-timeout-ms'),
+      maxPendingHandshakes: integer(values['max-pending-handshakes'], 'max-pending-handshakes'),
+      maxPendingHandshakesPerSource: integer(values['max-pending-handshakes-per-source'], 'max-pending-handshakes-per-source'),
+      tunnelBufferBytes: integer(values['tunnel-buffer-bytes'], 'tunnel-buffer-bytes'),
     },
+    quic: values['no-quic'] ? false : undefined,
   })
   await hub.updateAllowedEdges(edges)
   if (values['metrics-port'] !== undefined) await serveMetrics(hub, integer(values['metrics-port'], 'metrics-port'), 'hub')
@@ -283,6 +298,7 @@ async function runEdge(args) {
     ca: { type: 'string' },
     stun: { type: 'string', multiple: true },
     'no-stun': { type: 'boolean' },
+    'tunnel-buffer-bytes': { type: 'string' },
     'metrics-port': { type: 'string' },
     ...LOG_OPTIONS,
   })
@@ -305,6 +321,7 @@ async function runEdge(args) {
     hubFingerprint: values['hub-fingerprint'],
     caPem: values.ca ? fs.readFileSync(values.ca, 'utf8') : undefined,
     stunServers: values['no-stun'] ? [] : values.stun,
+    tunnelBufferBytes: integer(values['tunnel-buffer-bytes'], 'tunnel-buffer-bytes'),
   })
   if (values['metrics-port'] !== undefined) await serveMetrics(edge, integer(values['metrics-port'], 'metrics-port'), 'edge')
   log('edge', 'started', {})

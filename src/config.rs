@@ -92,6 +92,22 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A byte count from 1 MiB to 2 GiB (a tunnel's buffer budget).
+    pub fn buffer_bytes(&self, key: &str) -> Result<Option<u32>, ConfigError> {
+        // The range check keeps the value within u32.
+        Ok(self
+            .integer(key, 1 << 20, 1 << 31)?
+            .map(|n| n.min(u64::from(u32::MAX)) as u32))
+    }
+
+    pub fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ConfigError::new(self.name(key), "must be true or false")),
+        }
+    }
+
     pub fn port(&self, key: &str, min: u16) -> Result<Option<u16>, ConfigError> {
         // The range check keeps the value within u16.
         Ok(self.integer(key, u64::from(min), 65535)?.map(|n| n as u16))

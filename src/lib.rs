@@ -21,10 +21,12 @@
 pub mod config;
 pub mod edge;
 pub mod events;
+pub mod heap;
 pub mod hub;
 pub mod metrics;
 pub mod mux;
 pub mod protocol;
+pub mod source;
 pub mod stun;
 pub mod transport;
 pub mod tunnel;

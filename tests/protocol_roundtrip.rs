@@ -15,8 +15,8 @@ use remoteingress::protocol::frame::{
 };
 use remoteingress::protocol::handshake::{
     encode_auth_line, encode_config, encode_reply, parse_auth_line, parse_config, parse_reply,
-    take_line, take_line_limited, EdgeConfig, HubReply, MAX_REPLY_LINE, MAX_STUN_INTERVAL_SECS,
-    MIN_STUN_INTERVAL_SECS,
+    take_line, take_line_limited, EdgeConfig, HubReply, DEFAULT_MAX_UDP_SESSIONS, MAX_REPLY_LINE,
+    MAX_STUN_INTERVAL_SECS, MAX_UDP_SESSIONS_LIMIT, MIN_STUN_INTERVAL_SECS,
 };
 use remoteingress::protocol::proxy::{
     encode_v1, encode_v2, parse_v1, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport,
@@ -95,12 +95,14 @@ fn any_config() -> impl Strategy<Value = EdgeConfig> {
         prop::collection::vec(port(), 0..40),
         prop::collection::vec(port(), 0..40),
         MIN_STUN_INTERVAL_SECS..=MAX_STUN_INTERVAL_SECS,
+        prop_oneof![Just(DEFAULT_MAX_UDP_SESSIONS), 1..=MAX_UDP_SESSIONS_LIMIT],
     )
         .prop_map(
-            |(listen_ports, listen_ports_udp, stun_interval_secs)| EdgeConfig {
+            |(listen_ports, listen_ports_udp, stun_interval_secs, max_udp_sessions)| EdgeConfig {
                 listen_ports,
                 listen_ports_udp,
                 stun_interval_secs,
+                max_udp_sessions,
             },
         )
 }

@@ -102,6 +102,10 @@ struct EdgeShared {
     listeners: Mutex<ListenerSet>,
     public_ip: Mutex<Option<IpAddr>>,
     udp_dropped: AtomicU64,
+    /// UDP sessions ended to make room for new clients in a full table.
+    udp_evicted: AtomicU64,
+    /// The second of the last rate-limited warning.
+    last_throttled_warning: AtomicU64,
     /// Tunnel bytes over the edge's life, all tunnels together.
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
@@ -147,6 +151,19 @@ impl EdgeShared {
 
     fn count_udp_drop(&self) {
         self.udp_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_udp_eviction(&self) {
+        self.udp_evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A warning for a condition that can repeat thousands of times a second: at most one
+    /// per second.
+    fn warn_throttled(&self, code: &'static str, message: String) {
+        let second = crate::events::unix_millis() / 1000;
+        if self.last_throttled_warning.swap(second, Ordering::Relaxed) != second {
+            self.warn(code, message);
+        }
     }
 
     fn public_ip(&self) -> MutexGuard<'_, Option<IpAddr>> {
@@ -239,6 +256,8 @@ impl Edge {
             link: Mutex::new(None),
             public_ip: Mutex::new(None),
             udp_dropped: AtomicU64::new(0),
+            udp_evicted: AtomicU64::new(0),
+            last_throttled_warning: AtomicU64::new(0),
             bytes_in: Arc::default(),
             bytes_out: Arc::default(),
             totals: Mutex::default(),
@@ -326,6 +345,12 @@ impl Edge {
             Kind::Counter,
             "Datagrams lost: no tunnel, congestion, session limit or a failed send.",
             status.udp_datagrams_dropped,
+        );
+        single(
+            "remoteingress_edge_udp_sessions_evicted_total",
+            Kind::Counter,
+            "UDP sessions ended to make room for a new client: unanswered ones first.",
+            shared.udp_evicted.load(Ordering::Relaxed),
         );
         m.family(
             "remoteingress_edge_connect_failures_total",

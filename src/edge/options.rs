@@ -49,6 +49,8 @@ pub struct EdgeOptions {
     pub reconnect_max: Duration,
     pub connect_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    /// Bytes a tunnel may buffer for its streams, per direction.
+    pub tunnel_buffer_bytes: u32,
 }
 
 impl std::fmt::Debug for EdgeOptions {
@@ -87,6 +89,7 @@ impl EdgeOptions {
                 "reconnectMaxMs",
                 "connectTimeoutMs",
                 "udpIdleTimeoutMs",
+                "tunnelBufferBytes",
             ],
         )?;
         let (hub_host, hub_port, edge_id, secret, token_fingerprint) = match f.string("token")? {
@@ -191,6 +194,9 @@ impl EdgeOptions {
             udp_idle_timeout: f
                 .millis("udpIdleTimeoutMs")?
                 .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
+            tunnel_buffer_bytes: f
+                .buffer_bytes("tunnelBufferBytes")?
+                .unwrap_or(crate::mux::flow::TUNNEL_WINDOW_BUDGET),
         })
     }
 }

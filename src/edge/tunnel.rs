@@ -17,7 +17,9 @@ use crate::protocol::handshake::{
     HubReply, MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
 };
 use crate::protocol::quic::ControlMessage;
-use crate::transport::quic::{close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED};
+use crate::transport::quic::{
+    apply_buffer_budget, close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED,
+};
 use crate::transport::tls::{server_name, HubTrust, ALPN};
 use crate::transport::tls_stream::{self, TlsConnection};
 use crate::tunnel::quic::{
@@ -251,6 +253,7 @@ async fn connect_quic(
     if !negotiated_alpn(&connection) {
         return Err(ConnectError::Alpn);
     }
+    apply_buffer_budget(&connection, o.tunnel_buffer_bytes);
     // The control stream; the hub sees it when the auth line arrives on it. Only now, with
     // the hub's key checked, does the secret leave the edge.
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| quic(&e))?;
@@ -327,9 +330,9 @@ async fn serve(
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
         carrier,
-        streams: StreamTable::default(),
+        streams: StreamTable::with_budget(edge.options.tunnel_buffer_bytes),
         quic_streams: StreamCount::default(),
-        udp: Default::default(),
+        udp: super::udp::UdpSessions::new(config.max_udp_sessions),
         next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),
         stun_interval,
@@ -491,6 +494,7 @@ fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, json: &[u8]) -> Resul
     let config =
         parse_config(json).map_err(|e| TunnelError::Violation(format!("bad CONFIG: {e}")))?;
     apply_ports(edge, &config);
+    link.udp.set_limit(config.max_udp_sessions);
     let interval = stun_interval(&config);
     link.stun_interval.send_if_modified(|current| {
         let changed = *current != interval;

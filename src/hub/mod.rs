@@ -2,6 +2,7 @@
 //! to `targetHost:<edge port>` behind a PROXY header.
 
 pub mod options;
+mod pending;
 mod quic;
 mod session;
 mod throttle;
@@ -14,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +24,7 @@ use crate::transport::tls::{HubIdentity, TlsSetupError};
 use crate::tunnel::stream::SocketBytes;
 
 use options::{AllowedEdge, HubOptions};
+use pending::{EvictedFor, PendingHandshakes, PendingSlot};
 use session::EdgeSession;
 
 /// Everything a hub reports.
@@ -87,11 +88,12 @@ pub enum HubStartError {
 /// UDP twin is taken.
 const EPHEMERAL_PORT_ATTEMPTS: usize = 16;
 
-/// The TLS listener and the QUIC endpoint, on the same port number (TCP and UDP).
+/// The TLS listener and the QUIC endpoint (unless turned off), on the same port number (TCP
+/// and UDP).
 async fn bind_tunnel_port(
     options: &HubOptions,
     tls: Arc<rustls::ServerConfig>,
-) -> Result<(TcpListener, quinn::Endpoint, u16), HubStartError> {
+) -> Result<(TcpListener, Option<quinn::Endpoint>, u16), HubStartError> {
     let wanted = SocketAddr::new(options.bind_address, options.tunnel_port);
     let mut attempt = 0;
     loop {
@@ -108,14 +110,16 @@ async fn bind_tunnel_port(
                 address: wanted,
                 source,
             })?;
+        if !options.quic {
+            return Ok((listener, None, address.port()));
+        }
         match hub_endpoint(
             address,
             tls.clone(),
-            options.limits.max_streams_per_edge,
             options.heartbeat_timeout,
             options.heartbeat_interval,
         ) {
-            Ok(endpoint) => return Ok((listener, endpoint, address.port())),
+            Ok(endpoint) => return Ok((listener, Some(endpoint), address.port())),
             Err(QuicSetupError::Bind { .. })
                 if wanted.port() == 0 && attempt < EPHEMERAL_PORT_ATTEMPTS => {}
             Err(e) => return Err(e.into()),
@@ -151,7 +155,7 @@ pub struct ConnectedEdgeStatus {
 #[derive(Debug, Default)]
 struct HubTotals {
     edges: BTreeMap<String, EdgeTotals>,
-    /// Failed handshakes by reason: `tls`, `auth`, `throttled`, `limit`.
+    /// Failed handshakes by reason, one of [`HANDSHAKE_FAILURE_REASONS`].
     handshake_failures: BTreeMap<&'static str, u64>,
 }
 
@@ -168,16 +172,22 @@ struct EdgeTotals {
     bytes_by_port: BTreeMap<u16, Arc<SocketBytes>>,
 }
 
+/// Why a connection did not become a tunnel, as counted in the metrics: the TLS or QUIC
+/// handshake or the auth line failed or timed out; the login was refused; the source had
+/// too many attempts; the edge limit was reached; the connection was evicted from a full
+/// table of pending handshakes.
+const HANDSHAKE_FAILURE_REASONS: [&str; 5] = ["tls", "auth", "throttled", "limit", "evicted"];
+
 /// State every task of one hub shares.
 struct HubShared {
     options: HubOptions,
-    /// Failed logins per source address.
+    /// Login attempts per source address.
     auth_throttle: Mutex<throttle::AuthThrottle>,
-    /// Handshakes in progress; past the limit new connections are dropped at once.
-    handshakes: Arc<tokio::sync::Semaphore>,
+    /// Connections between accept and a decided login.
+    pending: Arc<PendingHandshakes>,
     totals: Mutex<HubTotals>,
-    /// The second of the last rate-limited warning.
-    last_throttled_warning: std::sync::atomic::AtomicU64,
+    /// The second of the last rate-limited warning, per code.
+    last_throttled_warning: Mutex<HashMap<&'static str, u64>>,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
     sessions: Mutex<HashMap<String, Arc<EdgeSession>>>,
     events: EventSink<HubEvent>,
@@ -194,14 +204,15 @@ impl HubShared {
     }
 
     /// A warning for a condition that can repeat thousands of times a second: at most one
-    /// per second.
+    /// per second of each code.
     fn warn_throttled(&self, code: &'static str, message: String) {
         let second = crate::events::unix_millis() / 1000;
-        if self
+        let last = self
             .last_throttled_warning
-            .swap(second, std::sync::atomic::Ordering::Relaxed)
-            != second
-        {
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(code, second);
+        if last != Some(second) {
             self.warn(code, message);
         }
     }
@@ -215,32 +226,60 @@ impl HubShared {
         update(self.totals().edges.entry(edge_id.to_string()).or_default())
     }
 
-    /// Whether a new connection from `source` may start a handshake. It is refused before any
-    /// TLS or QUIC work, which costs the hub nothing, when the source failed to log in too
-    /// often or too many handshakes are under way. The permit is held until the login is
-    /// decided.
-    fn handshake_permit(&self, source: std::net::IpAddr) -> Option<OwnedSemaphorePermit> {
-        let allowed = self
-            .auth_throttle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allows(source, std::time::Instant::now());
-        if !allowed {
+    fn auth_throttle(&self) -> MutexGuard<'_, throttle::AuthThrottle> {
+        self.auth_throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for a new connection from `source` among the pending handshakes, or None when
+    /// the source has used up its login attempts: refused before any TLS or QUIC work, which
+    /// costs the hub nothing. When the table is full another connection is evicted for it.
+    /// The slot is held until the login is decided.
+    fn begin_handshake(&self, source: std::net::IpAddr) -> Option<PendingSlot> {
+        let source = pending::source_key(source);
+        if !self
+            .auth_throttle()
+            .try_begin(source, std::time::Instant::now())
+        {
             self.count_handshake_failure("throttled");
+            self.warn_throttled(
+                "authThrottled",
+                format!(
+                    "{source} started {} logins within {:?} without a success; its connections are refused for now",
+                    throttle::MAX_AUTH_FAILURES,
+                    throttle::AUTH_FAILURE_WINDOW
+                ),
+            );
             return None;
         }
-        let permit = self.handshakes.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            self.count_handshake_failure("limit");
+        let (slot, eviction) = self.pending.admit(source);
+        if let Some(eviction) = eviction {
+            let limits = &self.options.limits;
+            let why = match eviction.reason {
+                // The source crowded itself out: its attempt still counts.
+                EvictedFor::SourceFull => format!(
+                    "{} has {} handshakes under way",
+                    eviction.source, limits.max_pending_handshakes_per_source
+                ),
+                // Someone else's connection took the place: not the evicted source's doing.
+                EvictedFor::TableFull => {
+                    self.auth_throttle().give_back(eviction.source);
+                    format!("{} handshakes are under way", limits.max_pending_handshakes)
+                }
+            };
             self.warn_throttled(
                 "handshakeLimit",
                 format!(
-                    "{} handshakes under way; dropping new connections",
-                    self.options.limits.max_pending_handshakes
+                    "{why}; the oldest pending one (from {}) was closed to make room",
+                    eviction.source
                 ),
             );
         }
-        permit
+        Some(slot)
+    }
+
+    /// A pending connection was evicted (see `begin_handshake`).
+    fn handshake_evicted(&self) {
+        self.count_handshake_failure("evicted");
     }
 
     fn count_handshake_failure(&self, reason: &'static str) {
@@ -273,12 +312,15 @@ impl Hub {
         let (listener, endpoint, tunnel_port) =
             bind_tunnel_port(&options, server_config.clone()).await?;
         let cancel = CancellationToken::new();
-        let pending_handshakes = options.limits.max_pending_handshakes;
+        let pending = PendingHandshakes::new(
+            options.limits.max_pending_handshakes,
+            options.limits.max_pending_handshakes_per_source,
+        );
         let shared = Arc::new(HubShared {
             options,
             auth_throttle: Mutex::default(),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(pending_handshakes)),
-            last_throttled_warning: std::sync::atomic::AtomicU64::new(0),
+            pending,
+            last_throttled_warning: Mutex::default(),
             totals: Mutex::default(),
             allowed: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -291,9 +333,11 @@ impl Hub {
             server_config,
             cancel.clone(),
         ));
-        shared
-            .tasks
-            .spawn(quic::accept_loop(shared.clone(), endpoint, cancel.clone()));
+        if let Some(endpoint) = endpoint {
+            shared
+                .tasks
+                .spawn(quic::accept_loop(shared.clone(), endpoint, cancel.clone()));
+        }
         Ok(Hub {
             shared,
             tunnel_port,
@@ -305,8 +349,15 @@ impl Hub {
     /// Replaces the allowed edges. Connected edges get their new ports at once; an edge that
     /// was removed or whose secret changed is disconnected.
     pub fn update_allowed_edges(&self, edges: Vec<AllowedEdge>) {
-        let by_id: HashMap<String, AllowedEdge> =
-            edges.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let max_udp_sessions = self.shared.options.limits.max_udp_sessions_per_edge;
+        let by_id: HashMap<String, AllowedEdge> = edges
+            .into_iter()
+            .map(|mut e| {
+                // The edge applies the hub's UDP session limit too.
+                e.config.max_udp_sessions = max_udp_sessions;
+                (e.id.clone(), e)
+            })
+            .collect();
         // Held while the sessions are read: an edge being admitted right now is either checked
         // against the new list or already registered and reached below.
         let mut allowed = self
@@ -465,7 +516,7 @@ impl Hub {
             Kind::Counter,
             "Edge connections that did not become a tunnel, by reason.",
         );
-        for reason in ["tls", "auth", "throttled", "limit"] {
+        for reason in HANDSHAKE_FAILURE_REASONS {
             let count = totals.handshake_failures.get(reason).copied().unwrap_or(0);
             m.sample(
                 "remoteingress_hub_handshake_failures_total",
@@ -473,6 +524,13 @@ impl Hub {
                 count,
             );
         }
+        m.family(
+            "remoteingress_hub_handshakes_pending",
+            Kind::Gauge,
+            "Edge connections accepted whose login is not decided yet.",
+        );
+        let pending = self.shared.pending.len() as u64;
+        m.sample("remoteingress_hub_handshakes_pending", &[], pending);
         m.finish()
     }
 

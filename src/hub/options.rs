@@ -32,6 +32,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connections are dropped, so a storm of slow or bogus handshakes cannot take the hub's
 /// memory and CPU from established tunnels.
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 512;
+/// Of those, from one source address (IPv6: one /64), by default. A source past it, or a new
+/// connection when the table is full, evicts an older one instead of being refused.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 8;
 
 /// Limits an operator may set (`limits` in the start options). The frame size is not among
 /// them: it is part of the wire protocol.
@@ -42,6 +45,9 @@ pub struct HubLimits {
     pub max_udp_sessions_per_edge: usize,
     pub handshake_timeout: Duration,
     pub max_pending_handshakes: usize,
+    pub max_pending_handshakes_per_source: usize,
+    /// Bytes one edge's tunnel may buffer for its streams, per direction.
+    pub tunnel_buffer_bytes: u32,
 }
 
 impl Default for HubLimits {
@@ -52,6 +58,8 @@ impl Default for HubLimits {
             max_udp_sessions_per_edge: DEFAULT_MAX_UDP_SESSIONS_PER_EDGE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_handshakes_per_source: DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE,
+            tunnel_buffer_bytes: crate::mux::flow::TUNNEL_WINDOW_BUDGET,
         }
     }
 }
@@ -71,6 +79,8 @@ impl HubLimits {
                 "maxUdpSessionsPerEdge",
                 "handshakeTimeoutMs",
                 "maxPendingHandshakes",
+                "maxPendingHandshakesPerSource",
+                "tunnelBufferBytes",
             ],
         )?;
         let count = |key: &str, max: u64, default: usize| -> Result<usize, ConfigError> {
@@ -86,7 +96,7 @@ impl HubLimits {
                 }),
             max_udp_sessions_per_edge: count(
                 "maxUdpSessionsPerEdge",
-                1 << 20,
+                crate::protocol::handshake::MAX_UDP_SESSIONS_LIMIT as u64,
                 defaults.max_udp_sessions_per_edge,
             )?,
             handshake_timeout: f
@@ -97,6 +107,14 @@ impl HubLimits {
                 1_000_000,
                 defaults.max_pending_handshakes,
             )?,
+            max_pending_handshakes_per_source: count(
+                "maxPendingHandshakesPerSource",
+                1_000_000,
+                defaults.max_pending_handshakes_per_source,
+            )?,
+            tunnel_buffer_bytes: f
+                .buffer_bytes("tunnelBufferBytes")?
+                .unwrap_or(defaults.tunnel_buffer_bytes),
         })
     }
 }
@@ -129,6 +147,8 @@ pub struct HubOptions {
     pub heartbeat_timeout: Duration,
     pub udp_idle_timeout: Duration,
     pub limits: HubLimits,
+    /// Whether edges may connect over QUIC (UDP on the tunnel port) as well as TCP+TLS.
+    pub quic: bool,
 }
 
 #[derive(Clone)]
@@ -159,6 +179,7 @@ impl HubOptions {
                 "heartbeatTimeoutMs",
                 "udpIdleTimeoutMs",
                 "limits",
+                "quic",
             ],
         )?;
         let tls = match f.raw("tls") {
@@ -220,6 +241,7 @@ impl HubOptions {
                 .millis("udpIdleTimeoutMs")?
                 .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
             limits: HubLimits::from_json(f.raw("limits"))?,
+            quic: f.boolean("quic")?.unwrap_or(true),
         })
     }
 }
@@ -277,6 +299,8 @@ pub fn parse_allowed_edges(value: &Value) -> Result<Vec<AllowedEdge>, ConfigErro
             stun_interval_secs: f
                 .integer("stunIntervalSecs", 1, 7 * 24 * 3600)?
                 .unwrap_or(DEFAULT_STUN_INTERVAL_SECS),
+            // The hub's limit, set when the list is applied.
+            ..EdgeConfig::default()
         };
         edges.push(AllowedEdge { id, secret, config });
     }

@@ -13,7 +13,9 @@ use crate::protocol::frame::ResetReason;
 use crate::protocol::handshake::take_line;
 use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
 use crate::protocol::quic::{parse_open, parse_open_header, ControlMessage};
-use crate::transport::quic::{negotiated_alpn, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED};
+use crate::transport::quic::{
+    grant_tunnel_limits, negotiated_alpn, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED,
+};
 use crate::tunnel::quic::{
     control_channel, receive_datagrams, receive_oversized, relay, reset_code, run_control_writer,
     ControlReader, QuicLink, RelayCounters,
@@ -21,6 +23,7 @@ use crate::tunnel::quic::{
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::{spawn_until, Carrier, OnDrop, TunnelError};
 
+use super::pending::PendingSlot;
 use super::session::{connect_target, run_session, EdgeSession, Login};
 use super::HubShared;
 
@@ -56,17 +59,30 @@ pub(super) async fn accept_loop(
                 None => break,
             },
         };
+        // An unvalidated source is answered with a Retry, which holds no state here: its
+        // address is proven when it comes back with the token, and only then does a
+        // connection (and its cost) exist. A forged source never comes back.
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
+            continue;
+        }
         let peer = incoming.remote_address();
-        let Some(permit) = hub.handshake_permit(peer.ip()) else {
+        let Some(slot) = hub.begin_handshake(peer.ip()) else {
             incoming.ignore();
             continue;
         };
+        // A validated Initial carries the ClientHello: the handshake has started.
+        slot.mark_started();
         hub.tasks.spawn(serve_edge_connection(
             hub.clone(),
             incoming,
             peer,
             cancel.child_token(),
-            permit,
+            slot,
         ));
     }
     endpoint.close(crate::transport::quic::CLOSE_STOPPED, b"hub stopped");
@@ -79,14 +95,21 @@ async fn serve_edge_connection(
     incoming: Incoming,
     peer: SocketAddr,
     cancel: CancellationToken,
-    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    slot: PendingSlot,
 ) {
+    // Until the login is decided, datagrams are read and dropped: the hub has no session for
+    // them, and quinn would otherwise keep up to its whole datagram buffer per connection.
+    let before_login = CancellationToken::new();
     let handshake = async {
         let connection = incoming.accept()?.await?;
         if !negotiated_alpn(&connection) {
             connection.close(CLOSE_PROTOCOL_ERROR, b"ALPN");
             return Err(QuicHandshakeFailure::Alpn);
         }
+        let dropping = hub.tasks.spawn(drop_datagrams_until(
+            connection.clone(),
+            before_login.clone(),
+        ));
         // The edge opens the control stream by writing its auth line.
         let (send, mut recv) = connection.accept_bi().await?;
         let mut buf = BytesMut::with_capacity(1024);
@@ -99,13 +122,15 @@ async fn serve_edge_connection(
                 None => return Err(QuicHandshakeFailure::Closed),
             }
         };
-        Ok((connection, send, recv, line, buf))
+        Ok((connection, send, recv, line, buf, dropping))
     };
+    let _stop_dropping = before_login.clone().drop_guard();
     let outcome = tokio::select! {
         _ = cancel.cancelled() => return,
+        _ = slot.evicted() => return hub.handshake_evicted(),
         outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
     };
-    let (connection, mut send, recv, line, leftover) =
+    let (connection, mut send, recv, line, leftover, dropping) =
         match outcome.unwrap_or(Err(QuicHandshakeFailure::Timeout)) {
             Ok(parts) => parts,
             Err(e) => {
@@ -123,8 +148,12 @@ async fn serve_edge_connection(
         hub: &hub,
         peer,
         cancel: &cancel,
-        handshake_permit,
+        slot,
     };
+    // Stopped before the answer goes out, so every datagram the edge sends after reading it
+    // waits in quinn's buffer for the session's reader.
+    before_login.cancel();
+    let _ = dropping.await;
     let Some(session) = login.finish(&line, &mut send, Carrier::Quic(link)).await else {
         let _ = send.finish();
         // Delivered before the close, as the edge reads the refusal before the close arrives.
@@ -132,6 +161,12 @@ async fn serve_edge_connection(
         connection.close(CLOSE_SESSION_ENDED, b"unauthorized");
         return;
     };
+    let limits = &hub.options.limits;
+    grant_tunnel_limits(
+        &connection,
+        limits.max_streams_per_edge,
+        limits.tunnel_buffer_bytes,
+    );
     run_session(&hub, session.clone(), peer, async {
         let ended = serve(&hub, &session, &connection, send, recv, leftover, queue).await;
         let code = if matches!(ended, TunnelError::Violation(_)) {
@@ -144,6 +179,15 @@ async fn serve_edge_connection(
         ended
     })
     .await;
+}
+
+/// Reads and drops datagrams until `stop` or the connection ends.
+async fn drop_datagrams_until(connection: Connection, stop: CancellationToken) {
+    let drop_all = async { while connection.read_datagram().await.is_ok() {} };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = drop_all => {}
+    }
 }
 
 /// Serves one QUIC session until it ends: the control loop here; connection streams,
@@ -261,6 +305,12 @@ fn on_datagram(
         session.udp.count_drop();
         return;
     };
+    // A full table waits for the close of the session the edge replaced, which travels on
+    // the control stream ahead of this session's registration: that registration opens it.
+    if session.udp.len() >= hub.options.limits.max_udp_sessions_per_edge {
+        session.udp.count_drop();
+        return;
+    }
     if opens.datagram_open(id) {
         session.start_udp(hub, id, addresses, Some(rest.slice(1..)));
     }

@@ -33,11 +33,15 @@ use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
 use crate::tunnel::{Carrier, OnDrop, TunnelError};
 
 use super::options::ProxyProtocol;
+use super::pending::PendingSlot;
 use super::udp::{Refusal, UdpSessions};
 use super::{ConnectedEdgeStatus, HubEvent, HubShared};
 
 /// A failed login waits this long before its answer, to slow down guessing.
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(300);
+/// A new edge connection must send its first bytes (the TLS ClientHello) within this, or it
+/// is closed: an edge sends them at once, and an idle socket would hold a pending slot.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connecting to the target must succeed within this.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,7 +64,7 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        let Some(permit) = hub.handshake_permit(peer.ip()) else {
+        let Some(slot) = hub.begin_handshake(peer.ip()) else {
             continue;
         };
         let _ = crate::transport::tune_tunnel_socket(&tcp);
@@ -70,7 +74,7 @@ pub(super) async fn accept_loop(
             peer,
             tls.clone(),
             cancel.child_token(),
-            permit,
+            slot,
         ));
     }
 }
@@ -87,6 +91,8 @@ enum HandshakeFailure {
     Closed,
     #[error("no handshake within the handshake timeout")]
     Timeout,
+    #[error("nothing sent within {FIRST_BYTES_TIMEOUT:?}")]
+    Silent,
 }
 
 async fn serve_edge_connection(
@@ -95,9 +101,16 @@ async fn serve_edge_connection(
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     cancel: CancellationToken,
-    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    slot: PendingSlot,
 ) {
     let handshake = async {
+        // A peek, since tokio may report a new socket readable before any byte has arrived.
+        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, tcp.peek(&mut [0u8; 1])).await {
+            Ok(Ok(0)) => return Err(HandshakeFailure::Closed),
+            Ok(Ok(_)) => slot.mark_started(),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(HandshakeFailure::Silent),
+        }
         let mut tls = tls_stream::accept(tls, tcp).await?;
         if tls.alpn.as_deref() != Some(ALPN) {
             return Err(HandshakeFailure::Alpn);
@@ -108,16 +121,20 @@ async fn serve_edge_connection(
     };
     let outcome = tokio::select! {
         _ = cancel.cancelled() => return,
+        _ = slot.evicted() => return hub.handshake_evicted(),
         outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
     };
     let (tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
         Ok(parts) => parts,
         Err(e) => {
             hub.count_handshake_failure("tls");
-            hub.warn(
-                "handshakeFailed",
-                format!("edge connection from {peer}: {e}"),
-            );
+            let warning = format!("edge connection from {peer}: {e}");
+            if matches!(e, HandshakeFailure::Silent) {
+                // Idle sockets come by the thousand in a flood.
+                hub.warn_throttled("handshakeFailed", warning);
+            } else {
+                hub.warn("handshakeFailed", warning);
+            }
             return;
         }
     };
@@ -134,7 +151,7 @@ async fn serve_edge_connection(
         hub: &hub,
         peer,
         cancel: &cancel,
-        handshake_permit,
+        slot,
     };
     let Some(session) = login.finish(&line, &mut write_half, carrier).await else {
         let _ = tokio::time::timeout(Duration::from_secs(1), write_half.shutdown()).await;
@@ -159,12 +176,13 @@ pub(super) struct Login<'a> {
     pub peer: SocketAddr,
     pub cancel: &'a CancellationToken,
     /// Held until the answer is decided, so it bounds handshakes, not failure delays.
-    pub handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    pub slot: PendingSlot,
 }
 
 impl Login<'_> {
     /// Checks the auth line, answers on `reply_to`, and returns the registered session; a
-    /// refusal is delayed, counted towards the source's throttle and answered with an error.
+    /// refusal is delayed and answered with an error (the attempt already counts towards the
+    /// source's throttle).
     pub async fn finish<W: AsyncWrite + Unpin>(
         self,
         line: &[u8],
@@ -175,7 +193,7 @@ impl Login<'_> {
             hub,
             peer,
             cancel,
-            handshake_permit,
+            slot,
         } = self;
         let admitted = match parse_auth_line(line) {
             Ok(auth) => {
@@ -214,30 +232,16 @@ impl Login<'_> {
         if let Err(LoginRefusal::EdgeLimit) = admitted {
             // Not the edge's fault: no delay, nothing held against its address.
             hub.count_handshake_failure("limit");
-            drop(handshake_permit);
+            hub.auth_throttle()
+                .give_back(super::pending::source_key(peer.ip()));
+            drop(slot);
             refuse(reply_to, "edge limit reached").await;
             return None;
         }
         let Ok((session, config)) = admitted else {
             hub.count_handshake_failure("auth");
-            let refused_from_now = hub
-                .auth_throttle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record_failure(peer.ip(), std::time::Instant::now());
             // The slot is for handshakes in progress, not for the delay below.
-            drop(handshake_permit);
-            if refused_from_now {
-                hub.warn(
-                    "authThrottled",
-                    format!(
-                        "{} failed {} logins within {:?}; its connections are refused for now",
-                        peer.ip(),
-                        super::throttle::MAX_AUTH_FAILURES,
-                        super::throttle::AUTH_FAILURE_WINDOW
-                    ),
-                );
-            }
+            drop(slot);
             tokio::select! {
                 _ = cancel.cancelled() => return None,
                 _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
@@ -245,11 +249,9 @@ impl Login<'_> {
             refuse(reply_to, "unauthorized").await;
             return None;
         };
-        hub.auth_throttle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_success(peer.ip());
-        drop(handshake_permit);
+        hub.auth_throttle()
+            .record_success(super::pending::source_key(peer.ip()));
+        drop(slot);
         // Any CONFIG queued since admission goes out after this answer, once the writer starts.
         let reply = encode_reply(&HubReply::Accepted(config));
         if let Err(e) = reply_to.write_all(&reply).await.and(reply_to.flush().await) {
@@ -384,7 +386,7 @@ fn admit(
         connected_at: unix_millis(),
         config: Mutex::new(entry.config.clone()),
         carrier,
-        streams: StreamTable::default(),
+        streams: StreamTable::with_budget(hub.options.limits.tunnel_buffer_bytes),
         quic_streams: StreamCount::default(),
         udp: Arc::default(),
         cancel,
@@ -618,13 +620,16 @@ impl EdgeSession {
             Ok(()) => hub.update_edge_totals(&self.edge_id, |edge| {
                 *edge.udp_sessions_by_port.entry(port).or_default() += 1;
             }),
-            Err(Refusal::SessionLimit) => refuse(
-                "udpSessionLimit",
-                format!(
-                    "edge {} reached {} UDP sessions; refusing more",
-                    self.edge_id, hub.options.limits.max_udp_sessions_per_edge
-                ),
-            ),
+            Err(Refusal::SessionLimit) => {
+                self.carrier.udp_close(id);
+                hub.warn_throttled(
+                    "udpSessionLimit",
+                    format!(
+                        "edge {} reached {} UDP sessions; refusing more",
+                        self.edge_id, hub.options.limits.max_udp_sessions_per_edge
+                    ),
+                );
+            }
         }
     }
 

@@ -1,63 +1,66 @@
-//! Failed logins per source address. A source that failed too often recently is turned away
-//! before the TLS handshake, which costs the hub nothing; everyone else is unaffected.
+//! Login attempts per source address. An attempt counts when its connection is accepted, so
+//! concurrent attempts cannot all pass before the first one fails; a successful login clears
+//! its source's record, and attempts the hub itself cut short are given back. A source with
+//! too many attempts in the window is turned away before the TLS handshake, which costs the
+//! hub nothing; everyone else is unaffected.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Failed logins a source may have within `AUTH_FAILURE_WINDOW` before it is refused.
+/// Login attempts a source may start within `AUTH_FAILURE_WINDOW` without a success.
 pub const MAX_AUTH_FAILURES: u32 = 10;
-/// How long failures count against a source.
+/// How long attempts count against a source.
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Sources tracked at once; past it, expired entries go first, then the table restarts, so a
 /// flood of spoofed or rotating sources cannot grow it without bound.
 pub const MAX_TRACKED_SOURCES: usize = 16_384;
 
 #[derive(Debug, Clone, Copy)]
-struct Failures {
+struct Attempts {
     count: u32,
     since: Instant,
 }
 
 #[derive(Debug, Default)]
 pub struct AuthThrottle {
-    sources: HashMap<IpAddr, Failures>,
+    sources: HashMap<IpAddr, Attempts>,
 }
 
 impl AuthThrottle {
-    /// Whether `source` may try to log in now.
-    pub fn allows(&mut self, source: IpAddr, now: Instant) -> bool {
-        match self.sources.get(&source) {
-            Some(f) if now.saturating_duration_since(f.since) >= AUTH_FAILURE_WINDOW => {
-                self.sources.remove(&source);
-                true
-            }
-            Some(f) => f.count < MAX_AUTH_FAILURES,
-            None => true,
-        }
-    }
-
-    /// Counts a failed login; true when this failure is the one that gets the source refused.
-    pub fn record_failure(&mut self, source: IpAddr, now: Instant) -> bool {
+    /// Counts a login attempt from `source` that starts now; false (and nothing counted) when
+    /// the source has used up its attempts for the window.
+    pub fn try_begin(&mut self, source: IpAddr, now: Instant) -> bool {
         if self.sources.len() >= MAX_TRACKED_SOURCES && !self.sources.contains_key(&source) {
             self.sources
-                .retain(|_, f| now.saturating_duration_since(f.since) < AUTH_FAILURE_WINDOW);
+                .retain(|_, a| now.saturating_duration_since(a.since) < AUTH_FAILURE_WINDOW);
             if self.sources.len() >= MAX_TRACKED_SOURCES {
                 self.sources.clear();
             }
         }
-        let entry = self.sources.entry(source).or_insert(Failures {
+        let entry = self.sources.entry(source).or_insert(Attempts {
             count: 0,
             since: now,
         });
         if now.saturating_duration_since(entry.since) >= AUTH_FAILURE_WINDOW {
-            *entry = Failures {
+            *entry = Attempts {
                 count: 0,
                 since: now,
             };
         }
-        entry.count = entry.count.saturating_add(1);
-        entry.count == MAX_AUTH_FAILURES
+        if entry.count >= MAX_AUTH_FAILURES {
+            return false;
+        }
+        entry.count += 1;
+        true
+    }
+
+    /// Gives back an attempt the hub cut short (evicted from a full table, refused for its
+    /// edge limit): not the source's doing.
+    pub fn give_back(&mut self, source: IpAddr) {
+        if let Some(entry) = self.sources.get_mut(&source) {
+            entry.count = entry.count.saturating_sub(1);
+        }
     }
 
     /// A successful login clears the source's record.
@@ -75,32 +78,34 @@ mod tests {
     }
 
     #[test]
-    fn a_source_is_refused_after_too_many_failures_until_the_window_passes() {
+    fn concurrent_attempts_count_before_any_of_them_fails() {
         let t0 = Instant::now();
         let mut throttle = AuthThrottle::default();
-        for i in 1..=MAX_AUTH_FAILURES {
-            assert!(
-                throttle.allows(ip(1), t0),
-                "refused after {} failures",
-                i - 1
-            );
-            assert_eq!(throttle.record_failure(ip(1), t0), i == MAX_AUTH_FAILURES);
-        }
-        assert!(!throttle.allows(ip(1), t0 + Duration::from_secs(30)));
-        assert!(throttle.allows(ip(2), t0), "other sources are unaffected");
-        assert!(throttle.allows(ip(1), t0 + AUTH_FAILURE_WINDOW));
+        // Attempts that have all started and none finished: the limit holds already.
+        let started = (0..200).filter(|_| throttle.try_begin(ip(1), t0)).count();
+        assert_eq!(started, MAX_AUTH_FAILURES as usize);
+        assert!(!throttle.try_begin(ip(1), t0 + Duration::from_secs(30)));
+        assert!(
+            throttle.try_begin(ip(2), t0),
+            "other sources are unaffected"
+        );
+        assert!(throttle.try_begin(ip(1), t0 + AUTH_FAILURE_WINDOW));
     }
 
     #[test]
-    fn success_clears_the_record() {
+    fn success_clears_the_record_and_cut_short_attempts_are_given_back() {
         let t0 = Instant::now();
         let mut throttle = AuthThrottle::default();
-        for _ in 0..MAX_AUTH_FAILURES - 1 {
-            throttle.record_failure(ip(1), t0);
+        for _ in 0..MAX_AUTH_FAILURES {
+            assert!(throttle.try_begin(ip(1), t0));
         }
+        assert!(!throttle.try_begin(ip(1), t0));
+        throttle.give_back(ip(1));
+        assert!(throttle.try_begin(ip(1), t0));
         throttle.record_success(ip(1));
-        throttle.record_failure(ip(1), t0);
-        assert!(throttle.allows(ip(1), t0));
+        for _ in 0..MAX_AUTH_FAILURES {
+            assert!(throttle.try_begin(ip(1), t0));
+        }
     }
 
     #[test]
@@ -108,7 +113,7 @@ mod tests {
         let t0 = Instant::now();
         let mut throttle = AuthThrottle::default();
         for i in 0..(MAX_TRACKED_SOURCES as u32 * 3) {
-            throttle.record_failure(IpAddr::from(i.to_be_bytes()), t0);
+            throttle.try_begin(IpAddr::from(i.to_be_bytes()), t0);
         }
         assert!(throttle.sources.len() <= MAX_TRACKED_SOURCES);
     }

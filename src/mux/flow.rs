@@ -6,25 +6,31 @@
 
 use thiserror::Error;
 
-/// Bytes all streams of one tunnel may have in flight or buffered, per direction.
+/// Bytes all streams of one tunnel may have in flight or buffered, per direction, by default.
 pub const TUNNEL_WINDOW_BUDGET: u32 = 200 * 1024 * 1024;
-/// Largest per-stream window: reached with up to 50 streams.
+/// Largest per-stream window: reached with up to 50 streams at the default budget.
 pub const MAX_STREAM_WINDOW_TARGET: u32 = 4 * 1024 * 1024;
-/// Smallest per-stream window, from 200 streams on: enough for a full-speed stream.
-pub const MIN_STREAM_WINDOW: u32 = 1024 * 1024;
-/// Credit every stream starts with in each direction, before the receiver sizes its window.
-/// The floor, so a burst of new streams cannot exceed the tunnel budget.
+/// Smallest per-stream window, once the budget is shared among many streams (3,200 at the
+/// default budget): what a stream holds however many others are open.
+pub const MIN_STREAM_WINDOW: u32 = 64 * 1024;
+/// The window of a stream that has carried data steadily for a while (an elephant flow): a
+/// full-speed stream on a short path, no more, so smaller streams' data is not queued
+/// behind megabytes of it.
+pub const SUSTAINED_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Credit every stream starts with in each direction, before the receiver sizes its window
+/// (part of the protocol: both ends assume it). Small, so a burst of new streams whose
+/// clients never read costs each end little beyond the budget.
 pub const INITIAL_STREAM_WINDOW: u32 = MIN_STREAM_WINDOW;
 
 /// Largest credit a sender may accumulate (h2 uses the same bound). A peer that grants past it
 /// is broken or hostile.
 pub const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
 
-/// The window each stream gets with `active` streams open: the budget shared out, within
-/// [1 MiB, 4 MiB].
-pub fn stream_window(active: usize) -> u32 {
+/// The window each stream gets with `active` streams open: `budget` shared out, within
+/// [64 KiB, 4 MiB].
+pub fn stream_window(active: usize, budget: u32) -> u32 {
     let share = u32::try_from(active.max(1))
-        .map(|n| TUNNEL_WINDOW_BUDGET / n)
+        .map(|n| budget / n)
         .unwrap_or(0);
     share.clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW_TARGET)
 }
@@ -224,39 +230,54 @@ mod tests {
     #[test]
     fn window_follows_the_number_of_streams() {
         let mib = 1024 * 1024;
-        assert_eq!(stream_window(0), 4 * mib);
-        assert_eq!(stream_window(1), 4 * mib);
-        assert_eq!(stream_window(50), 4 * mib);
-        assert_eq!(stream_window(100), 2 * mib);
-        assert!(stream_window(51) < 4 * mib && stream_window(51) > 3 * mib);
-        assert_eq!(stream_window(200), mib);
-        assert_eq!(stream_window(10_000), mib);
-        assert_eq!(stream_window(usize::MAX), mib);
+        let window = |active| stream_window(active, TUNNEL_WINDOW_BUDGET);
+        assert_eq!(window(0), 4 * mib);
+        assert_eq!(window(1), 4 * mib);
+        assert_eq!(window(50), 4 * mib);
+        assert_eq!(window(100), 2 * mib);
+        assert!(window(51) < 4 * mib && window(51) > 3 * mib);
+        assert_eq!(window(200), mib);
+        assert_eq!(window(1_000), TUNNEL_WINDOW_BUDGET / 1_000);
+        assert_eq!(window(3_200), MIN_STREAM_WINDOW);
+        assert_eq!(window(65_536), MIN_STREAM_WINDOW);
+        assert_eq!(window(usize::MAX), MIN_STREAM_WINDOW);
+        // A smaller budget is shared the same way.
+        assert_eq!(stream_window(10, 10 * mib), mib);
+    }
+
+    #[test]
+    fn the_budget_bounds_what_all_streams_together_may_hold() {
+        for active in [1usize, 50, 200, 1_000, 3_200] {
+            let held = stream_window(active, TUNNEL_WINDOW_BUDGET) as u64 * active as u64;
+            assert!(
+                held <= u64::from(TUNNEL_WINDOW_BUDGET),
+                "{active} streams hold {held}"
+            );
+        }
     }
 
     #[test]
     fn a_stream_grows_to_its_window_and_shrinks_when_streams_are_added() {
         let mib = 1024 * 1024;
         let mut r = RecvWindow::new(INITIAL_STREAM_WINDOW);
+        let window = |active| stream_window(active, TUNNEL_WINDOW_BUDGET);
         // Alone on the tunnel: the first write out brings the peer up to 4 MiB.
         r.on_data(64 * 1024).unwrap();
-        assert_eq!(
-            r.on_consumed(64 * 1024, stream_window(1)),
-            Some(3 * mib + 64 * 1024)
-        );
+        assert_eq!(r.on_consumed(64 * 1024, window(1)), Some(4 * mib));
         assert_eq!(r.remaining(), 4 * mib);
-        // 400 streams now: no credit until the peer's holdings fall below 1 MiB...
-        let crowded = stream_window(400);
-        r.on_data(3 * mib).unwrap();
-        assert_eq!(r.on_consumed(3 * mib, crowded), None);
-        assert_eq!(r.remaining(), mib);
-        // ...then only what keeps it at 1 MiB.
-        r.on_data(mib / 2).unwrap();
-        assert_eq!(r.on_consumed(mib / 2, crowded), Some(mib / 2));
-        assert_eq!(r.remaining(), mib);
+        // 400 streams now: no credit until the peer's holdings fall below 512 KiB...
+        let crowded = window(400);
+        assert_eq!(crowded, mib / 2);
+        r.on_data(3 * mib + mib / 2).unwrap();
+        assert_eq!(r.on_consumed(3 * mib + mib / 2, crowded), None);
+        assert_eq!(r.remaining(), mib / 2);
+        // ...then only what keeps it at 512 KiB.
+        r.on_data(mib / 4).unwrap();
+        assert_eq!(r.on_consumed(mib / 4, crowded), Some(mib / 4));
+        assert_eq!(r.remaining(), mib / 2);
         // Back to one stream: the window grows again.
-        r.on_data(mib).unwrap();
-        assert_eq!(r.on_consumed(mib, stream_window(1)), Some(4 * mib));
+        r.on_data(mib / 2).unwrap();
+        assert_eq!(r.on_consumed(mib / 2, window(1)), Some(4 * mib));
     }
 
     #[test]
@@ -265,7 +286,7 @@ mod tests {
         let mut r = RecvWindow::new(INITIAL_STREAM_WINDOW);
         let mut delivered = 0u64;
         for round in 0..10_000u32 {
-            let window = stream_window(1 + (round as usize / 1000) * 60);
+            let window = stream_window(1 + (round as usize / 1000) * 60, TUNNEL_WINDOW_BUDGET);
             let chunk = s.take(1 + (round * 7919) % 300_000);
             if chunk > 0 {
                 r.on_data(chunk).unwrap();

@@ -190,6 +190,19 @@ fn default_stun_interval() -> u64 {
     DEFAULT_STUN_INTERVAL_SECS
 }
 
+/// UDP sessions an edge may carry at once when the hub does not say otherwise.
+pub const DEFAULT_MAX_UDP_SESSIONS: usize = 4096;
+/// The most UDP sessions a hub may allow one edge.
+pub const MAX_UDP_SESSIONS_LIMIT: usize = 1 << 20;
+
+fn default_max_udp_sessions() -> usize {
+    DEFAULT_MAX_UDP_SESSIONS
+}
+
+fn is_default_max_udp_sessions(sessions: &usize) -> bool {
+    *sessions == DEFAULT_MAX_UDP_SESSIONS
+}
+
 /// What the hub tells an edge: handshake answer and CONFIG frame payload
 /// (same JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +214,13 @@ pub struct EdgeConfig {
     pub listen_ports_udp: Vec<u16>,
     #[serde(default = "default_stun_interval")]
     pub stun_interval_secs: u64,
+    /// The hub's limit of UDP sessions for this edge, which the edge applies too. Sent only
+    /// when it is not [`DEFAULT_MAX_UDP_SESSIONS`].
+    #[serde(
+        default = "default_max_udp_sessions",
+        skip_serializing_if = "is_default_max_udp_sessions"
+    )]
+    pub max_udp_sessions: usize,
 }
 
 impl Default for EdgeConfig {
@@ -209,6 +229,7 @@ impl Default for EdgeConfig {
             listen_ports: Vec::new(),
             listen_ports_udp: Vec::new(),
             stun_interval_secs: DEFAULT_STUN_INTERVAL_SECS,
+            max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
         }
     }
 }
@@ -231,6 +252,11 @@ impl EdgeConfig {
         if !(MIN_STUN_INTERVAL_SECS..=MAX_STUN_INTERVAL_SECS).contains(&self.stun_interval_secs) {
             return Err(HandshakeError::InvalidConfig(
                 "stunIntervalSecs must be from 1 to 604800",
+            ));
+        }
+        if !(1..=MAX_UDP_SESSIONS_LIMIT).contains(&self.max_udp_sessions) {
+            return Err(HandshakeError::InvalidConfig(
+                "maxUdpSessions must be from 1 to 1048576",
             ));
         }
         Ok(())
@@ -263,6 +289,10 @@ fn push_config(out: &mut Vec<u8>, config: &EdgeConfig) {
     push_ports(out, &config.listen_ports_udp);
     out.extend_from_slice(b",\"stunIntervalSecs\":");
     out.extend_from_slice(config.stun_interval_secs.to_string().as_bytes());
+    if config.max_udp_sessions != DEFAULT_MAX_UDP_SESSIONS {
+        out.extend_from_slice(b",\"maxUdpSessions\":");
+        out.extend_from_slice(config.max_udp_sessions.to_string().as_bytes());
+    }
     out.push(b'}');
 }
 
@@ -336,6 +366,7 @@ mod tests {
             listen_ports: tcp.to_vec(),
             listen_ports_udp: udp.to_vec(),
             stun_interval_secs: stun,
+            ..EdgeConfig::default()
         }
     }
 
@@ -494,6 +525,26 @@ mod tests {
             encode_reply(&HubReply::Accepted(EdgeConfig::default())),
             b"{\"listenPorts\":[],\"listenPortsUdp\":[],\"stunIntervalSecs\":300}\n"
         );
+        // A limit other than the default follows the documented keys; the default is implied.
+        let limited = EdgeConfig {
+            max_udp_sessions: 256,
+            ..config(&[80], &[], 300)
+        };
+        let line = encode_reply(&HubReply::Accepted(limited.clone()));
+        assert_eq!(
+            line,
+            b"{\"listenPorts\":[80],\"listenPortsUdp\":[],\"stunIntervalSecs\":300,\"maxUdpSessions\":256}\n"
+        );
+        assert_eq!(
+            parse_reply(&line[..line.len() - 1]),
+            Ok(HubReply::Accepted(limited))
+        );
+        assert_eq!(
+            parse_config(br#"{"maxUdpSessions":0}"#),
+            Err(HandshakeError::InvalidConfig(
+                "maxUdpSessions must be from 1 to 1048576"
+            ))
+        );
         assert_eq!(
             encode_reply(&HubReply::Rejected {
                 error: "unauthorized".into()
@@ -516,6 +567,14 @@ mod tests {
     fn hand_written_json_matches_serde() {
         let c = config(&[22, 80, 443, 65535], &[53, 3478], 120);
         assert_eq!(encode_config(&c), serde_json::to_vec(&c).unwrap());
+        let limited = EdgeConfig {
+            max_udp_sessions: 9,
+            ..c
+        };
+        assert_eq!(
+            encode_config(&limited),
+            serde_json::to_vec(&limited).unwrap()
+        );
     }
 
     #[test]

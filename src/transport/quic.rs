@@ -39,23 +39,44 @@ pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
 /// Application close code when the hub ends a session (replaced, removed, secret changed).
 pub const CLOSE_SESSION_ENDED: VarInt = VarInt::from_u32(2);
 
-/// Transport limits for one side. `accepted_streams` is how many connection streams the
-/// peer may open at once: the hub's per-edge limit (each tunneled connection is a stream, so
-/// quinn's default of 100 would cap a tunnel at 100), none for an edge. `idle_timeout` closes
-/// a silent connection; `keep_alive` keeps NAT mappings open between heartbeats.
+/// Streams an edge may open before its login is decided: the control stream, nothing else.
+/// quinn makes state for every stream a peer may open when the connection is created, so
+/// granting the tunnel's limit up front cost megabytes per unanswered Initial.
+pub const STREAMS_BEFORE_LOGIN: u32 = 1;
+/// Bytes an edge may send before its login is decided: room for the auth line, no more.
+pub const RECEIVE_WINDOW_BEFORE_LOGIN: u32 = 16 * 1024;
+/// Connection attempts quinn holds for the hub's accept loop at once; past it quinn refuses
+/// them. Each holds its first packet, and at most `INCOMING_BUFFER_BYTES` more.
+pub const MAX_INCOMING: usize = 4096;
+pub const INCOMING_BUFFER_BYTES: u64 = 16 * 1024;
+pub const INCOMING_BUFFER_TOTAL_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What one side lets its peer use. The hub's side starts with the `*_BEFORE_LOGIN` limits
+/// and raises them with [`grant_tunnel_limits`] once the edge has logged in.
+struct PeerAllowance {
+    /// Connection streams the peer may open at once.
+    bidi_streams: u32,
+    /// Oversized datagrams the peer may send at once, one unidirectional stream each.
+    uni_streams: u32,
+    receive_window: u32,
+    datagram_buffer: usize,
+}
+
+/// Transport limits for one side. `idle_timeout` closes a silent connection; `keep_alive`
+/// keeps NAT mappings open between heartbeats.
 fn transport_config(
-    accepted_streams: u32,
+    allowance: PeerAllowance,
     idle_timeout: Duration,
     keep_alive: Option<Duration>,
 ) -> TransportConfig {
     let mut transport = TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(accepted_streams))
-        .max_concurrent_uni_streams(VarInt::from_u32(MAX_OVERSIZED_DATAGRAM_STREAMS))
+        .max_concurrent_bidi_streams(VarInt::from_u32(allowance.bidi_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(allowance.uni_streams))
         .stream_receive_window(VarInt::from_u32(QUIC_STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(QUIC_CONNECTION_WINDOW))
+        .receive_window(VarInt::from_u32(allowance.receive_window))
         .send_window(u64::from(QUIC_CONNECTION_WINDOW))
-        .datagram_receive_buffer_size(Some(QUIC_DATAGRAM_BUFFER))
+        .datagram_receive_buffer_size(Some(allowance.datagram_buffer))
         .datagram_send_buffer_size(QUIC_DATAGRAM_BUFFER)
         .keep_alive_interval(keep_alive)
         // Out of range only beyond 2^62 ms; fall back to no quinn timeout (heartbeats remain).
@@ -115,23 +136,33 @@ pub enum QuicSetupError {
     },
 }
 
-/// The hub's QUIC endpoint on UDP `address`, with the identity of its TLS listener.
+/// The hub's QUIC endpoint on UDP `address`, with the identity of its TLS listener. A new
+/// connection may open only its control stream; [`grant_tunnel_limits`] opens the rest.
 pub fn hub_endpoint(
     address: SocketAddr,
     tls: Arc<ServerConfig>,
-    streams_per_edge: u32,
     idle_timeout: Duration,
     keep_alive: Duration,
 ) -> Result<Endpoint, QuicSetupError> {
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config(
-        // The control stream is a bidirectional stream too.
-        streams_per_edge.saturating_add(1),
-        idle_timeout,
-        Some(keep_alive),
-    )));
+    let before_login = PeerAllowance {
+        bidi_streams: STREAMS_BEFORE_LOGIN,
+        uni_streams: 0,
+        receive_window: RECEIVE_WINDOW_BEFORE_LOGIN,
+        // Cannot be raised later; until login the hub reads and drops every datagram.
+        datagram_buffer: QUIC_DATAGRAM_BUFFER,
+    };
+    server
+        .transport_config(Arc::new(transport_config(
+            before_login,
+            idle_timeout,
+            Some(keep_alive),
+        )))
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER_BYTES)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
     let bind = |address| {
         let socket = bind_socket(address)?;
         Endpoint::new(
@@ -154,8 +185,14 @@ pub fn edge_endpoint(
         QuicClientConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     // An edge keeps its side alive a few times per timeout, for NATs on the way.
+    let from_hub = PeerAllowance {
+        bidi_streams: 0,
+        uni_streams: MAX_OVERSIZED_DATAGRAM_STREAMS,
+        receive_window: QUIC_CONNECTION_WINDOW,
+        datagram_buffer: QUIC_DATAGRAM_BUFFER,
+    };
     client.transport_config(Arc::new(transport_config(
-        0,
+        from_hub,
         idle_timeout,
         Some(idle_timeout / 3),
     )));
@@ -180,6 +217,24 @@ pub fn edge_endpoint(
     })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// Raises a logged-in edge's limits to the tunnel's: `streams_per_edge` connection streams
+/// (each tunneled connection is a stream) beside the control stream, oversized datagrams, and
+/// the tunnel's buffer budget (see [`apply_buffer_budget`]).
+pub fn grant_tunnel_limits(connection: &quinn::Connection, streams_per_edge: u32, budget: u32) {
+    connection.set_max_concurrent_bi_streams(VarInt::from_u32(
+        streams_per_edge.saturating_add(STREAMS_BEFORE_LOGIN),
+    ));
+    connection.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_OVERSIZED_DATAGRAM_STREAMS));
+    apply_buffer_budget(connection, budget);
+}
+
+/// Bounds what a connection buffers to `budget` bytes per direction: the peer may send that
+/// much unread, and this side queues as much unsent or unacknowledged.
+pub fn apply_buffer_budget(connection: &quinn::Connection, budget: u32) {
+    connection.set_receive_window(VarInt::from_u32(budget));
+    connection.set_send_window(u64::from(budget));
 }
 
 /// How long a closing side waits for its CONNECTION_CLOSE to leave, for a peer that is gone.

@@ -220,7 +220,7 @@ async fn establish<C: Handshake>(mut conn: C, mut tcp: TcpStream) -> io::Result<
                 ))
             }
             Step::Failed(e) => {
-                send_alert(&mut conn, &mut tcp).await;
+                send_alert(&mut conn, &mut tcp, &mut incoming).await;
                 return Err(tls_error(e));
             }
         }
@@ -304,9 +304,10 @@ async fn read_more(tcp: &mut TcpStream, incoming: &mut BytesMut) -> io::Result<(
 }
 
 /// Best effort: the alert rustls queued for a failed handshake tells the peer why.
-async fn send_alert<C: Handshake>(conn: &mut C, tcp: &mut TcpStream) {
+async fn send_alert<C: Handshake>(conn: &mut C, tcp: &mut TcpStream, incoming: &mut [u8]) {
     let mut alert = Vec::new();
-    if let Ok(ConnectionState::EncodeTlsData(mut data)) = conn.process(&mut []).state {
+    // The buffer rustls last saw: it remembers how far into it it got, and indexes it again.
+    if let Ok(ConnectionState::EncodeTlsData(mut data)) = conn.process(incoming).state {
         let _ = encode_into(&mut alert, |b| data.encode(b));
     }
     if !alert.is_empty() {
@@ -822,15 +823,15 @@ mod tests {
         assert_eq!(end.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 
-    #[tokio::test]
-    async fn a_handshake_with_a_non_tls_peer_fails_with_an_error() {
+    /// What a server answers `sent` with, and how its handshake ends.
+    async fn refused_handshake(sent: &'static [u8]) -> (io::Result<TlsConnection>, Vec<u8>) {
         let identity = HubIdentity::generate().unwrap();
         let config = identity.server_config().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let client = tokio::spawn(async move {
             let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-            tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            tcp.write_all(sent).await.unwrap();
             let mut answer = Vec::new();
             let _ = tcp.read_to_end(&mut answer).await;
             answer
@@ -839,10 +840,28 @@ mod tests {
         let refused = tokio::time::timeout(LIMIT, accept(config, tcp))
             .await
             .unwrap();
+        (refused, client.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_handshake_with_a_non_tls_peer_fails_with_an_error() {
+        let (refused, answer) = refused_handshake(b"GET / HTTP/1.1\r\n\r\n").await;
         assert_eq!(refused.err().unwrap().kind(), io::ErrorKind::InvalidData);
         // rustls' alert went out before the close: a 7-byte plaintext alert record.
-        let answer = client.await.unwrap();
         assert_eq!(&answer[..3], &[0x15, 0x03, 0x03]);
+    }
+
+    /// A handshake record whose 5-byte body is not a handshake message, with more bytes
+    /// behind it: rustls had processed part of the buffer when it failed, and asking it for
+    /// an alert with an empty buffer made it index past that buffer (a panic per connection,
+    /// from anyone who can reach the tunnel port).
+    #[tokio::test]
+    async fn a_malformed_handshake_record_fails_with_an_error_not_a_panic() {
+        let (refused, answer) =
+            refused_handshake(b"\x16\x03\x01\x00\x05hello, not really TLS\r\n\r\n").await;
+        assert_eq!(refused.err().unwrap().kind(), io::ErrorKind::InvalidData);
+        // rustls has no alert to give for this one: the connection is closed.
+        assert!(answer.is_empty(), "{answer:?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::io;
 
 /// UDP sessions one tunnel may carry at once (both ends enforce it); past it, a flood of
 /// spoofed sources is turned away instead of costing the hub a socket each.
-pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = 4096;
+pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = crate::protocol::handshake::DEFAULT_MAX_UDP_SESSIONS;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;

@@ -293,6 +293,7 @@ impl StreamCount {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        crate::heap::stream_closed();
     }
 }
 
@@ -355,9 +356,16 @@ async fn socket_to_stream(
     abort: &CancellationToken,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
+    // The peer's STOP_SENDING must end this direction wherever it waits. A write blocked by
+    // flow control never reports it (quinn-proto checks the connection's limits before the
+    // stream's state), and while stopped streams keep their unsent data, the send window
+    // stays full: with a thousand non-reading clients, dozens of streams never ended.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             _ = abort.cancelled() => return aborted,
+            _ = &mut stopped => return aborted,
             ready = socket.readable() => if ready.is_err() { return aborted },
         }
         let chunk = match try_read_chunk(socket, RELAY_CHUNK_BYTES) {
@@ -374,6 +382,7 @@ async fn socket_to_stream(
         read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         tokio::select! {
             _ = abort.cancelled() => return aborted,
+            _ = &mut stopped => return aborted,
             written = send.write_chunk(chunk) => if written.is_err() { return aborted },
         }
     }

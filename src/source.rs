@@ -1,0 +1,42 @@
+//! Client addresses as limits count them.
+
+use std::net::IpAddr;
+
+/// The prefix length that groups IPv6 sources: one host is usually given a whole /64.
+pub const IPV6_SOURCE_PREFIX: u32 = 64;
+
+/// The address a source is counted under: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its
+/// /64, since one host can use every address of its prefix.
+pub fn source_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mask = u128::MAX << (128 - IPV6_SOURCE_PREFIX);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_are_grouped_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(other));
+        assert_eq!(source_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(mapped), IpAddr::from([192, 0, 2, 7]));
+        assert_eq!(
+            source_key(IpAddr::from([127, 0, 0, 9])),
+            IpAddr::from([127, 0, 0, 9])
+        );
+    }
+}
