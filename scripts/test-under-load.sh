@@ -32,15 +32,18 @@ if ! command -v stress-ng >/dev/null && command -v apt-get >/dev/null; then
 fi
 
 load_pids=()
+load_name=
 start_load() {
   if command -v stress-ng >/dev/null; then
     stress-ng --cpu 2 --timeout "${load_limit_s}s" --quiet &
     load_pids+=($!)
+    load_name="stress-ng --cpu 2"
   else
     for _ in 1 2; do
       bash -c "end=\$((SECONDS + $load_limit_s)); while [ \$SECONDS -lt \$end ]; do :; done" &
       load_pids+=($!)
     done
+    load_name="two shell busy loops"
   fi
 }
 stop_load() {
@@ -52,7 +55,7 @@ trap stop_load EXIT
 trap 'exit 130' INT TERM
 
 start_load
-echo "load: ${#load_pids[@]} busy process(es), pid(s) ${load_pids[*]}; running '${command[*]}' $runs time(s)" >&2
+echo "load: $load_name (pid ${load_pids[*]}); running '${command[*]}' $runs time(s)" >&2
 
 passed=0
 failed=0
