@@ -1,5 +1,6 @@
 //! Client addresses as limits count them.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// The prefix length that groups IPv6 sources: one host is usually given a whole /64.
@@ -17,6 +18,31 @@ pub fn source_key(address: IpAddr) -> IpAddr {
                 IpAddr::V6((u128::from(v6) & mask).into())
             }
         },
+    }
+}
+
+/// How many entries of a table each source holds, by [`source_key`].
+#[derive(Debug, Default)]
+pub struct SourceCounts(HashMap<IpAddr, usize>);
+
+impl SourceCounts {
+    pub fn get(&self, source: IpAddr) -> usize {
+        self.0.get(&source_key(source)).copied().unwrap_or(0)
+    }
+
+    pub fn add(&mut self, source: IpAddr) {
+        *self.0.entry(source_key(source)).or_default() += 1;
+    }
+
+    /// Forgets a source whose count falls to zero, so the map holds only present sources.
+    pub fn remove(&mut self, source: IpAddr) {
+        let key = source_key(source);
+        if let Some(count) = self.0.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&key);
+            }
+        }
     }
 }
 
@@ -38,5 +64,19 @@ mod tests {
             source_key(IpAddr::from([127, 0, 0, 9])),
             IpAddr::from([127, 0, 0, 9])
         );
+    }
+
+    #[test]
+    fn counts_are_kept_per_source_key_and_forgotten_at_zero() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut counts = SourceCounts::default();
+        counts.add(ip("2001:db8::1"));
+        counts.add(ip("2001:db8::2"));
+        assert_eq!(counts.get(ip("2001:db8::ffff")), 2);
+        counts.remove(ip("2001:db8::1"));
+        counts.remove(ip("2001:db8::2"));
+        assert!(counts.0.is_empty());
+        counts.remove(ip("2001:db8::1"));
+        assert_eq!(counts.get(ip("2001:db8::1")), 0);
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
-use crate::source::source_key;
+use crate::source::SourceCounts;
 use crate::transport::recv_batch::ReceiveBatch;
 
 use super::{EdgeShared, TunnelLink};
@@ -72,7 +72,7 @@ struct SessionTable {
     max_sessions: usize,
     by_id: HashMap<u32, Session>,
     by_client: HashMap<(u16, SocketAddr), u32>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: SourceCounts,
     /// Sessions on probation, oldest first; ids that have since ended or been protected are
     /// skipped when met.
     probation: VecDeque<u32>,
@@ -87,7 +87,7 @@ impl SessionTable {
             max_sessions: max_sessions.max(1),
             by_id: HashMap::new(),
             by_client: HashMap::new(),
-            per_source: HashMap::new(),
+            per_source: SourceCounts::default(),
             probation: VecDeque::new(),
             on_probation: 0,
             protected: VecDeque::new(),
@@ -117,8 +117,7 @@ impl SessionTable {
 
     /// Makes room for a new session from `client`.
     fn make_room(&mut self, client: SocketAddr) -> Room {
-        let source = source_key(client.ip());
-        if self.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source() {
+        if self.per_source.get(client.ip()) >= self.max_per_source() {
             return Room::SourceFull;
         }
         if self.by_id.len() < self.max_sessions {
@@ -163,10 +162,7 @@ impl SessionTable {
     }
 
     fn insert(&mut self, id: u32, session: Session) {
-        *self
-            .per_source
-            .entry(source_key(session.client.ip()))
-            .or_default() += 1;
+        self.per_source.add(session.client.ip());
         self.by_client.insert((session.port, session.client), id);
         self.by_id.insert(id, session);
         self.probation.push_back(id);
@@ -182,13 +178,7 @@ impl SessionTable {
             self.on_probation -= 1;
         }
         self.by_client.remove(&(session.port, session.client));
-        let source = source_key(session.client.ip());
-        if let Some(count) = self.per_source.get_mut(&source) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_source.remove(&source);
-            }
-        }
+        self.per_source.remove(session.client.ip());
         Some(session)
     }
 }

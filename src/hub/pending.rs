@@ -3,13 +3,14 @@
 //! the oldest of all. Idle or stalled sockets therefore cannot keep a real edge out; an edge's
 //! handshake, which starts with its first packet, is only evicted behind every idle one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
 pub use crate::source::source_key;
+use crate::source::SourceCounts;
 
 /// Why a pending connection was evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,14 +44,14 @@ struct Table {
     max_per_source: usize,
     next_id: u64,
     entries: BTreeMap<u64, Entry>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: SourceCounts,
 }
 
 impl Table {
     fn admit(&mut self, source: IpAddr, evict: CancellationToken) -> (u64, Option<Eviction>) {
         let source = source_key(source);
         let mut evicted = None;
-        if self.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
+        if self.per_source.get(source) >= self.max_per_source {
             evicted = self.evict_oldest(Some(source), EvictedFor::SourceFull);
         } else if self.entries.len() >= self.max_total {
             evicted = self.evict_oldest(None, EvictedFor::TableFull);
@@ -65,7 +66,7 @@ impl Table {
                 evict,
             },
         );
-        *self.per_source.entry(source).or_default() += 1;
+        self.per_source.add(source);
         (id, evicted)
     }
 
@@ -90,12 +91,7 @@ impl Table {
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
-        if let Some(count) = self.per_source.get_mut(&entry.source) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_source.remove(&entry.source);
-            }
-        }
+        self.per_source.remove(entry.source);
         Some(entry)
     }
 
@@ -120,7 +116,7 @@ impl PendingHandshakes {
                 max_per_source: max_per_source.max(1),
                 next_id: 0,
                 entries: BTreeMap::new(),
-                per_source: HashMap::new(),
+                per_source: SourceCounts::default(),
             }),
         })
     }
