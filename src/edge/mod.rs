@@ -104,8 +104,7 @@ struct EdgeShared {
     udp_dropped: AtomicU64,
     /// UDP sessions ended to make room for new clients in a full table.
     udp_evicted: AtomicU64,
-    /// The second of the last rate-limited warning.
-    last_throttled_warning: AtomicU64,
+    warning_rate_limit: crate::events::WarningRateLimit,
     /// Tunnel bytes over the edge's life, all tunnels together.
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
@@ -157,11 +156,10 @@ impl EdgeShared {
         self.udp_evicted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A warning for a condition that can repeat thousands of times a second: at most one
-    /// per second.
+    /// A warning for a condition that can repeat thousands of times a second.
     fn warn_throttled(&self, code: &'static str, message: String) {
-        let second = crate::events::unix_millis() / 1000;
-        if self.last_throttled_warning.swap(second, Ordering::Relaxed) != second {
+        let now = crate::events::unix_millis();
+        if self.warning_rate_limit.allows(code, now) {
             self.warn(code, message);
         }
     }
@@ -257,7 +255,7 @@ impl Edge {
             public_ip: Mutex::new(None),
             udp_dropped: AtomicU64::new(0),
             udp_evicted: AtomicU64::new(0),
-            last_throttled_warning: AtomicU64::new(0),
+            warning_rate_limit: Default::default(),
             bytes_in: Arc::default(),
             bytes_out: Arc::default(),
             totals: Mutex::default(),

@@ -186,8 +186,7 @@ struct HubShared {
     /// Connections between accept and a decided login.
     pending: Arc<PendingHandshakes>,
     totals: Mutex<HubTotals>,
-    /// The second of the last rate-limited warning, per code.
-    last_throttled_warning: Mutex<HashMap<&'static str, u64>>,
+    warning_rate_limit: crate::events::WarningRateLimit,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
     sessions: Mutex<HashMap<String, Arc<EdgeSession>>>,
     events: EventSink<HubEvent>,
@@ -203,16 +202,10 @@ impl HubShared {
         self.emit(HubEvent::Warning { code, message });
     }
 
-    /// A warning for a condition that can repeat thousands of times a second: at most one
-    /// per second of each code.
+    /// A warning for a condition that can repeat thousands of times a second.
     fn warn_throttled(&self, code: &'static str, message: String) {
-        let second = crate::events::unix_millis() / 1000;
-        let last = self
-            .last_throttled_warning
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(code, second);
-        if last != Some(second) {
+        let now = crate::events::unix_millis();
+        if self.warning_rate_limit.allows(code, now) {
             self.warn(code, message);
         }
     }
@@ -320,7 +313,7 @@ impl Hub {
             options,
             auth_throttle: Mutex::default(),
             pending,
-            last_throttled_warning: Mutex::default(),
+            warning_rate_limit: Default::default(),
             totals: Mutex::default(),
             allowed: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
