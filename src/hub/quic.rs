@@ -106,10 +106,10 @@ async fn serve_edge_connection(
             connection.close(CLOSE_PROTOCOL_ERROR, b"ALPN");
             return Err(QuicHandshakeFailure::Alpn);
         }
-        let dropping = hub.tasks.spawn(drop_datagrams_until(
-            connection.clone(),
-            before_login.clone(),
-        ));
+        let dropped = connection.clone();
+        let dropping = spawn_until(&hub.tasks, &before_login, async move {
+            while dropped.read_datagram().await.is_ok() {}
+        });
         // The edge opens the control stream by writing its auth line.
         let (send, mut recv) = connection.accept_bi().await?;
         let mut buf = BytesMut::with_capacity(1024);
@@ -179,15 +179,6 @@ async fn serve_edge_connection(
         ended
     })
     .await;
-}
-
-/// Reads and drops datagrams until `stop` or the connection ends.
-async fn drop_datagrams_until(connection: Connection, stop: CancellationToken) {
-    let drop_all = async { while connection.read_datagram().await.is_ok() {} };
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = drop_all => {}
-    }
 }
 
 /// Serves one QUIC session until it ends: the control loop here; connection streams,

@@ -183,14 +183,14 @@ pub fn spawn_until(
     tasks: &tokio_util::task::TaskTracker,
     cancel: &tokio_util::sync::CancellationToken,
     work: impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     let cancel = cancel.clone();
     tasks.spawn(async move {
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = work => {}
         }
-    });
+    })
 }
 
 /// Runs a closure when dropped, also while a panic unwinds: cleanup that must happen however
