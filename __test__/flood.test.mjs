@@ -13,6 +13,7 @@ import {
   SECRET,
   edgeConfig,
   startConnectedEdge,
+  startEndlessServer,
   startHub,
   startTunnel,
   startUdpClient,
@@ -213,17 +214,7 @@ test('a UDP flood from thousands of addresses keeps neither new clients out nor 
 })
 
 test('connections whose clients never read all end when the clients go, however full the tunnel', { timeout: 120000 }, async () => {
-  const chunk = Buffer.alloc(64 * 1024, 0x61)
-  // Offers data as fast as each connection takes it, for as long as it is open.
-  const target = net.createServer((socket) => {
-    socket.on('error', () => {})
-    const pump = () => {
-      while (!socket.destroyed && socket.write(chunk)) {}
-    }
-    socket.on('drain', pump)
-    pump()
-  })
-  await new Promise((resolve) => target.listen(0, '127.0.0.1', resolve))
+  const target = await startEndlessServer()
   const port = target.address().port
   let tunnel
   const clients = []

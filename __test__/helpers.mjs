@@ -404,6 +404,24 @@ export function connect(port, host = EDGE_ADDRESS, timeoutMs = GUARD_MS, { allow
   )
 }
 
+/**
+ * A TCP server on 127.0.0.1 that writes to every connection as fast as it takes the bytes, for
+ * as long as it is open (a download that never ends). Returns the net.Server.
+ */
+export async function startEndlessServer() {
+  const chunk = Buffer.alloc(64 * 1024, 0x61)
+  const server = net.createServer((socket) => {
+    socket.on('error', () => {})
+    const pump = () => {
+      while (!socket.destroyed && socket.write(chunk)) {}
+    }
+    socket.on('drain', pump)
+    pump()
+  })
+  await new Promise((resolve) => server.listen(0, TARGET_ADDRESS, resolve))
+  return server
+}
+
 /** Opens a connection to an echo target through the edge, sends `text`, returns what came back. */
 export async function echoOnce(port, text, timeoutMs = GUARD_MS) {
   const client = await connect(port, EDGE_ADDRESS, timeoutMs)

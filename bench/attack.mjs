@@ -23,6 +23,7 @@ import { createRequire } from 'node:module'
 import net from 'node:net'
 import path from 'node:path'
 import readline from 'node:readline'
+import { startEndlessServer } from '../__test__/helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
@@ -309,17 +310,7 @@ async function peakRss(pids, ms) {
 }
 
 async function downloads() {
-  const chunk = Buffer.alloc(64 * 1024, 0x61)
-  // Offers data as fast as each connection takes it, for as long as it is open.
-  const target = net.createServer((socket) => {
-    socket.on('error', () => {})
-    const pump = () => {
-      while (!socket.destroyed && socket.write(chunk)) {}
-    }
-    socket.on('drain', pump)
-    pump()
-  })
-  await new Promise((resolve) => target.listen(0, '127.0.0.1', resolve))
+  const target = await startEndlessServer()
   const port = target.address().port
   for (const transportMode of ['tcpTls', 'quic']) {
     const hub = await startHub({ tunnelPort: 0, bindAddress: '127.0.0.1' }, [{ id: 'bench', secret: SECRET, listenPorts: [port] }])
