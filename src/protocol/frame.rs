@@ -94,33 +94,54 @@ pub enum FrameError {
     BadPing { len: usize },
 }
 
-/// Takes one complete frame off the front of `buf` (payload split off
-/// zero-copy with `split_to().freeze()`).
+/// A frame's fixed header, checked: a known type and a length within [`MAX_FRAME_PAYLOAD`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub stream_id: u32,
+    pub frame_type: FrameType,
+    pub payload_len: usize,
+}
+
+/// Reads the header at the front of `buf`, leaving `buf` as it is.
 ///
-/// `Ok(None)` = need more bytes (buf untouched). An unknown type or a length
-/// above [`MAX_FRAME_PAYLOAD`] is an error as soon as the 9-byte header is
-/// present, so a hostile length is refused before we buffer its payload.
-pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+/// `Ok(None)` = fewer than 9 bytes so far. An unknown type or a length above
+/// [`MAX_FRAME_PAYLOAD`] is an error as soon as the header is present, so a
+/// hostile length is refused before its payload is buffered.
+pub fn decode_header(buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
     let Some(&[s0, s1, s2, s3, type_byte, l0, l1, l2, l3]) = buf.first_chunk::<FRAME_HEADER_LEN>()
     else {
         return Ok(None);
     };
-    let stream_id = u32::from_be_bytes([s0, s1, s2, s3]);
     let frame_type = FrameType::try_from(type_byte)?;
     let len = u32::from_be_bytes([l0, l1, l2, l3]);
     let payload_len = match usize::try_from(len) {
         Ok(n) if n <= MAX_FRAME_PAYLOAD => n,
         _ => return Err(FrameError::Oversize { len }),
     };
+    Ok(Some(FrameHeader {
+        stream_id: u32::from_be_bytes([s0, s1, s2, s3]),
+        frame_type,
+        payload_len,
+    }))
+}
+
+/// Takes one complete frame off the front of `buf` (payload split off
+/// zero-copy with `split_to().freeze()`).
+///
+/// `Ok(None)` = need more bytes (buf untouched); errors as [`decode_header`].
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    let Some(header) = decode_header(buf)? else {
+        return Ok(None);
+    };
     // Cannot overflow: payload_len <= MAX_FRAME_PAYLOAD.
-    if buf.len() < FRAME_HEADER_LEN + payload_len {
+    if buf.len() < FRAME_HEADER_LEN + header.payload_len {
         return Ok(None);
     }
     buf.advance(FRAME_HEADER_LEN);
-    let payload = buf.split_to(payload_len).freeze();
+    let payload = buf.split_to(header.payload_len).freeze();
     Ok(Some(Frame {
-        stream_id,
-        frame_type,
+        stream_id: header.stream_id,
+        frame_type: header.frame_type,
         payload,
     }))
 }

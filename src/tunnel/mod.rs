@@ -14,7 +14,7 @@ use std::io;
 /// spoofed sources is turned away instead of costing the hub a socket each.
 pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = crate::protocol::handshake::DEFAULT_MAX_UDP_SESSIONS;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -139,8 +139,9 @@ impl Carrier {
     }
 }
 
-/// Reads below this are copied into an allocation of their own size, so a short request
-/// waiting in a queue does not pin a whole read buffer.
+/// Reads below this are copied into an allocation of their own size; longer ones give back
+/// the unused end of their buffer (a shrink in place). Either way a chunk waiting in a queue
+/// holds no more memory than its length, which is what the windows count.
 const COPY_READS_BELOW_BYTES: usize = 8 * 1024;
 
 /// One non-blocking read of up to `max` bytes from a local socket: empty at EOF, `WouldBlock`
@@ -154,7 +155,7 @@ const COPY_READS_BELOW_BYTES: usize = 8 * 1024;
 /// reads in a keep-alive exchange. Readiness cleared this way survives data that arrived in
 /// between (tokio compares its event tick), and EOF is never cleared.
 pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(max);
+    let mut buf: Vec<u8> = Vec::with_capacity(max);
     let outcome = socket.try_io(Interest::READABLE, || {
         let n = socket2::SockRef::from(socket).recv(&mut buf.spare_capacity_mut()[..max])?;
         // SAFETY: recv initialised the first `n` bytes of the spare capacity.
@@ -174,7 +175,8 @@ pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
     Ok(if buf.len() < COPY_READS_BELOW_BYTES {
         Bytes::copy_from_slice(&buf)
     } else {
-        buf.freeze()
+        buf.shrink_to_fit();
+        Bytes::from(buf)
     })
 }
 
@@ -289,18 +291,22 @@ mod tests {
         let spurious = try_read_chunk(&accepted, 64 * 1024).unwrap_err();
         assert_eq!(spurious.kind(), io::ErrorKind::WouldBlock);
 
-        let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let payload: Vec<u8> = (0..30_000u32).map(|i| i as u8).collect();
         client.write_all(&payload).unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        // Small reads (copied) and large ones (frozen) both come back exact, capped at `max`.
+        // Small reads (copied), full ones and partly filled ones (shrunk) all come back exact,
+        // capped at `max`, each in an allocation of its own length.
         let mut received = Vec::new();
-        loop {
+        for max in [7_000, 12_000, 64 * 1024].into_iter().cycle() {
             accepted.readable().await.unwrap();
-            match try_read_chunk(&accepted, 7_000) {
+            match try_read_chunk(&accepted, max) {
                 Ok(chunk) if chunk.is_empty() => break,
                 Ok(chunk) => {
-                    assert!(chunk.len() <= 7_000);
+                    assert!(chunk.len() <= max);
                     received.extend_from_slice(&chunk);
+                    let len = chunk.len();
+                    let owned = chunk.try_into_mut().expect("a chunk is its own allocation");
+                    assert_eq!(owned.capacity(), len);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("read failed: {e}"),
