@@ -217,7 +217,6 @@ fn open_stream(
             let connection = quic.connection.clone();
             let open = link.quic_streams.open();
             edge.tasks.spawn(async move {
-                let _open = open;
                 // A stream of its own, announced by its first bytes: the PROXY line.
                 let stream = async {
                     let (mut send, recv) = connection.open_bi().await.ok()?;
@@ -236,7 +235,7 @@ fn open_stream(
                     read: &port_bytes.read,
                     written: &port_bytes.written,
                 };
-                relay(client, send, recv, counters, &cancel).await;
+                relay(client, send, recv, &open, counters, &cancel).await;
             });
         }
     }

@@ -331,7 +331,7 @@ async fn serve(
     let link = Arc::new(TunnelLink {
         carrier,
         streams: StreamTable::with_budget(edge.options.tunnel_buffer_bytes),
-        quic_streams: StreamCount::default(),
+        quic_streams: StreamCount::with_budget(edge.options.tunnel_buffer_bytes),
         udp: super::udp::UdpSessions::new(config.max_udp_sessions),
         next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),

@@ -395,7 +395,7 @@ async fn serve_stream(
 ) {
     // Stream 0 is the control stream, so connection streams count from 1 as over TLS.
     let id = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
-    let _open = session.quic_streams.open();
+    let open = session.quic_streams.open();
 
     let refuse = |send: &mut SendStream, recv: &mut RecvStream, reason| {
         let _ = send.reset(reset_code(reason));
@@ -460,7 +460,7 @@ async fn serve_stream(
                 read: &port_bytes.read,
                 written: &port_bytes.written,
             };
-            relay(target, send, recv, counters, &session.cancel).await;
+            relay(target, send, recv, &open, counters, &session.cancel).await;
         }
         None => refuse(&mut send, &mut recv, ResetReason::Unreachable),
     }

@@ -387,7 +387,7 @@ fn admit(
         config: Mutex::new(entry.config.clone()),
         carrier,
         streams: StreamTable::with_budget(hub.options.limits.tunnel_buffer_bytes),
-        quic_streams: StreamCount::default(),
+        quic_streams: StreamCount::with_budget(hub.options.limits.tunnel_buffer_bytes),
         udp: Arc::default(),
         cancel,
         close_reason: Mutex::new(None),

@@ -230,11 +230,25 @@ pub fn grant_tunnel_limits(connection: &quinn::Connection, streams_per_edge: u32
     apply_buffer_budget(connection, budget);
 }
 
-/// Bounds what a connection buffers to `budget` bytes per direction: the peer may send that
-/// much unread, and this side queues as much unsent or unacknowledged.
+/// Bounds what a connection buffers to `budget` bytes per direction: quinn's windows (what
+/// the peer may send unread, and what this side queues unsent or unacknowledged) get
+/// [`quic_window`], the relays' reads in hand the rest.
 pub fn apply_buffer_budget(connection: &quinn::Connection, budget: u32) {
-    connection.set_receive_window(VarInt::from_u32(budget));
-    connection.set_send_window(u64::from(budget));
+    let window = quic_window(budget);
+    connection.set_receive_window(VarInt::from_u32(window));
+    connection.set_send_window(u64::from(window));
+}
+
+/// What a tunnel's relays may hold together in reads outside quinn's windows: a relay reads
+/// before it knows its stream can take the bytes, or has taken them from a stream before its
+/// socket can. As much again is kept for quinn holding a partly acknowledged read whole.
+pub fn relay_reads_budget(budget: u32) -> u32 {
+    budget / 8
+}
+
+/// quinn's send and receive windows for a tunnel with buffer budget `budget`.
+pub fn quic_window(budget: u32) -> u32 {
+    budget - 2 * relay_reads_budget(budget)
 }
 
 /// How long a closing side waits for its CONNECTION_CLOSE to leave, for a peer that is gone.

@@ -27,13 +27,17 @@ use crate::protocol::quic::{
     decode_control, encode_datagram, split_datagram, ControlMessage, MAX_UDP_PAYLOAD,
     SESSION_ID_LEN,
 };
-use crate::transport::quic::MAX_OVERSIZED_DATAGRAM_STREAMS;
+use crate::transport::quic::{relay_reads_budget, MAX_OVERSIZED_DATAGRAM_STREAMS};
 
 use super::receive_loop::MessageSource;
 use super::{try_read_chunk, TunnelError};
 
-/// Bytes read from a socket or a QUIC stream at once by the relay.
+/// The most a relay reads from its socket or its QUIC stream at once.
 const RELAY_CHUNK_BYTES: usize = 64 * 1024;
+/// The least, however many relays share the budget for reads in hand.
+const MIN_RELAY_CHUNK_BYTES: usize = 4 * 1024;
+/// Bytes the control writer gathers into one write.
+const CONTROL_BATCH_BYTES: usize = 64 * 1024;
 /// Room made in the control reader's buffer before each read.
 const CONTROL_READ_BYTES: usize = 4 * 1024;
 /// quinn fills each packet from the streams of the highest priority first (connection streams
@@ -91,7 +95,7 @@ pub async fn run_control_writer(
             return Ok(());
         };
         message.encode(&mut batch);
-        while batch.len() < RELAY_CHUNK_BYTES {
+        while batch.len() < CONTROL_BATCH_BYTES {
             match queue.try_recv() {
                 Ok(message) => message.encode(&mut batch),
                 Err(_) => break,
@@ -274,25 +278,55 @@ fn reason_of(code: VarInt) -> ResetReason {
 }
 
 /// Counts a tunnel's open relays; each relay holds one `OpenStream` while it runs.
-#[derive(Debug, Default)]
-pub struct StreamCount(Arc<AtomicUsize>);
+#[derive(Debug)]
+pub struct StreamCount {
+    open: Arc<AtomicUsize>,
+    /// The tunnel's buffer budget, of which the relays share [`relay_reads_budget`].
+    budget: u32,
+}
 
-pub struct OpenStream(Arc<AtomicUsize>);
+pub struct OpenStream {
+    open: Arc<AtomicUsize>,
+    budget: u32,
+}
 
 impl StreamCount {
+    pub fn with_budget(budget: u32) -> Self {
+        Self {
+            open: Arc::default(),
+            budget,
+        }
+    }
+
     pub fn open(&self) -> OpenStream {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        OpenStream(self.0.clone())
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream {
+            open: self.open.clone(),
+            budget: self.budget,
+        }
     }
 
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.open.load(Ordering::Relaxed)
     }
+}
+
+impl OpenStream {
+    /// The most this relay reads at once: the open relays' share of the budget for reads in
+    /// hand, within [`MIN_RELAY_CHUNK_BYTES`, `RELAY_CHUNK_BYTES`].
+    pub fn read_size(&self) -> usize {
+        relay_read_size(self.open.load(Ordering::Relaxed), self.budget)
+    }
+}
+
+fn relay_read_size(open_relays: usize, budget: u32) -> usize {
+    let share = relay_reads_budget(budget) as usize / open_relays.max(1);
+    share.clamp(MIN_RELAY_CHUNK_BYTES, RELAY_CHUNK_BYTES)
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
         crate::heap::stream_closed();
     }
 }
@@ -318,20 +352,21 @@ pub async fn relay(
     socket: TcpStream,
     mut send: SendStream,
     mut recv: RecvStream,
+    stream: &OpenStream,
     counters: RelayCounters<'_>,
     cancel: &CancellationToken,
 ) {
     let abort = cancel.child_token();
     let (up, down) = tokio::join!(
         async {
-            let end = socket_to_stream(&socket, &mut send, counters.read, &abort).await;
+            let end = socket_to_stream(&socket, &mut send, stream, counters.read, &abort).await;
             if matches!(end, DirectionEnd::Aborted(_)) {
                 abort.cancel();
             }
             end
         },
         async {
-            let end = stream_to_socket(&mut recv, &socket, counters.written, &abort).await;
+            let end = stream_to_socket(&mut recv, &socket, stream, counters.written, &abort).await;
             if matches!(end, DirectionEnd::Aborted(_)) {
                 abort.cancel();
             }
@@ -352,6 +387,7 @@ pub async fn relay(
 async fn socket_to_stream(
     socket: &TcpStream,
     send: &mut SendStream,
+    stream: &OpenStream,
     read: &AtomicU64,
     abort: &CancellationToken,
 ) -> DirectionEnd {
@@ -368,7 +404,7 @@ async fn socket_to_stream(
             _ = &mut stopped => return aborted,
             ready = socket.readable() => if ready.is_err() { return aborted },
         }
-        let chunk = match try_read_chunk(socket, RELAY_CHUNK_BYTES) {
+        let chunk = match try_read_chunk(socket, stream.read_size()) {
             Ok(chunk) if chunk.is_empty() => {
                 return match send.finish() {
                     Ok(()) => DirectionEnd::Finished,
@@ -391,6 +427,7 @@ async fn socket_to_stream(
 async fn stream_to_socket(
     recv: &mut RecvStream,
     socket: &TcpStream,
+    stream: &OpenStream,
     written: &AtomicU64,
     abort: &CancellationToken,
 ) -> DirectionEnd {
@@ -398,7 +435,7 @@ async fn stream_to_socket(
     loop {
         let chunk = tokio::select! {
             _ = abort.cancelled() => return aborted,
-            chunk = recv.read_chunk(RELAY_CHUNK_BYTES, true) => chunk,
+            chunk = recv.read_chunk(stream.read_size(), true) => chunk,
         };
         let mut bytes = match chunk {
             Ok(Some(chunk)) => chunk.bytes,
@@ -425,5 +462,33 @@ async fn stream_to_socket(
                 Err(_) => return aborted,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mux::flow::TUNNEL_WINDOW_BUDGET;
+    use crate::transport::quic::quic_window;
+
+    #[test]
+    fn relays_reads_in_hand_stay_within_their_share_of_the_budget() {
+        let budget = TUNNEL_WINDOW_BUDGET;
+        let share = relay_reads_budget(budget) as usize;
+        // Windows and reads (in hand, and kept whole by quinn) add up to the budget.
+        assert_eq!(quic_window(budget) as usize + 2 * share, budget as usize);
+        // A few relays read whole chunks.
+        assert_eq!(relay_read_size(0, budget), RELAY_CHUNK_BYTES);
+        assert_eq!(relay_read_size(1, budget), RELAY_CHUNK_BYTES);
+        assert_eq!(relay_read_size(share / RELAY_CHUNK_BYTES, budget), RELAY_CHUNK_BYTES);
+        // Many share the budget, down to the smallest read.
+        for open in [1_000, 3_000, share / MIN_RELAY_CHUNK_BYTES] {
+            let size = relay_read_size(open, budget);
+            assert!((MIN_RELAY_CHUNK_BYTES..RELAY_CHUNK_BYTES).contains(&size));
+            assert!(open * size <= share, "{open} relays reading {size}");
+        }
+        assert_eq!(relay_read_size(65_536, budget), MIN_RELAY_CHUNK_BYTES);
+        // A smaller budget is shared the same way.
+        assert_eq!(relay_read_size(100, 16 << 20), (2 << 20) / 100);
     }
 }
