@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // What floods from sources without a secret cost a hub, and what its users see meanwhile.
 //
-//   node bench/attack.mjs [initials|pending|udp ...]     (default: all three)
+//   node bench/attack.mjs [initials|pending|udp|downloads|uploads ...]     (default: all)
 //
 // initials  50 QUIC Initials (a real client's first packet) from 50 addresses: the hub's
 //           memory and CPU; then 200 Initials a second for 15 s from rotating addresses while
@@ -13,6 +13,8 @@
 // downloads 1,000 clients start a download that never ends and never read, over TCP+TLS and
 //           QUIC: the peak memory of hub and edge (each in its own process, default budget),
 //           and their memory 10 s after the clients closed.
+// uploads   the same with 1,000 clients that upload without end to a target that never reads
+//           (memory after: once the clients and the target closed).
 //
 // The hub runs in a child process (its memory and CPU are read from /proc); the edge (except
 // in `downloads`), the attacker and the clients run here. Everything is on loopback, bounded, and stops by itself.
@@ -309,8 +311,33 @@ async function peakRss(pids, ms) {
   return peaks
 }
 
-async function downloads() {
-  const target = await startEndlessServer()
+/** Writes to `socket` as fast as it takes data, until it is destroyed. */
+function writeEndlessly(socket) {
+  const chunk = Buffer.alloc(64 * 1024, 0x62)
+  const pump = () => {
+    while (!socket.destroyed && socket.write(chunk)) {}
+  }
+  socket.on('drain', pump)
+  socket.once('connect', pump)
+}
+
+/**
+ * 1,000 connections whose reading side never reads: downloads to clients (the edge holds what
+ * the hub sends) or uploads to a target (the hub holds what the edge sends).
+ */
+async function neverReading(direction) {
+  // The uploads' target holds their half-closed connections until it closes them itself.
+  const accepted = new Set()
+  const target =
+    direction === 'downloads'
+      ? await startEndlessServer()
+      : net.createServer((socket) => {
+          socket.on('error', () => {})
+          socket.pause() // never reads
+          accepted.add(socket)
+          socket.once('close', () => accepted.delete(socket))
+        })
+  if (direction === 'uploads') await new Promise((resolve) => target.listen(0, '127.0.0.1', resolve))
   const port = target.address().port
   for (const transportMode of ['tcpTls', 'quic']) {
     const hub = await startHub({ tunnelPort: 0, bindAddress: '127.0.0.1' }, [{ id: 'bench', secret: SECRET, listenPorts: [port] }])
@@ -321,22 +348,28 @@ async function downloads() {
     for (let i = 0; i < 1000; i++) {
       const client = net.connect({ host: '127.0.0.2', port })
       client.on('error', () => {})
-      client.pause() // never reads
+      if (direction === 'downloads') client.pause() // never reads
+      else writeEndlessly(client)
       clients.push(client)
     }
     const peak = await peakRss([hub.pid, edge.pid], 15000)
     for (const client of clients) client.destroy()
+    for (const socket of accepted) socket.destroy()
     await sleep(10000)
     const after = [usage(hub.pid).rssMiB, usage(edge.pid).rssMiB]
     const row = (name, i) => `${name} ${baseline[i].toFixed(0)} -> peak ${peak[i].toFixed(0)} -> ${after[i].toFixed(0)} MiB 10 s after`
-    console.log(`downloads: ${transportMode}: 1,000 clients that never read: ${row('hub', 0)}; ${row('edge', 1)}`)
+    const who = direction === 'downloads' ? 'clients that never read' : 'uploads to a target that never reads'
+    console.log(`${direction}: ${transportMode}: 1,000 ${who}: ${row('hub', 0)}; ${row('edge', 1)}`)
     await edge.stop()
     await hub.stop()
   }
   target.close()
 }
 
-const scenarios = { initials, pending, udp, downloads }
+const downloads = () => neverReading('downloads')
+const uploads = () => neverReading('uploads')
+
+const scenarios = { initials, pending, udp, downloads, uploads }
 const chosen = process.argv.slice(2)
 for (const name of chosen.length > 0 ? chosen : Object.keys(scenarios)) {
   if (!scenarios[name]) throw new Error(`unknown scenario ${name}; one of ${Object.keys(scenarios).join(', ')}`)
