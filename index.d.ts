@@ -91,8 +91,34 @@ export interface HubStatus {
   connectedEdges: ConnectedEdgeStatus[]
 }
 
-export interface WarningEvent {
-  code: string
+/** The `code` of a hub's `warning` event (README, "Warnings"). */
+export type HubWarningCode =
+  | 'acceptFailed'
+  | 'authFailed'
+  | 'authThrottled'
+  | 'edgeLimit'
+  | 'handshakeFailed'
+  | 'handshakeLimit'
+  | 'internalError'
+  | 'portNotAssigned'
+  | 'streamLimit'
+  | 'targetUnreachable'
+  | 'udpSessionLimit'
+
+/** The `code` of an edge's `warning` event (README, "Warnings"). */
+export type EdgeWarningCode =
+  | 'acceptFailed'
+  | 'authRejected'
+  | 'connectFailed'
+  | 'hubNotVerified'
+  | 'internalError'
+  | 'listenFailed'
+  | 'quicFallback'
+  | 'stunFailed'
+  | 'udpSessionLimit'
+
+export interface WarningEvent<Code extends string = HubWarningCode | EdgeWarningCode> {
+  code: Code
   message: string
 }
 
@@ -101,7 +127,7 @@ export interface HubEvents {
   edgeDisconnected: [{ edgeId: string; reason: string }]
   streamOpened: [{ edgeId: string; streamId: number; clientAddress: string; clientPort: number; port: number }]
   streamClosed: [{ edgeId: string; streamId: number }]
-  warning: [WarningEvent]
+  warning: [WarningEvent<HubWarningCode>]
 }
 
 export class RemoteIngressHub extends EventEmitter<HubEvents> {
@@ -174,7 +200,7 @@ export interface EdgeEvents {
   publicIpDiscovered: [{ ip: string }]
   portsAssigned: [PortsEvent]
   portsUpdated: [PortsEvent]
-  warning: [WarningEvent]
+  warning: [WarningEvent<EdgeWarningCode>]
 }
 
 export class RemoteIngressEdge extends EventEmitter<EdgeEvents> {

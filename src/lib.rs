@@ -22,6 +22,7 @@ pub mod config;
 pub mod edge;
 pub mod events;
 pub mod heap;
+pub mod lock;
 pub mod hub;
 pub mod metrics;
 pub mod mux;

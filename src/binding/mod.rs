@@ -21,6 +21,7 @@ use crate::edge::{Edge, EdgeEvent};
 use crate::events::EventSink;
 use crate::hub::options::{parse_allowed_edges, HubOptions};
 use crate::hub::{Hub, HubEvent, HubStartError};
+use crate::lock::Locked;
 use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
 use crate::transport::quic::QuicSetupError;
 use crate::transport::tls::{validate_fingerprint, HubIdentity, TlsSetupError};
@@ -91,7 +92,7 @@ const EVENT_QUEUE_KEPT_BYTES: usize = 64 * 1024;
 impl EventQueue {
     fn pending(&self) -> std::sync::MutexGuard<'_, String> {
         // Pushing and taking cannot panic midway; a poisoned lock still holds whole events.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.pending.locked()
     }
 
     /// Queues an event; true when it starts a batch, so JavaScript must be called.

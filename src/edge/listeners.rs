@@ -12,6 +12,7 @@ use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EdgeWarning;
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
 use crate::tunnel::quic::{relay, RelayCounters};
@@ -119,7 +120,7 @@ fn reconcile(
                 active.insert(port, cancel);
             }
             Err((address, e)) => edge.warn(
-                "listenFailed",
+                EdgeWarning::ListenFailed,
                 format!("cannot listen on {protocol} {address}: {e}; the other ports keep working"),
             ),
         }
@@ -151,7 +152,7 @@ async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: Cance
                 Ok((client, peer)) => carry(&edge, client, peer, bound),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    edge.warn("acceptFailed", format!("accepting a client failed: {e}"));
+                    edge.warn(EdgeWarning::AcceptFailed, format!("accepting a client failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

@@ -19,12 +19,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::{EventSink, TransportKind};
-use crate::stun::{discover, PreferFamily};
+use crate::events::{ConnectFailureReason, EdgeWarning, EventSink, TransportKind};
+use crate::lock::Locked;
 use crate::transport::tls::TlsSetupError;
 use crate::tunnel::quic::StreamCount;
 use crate::tunnel::stream::{SocketBytes, StreamTable};
 use crate::tunnel::Carrier;
+use crate::stun::{discover, PreferFamily};
 
 use listeners::ListenerSet;
 use options::EdgeOptions;
@@ -55,7 +56,7 @@ pub enum EdgeEvent {
         listen_ports_udp: Vec<u16>,
     },
     Warning {
-        code: &'static str,
+        code: EdgeWarning,
         message: String,
     },
 }
@@ -104,7 +105,7 @@ struct EdgeShared {
     udp_dropped: AtomicU64,
     /// UDP sessions ended to make room for new clients in a full table.
     udp_evicted: AtomicU64,
-    warning_rate_limit: crate::events::WarningRateLimit,
+    warning_rate_limit: crate::events::WarningRateLimit<EdgeWarning>,
     /// Tunnel bytes over the edge's life, all tunnels together.
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
@@ -115,8 +116,8 @@ struct EdgeShared {
 #[derive(Debug, Default)]
 struct EdgeTotals {
     connects: u64,
-    /// Failed connection attempts: `rejected` by the hub, or `other` (unreachable, TLS, timeout).
-    connect_failures: BTreeMap<&'static str, u64>,
+    /// Failed connection attempts by reason.
+    connect_failures: BTreeMap<ConnectFailureReason, u64>,
     streams_by_port: BTreeMap<u16, u64>,
     udp_sessions_by_port: BTreeMap<u16, u64>,
     /// TCP payload per port: read from clients (`read`) and written to them (`written`).
@@ -128,16 +129,16 @@ impl EdgeShared {
         (self.events)(event);
     }
 
-    fn warn(&self, code: &'static str, message: String) {
+    fn warn(&self, code: EdgeWarning, message: String) {
         self.emit(EdgeEvent::Warning { code, message });
     }
 
     fn link(&self) -> MutexGuard<'_, Option<Arc<TunnelLink>>> {
-        self.link.lock().unwrap_or_else(|e| e.into_inner())
+        self.link.locked()
     }
 
     fn listeners(&self) -> MutexGuard<'_, ListenerSet> {
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+        self.listeners.locked()
     }
 
     fn current_link(&self) -> Option<Arc<TunnelLink>> {
@@ -145,7 +146,7 @@ impl EdgeShared {
     }
 
     fn totals(&self) -> MutexGuard<'_, EdgeTotals> {
-        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+        self.totals.locked()
     }
 
     fn count_udp_drop(&self) {
@@ -157,7 +158,7 @@ impl EdgeShared {
     }
 
     /// A warning for a condition that can repeat thousands of times a second.
-    fn warn_throttled(&self, code: &'static str, message: String) {
+    fn warn_throttled(&self, code: EdgeWarning, message: String) {
         let now = crate::events::unix_millis();
         if self.warning_rate_limit.allows(code, now) {
             self.warn(code, message);
@@ -165,7 +166,7 @@ impl EdgeShared {
     }
 
     fn public_ip(&self) -> MutexGuard<'_, Option<IpAddr>> {
-        self.public_ip.lock().unwrap_or_else(|e| e.into_inner())
+        self.public_ip.locked()
     }
 
     /// The address to put in a PROXY header as the one the client connected to: the public IP
@@ -213,7 +214,7 @@ async fn refresh_public_ip(
         };
         match outcome {
             Ok(ip) => edge.record_public_ip(ip),
-            Err(failed) => edge.warn("stunFailed", failed.to_string()),
+            Err(failed) => edge.warn(EdgeWarning::StunFailed, failed.to_string()),
         }
         let finished = Instant::now();
         loop {
@@ -355,11 +356,11 @@ impl Edge {
             Kind::Counter,
             "Failed attempts to reach the hub, by reason.",
         );
-        for reason in ["rejected", "other"] {
-            let count = totals.connect_failures.get(reason).copied().unwrap_or(0);
+        for &reason in ConnectFailureReason::ALL {
+            let count = totals.connect_failures.get(&reason).copied().unwrap_or(0);
             m.sample(
                 "remoteingress_edge_connect_failures_total",
-                &[("reason", reason)],
+                &[("reason", reason.as_str())],
                 count,
             );
         }

@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::events::{ConnectFailureReason, EdgeWarning};
+use crate::lock::Locked;
 use crate::protocol::frame::{decode_close, decode_ping, decode_window_credit, Frame, FrameType};
 use crate::protocol::handshake::{
     encode_auth_line, parse_config, parse_reply, take_line_limited, EdgeConfig, HandshakeError,
@@ -86,7 +88,7 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
     let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
     if matches!(edge.options.trust, HubTrust::AnyKey) {
         edge.warn(
-            "hubNotVerified",
+            EdgeWarning::HubNotVerified,
             "the hub's identity is not checked; set hubFingerprint (or caPem) to pin it".into(),
         );
     }
@@ -110,7 +112,7 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
                     Ok(ended) => ended.to_string(),
                     Err(failed) => {
                         edge.warn(
-                            "internalError",
+                            EdgeWarning::InternalError,
                             format!("the tunnel's task failed ({failed}); reconnecting"),
                         );
                         "internal error".to_string()
@@ -128,13 +130,17 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
                 *edge
                     .totals()
                     .connect_failures
-                    .entry("rejected")
+                    .entry(ConnectFailureReason::Rejected)
                     .or_default() += 1;
-                edge.warn("authRejected", e.to_string());
+                edge.warn(EdgeWarning::AuthRejected, e.to_string());
             }
             Err(e) => {
-                *edge.totals().connect_failures.entry("other").or_default() += 1;
-                edge.warn("connectFailed", e.to_string());
+                *edge
+                    .totals()
+                    .connect_failures
+                    .entry(ConnectFailureReason::Other)
+                    .or_default() += 1;
+                edge.warn(EdgeWarning::ConnectFailed, e.to_string());
             }
         }
         let delay = backoff.next_delay(jitter());
@@ -163,7 +169,7 @@ async fn connect(
                 Err(e @ ConnectError::Rejected(_)) => Err(e),
                 Err(e) => {
                     edge.warn(
-                        "quicFallback",
+                        EdgeWarning::QuicFallback,
                         format!("QUIC did not come up ({e}); trying TCP+TLS"),
                     );
                     within(edge, limit, connect_tls(edge, tls)).await
@@ -502,10 +508,7 @@ fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, json: &[u8]) -> Resul
         changed
     });
     let ports = (config.listen_ports, config.listen_ports_udp);
-    let mut assigned = link
-        .assigned_ports
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut assigned = link.assigned_ports.locked();
     if *assigned != ports {
         *assigned = ports.clone();
         edge.emit(EdgeEvent::PortsUpdated {

@@ -12,6 +12,8 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EdgeWarning;
+use crate::lock::Locked;
 use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::source::SourceCounts;
@@ -201,7 +203,7 @@ impl UdpSessions {
     }
 
     fn table(&self) -> MutexGuard<'_, SessionTable> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.locked()
     }
 
     pub fn len(&self) -> usize {
@@ -287,7 +289,7 @@ fn carry(
                         edge.count_udp_eviction();
                         if !link.udp.limit_warned.swap(true, Ordering::Relaxed) {
                             edge.warn(
-                                "udpSessionLimit",
+                                EdgeWarning::UdpSessionLimit,
                                 format!("{} UDP sessions are open; new clients take the places of the oldest unproven ones", table.max_sessions),
                             );
                         }
@@ -296,7 +298,7 @@ fn carry(
                         let most = table.max_per_source();
                         drop(table);
                         edge.warn_throttled(
-                            "udpSessionLimit",
+                            EdgeWarning::UdpSessionLimit,
                             format!("{} has {most} UDP sessions open; its datagrams for new ones are dropped", client.ip()),
                         );
                         edge.count_udp_drop();

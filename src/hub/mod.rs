@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::{EventSink, TransportKind};
+use crate::events::{EventSink, HandshakeFailureReason, HubWarning, TransportKind};
+use crate::lock::{Locked, ReadWriteLocked};
 use crate::transport::quic::{hub_endpoint, QuicSetupError};
 use crate::transport::tls::{HubIdentity, TlsSetupError};
 use crate::tunnel::stream::SocketBytes;
@@ -56,7 +57,7 @@ pub enum HubEvent {
         stream_id: u32,
     },
     Warning {
-        code: &'static str,
+        code: HubWarning,
         message: String,
     },
 }
@@ -155,8 +156,8 @@ pub struct ConnectedEdgeStatus {
 #[derive(Debug, Default)]
 struct HubTotals {
     edges: BTreeMap<String, EdgeTotals>,
-    /// Failed handshakes by reason, one of [`HANDSHAKE_FAILURE_REASONS`].
-    handshake_failures: BTreeMap<&'static str, u64>,
+    /// Failed handshakes by reason.
+    handshake_failures: BTreeMap<HandshakeFailureReason, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -176,8 +177,6 @@ struct EdgeTotals {
 /// handshake or the auth line failed or timed out; the login was refused; the source had
 /// too many attempts; the edge limit was reached; the connection was evicted from a full
 /// table of pending handshakes.
-const HANDSHAKE_FAILURE_REASONS: [&str; 5] = ["tls", "auth", "throttled", "limit", "evicted"];
-
 /// State every task of one hub shares.
 struct HubShared {
     options: HubOptions,
@@ -186,7 +185,7 @@ struct HubShared {
     /// Connections between accept and a decided login.
     pending: Arc<PendingHandshakes>,
     totals: Mutex<HubTotals>,
-    warning_rate_limit: crate::events::WarningRateLimit,
+    warning_rate_limit: crate::events::WarningRateLimit<HubWarning>,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
     sessions: Mutex<HashMap<String, Arc<EdgeSession>>>,
     events: EventSink<HubEvent>,
@@ -198,12 +197,12 @@ impl HubShared {
         (self.events)(event);
     }
 
-    fn warn(&self, code: &'static str, message: String) {
+    fn warn(&self, code: HubWarning, message: String) {
         self.emit(HubEvent::Warning { code, message });
     }
 
     /// A warning for a condition that can repeat thousands of times a second.
-    fn warn_throttled(&self, code: &'static str, message: String) {
+    fn warn_throttled(&self, code: HubWarning, message: String) {
         let now = crate::events::unix_millis();
         if self.warning_rate_limit.allows(code, now) {
             self.warn(code, message);
@@ -211,7 +210,7 @@ impl HubShared {
     }
 
     fn totals(&self) -> MutexGuard<'_, HubTotals> {
-        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+        self.totals.locked()
     }
 
     /// Updates one edge's totals, created at first use.
@@ -220,7 +219,7 @@ impl HubShared {
     }
 
     fn auth_throttle(&self) -> MutexGuard<'_, throttle::AuthThrottle> {
-        self.auth_throttle.lock().unwrap_or_else(|e| e.into_inner())
+        self.auth_throttle.locked()
     }
 
     /// A place for a new connection from `source` among the pending handshakes, or None when
@@ -233,9 +232,9 @@ impl HubShared {
             .auth_throttle()
             .try_begin(source, std::time::Instant::now())
         {
-            self.count_handshake_failure("throttled");
+            self.count_handshake_failure(HandshakeFailureReason::Throttled);
             self.warn_throttled(
-                "authThrottled",
+                HubWarning::AuthThrottled,
                 format!(
                     "{source} started {} logins within {:?} without a success; its connections are refused for now",
                     throttle::MAX_AUTH_FAILURES,
@@ -260,7 +259,7 @@ impl HubShared {
                 }
             };
             self.warn_throttled(
-                "handshakeLimit",
+                HubWarning::HandshakeLimit,
                 format!(
                     "{why}; the oldest pending one (from {}) was closed to make room",
                     eviction.source
@@ -272,15 +271,15 @@ impl HubShared {
 
     /// A pending connection was evicted (see `begin_handshake`).
     fn handshake_evicted(&self) {
-        self.count_handshake_failure("evicted");
+        self.count_handshake_failure(HandshakeFailureReason::Evicted);
     }
 
-    fn count_handshake_failure(&self, reason: &'static str) {
+    fn count_handshake_failure(&self, reason: HandshakeFailureReason) {
         *self.totals().handshake_failures.entry(reason).or_default() += 1;
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<EdgeSession>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+        self.sessions.locked()
     }
 }
 
@@ -353,11 +352,7 @@ impl Hub {
             .collect();
         // Held while the sessions are read: an edge being admitted right now is either checked
         // against the new list or already registered and reached below.
-        let mut allowed = self
-            .shared
-            .allowed
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut allowed = self.shared.allowed.write_locked();
         *allowed = by_id;
         let sessions: Vec<Arc<EdgeSession>> = self.shared.sessions().values().cloned().collect();
         for session in sessions {
@@ -509,11 +504,11 @@ impl Hub {
             Kind::Counter,
             "Edge connections that did not become a tunnel, by reason.",
         );
-        for reason in HANDSHAKE_FAILURE_REASONS {
-            let count = totals.handshake_failures.get(reason).copied().unwrap_or(0);
+        for &reason in HandshakeFailureReason::ALL {
+            let count = totals.handshake_failures.get(&reason).copied().unwrap_or(0);
             m.sample(
                 "remoteingress_hub_handshake_failures_total",
-                &[("reason", reason)],
+                &[("reason", reason.as_str())],
                 count,
             );
         }

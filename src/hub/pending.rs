@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::lock::Locked;
 pub use crate::source::source_key;
 use crate::source::SourceCounts;
 
@@ -122,7 +123,7 @@ impl PendingHandshakes {
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.locked()
     }
 
     /// Takes a slot for a new connection from `source`, evicting another when full.

@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{HandshakeFailureReason, HubWarning};
+use crate::lock::Locked;
 use crate::protocol::frame::ResetReason;
 use crate::protocol::handshake::take_line;
 use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
@@ -134,9 +136,9 @@ async fn serve_edge_connection(
         match outcome.unwrap_or(Err(QuicHandshakeFailure::Timeout)) {
             Ok(parts) => parts,
             Err(e) => {
-                hub.count_handshake_failure("tls");
+                hub.count_handshake_failure(HandshakeFailureReason::Tls);
                 hub.warn(
-                    "handshakeFailed",
+                    HubWarning::HandshakeFailed,
                     format!("edge connection from {peer} (QUIC): {e}"),
                 );
                 return;
@@ -258,7 +260,7 @@ fn on_control(
             };
             // Held until the session exists: a datagram that finds it registered must also
             // find it open, or that datagram is lost.
-            let mut opens = opens.lock().unwrap_or_else(|e| e.into_inner());
+            let mut opens = opens.locked();
             if opens.register(id)? {
                 // Its open datagram may still arrive, and is then a repeat, not data.
                 session.start_udp(hub, id, addresses, Some(header));
@@ -287,7 +289,7 @@ fn on_datagram(
     // Held from here on, so a registration on the control stream cannot come between finding
     // no session and deciding what this datagram is (that datagram would be lost). The
     // session may have started since the look above, so look again under the lock.
-    let mut opens = opens.lock().unwrap_or_else(|e| e.into_inner());
+    let mut opens = opens.locked();
     if session.udp.forward_datagram(id, rest.clone()) {
         return;
     }
@@ -448,7 +450,7 @@ async fn serve_stream(
         }
         Err(e) => {
             hub.warn(
-                "targetUnreachable",
+                HubWarning::TargetUnreachable,
                 format!("{}:{port}: {e}", hub.options.target_host),
             );
             None

@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::unix_millis;
+use crate::events::{unix_millis, HandshakeFailureReason, HubWarning};
+use crate::lock::{Locked, ReadWriteLocked};
 use crate::protocol::frame::{
     decode_close, decode_ping, decode_window_credit, Frame, FrameType, ResetReason,
     CONTROL_STREAM_ID,
@@ -58,7 +59,7 @@ pub(super) async fn accept_loop(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    hub.warn("acceptFailed", format!("accepting an edge connection failed: {e}"));
+                    hub.warn(HubWarning::AcceptFailed, format!("accepting an edge connection failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -127,13 +128,13 @@ async fn serve_edge_connection(
     let (tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
         Ok(parts) => parts,
         Err(e) => {
-            hub.count_handshake_failure("tls");
+            hub.count_handshake_failure(HandshakeFailureReason::Tls);
             let warning = format!("edge connection from {peer}: {e}");
             if matches!(e, HandshakeFailure::Silent) {
                 // Idle sockets come by the thousand in a flood.
-                hub.warn_throttled("handshakeFailed", warning);
+                hub.warn_throttled(HubWarning::HandshakeFailed, warning);
             } else {
-                hub.warn("handshakeFailed", warning);
+                hub.warn(HubWarning::HandshakeFailed, warning);
             }
             return;
         }
@@ -207,11 +208,11 @@ impl Login<'_> {
                 );
                 match admitted {
                     Err(LoginRefusal::Unauthorized) => hub.warn(
-                        "authFailed",
+                        HubWarning::AuthFailed,
                         format!("edge connection from {peer}: unknown edge id or wrong secret"),
                     ),
                     Err(LoginRefusal::EdgeLimit) => hub.warn(
-                        "edgeLimit",
+                        HubWarning::EdgeLimit,
                         format!(
                             "edge {} from {peer} refused: {} edges are connected (limits.maxEdges)",
                             auth.edge_id, hub.options.limits.max_edges
@@ -223,7 +224,7 @@ impl Login<'_> {
             }
             Err(e) => {
                 hub.warn(
-                    "handshakeFailed",
+                    HubWarning::HandshakeFailed,
                     format!("edge connection from {peer}: {e}"),
                 );
                 Err(LoginRefusal::Unauthorized)
@@ -231,7 +232,7 @@ impl Login<'_> {
         };
         if let Err(LoginRefusal::EdgeLimit) = admitted {
             // Not the edge's fault: no delay, nothing held against its address.
-            hub.count_handshake_failure("limit");
+            hub.count_handshake_failure(HandshakeFailureReason::Limit);
             hub.auth_throttle()
                 .give_back(super::pending::source_key(peer.ip()));
             drop(slot);
@@ -239,7 +240,7 @@ impl Login<'_> {
             return None;
         }
         let Ok((session, config)) = admitted else {
-            hub.count_handshake_failure("auth");
+            hub.count_handshake_failure(HandshakeFailureReason::Auth);
             // The slot is for handshakes in progress, not for the delay below.
             drop(slot);
             tokio::select! {
@@ -330,7 +331,7 @@ impl Drop for Retirement<'_> {
             (None, Some(ended)) => ended.to_string(),
             (None, None) => {
                 hub.warn(
-                    "internalError",
+                    HubWarning::InternalError,
                     format!("edge {edge_id}: a session task panicked; the session was closed"),
                 );
                 "internal error".to_string()
@@ -365,7 +366,7 @@ fn admit(
     carrier: Carrier,
     cancel: CancellationToken,
 ) -> Result<(Arc<EdgeSession>, EdgeConfig), LoginRefusal> {
-    let allowed = hub.allowed.read().unwrap_or_else(|e| e.into_inner());
+    let allowed = hub.allowed.read_locked();
     let entry = allowed.get(edge_id);
     let expected = entry.map_or("\0unknown edge\0", |e| e.secret.as_str());
     let matches: bool = secret.as_bytes().ct_eq(expected.as_bytes()).into();
@@ -434,24 +435,17 @@ impl EdgeSession {
     /// Ends the session; the first reason given is the one reported.
     pub fn close(&self, reason: &str) {
         self.close_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .get_or_insert_with(|| reason.to_string());
         self.cancel.cancel();
     }
 
     pub fn close_reason(&self) -> Option<String> {
-        self.close_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.close_reason.locked().clone()
     }
 
     fn take_close_reason(&self) -> Option<String> {
-        self.close_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        self.close_reason.locked().take()
     }
 
     pub fn secret_matches(&self, secret: &str) -> bool {
@@ -459,7 +453,7 @@ impl EdgeSession {
     }
 
     fn config(&self) -> std::sync::MutexGuard<'_, EdgeConfig> {
-        self.config.lock().unwrap_or_else(|e| e.into_inner())
+        self.config.locked()
     }
 
     /// Pushes a changed port list to the edge.
@@ -594,13 +588,13 @@ impl EdgeSession {
         open: Option<Bytes>,
     ) {
         let port = addresses.destination.port();
-        let refuse = |code: &'static str, message: String| {
+        let refuse = |code: HubWarning, message: String| {
             self.carrier.udp_close(id);
             hub.warn(code, message);
         };
         if !self.config().listen_ports_udp.contains(&port) {
             refuse(
-                "portNotAssigned",
+                HubWarning::PortNotAssigned,
                 format!(
                     "edge {} opened a UDP session to port {port}, which it is not assigned",
                     self.edge_id
@@ -623,7 +617,7 @@ impl EdgeSession {
             Err(Refusal::SessionLimit) => {
                 self.carrier.udp_close(id);
                 hub.warn_throttled(
-                    "udpSessionLimit",
+                    HubWarning::UdpSessionLimit,
                     format!(
                         "edge {} reached {} UDP sessions; refusing more",
                         self.edge_id, hub.options.limits.max_udp_sessions_per_edge
@@ -644,7 +638,7 @@ impl EdgeSession {
         let port = addresses.destination.port();
         if !self.config().listen_ports.contains(&port) {
             hub.warn(
-                "portNotAssigned",
+                HubWarning::PortNotAssigned,
                 format!(
                     "edge {} opened a connection to port {port}, which it is not assigned",
                     self.edge_id
@@ -694,7 +688,7 @@ impl EdgeSession {
         if self.streams.len() >= max_streams {
             frames.control(reset_frame(id, HUB_SIDE, ResetReason::Limit));
             hub.warn(
-                "streamLimit",
+                HubWarning::StreamLimit,
                 format!(
                     "edge {} reached {max_streams} open connections; refusing more",
                     self.edge_id
@@ -731,7 +725,7 @@ impl EdgeSession {
                 Err(e) => {
                     frames.control(reset_frame(id, HUB_SIDE, ResetReason::Unreachable));
                     hub.warn(
-                        "targetUnreachable",
+                        HubWarning::TargetUnreachable,
                         format!("{}:{port}: {e}", hub.options.target_host),
                     );
                 }
@@ -810,7 +804,7 @@ mod tests {
         let events = events.lock().unwrap().clone();
         assert!(events.iter().any(|e| matches!(
             e,
-            HubEvent::Warning { code: "internalError", message } if message.contains("edge e")
+            HubEvent::Warning { code: HubWarning::InternalError, message } if message.contains("edge e")
         )));
         assert!(events.iter().any(|e| matches!(
             e,

@@ -14,6 +14,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::HubWarning;
+use crate::lock::Locked;
 use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::protocol::quic::is_repeated_open;
@@ -63,7 +65,7 @@ pub(super) enum Refusal {
 
 impl UdpSessions {
     fn flows(&self) -> MutexGuard<'_, HashMap<u32, Flow>> {
-        self.flows.lock().unwrap_or_else(|e| e.into_inner())
+        self.flows.locked()
     }
 
     pub fn len(&self) -> usize {
@@ -170,7 +172,7 @@ impl FlowTask {
             Ok(socket) => socket,
             Err(e) => {
                 self.hub.warn(
-                    "targetUnreachable",
+                    HubWarning::TargetUnreachable,
                     format!("UDP {}:{port}: {e}", self.hub.options.target_host),
                 );
                 self.end();

@@ -1,6 +1,8 @@
 //! Pure multiplexing state shared by both ends of a tunnel: flow-control windows and the fair
 //! order of the data tier.
 
+#![forbid(unsafe_code)]
+
 pub mod flow;
 pub mod round_robin;
 pub mod sustained;

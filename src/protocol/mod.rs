@@ -6,6 +6,8 @@
 //! bytes produce an error value, never a panic, and every limit a peer could
 //! push against is a named `pub const`.
 
+#![forbid(unsafe_code)]
+
 pub mod frame;
 pub mod handshake;
 pub mod proxy;

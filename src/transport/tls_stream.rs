@@ -22,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use crate::lock::Locked;
+
 use super::records::{
     check_alert, open_record, parse_post_handshake, record_len, seal_record, seal_record_in_place,
     sealed_len, ContentType, PostHandshake, RecordError, RecordKey, CLOSE_NOTIFY,
@@ -95,7 +97,7 @@ struct KeySchedule {
 
 impl KeySchedule {
     fn next(&self, tx: bool) -> io::Result<RecordKey> {
-        let mut secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut secrets = self.secrets.locked();
         let next = if tx {
             secrets.next_tx()
         } else {

@@ -480,7 +480,10 @@ mod tests {
         // A few relays read whole chunks.
         assert_eq!(relay_read_size(0, budget), RELAY_CHUNK_BYTES);
         assert_eq!(relay_read_size(1, budget), RELAY_CHUNK_BYTES);
-        assert_eq!(relay_read_size(share / RELAY_CHUNK_BYTES, budget), RELAY_CHUNK_BYTES);
+        assert_eq!(
+            relay_read_size(share / RELAY_CHUNK_BYTES, budget),
+            RELAY_CHUNK_BYTES
+        );
         // Many share the budget, down to the smallest read.
         for open in [1_000, 3_000, share / MIN_RELAY_CHUNK_BYTES] {
             let size = relay_read_size(open, budget);

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock::Locked;
 use crate::mux::flow::{
     stream_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW,
     SUSTAINED_STREAM_WINDOW, TUNNEL_WINDOW_BUDGET,
@@ -128,7 +129,7 @@ impl StreamFlow {
 
     fn windows(&self) -> MutexGuard<'_, Windows> {
         // The critical sections cannot panic; a poisoned lock still holds consistent numbers.
-        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+        self.windows.locked()
     }
 
     /// Waits for send credit and takes up to `max` bytes of it.
@@ -324,7 +325,7 @@ impl StreamTable {
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<u32, StreamHandle>> {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+        self.streams.locked()
     }
 
     /// Registers a new stream and returns the pump's end of it; None when the id is taken.
