@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! - [`protocol`]: the wire formats, pure and without I/O (frames, handshake, PROXY v1/v2,
-//!   connection tokens, QUIC control messages and datagrams).
+//!   connection tokens, QUIC control messages and datagrams, STUN Binding messages).
 //! - [`mux`]: pure multiplexing state (flow-control windows, round robin, sustained flows).
 //! - [`transport`]: rustls configs, the hub's identity and how an edge trusts it, the TLS
 //!   records a tunnel seals and opens after the handshake, QUIC endpoints.
@@ -13,7 +13,6 @@
 //!   QUIC control stream, datagrams and relay).
 //! - [`turn`]: giving tokio's scheduler a turn, so runnable tasks' work shares one write.
 //! - [`hub`], [`edge`]: the two runtimes.
-//! - [`stun`]: public-IP discovery (STUN Binding requests, parsing sans-IO).
 //! - [`config`], [`events`], [`metrics`]: reading JavaScript options, reporting events and
 //!   Prometheus metrics.
 //! - [`binding`]: the napi classes, the only code that knows about JavaScript.
@@ -22,13 +21,12 @@ pub mod config;
 pub mod edge;
 pub mod events;
 pub mod heap;
-pub mod lock;
 pub mod hub;
+pub mod lock;
 pub mod metrics;
 pub mod mux;
 pub mod protocol;
 pub mod source;
-pub mod stun;
 pub mod transport;
 pub mod tunnel;
 pub mod turn;

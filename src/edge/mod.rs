@@ -4,6 +4,7 @@
 mod backoff;
 mod listeners;
 pub mod options;
+pub mod stun;
 mod tunnel;
 mod udp;
 
@@ -25,7 +26,7 @@ use crate::transport::tls::TlsSetupError;
 use crate::tunnel::quic::StreamCount;
 use crate::tunnel::stream::{SocketBytes, StreamTable};
 use crate::tunnel::Carrier;
-use crate::stun::{discover, PreferFamily};
+use stun::{discover, PreferFamily};
 
 use listeners::ListenerSet;
 use options::EdgeOptions;

@@ -7,8 +7,10 @@ use serde_json::Value;
 
 use crate::config::{bind_address, ConfigError, Fields};
 use crate::protocol::handshake::{validate_edge_id, validate_secret};
+use crate::protocol::stun::StunServer;
 use crate::protocol::token::decode_token;
-use crate::stun::{StunServer, DEFAULT_SERVER_TIMEOUT};
+
+use super::stun::DEFAULT_SERVER_TIMEOUT;
 use crate::transport::tls::{server_name, validate_fingerprint, HubTrust};
 
 pub const DEFAULT_HUB_PORT: u16 = 8443;
@@ -41,7 +43,7 @@ pub struct EdgeOptions {
     pub transport: TransportMode,
     pub bind_address: IpAddr,
     pub trust: HubTrust,
-    pub stun_servers: Vec<String>,
+    pub stun_servers: Vec<StunServer>,
     /// How long one STUN server may take to answer, resolution and retransmits included.
     pub stun_timeout: Duration,
     pub heartbeat_timeout: Duration,
@@ -158,11 +160,14 @@ impl EdgeOptions {
 
         let stun_servers = f
             .string_list("stunServers")?
-            .unwrap_or_else(|| vec![DEFAULT_STUN_SERVER.to_string()]);
-        for (i, server) in stun_servers.iter().enumerate() {
-            StunServer::parse(server)
-                .map_err(|reason| ConfigError::new(format!("stunServers[{i}]"), reason))?;
-        }
+            .unwrap_or_else(|| vec![DEFAULT_STUN_SERVER.to_string()])
+            .iter()
+            .enumerate()
+            .map(|(i, server)| {
+                StunServer::parse(server)
+                    .map_err(|bad| ConfigError::new(format!("stunServers[{i}]"), bad.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let reconnect_min = f.millis("reconnectMinMs")?.unwrap_or(DEFAULT_RECONNECT_MIN);
         let reconnect_max = f.millis("reconnectMaxMs")?.unwrap_or(DEFAULT_RECONNECT_MAX);
         if reconnect_max < reconnect_min {
@@ -242,7 +247,10 @@ mod tests {
     fn stun_defaults_and_off_switch() {
         let base = json!({"hubHost": "h", "edgeId": "e", "secret": "s"});
         let o = EdgeOptions::from_json(&base).unwrap();
-        assert_eq!(o.stun_servers, [DEFAULT_STUN_SERVER]);
+        assert_eq!(
+            o.stun_servers,
+            [StunServer::parse(DEFAULT_STUN_SERVER).unwrap()]
+        );
         assert_eq!(o.stun_timeout, DEFAULT_SERVER_TIMEOUT);
         let off = json!({"hubHost": "h", "edgeId": "e", "secret": "s", "stunServers": [], "stunTimeoutMs": 250});
         let o = EdgeOptions::from_json(&off).unwrap();

@@ -12,4 +12,5 @@ pub mod frame;
 pub mod handshake;
 pub mod proxy;
 pub mod quic;
+pub mod stun;
 pub mod token;
