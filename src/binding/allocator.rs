@@ -1,9 +1,8 @@
 //! glibc's malloc hands freed memory at the top of a heap back to the kernel once more than
 //! 128 KiB is free there, and every page of it faults in again when it is used next. A tunnel
 //! allocates a 64 KiB buffer per read and frees it once its bytes are written, so bulk traffic
-//! crossed that threshold over and over: 300-410k page faults in the hub and 80-150k in the
-//! edge in 4 s of a single-stream transfer. Keeping 4 MiB, they fell to 2-15k and 0.1-5k, and
-//! the CPU time per byte by a fifth to a third.
+//! crossed that threshold over and over; keeping 4 MiB cuts those page faults and the CPU time
+//! per byte. Measured: docs/PERFORMANCE.md, "Allocator trim threshold".
 //!
 //! The setting is process-wide, so the addon leaves it alone when the process was started with
 //! one of its own (`MALLOC_TRIM_THRESHOLD_`, or `glibc.malloc.trim_threshold` in

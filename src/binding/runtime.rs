@@ -1,12 +1,8 @@
 //! The tokio runtime napi runs hubs and edges on, with fewer worker threads than cores.
 //!
-//! Most of a tunnel's CPU is the kernel's: in profiles of bulk transfers three quarters of the
-//! hub's and the edge's time is system time (TCP copies, loopback or NIC processing, wakeups),
-//! and that work runs on the same cores as the workers, next to the clients and the private
-//! proxy. A tunnel's own work is serial (one reader task, one writer task), so a worker per
-//! core mostly adds threads that wake each other. On the 2-core benchmark machine, in three
-//! pairs, one worker instead of two served 14-36% more keep-alive requests at a lower p99
-//! (0.74-1.43 against 1.03-2.09 ms), 4-22% more new connections, -2 to +24% over 8 streams.
+//! Most of a tunnel's CPU is the kernel's, on the same cores as the workers, and a tunnel's own
+//! work is serial (one reader task, one writer task), so a worker per core mostly adds threads
+//! that wake each other. Measured: docs/PERFORMANCE.md, "Worker threads".
 //!
 //! `TOKIO_WORKER_THREADS` still decides when it is set, as it does for tokio's own default.
 

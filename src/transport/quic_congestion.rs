@@ -15,10 +15,8 @@ use quinn_proto::RttEstimator;
 /// The smallest bound: what the TCP+TLS tunnel's smallest receive buffer holds (the kernel
 /// doubles the 128 KiB asked). On loopback the round trip is tens of microseconds, but a peer
 /// on one busy thread acknowledges a whole batch of packets at once, and a window smaller
-/// than what arrives between its acknowledgements leaves the path idle. Measured on a
-/// 2-core loopback: 256 KiB cut the p99 of small requests during a bulk upload from 16-21 to
-/// 2-4 ms and single-stream throughput by about a fifth; 128 KiB cost 40%, 1 MiB kept the
-/// p99 at 10-13 ms.
+/// than what arrives between its acknowledgements leaves the path idle. A smaller floor costs
+/// throughput, a larger one latency: docs/PERFORMANCE.md, "QUIC congestion window bound".
 pub const MIN_WINDOW_BOUND: u64 = 256 * 1024;
 
 /// The window bound for a path whose shortest round trip is `min_rtt`: what 10 Gbit/s fills

@@ -26,9 +26,9 @@ pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// A batch smaller than this waits one turn before it is written, so the frames of tasks that
 /// are already runnable (other connections whose reads became ready at the same time) share
 /// its TLS record and syscall. Every write also wakes the peer's process, which on loopback
-/// costs more than the write: this about halved the writes per tunneled request (keep-alive,
-/// 10 connections: 0.93-0.95 -> 0.42-0.55 per request at hub and edge). Larger batches are
-/// bulk transfers, which need no help.
+/// costs more than the write; this about halves the writes per tunneled request
+/// (docs/PERFORMANCE.md, "Writer: one turn before a small write"). Larger batches are bulk
+/// transfers, which need no help.
 const SHARE_A_TURN_BELOW_BYTES: usize = 16 * 1024;
 
 /// Streams metered at once for sustained-flow detection. Meters end with a stream's
@@ -224,7 +224,8 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             // A bulk transfer keeps the queues full and the socket writable, so without this
             // the writer holds its runtime thread for up to a whole coop budget of writes
             // (128 x 64 KiB), and the reader and small streams on that thread wait for all
-            // of them. Yielding lets the I/O driver run too, which is what wakes them.
+            // of them. Yielding lets the I/O driver run too, which is what wakes them
+            // (docs/PERFORMANCE.md, "Writer: yield after a large write").
             tokio::task::yield_now().await;
         }
         batch.clear();
@@ -236,8 +237,8 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
 
 /// Frames gathered for one write. Headers and small payloads are copied into `inline`;
 /// larger payloads are only referenced, and the TLS writer encrypts them straight into its
-/// records instead of from a copy in the batch (a tenth of an edge's CPU in bulk went to
-/// the copies).
+/// records instead of from a copy in the batch, which saves CPU in bulk (docs/PERFORMANCE.md,
+/// "Writer: large payloads by reference").
 #[derive(Default)]
 struct Batch {
     inline: BytesMut,
