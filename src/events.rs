@@ -207,6 +207,26 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_every_warning_code() {
+        let readme = include_str!("../README.md");
+        let between = |from: &str, to: &str| {
+            let start = readme.find(from).expect("the README lists the codes");
+            let len = readme[start..].find(to).expect("the list ends");
+            &readme[start..start + len]
+        };
+        let (hub, edge) = (
+            between("Hub: `", "Edge: `"),
+            between("Edge: `", "Codes a flood"),
+        );
+        for code in HubWarning::ALL {
+            assert!(hub.contains(&format!("`{code}`")), "{code}");
+        }
+        for code in EdgeWarning::ALL {
+            assert!(edge.contains(&format!("`{code}`")), "{code}");
+        }
+    }
+
+    #[test]
     fn a_code_serializes_as_its_name() {
         for &code in HubWarning::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
