@@ -11,7 +11,7 @@
 //!   records a tunnel seals and opens after the handshake, QUIC endpoints.
 //! - [`tunnel`]: the async pieces both ends share (writer task, frame reader, stream pump;
 //!   QUIC control stream, datagrams and relay).
-//! - [`turn`]: giving tokio's scheduler a turn, so runnable tasks' work shares one write.
+//! - [`scheduler_turn`]: giving tokio's scheduler a turn, so runnable tasks' work shares one write.
 //! - [`hub`], [`edge`]: the two runtimes.
 //! - [`config`], [`events`], [`metrics`]: reading JavaScript options, reporting events and
 //!   Prometheus metrics.
@@ -26,9 +26,9 @@ pub mod lock;
 pub mod metrics;
 pub mod mux;
 pub mod protocol;
+pub mod scheduler_turn;
 pub mod source;
 pub mod transport;
 pub mod tunnel;
-pub mod turn;
 
 pub mod binding;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use remoteingress::hub::options::{parse_allowed_edges, HubOptions};
 use remoteingress::hub::Hub;
-use remoteingress::transport::quic::edge_endpoint;
+use remoteingress::transport::quic_endpoint::edge_endpoint;
 use remoteingress::transport::tls::HubTrust;
 use serde_json::json;
 use tokio::net::UdpSocket;

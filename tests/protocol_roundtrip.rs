@@ -22,7 +22,7 @@ use remoteingress::protocol::proxy::{
     encode_v1, encode_v2, parse_v1, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport,
     PROXY_V1_MAX_LEN,
 };
-use remoteingress::protocol::quic::{
+use remoteingress::protocol::quic_messages::{
     decode_control, encode_datagram, encode_open_datagram, is_repeated_open, parse_open,
     parse_open_header, split_datagram, ControlMessage, OPEN_MARKER,
 };

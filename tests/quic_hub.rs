@@ -11,11 +11,11 @@ use quinn::congestion::Controller;
 use remoteingress::hub::options::{parse_allowed_edges, HubOptions};
 use remoteingress::hub::{Hub, HubEvent};
 use remoteingress::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
-use remoteingress::protocol::quic::{
+use remoteingress::protocol::quic_messages::{
     decode_control, encode_datagram, encode_open_datagram, ControlMessage,
 };
-use remoteingress::transport::quic::edge_endpoint;
 use remoteingress::transport::quic_congestion::{BoundedCubic, MIN_WINDOW_BOUND};
+use remoteingress::transport::quic_endpoint::edge_endpoint;
 use remoteingress::transport::tls::HubTrust;
 use serde_json::json;
 use tokio::net::UdpSocket;

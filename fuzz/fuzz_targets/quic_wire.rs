@@ -1,4 +1,4 @@
-//! The QUIC transport's own wire (`protocol::quic`): control-stream messages, datagrams and
+//! The QUIC transport's own wire (`protocol::quic_messages`): control-stream messages, datagrams and
 //! the open marker with its PROXY v2 header.
 //!
 //! The first input byte picks a chunk size; the rest is used as a control stream (decoded at
@@ -17,7 +17,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use remoteingress::protocol::proxy::{encode_v2, ProxyTransport};
-use remoteingress::protocol::quic::{
+use remoteingress::protocol::quic_messages::{
     decode_control, encode_datagram, encode_open_datagram, is_repeated_open, parse_open,
     parse_open_header, split_datagram, ControlMessage, QuicWireError, CONTROL_HEADER_LEN,
     MAX_CONTROL_PAYLOAD, OPEN_MARKER, SESSION_ID_LEN,

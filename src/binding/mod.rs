@@ -23,7 +23,7 @@ use crate::hub::options::{parse_allowed_edges, HubOptions};
 use crate::hub::{Hub, HubEvent, HubStartError};
 use crate::lock::Locked;
 use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
-use crate::transport::quic::QuicSetupError;
+use crate::transport::quic_endpoint::QuicSetupError;
 use crate::transport::tls::{validate_fingerprint, HubIdentity, TlsSetupError};
 
 /// Weak: events never keep Node alive; a pending `waitForStop()` does, while running.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::EdgeWarning;
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
-use crate::tunnel::quic::{relay, RelayCounters};
+use crate::tunnel::quic_link::{relay, RelayCounters};
 use crate::tunnel::stream::{pump, EDGE_SIDE};
 use crate::tunnel::Carrier;
 

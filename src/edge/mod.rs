@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::events::{ConnectFailureReason, EdgeWarning, EventSink, TransportKind};
 use crate::lock::Locked;
 use crate::transport::tls::TlsSetupError;
-use crate::tunnel::quic::StreamCount;
+use crate::tunnel::quic_link::StreamCount;
 use crate::tunnel::stream::{SocketBytes, StreamTable};
 use crate::tunnel::Carrier;
 use stun::{discover, PreferFamily};

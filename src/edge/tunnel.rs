@@ -18,13 +18,13 @@ use crate::protocol::handshake::{
     encode_auth_line, parse_config, parse_reply, take_line_limited, EdgeConfig, HandshakeError,
     HubReply, MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
 };
-use crate::protocol::quic::ControlMessage;
-use crate::transport::quic::{
+use crate::protocol::quic_messages::ControlMessage;
+use crate::transport::quic_endpoint::{
     apply_buffer_budget, close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED,
 };
 use crate::transport::tls::{server_name, HubTrust, ALPN};
 use crate::transport::tls_stream::{self, TlsConnection};
-use crate::tunnel::quic::{
+use crate::tunnel::quic_link::{
     control_channel, receive_datagrams, receive_oversized, run_control_writer, ControlReader,
     QuicLink, StreamCount,
 };

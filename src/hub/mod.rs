@@ -3,7 +3,7 @@
 
 pub mod options;
 mod pending;
-mod quic;
+mod quic_accept;
 mod session;
 mod throttle;
 mod udp;
@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::{EventSink, HandshakeFailureReason, HubWarning, TransportKind};
 use crate::lock::{Locked, ReadWriteLocked};
-use crate::transport::quic::{hub_endpoint, QuicSetupError};
+use crate::transport::quic_endpoint::{hub_endpoint, QuicSetupError};
 use crate::transport::tls::{HubIdentity, TlsSetupError};
 use crate::tunnel::stream::SocketBytes;
 
@@ -326,9 +326,11 @@ impl Hub {
             cancel.clone(),
         ));
         if let Some(endpoint) = endpoint {
-            shared
-                .tasks
-                .spawn(quic::accept_loop(shared.clone(), endpoint, cancel.clone()));
+            shared.tasks.spawn(quic_accept::accept_loop(
+                shared.clone(),
+                endpoint,
+                cancel.clone(),
+            ));
         }
         Ok(Hub {
             shared,

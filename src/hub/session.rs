@@ -23,10 +23,10 @@ use crate::protocol::handshake::{
     encode_config, encode_reply, parse_auth_line, take_line, EdgeConfig, HandshakeError, HubReply,
 };
 use crate::protocol::proxy::{encode_v2, parse_v1, ProxyAddresses, ProxyHeader, ProxyTransport};
-use crate::protocol::quic::parse_open_header;
+use crate::protocol::quic_messages::parse_open_header;
 use crate::transport::tls::ALPN;
 use crate::transport::tls_stream::{self, TlsConnection};
-use crate::tunnel::quic::StreamCount;
+use crate::tunnel::quic_link::StreamCount;
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::{pump, reset_frame, SocketBytes, StreamTable, HUB_SIDE};

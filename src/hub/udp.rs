@@ -18,7 +18,7 @@ use crate::events::HubWarning;
 use crate::lock::Locked;
 use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
-use crate::protocol::quic::is_repeated_open;
+use crate::protocol::quic_messages::is_repeated_open;
 use crate::transport::gso;
 use crate::transport::recv_batch::ReceiveBatch;
 

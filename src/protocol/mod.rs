@@ -11,6 +11,6 @@
 pub mod frame;
 pub mod handshake;
 pub mod proxy;
-pub mod quic;
+pub mod quic_messages;
 pub mod stun;
 pub mod token;

@@ -3,8 +3,8 @@
 //! the TCP socket options, segmented UDP sends and batched UDP receives.
 
 pub mod gso;
-pub mod quic;
 pub mod quic_congestion;
+pub mod quic_endpoint;
 pub mod quic_runtime;
 pub mod records;
 pub mod recv_batch;

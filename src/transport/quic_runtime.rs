@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime};
 
-use crate::turn::AfterOneTurn;
+use crate::scheduler_turn::AfterOneTurn;
 
 /// [`TokioRuntime`], but quinn's tasks are spawned as [`AfterOneTurn`].
 #[derive(Debug)]

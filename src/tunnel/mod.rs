@@ -1,8 +1,8 @@
 //! The async machinery both ends of a tunnel share: for TCP+TLS the writer task that owns the
 //! socket's write half, the frame reader, the stream table and the per-connection pump; for
-//! QUIC the control stream, datagrams and the relay (`quic`); and the receive loop of both.
+//! QUIC the control stream, datagrams and the relay (`quic_link`); and the receive loop of both.
 
-pub mod quic;
+pub mod quic_link;
 pub mod reader;
 pub mod receive_loop;
 pub mod stream;
@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::events::TransportKind;
 use crate::protocol::frame::Frame;
-use crate::protocol::quic::{encode_open_datagram, ControlMessage};
+use crate::protocol::quic_messages::{encode_open_datagram, ControlMessage};
 
 use crate::mux::flow::FlowError;
 use crate::protocol::frame::{FrameError, FrameType};
@@ -52,7 +52,7 @@ pub enum TunnelError {
 #[derive(Clone)]
 pub enum Carrier {
     Frames(writer::FrameSender),
-    Quic(quic::QuicLink),
+    Quic(quic_link::QuicLink),
 }
 
 impl Carrier {

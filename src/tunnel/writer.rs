@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mux::round_robin::RoundRobin;
 use crate::mux::sustained::{FlowMeter, SustainedShare};
 use crate::protocol::frame::{encode_header, Frame, FrameType, FRAME_HEADER_LEN};
-use crate::turn::runnable_tasks_first;
+use crate::scheduler_turn::runnable_tasks_first;
 
 use super::TunnelError;
 

@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::protocol::frame::ResetReason;
-use crate::protocol::quic::{
+use crate::protocol::quic_messages::{
     decode_control, encode_datagram, split_datagram, ControlMessage, MAX_UDP_PAYLOAD,
     SESSION_ID_LEN,
 };
-use crate::transport::quic::{relay_reads_budget, MAX_OVERSIZED_DATAGRAM_STREAMS};
+use crate::transport::quic_endpoint::{relay_reads_budget, MAX_OVERSIZED_DATAGRAM_STREAMS};
 
 use super::receive_loop::MessageSource;
 use super::{try_read_chunk, TunnelError};
@@ -469,7 +469,7 @@ async fn stream_to_socket(
 mod tests {
     use super::*;
     use crate::mux::flow::TUNNEL_WINDOW_BUDGET;
-    use crate::transport::quic::quic_window;
+    use crate::transport::quic_endpoint::quic_window;
 
     #[test]
     fn relays_reads_in_hand_stay_within_their_share_of_the_budget() {

@@ -14,11 +14,11 @@ use crate::lock::Locked;
 use crate::protocol::frame::ResetReason;
 use crate::protocol::handshake::take_line;
 use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
-use crate::protocol::quic::{parse_open, parse_open_header, ControlMessage};
-use crate::transport::quic::{
+use crate::protocol::quic_messages::{parse_open, parse_open_header, ControlMessage};
+use crate::transport::quic_endpoint::{
     grant_tunnel_limits, negotiated_alpn, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED,
 };
-use crate::tunnel::quic::{
+use crate::tunnel::quic_link::{
     control_channel, receive_datagrams, receive_oversized, relay, reset_code, run_control_writer,
     ControlReader, QuicLink, RelayCounters,
 };
@@ -87,7 +87,10 @@ pub(super) async fn accept_loop(
             slot,
         ));
     }
-    endpoint.close(crate::transport::quic::CLOSE_STOPPED, b"hub stopped");
+    endpoint.close(
+        crate::transport::quic_endpoint::CLOSE_STOPPED,
+        b"hub stopped",
+    );
     // Let the close reach the edges, so they notice at once; bounded for unreachable ones.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
 }
