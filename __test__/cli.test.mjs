@@ -1,3 +1,4 @@
+// transport: tcpTls only (the CLI's hubs and edges run in child processes from its own flags, not the run's transport)
 // The command line: the demo runs a whole tunnel and exits 0; tokens round-trip; usage errors
 // exit 2 with a message; a hub and an edge run from the shell, reload their edge list, and stop
 // cleanly on SIGTERM. Each command is a child process with a bounded run time.

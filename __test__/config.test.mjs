@@ -1,3 +1,4 @@
+// transport: tcpTls only (bad configuration is rejected before anything connects)
 // Bad configuration is rejected up front with a coded Error that names the field.
 import test from 'node:test'
 import assert from 'node:assert/strict'

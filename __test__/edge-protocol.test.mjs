@@ -1,3 +1,4 @@
+// transport: tcpTls only (a hand-driven TLS hub checks the TCP+TLS wire the edge speaks)
 // The edge seen from the wire: a hand-driven hub (TLS server in this process) checks what the
 // real edge sends — handshake line, OPEN/DATA/CLOSE frames, PONGs — and drives it with CONFIG,
 // DATA_BACK/CLOSE_BACK, PING and silence.

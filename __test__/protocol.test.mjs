@@ -1,3 +1,4 @@
+// transport: tcpTls only (a raw edge speaks the TCP+TLS framing by hand)
 // What goes on the wire: the PROXY header the target sees (v1, v2, none), hub stream events,
 // and the tunnel frames themselves, driven by a hand-written raw edge.
 import test from 'node:test'

@@ -1,3 +1,4 @@
+// transport: tcpTls only (its edges set QUIC or QUIC-with-fallback themselves)
 // What only the QUIC transport has: falling back to TCP+TLS, and thousands of connections as
 // streams of one QUIC connection. Everything else runs over QUIC in `npm run test:quic`.
 import test from 'node:test'

@@ -1,3 +1,4 @@
+// transport: tcpTls only (connection tokens only, no tunnel)
 // Connection tokens: round trips, clear errors for every kind of bad input, and `node -e` use.
 import test from 'node:test'
 import assert from 'node:assert/strict'
