@@ -720,6 +720,64 @@ mod tests {
         assert_eq!(server.await.unwrap(), sent.len());
     }
 
+    /// Our client half against our server half, each updating its key every 3 records: the
+    /// bytes of both directions cross many KeyUpdates each way and arrive whole, and
+    /// close_notify still ends each direction cleanly.
+    #[tokio::test]
+    async fn our_halves_read_each_others_key_updates_in_both_directions() {
+        let (config, listener, address) = hub_listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = accept(config, tcp).await.unwrap();
+            tls.writer.rekey_after = 3;
+            let mut buf = vec![0; 40_000];
+            let mut echoed = 0;
+            loop {
+                let n = tls.reader.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break; // close_notify
+                }
+                tls.writer.write_all(&buf[..n]).await.unwrap();
+                tls.writer.flush().await.unwrap();
+                echoed += n;
+            }
+            assert!(
+                tls.writer.key.seq() <= 3,
+                "the server's writer updated its key"
+            );
+            tls.writer.shutdown().await.unwrap();
+            echoed
+        });
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let tls = connect(
+            HubTrust::AnyKey.client_config().unwrap(),
+            server_name("localhost").unwrap(),
+            tcp,
+        );
+        let TlsConnection {
+            mut reader,
+            mut writer,
+            ..
+        } = tokio::time::timeout(LIMIT, tls).await.unwrap().unwrap();
+        writer.rekey_after = 3;
+        let sent = payload(400_000);
+        let sending = async {
+            for chunk in sent.chunks(7_000) {
+                writer.write_all(chunk).await.unwrap();
+                writer.flush().await.unwrap();
+            }
+            assert!(writer.key.seq() <= 3, "the client's writer updated its key");
+            writer.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let receiving = reader.read_to_end(&mut back);
+        tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving).1.unwrap() })
+            .await
+            .expect("echo within the limit");
+        assert_eq!(back, sent);
+        assert_eq!(server.await.unwrap(), sent.len());
+    }
+
     /// A vectored write fills each record to the limit across slice boundaries (an empty
     /// slice included), and the peer reads the slices' bytes back in order.
     #[tokio::test]
