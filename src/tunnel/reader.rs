@@ -12,8 +12,8 @@ use super::TunnelError;
 
 /// The most read at once while no frame is under way: headers and small frames. A longer
 /// payload is read straight into its own allocation, so what a stream queues holds no more
-/// memory than its window counts (a payload sliced out of a shared read buffer kept the whole
-/// buffer alive: a quarter more than the windows, with a thousand streams that never read).
+/// memory than its window counts; payloads sliced out of shared read buffers kept them alive
+/// (docs/PERFORMANCE.md, "Clients that never read").
 pub const READ_AHEAD_BYTES: usize = 4 * 1024;
 
 /// A frame whose payload did not fit in what was read ahead.
