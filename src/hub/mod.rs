@@ -173,10 +173,6 @@ struct EdgeTotals {
     bytes_by_port: BTreeMap<u16, Arc<SocketBytes>>,
 }
 
-/// Why a connection did not become a tunnel, as counted in the metrics: the TLS or QUIC
-/// handshake or the auth line failed or timed out; the login was refused; the source had
-/// too many attempts; the edge limit was reached; the connection was evicted from a full
-/// table of pending handshakes.
 /// State every task of one hub shares.
 struct HubShared {
     options: HubOptions,
