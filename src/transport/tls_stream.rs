@@ -655,36 +655,44 @@ mod tests {
         (config, listener, address)
     }
 
+    /// Accepts one connection with our server half, updating its key every `rekey_after`
+    /// records, and echoes what it reads until close_notify; returns the bytes echoed.
+    async fn echo_until_close_notify(
+        config: Arc<ServerConfig>,
+        listener: TcpListener,
+        rekey_after: u64,
+    ) -> usize {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = accept(config, tcp).await.unwrap();
+        assert_eq!(tls.alpn.as_deref(), Some(ALPN));
+        tls.writer.rekey_after = rekey_after;
+        let mut buf = vec![0; 70_000];
+        let mut echoed = 0;
+        loop {
+            let n = tls.reader.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break; // close_notify
+            }
+            // Two slices, so records are packed across a slice boundary.
+            let (front, back) = buf[..n].split_at(n / 2);
+            let slices = [io::IoSlice::new(front), io::IoSlice::new(back)];
+            assert_eq!(tls.writer.write_vectored(&slices).await.unwrap(), n);
+            tls.writer.flush().await.unwrap();
+            echoed += n;
+        }
+        // Far more records went out: only key updates keep the sequence this low.
+        assert!(tls.writer.key.seq() <= rekey_after);
+        tls.writer.shutdown().await.unwrap();
+        echoed
+    }
+
     /// Our server half against rustls' own client: bytes both ways, a KeyUpdate the client
     /// starts (which asks for ours), KeyUpdates our writer makes every 4 records, and
     /// close_notify each way.
     #[tokio::test]
     async fn our_records_interoperate_with_a_rustls_client_across_key_updates() {
         let (config, listener, address) = hub_listener().await;
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = accept(config, tcp).await.unwrap();
-            assert_eq!(tls.alpn.as_deref(), Some(ALPN));
-            tls.writer.rekey_after = 4;
-            let mut buf = vec![0; 70_000];
-            let mut echoed = 0;
-            loop {
-                let n = tls.reader.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break; // close_notify
-                }
-                // Two slices, so records are packed across a slice boundary.
-                let (front, back) = buf[..n].split_at(n / 2);
-                let slices = [io::IoSlice::new(front), io::IoSlice::new(back)];
-                assert_eq!(tls.writer.write_vectored(&slices).await.unwrap(), n);
-                tls.writer.flush().await.unwrap();
-                echoed += n;
-            }
-            // Far more records than 4 went out: only key updates keep the sequence this low.
-            assert!(tls.writer.key.seq() <= 4);
-            tls.writer.shutdown().await.unwrap();
-            echoed
-        });
+        let server = tokio::spawn(echo_until_close_notify(config, listener, 4));
 
         let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(HubTrust::AnyKey.client_config().unwrap());
@@ -726,28 +734,7 @@ mod tests {
     #[tokio::test]
     async fn our_halves_read_each_others_key_updates_in_both_directions() {
         let (config, listener, address) = hub_listener().await;
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = accept(config, tcp).await.unwrap();
-            tls.writer.rekey_after = 3;
-            let mut buf = vec![0; 40_000];
-            let mut echoed = 0;
-            loop {
-                let n = tls.reader.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break; // close_notify
-                }
-                tls.writer.write_all(&buf[..n]).await.unwrap();
-                tls.writer.flush().await.unwrap();
-                echoed += n;
-            }
-            assert!(
-                tls.writer.key.seq() <= 3,
-                "the server's writer updated its key"
-            );
-            tls.writer.shutdown().await.unwrap();
-            echoed
-        });
+        let server = tokio::spawn(echo_until_close_notify(config, listener, 3));
         let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         let tls = connect(
             HubTrust::AnyKey.client_config().unwrap(),
