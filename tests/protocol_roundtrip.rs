@@ -9,10 +9,14 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 
+use remoteingress::protocol::control::{
+    parse_open_header, ControlMessage, EdgeMessage, HubMessage, UdpOpen,
+};
 use remoteingress::protocol::frame::{
     self, close_payload, decode_close, decode_ping, decode_window_credit, CloseKind, Frame,
     FrameType, ResetReason, FRAME_HEADER_LEN,
 };
+use remoteingress::protocol::frame::{control_frame, EdgeFrame, HubFrame};
 use remoteingress::protocol::handshake::{
     encode_auth_line, encode_config, encode_reply, parse_auth_line, parse_config, parse_reply,
     take_line, take_line_limited, EdgeConfig, HubReply, DEFAULT_MAX_UDP_SESSIONS, MAX_REPLY_LINE,
@@ -23,8 +27,8 @@ use remoteingress::protocol::proxy::{
     PROXY_V1_MAX_LEN,
 };
 use remoteingress::protocol::quic_messages::{
-    decode_control, encode_datagram, encode_open_datagram, is_repeated_open, parse_open,
-    parse_open_header, split_datagram, ControlMessage, OPEN_MARKER,
+    decode_control, encode_control, encode_datagram, encode_open_datagram, is_repeated_open,
+    parse_open, split_datagram, OPEN_MARKER,
 };
 use remoteingress::protocol::token::{decode_token, encode_token, ConnectionToken};
 
@@ -107,14 +111,23 @@ fn any_config() -> impl Strategy<Value = EdgeConfig> {
         )
 }
 
-fn any_control() -> impl Strategy<Value = ControlMessage> {
+fn any_edge_message() -> impl Strategy<Value = EdgeMessage> {
     prop_oneof![
-        payload(200).prop_map(ControlMessage::Config),
-        any::<[u8; 8]>().prop_map(ControlMessage::Ping),
-        any::<[u8; 8]>().prop_map(ControlMessage::Pong),
-        (any::<u32>(), payload(60))
-            .prop_map(|(session, header)| ControlMessage::UdpOpen { session, header }),
-        any::<u32>().prop_map(|session| ControlMessage::UdpClose { session }),
+        any::<[u8; 8]>().prop_map(EdgeMessage::Ping),
+        any::<[u8; 8]>().prop_map(EdgeMessage::Pong),
+        (1..=u32::MAX, any_addresses()).prop_map(|(session, addresses)| {
+            EdgeMessage::UdpOpen(UdpOpen::new(session, single_family(&addresses)))
+        }),
+        (1..=u32::MAX).prop_map(|session| EdgeMessage::UdpClose { session }),
+    ]
+}
+
+fn any_hub_message() -> impl Strategy<Value = HubMessage> {
+    prop_oneof![
+        any_config().prop_map(HubMessage::Config),
+        any::<[u8; 8]>().prop_map(HubMessage::Ping),
+        any::<[u8; 8]>().prop_map(HubMessage::Pong),
+        (1..=u32::MAX).prop_map(|session| HubMessage::UdpClose { session }),
     ]
 }
 
@@ -143,12 +156,46 @@ fn encode_frames(frames: &[Frame]) -> BytesMut {
     wire
 }
 
-fn encode_controls(messages: &[ControlMessage]) -> BytesMut {
+fn encode_controls<M: ControlMessage>(messages: &[M]) -> BytesMut {
     let mut wire = BytesMut::new();
     for m in messages {
-        m.encode(&mut wire);
+        encode_control(m, &mut wire);
     }
     wire
+}
+
+/// Decodes `wire` whole, then in pieces of `chunk` bytes: both give `messages` back.
+fn check_control_round_trip<M: ControlMessage + PartialEq>(
+    messages: &[M],
+    chunk: usize,
+) -> Result<(), TestCaseError> {
+    let wire = encode_controls(messages);
+    let mut buf = wire.clone();
+    let mut got = Vec::new();
+    while let Some(m) = decode_control::<M>(&mut buf).unwrap() {
+        got.push(m);
+    }
+    prop_assert_eq!(&got, messages);
+    prop_assert!(buf.is_empty());
+
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    for piece in wire.chunks(chunk) {
+        buf.put_slice(piece);
+        loop {
+            let before = buf.clone();
+            match decode_control::<M>(&mut buf).unwrap() {
+                Some(m) => got.push(m),
+                None => {
+                    prop_assert_eq!(&buf, &before, "Ok(None) changed the buffer");
+                    break;
+                }
+            }
+        }
+    }
+    prop_assert_eq!(&got, messages);
+    prop_assert!(buf.is_empty());
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,50 +413,33 @@ proptest! {
 proptest! {
     #[test]
     fn control_messages_round_trip(
-        messages in prop::collection::vec(any_control(), 1..8),
+        edge in prop::collection::vec(any_edge_message(), 1..8),
+        hub in prop::collection::vec(any_hub_message(), 1..8),
         chunk in 1usize..32,
     ) {
-        let wire = encode_controls(&messages);
-        let mut buf = wire.clone();
-        let mut got = Vec::new();
-        while let Some(m) = decode_control(&mut buf).unwrap() {
-            got.push(m);
-        }
-        prop_assert_eq!(&got, &messages);
-        prop_assert!(buf.is_empty());
-
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for piece in wire.chunks(chunk) {
-            buf.put_slice(piece);
-            loop {
-                let before = buf.clone();
-                match decode_control(&mut buf).unwrap() {
-                    Some(m) => got.push(m),
-                    None => {
-                        prop_assert_eq!(&buf, &before, "Ok(None) changed the buffer");
-                        break;
-                    }
-                }
-            }
-        }
-        prop_assert_eq!(got, messages);
-        prop_assert!(buf.is_empty());
+        check_control_round_trip(&edge, chunk)?;
+        check_control_round_trip(&hub, chunk)?;
+        check_control_round_trip(&edge, 1)?;
+        check_control_round_trip(&hub, 1)?;
     }
 
     #[test]
-    fn control_messages_byte_at_a_time(messages in prop::collection::vec(any_control(), 1..5)) {
-        let wire = encode_controls(&messages);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for &byte in wire.iter() {
-            buf.put_u8(byte);
-            while let Some(m) = decode_control(&mut buf).unwrap() {
-                got.push(m);
-            }
+    fn control_messages_as_frames_decode_only_in_their_direction(
+        edge in any_edge_message(),
+        hub in any_hub_message(),
+    ) {
+        let from_edge = control_frame(&edge);
+        prop_assert_eq!(EdgeFrame::decode(from_edge.clone()), Ok(EdgeFrame::Control(edge)));
+        let from_hub = control_frame(&hub);
+        prop_assert_eq!(HubFrame::decode(from_hub.clone()), Ok(HubFrame::Control(hub)));
+        // PING, PONG and UDP_CLOSE travel both ways; the rest only one way.
+        let both_ways = |f: &Frame| matches!(f.frame_type, FrameType::Ping | FrameType::Pong | FrameType::UdpClose);
+        if !both_ways(&from_edge) {
+            prop_assert!(HubFrame::decode(from_edge).is_err());
         }
-        prop_assert_eq!(got, messages);
-        prop_assert!(buf.is_empty());
+        if !both_ways(&from_hub) {
+            prop_assert!(EdgeFrame::decode(from_hub).is_err());
+        }
     }
 
     #[test]
@@ -436,13 +466,14 @@ proptest! {
         prop_assert!(is_repeated_open(&rest, &header));
 
         // The same header on the control stream.
-        let message = ControlMessage::UdpOpen { session, header: Bytes::from(header.clone()) };
+        let message = EdgeMessage::UdpOpen(UdpOpen::new(session, addrs));
         let mut wire = BytesMut::new();
-        message.encode(&mut wire);
-        match decode_control(&mut wire).unwrap() {
-            Some(ControlMessage::UdpOpen { session: s, header: h }) => {
-                prop_assert_eq!(s, session);
-                prop_assert_eq!(parse_open_header(&h), Some(expected));
+        encode_control(&message, &mut wire);
+        match decode_control::<EdgeMessage>(&mut wire).unwrap() {
+            Some(EdgeMessage::UdpOpen(open)) => {
+                prop_assert_eq!(open.session, session);
+                prop_assert_eq!(&open.header[..], &header[..]);
+                prop_assert_eq!(open.addresses, expected);
             }
             other => prop_assert!(false, "decoded {:?}", other),
         }

@@ -10,9 +10,10 @@ use bytes::{Bytes, BytesMut};
 use quinn::congestion::Controller;
 use remoteingress::hub::options::{parse_allowed_edges, HubOptions};
 use remoteingress::hub::{Hub, HubEvent};
+use remoteingress::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
 use remoteingress::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use remoteingress::protocol::quic_messages::{
-    decode_control, encode_datagram, encode_open_datagram, ControlMessage,
+    decode_control, encode_control, encode_datagram, encode_open_datagram,
 };
 use remoteingress::transport::quic_congestion::{BoundedCubic, MIN_WINDOW_BOUND};
 use remoteingress::transport::quic_endpoint::edge_endpoint;
@@ -104,9 +105,9 @@ impl Rig {
         Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses))
     }
 
-    async fn send_control(&mut self, message: ControlMessage) {
+    async fn send_control(&mut self, message: EdgeMessage) {
         let mut buf = BytesMut::new();
-        message.encode(&mut buf);
+        encode_control(&message, &mut buf);
         self.control.write_all(&buf).await.unwrap();
     }
 
@@ -125,11 +126,11 @@ impl Rig {
     /// are handled in order, so its answer to a PING comes after them.
     async fn control_handled(&mut self) {
         let nonce = *b"handled?";
-        self.send_control(ControlMessage::Ping(nonce)).await;
+        self.send_control(EdgeMessage::Ping(nonce)).await;
         let mut buf = BytesMut::new();
         loop {
-            while let Some(message) = decode_control(&mut buf).unwrap() {
-                if message == ControlMessage::Pong(nonce) {
+            while let Some(message) = decode_control::<HubMessage>(&mut buf).unwrap() {
+                if message == HubMessage::Pong(nonce) {
                     return;
                 }
             }
@@ -181,16 +182,17 @@ impl Rig {
     }
 }
 
+/// A UDP_OPEN registration for `session` whose PROXY header is `header`.
+fn udp_open(session: u32, header: &Bytes) -> EdgeMessage {
+    EdgeMessage::UdpOpen(UdpOpen::decode(session, header.clone()).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_registered_only_on_the_control_stream_opens_the_session() {
     let mut rig = Rig::start().await;
     let header = rig.open_header(4000);
     // The open datagram was lost: only the registration arrives.
-    rig.send_control(ControlMessage::UdpOpen {
-        session: 1,
-        header: header.clone(),
-    })
-    .await;
+    rig.send_control(udp_open(1, &header)).await;
     rig.sessions_open(1).await;
     let hub_socket = rig.send_and_receive(1, b"first").await;
 
@@ -229,11 +231,7 @@ async fn an_open_datagram_opens_the_session_and_its_registration_is_a_repeat() {
         .unwrap();
     rig.sessions_open(1).await;
     let hub_socket = rig.send_and_receive(7, b"via the datagram").await;
-    rig.send_control(ControlMessage::UdpOpen {
-        session: 7,
-        header: header.clone(),
-    })
-    .await;
+    rig.send_control(udp_open(7, &header)).await;
     rig.control_handled().await;
     let again = rig.send_and_receive(7, b"one session").await;
     assert_eq!(
@@ -325,16 +323,11 @@ async fn datagrams_for_sessions_that_are_not_open_are_dropped_and_counted() {
 async fn a_registration_whose_id_does_not_grow_closes_the_tunnel() {
     let mut rig = Rig::start().await;
     let header = rig.open_header(4003);
-    rig.send_control(ControlMessage::UdpOpen {
-        session: 5,
-        header: header.clone(),
-    })
-    .await;
-    rig.send_control(ControlMessage::UdpOpen { session: 5, header })
-        .await;
+    rig.send_control(udp_open(5, &header)).await;
+    rig.send_control(udp_open(5, &header)).await;
     let reason = rig.disconnect_reason().await;
     assert!(reason.contains("protocol error"), "{reason}");
-    assert!(reason.contains("registered after"), "{reason}");
+    assert!(reason.contains("id 5 opened after 5"), "{reason}");
     rig.hub.stop().await;
 }
 

@@ -5,15 +5,49 @@
 //! - `Ok(None)` and errors leave the buffer untouched;
 //! - feeding the same bytes in chunks (size from the first input byte) yields the same frames
 //!   and the same final error or leftover as feeding them at once;
-//! - the payload helpers agree with their encoders.
+//! - the payload helpers agree with their encoders;
+//! - a frame decodes as an edge's or a hub's (typed) in at most one direction, unless it is a
+//!   PING, PONG or UDP_CLOSE, and a tunnel-wide message re-encodes to the frame.
 #![no_main]
 
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use remoteingress::protocol::frame::{
-    close_payload, decode, decode_close, decode_ping, decode_window_credit, encode, Frame,
-    FrameError, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD,
+    close_payload, control_frame, decode, decode_close, decode_ping, decode_window_credit, encode,
+    EdgeFrame, Frame, FrameError, FrameType, HubFrame, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD,
 };
+
+/// The typed decoders, each for the direction it reads.
+fn check_typed(frame: &Frame) {
+    let from_edge = EdgeFrame::decode(frame.clone());
+    let from_hub = HubFrame::decode(frame.clone());
+    let both_ways = matches!(
+        frame.frame_type,
+        FrameType::Ping | FrameType::Pong | FrameType::UdpClose
+    );
+    if !both_ways {
+        assert!(
+            from_edge.is_err() || from_hub.is_err(),
+            "{frame:?} read both ways"
+        );
+    }
+    // Canonical, except a CONFIG's JSON, a UDP_CLOSE frame's ignored payload, and the
+    // stream id of a PING or PONG, which is read as 0.
+    let canonical = !matches!(frame.frame_type, FrameType::Config | FrameType::UdpClose)
+        && (frame.stream_id == 0 || !frame.frame_type.is_tunnel_wide());
+    if let Ok(EdgeFrame::Control(message)) = &from_edge {
+        if canonical {
+            assert_eq!(&control_frame(message), frame);
+        }
+    }
+    if let Ok(HubFrame::Control(message)) = &from_hub {
+        if canonical {
+            assert_eq!(&control_frame(message), frame);
+        }
+        let again = HubFrame::decode(control_frame(message));
+        assert_eq!(again.as_ref(), from_hub.as_ref());
+    }
+}
 
 /// How a decoding session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +101,7 @@ fn drain(buf: &mut BytesMut, frames: &mut Vec<Frame>) -> Option<FrameError> {
                 encode(&frame, &mut again);
                 assert_eq!(&again[..], &before[..consumed], "not canonical");
                 check_payload_helpers(&frame);
+                check_typed(&frame);
                 frames.push(frame);
             }
             Ok(None) => {

@@ -65,6 +65,11 @@ fuzz_target!(|data: &[u8]| {
     let mut key_update = vec![24, 0, 0, 1, selector & 1];
     key_update.extend_from_slice(content);
     if let Ok(messages) = parse_post_handshake(&key_update) {
-        assert_eq!(messages[0], PostHandshake::KeyUpdate { requested: selector & 1 == 1 });
+        assert_eq!(
+            messages[0],
+            PostHandshake::KeyUpdate {
+                requested: selector & 1 == 1
+            }
+        );
     }
 });

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::{ConnectFailureReason, EdgeWarning, EventSink, TransportKind};
 use crate::lock::Locked;
+use crate::protocol::control::EdgeMessage;
 use crate::transport::tls::TlsSetupError;
 use crate::tunnel::quic_link::StreamCount;
 use crate::tunnel::stream::{SocketBytes, StreamTable};
@@ -79,7 +80,7 @@ pub struct EdgeStatus {
 
 /// The tunnel that is up right now; listeners hand accepted connections to it.
 struct TunnelLink {
-    carrier: Carrier,
+    carrier: Carrier<EdgeMessage>,
     /// Connections carried over TCP+TLS.
     streams: StreamTable,
     /// Connections carried over QUIC.
@@ -294,10 +295,10 @@ impl Edge {
         let status = self.status();
         let shared = &self.shared;
         // A QUIC tunnel's bytes join the totals when it ends; until then they are its own.
-        let (live_in, live_out) = match shared.current_link().map(|l| l.carrier.clone()) {
-            Some(Carrier::Quic(quic)) => quic.bytes(),
-            _ => (0, 0),
-        };
+        let (live_in, live_out) = shared
+            .current_link()
+            .and_then(|link| link.carrier.counted_bytes())
+            .unwrap_or_default();
         let totals = shared.totals();
         let mut m = MetricsText::default();
         let mut single = |name: &str, kind, help: &str, value: u64| {

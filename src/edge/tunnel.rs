@@ -13,12 +13,12 @@ use tokio::sync::watch;
 
 use crate::events::{ConnectFailureReason, EdgeWarning};
 use crate::lock::Locked;
-use crate::protocol::frame::{decode_close, decode_ping, decode_window_credit, Frame, FrameType};
+use crate::protocol::control::{EdgeMessage, HubMessage};
+use crate::protocol::frame::{Frame, HubFrame};
 use crate::protocol::handshake::{
-    encode_auth_line, parse_config, parse_reply, take_line_limited, EdgeConfig, HandshakeError,
-    HubReply, MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
+    encode_auth_line, parse_reply, take_line_limited, EdgeConfig, HandshakeError, HubReply,
+    MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
 };
-use crate::protocol::quic_messages::ControlMessage;
 use crate::transport::quic_endpoint::{
     apply_buffer_budget, close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED,
 };
@@ -32,7 +32,7 @@ use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::{frame_channel, run_writer, FrameQueues};
-use crate::tunnel::{spawn_until, Carrier, OnDrop, TunnelError};
+use crate::tunnel::{deliver, spawn_until, Carrier, OnDrop, TunnelError};
 
 use super::backoff::{jitter, Backoff};
 use super::options::TransportMode;
@@ -442,7 +442,7 @@ async fn serve(
                 .spawn(run_control_writer(send, queue, link.cancel.clone()));
             let reader = ControlReader::new(recv, leftover);
             let ended = run_tunnel_loop(reader, writer, &link.cancel, heartbeat, |message| {
-                dispatch_control(edge, &link, message)
+                on_control(edge, &link, message)
             })
             .await;
             let reason = if edge.cancel.is_cancelled() {
@@ -472,33 +472,29 @@ enum TunnelIo {
     },
     Quic {
         tunnel: QuicTunnel,
-        queue: tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
+        queue: tokio::sync::mpsc::UnboundedReceiver<EdgeMessage>,
     },
 }
 
-fn dispatch_control(
+/// A tunnel-wide message from the hub, over either transport.
+fn on_control(
     edge: &Arc<EdgeShared>,
     link: &TunnelLink,
-    message: ControlMessage,
+    message: HubMessage,
 ) -> Result<(), TunnelError> {
     match message {
-        ControlMessage::Config(json) => apply_config(edge, link, &json)?,
-        ControlMessage::Ping(nonce) => {
-            link.carrier.pong(nonce);
+        HubMessage::Config(config) => apply_config(edge, link, config),
+        HubMessage::Ping(nonce) => {
+            link.carrier.send(EdgeMessage::Pong(nonce));
         }
-        ControlMessage::Pong(_) => {}
-        ControlMessage::UdpClose { session } => link.udp.close(session),
-        ControlMessage::UdpOpen { .. } => {
-            return Err(TunnelError::Violation("UDP_OPEN sent by the hub".into()))
-        }
+        HubMessage::Pong(_) => {}
+        HubMessage::UdpClose { session } => link.udp.close(session),
     }
     Ok(())
 }
 
 /// A CONFIG from the hub: new ports, STUN interval.
-fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, json: &[u8]) -> Result<(), TunnelError> {
-    let config =
-        parse_config(json).map_err(|e| TunnelError::Violation(format!("bad CONFIG: {e}")))?;
+fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, config: EdgeConfig) {
     apply_ports(edge, &config);
     link.udp.set_limit(config.max_udp_sessions);
     let interval = stun_interval(&config);
@@ -516,32 +512,14 @@ fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, json: &[u8]) -> Resul
             listen_ports_udp: ports.1,
         });
     }
-    Ok(())
 }
 
+/// A frame from the hub over TCP+TLS.
 fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(), TunnelError> {
-    let id = frame.stream_id;
-    match frame.frame_type {
-        FrameType::DataBack => link.streams.deliver_data(id, frame.payload)?,
-        FrameType::CloseBack => link.streams.deliver_close(id, decode_close(&frame.payload)),
-        FrameType::WindowUpdateBack => link
-            .streams
-            .grant(id, decode_window_credit(&frame.payload)?)?,
-        FrameType::Config => apply_config(edge, link, &frame.payload)?,
-        FrameType::Ping => {
-            link.carrier.pong(decode_ping(&frame.payload)?);
-        }
-        FrameType::Pong => {
-            decode_ping(&frame.payload)?;
-        }
-        FrameType::UdpDataBack => link.udp.reply(edge, id, &frame.payload),
-        FrameType::UdpClose => link.udp.close(id),
-        other @ (FrameType::Open
-        | FrameType::Data
-        | FrameType::Close
-        | FrameType::WindowUpdate
-        | FrameType::UdpOpen
-        | FrameType::UdpData) => return Err(TunnelError::UnexpectedFrame(other)),
+    match HubFrame::decode(frame)? {
+        HubFrame::Stream(frame) => deliver(&link.streams, frame)?,
+        HubFrame::UdpData { session, payload } => link.udp.reply(edge, session, &payload),
+        HubFrame::Control(message) => on_control(edge, link, message)?,
     }
     Ok(())
 }

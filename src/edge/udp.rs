@@ -7,15 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EdgeWarning;
 use crate::lock::Locked;
-use crate::protocol::frame::FrameType;
-use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
+use crate::protocol::control::{EdgeMessage, UdpOpen};
+use crate::protocol::proxy::ProxyAddresses;
 use crate::source::SourceCounts;
 use crate::transport::recv_batch::ReceiveBatch;
 
@@ -285,7 +284,7 @@ fn carry(
                 match table.make_room(client) {
                     Room::Free => link.udp.limit_warned.store(false, Ordering::Relaxed),
                     Room::Evicted(victim) => {
-                        link.carrier.udp_close(victim);
+                        link.carrier.send(EdgeMessage::UdpClose { session: victim });
                         edge.count_udp_eviction();
                         if !link.udp.limit_warned.swap(true, Ordering::Relaxed) {
                             edge.warn(
@@ -310,8 +309,8 @@ fn carry(
                     source: client,
                     destination: SocketAddr::new(destination_ip(edge, socket, client), port),
                 };
-                let header = Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses));
-                if !link.carrier.udp_open(id, header) {
+                let open = UdpOpen::new(id, addresses);
+                if !link.carrier.send(EdgeMessage::UdpOpen(open)) {
                     drop(table);
                     edge.count_udp_drop(); // the tunnel is going away under us
                     return;
@@ -332,10 +331,7 @@ fn carry(
             }
         }
     };
-    if !link
-        .carrier
-        .udp_from_slice(id, FrameType::UdpData, datagram)
-    {
+    if !link.carrier.udp_from_slice(id, datagram) {
         edge.count_udp_drop();
     }
 }
@@ -377,7 +373,7 @@ pub(super) async fn sweep_idle(link: Arc<TunnelLink>, idle: Duration) {
             ids
         };
         for id in expired {
-            link.carrier.udp_close(id);
+            link.carrier.send(EdgeMessage::UdpClose { session: id });
         }
     }
 }

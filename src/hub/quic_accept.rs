@@ -1,9 +1,8 @@
 //! Edges connected over QUIC: the same login and session as over TLS, with the control stream
 //! for tunnel messages, one QUIC stream per tunneled connection and datagrams for UDP.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
@@ -11,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{HandshakeFailureReason, HubWarning};
 use crate::lock::Locked;
+use crate::protocol::control::{HubMessage, UdpOpen};
 use crate::protocol::frame::ResetReason;
 use crate::protocol::handshake::take_line;
 use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
-use crate::protocol::quic_messages::{parse_open, parse_open_header, ControlMessage};
+use crate::protocol::quic_messages::parse_open;
 use crate::transport::quic_endpoint::{
     grant_tunnel_limits, negotiated_alpn, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED,
 };
@@ -195,24 +195,20 @@ async fn serve(
     send: SendStream,
     recv: RecvStream,
     leftover: BytesMut,
-    queue: tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<HubMessage>,
 ) -> TunnelError {
     let cancel = &session.cancel;
-    let opens = Arc::new(Mutex::new(UdpOpens {
-        capacity: hub.options.limits.max_udp_sessions_per_edge,
-        ..UdpOpens::default()
-    }));
     spawn_until(
         &hub.tasks,
         cancel,
         accept_streams(hub.clone(), session.clone(), connection.clone()),
     );
-    let (hub_ref, session_ref, opens_ref) = (hub.clone(), session.clone(), opens.clone());
+    let (hub_ref, session_ref) = (hub.clone(), session.clone());
     spawn_until(
         &hub.tasks,
         cancel,
         receive_datagrams(connection.clone(), move |id, rest| {
-            on_datagram(&hub_ref, &session_ref, &opens_ref, id, rest)
+            on_datagram(&hub_ref, &session_ref, id, rest)
         }),
     );
     let session_ref = session.clone();
@@ -236,55 +232,13 @@ async fn serve(
         ping: Some(&ping),
     };
     run_tunnel_loop(reader, writer, cancel, heartbeat, |message| {
-        on_control(hub, session, &opens, message)
+        session.on_control(hub, message)
     })
     .await
 }
 
-fn on_control(
-    hub: &Arc<HubShared>,
-    session: &Arc<EdgeSession>,
-    opens: &Mutex<UdpOpens>,
-    message: ControlMessage,
-) -> Result<(), TunnelError> {
-    match message {
-        ControlMessage::Ping(nonce) => {
-            session.carrier.pong(nonce);
-        }
-        ControlMessage::Pong(_) => {}
-        ControlMessage::UdpOpen {
-            session: id,
-            header,
-        } => {
-            let Some(addresses) = parse_open_header(&header) else {
-                return Err(TunnelError::Violation(format!(
-                    "UDP_OPEN for session {id} does not carry a PROXY v2 datagram header"
-                )));
-            };
-            // Held until the session exists: a datagram that finds it registered must also
-            // find it open, or that datagram is lost.
-            let mut opens = opens.locked();
-            if opens.register(id)? {
-                // Its open datagram may still arrive, and is then a repeat, not data.
-                session.start_udp(hub, id, addresses, Some(header));
-            }
-        }
-        ControlMessage::UdpClose { session: id } => session.udp.close(id),
-        ControlMessage::Config(_) => {
-            return Err(TunnelError::Violation("CONFIG sent by an edge".into()));
-        }
-    }
-    Ok(())
-}
-
 /// A datagram from the edge: data for a known session, or an open.
-fn on_datagram(
-    hub: &Arc<HubShared>,
-    session: &Arc<EdgeSession>,
-    opens: &Mutex<UdpOpens>,
-    id: u32,
-    rest: Bytes,
-) {
+fn on_datagram(hub: &Arc<HubShared>, session: &Arc<EdgeSession>, id: u32, rest: Bytes) {
     // Almost every datagram belongs to a running session and needs no ledger.
     if session.udp.forward_datagram(id, rest.clone()) {
         return;
@@ -292,7 +246,7 @@ fn on_datagram(
     // Held from here on, so a registration on the control stream cannot come between finding
     // no session and deciding what this datagram is (that datagram would be lost). The
     // session may have started since the look above, so look again under the lock.
-    let mut opens = opens.locked();
+    let mut opens = session.opens.locked();
     if session.udp.forward_datagram(id, rest.clone()) {
         return;
     }
@@ -308,47 +262,12 @@ fn on_datagram(
         return;
     }
     if opens.datagram_open(id) {
-        session.start_udp(hub, id, addresses, Some(rest.slice(1..)));
-    }
-}
-
-/// Which UDP sessions were opened, so that each opens once although its open arrives twice:
-/// as a datagram (fast, may be lost) and on the control stream (reliable, in id order).
-#[derive(Debug, Default)]
-struct UdpOpens {
-    /// The last id registered on the control stream; they grow.
-    highest_registered: u32,
-    /// Opened by a datagram, registration not seen yet.
-    opened_by_datagram: BTreeSet<u32>,
-    /// How many of those are remembered: the edge's session limit.
-    capacity: usize,
-}
-
-impl UdpOpens {
-    /// A registration on the control stream: true = open the session now, false = its datagram
-    /// did already.
-    fn register(&mut self, id: u32) -> Result<bool, TunnelError> {
-        if id <= self.highest_registered {
-            return Err(TunnelError::Violation(format!(
-                "UDP session {id} registered after {}",
-                self.highest_registered
-            )));
-        }
-        self.highest_registered = id;
-        Ok(!self.opened_by_datagram.remove(&id))
-    }
-
-    /// An open datagram for a session that is not open: true = open it now; false = it was
-    /// open before and has ended (the datagram is late or a repeat).
-    fn datagram_open(&mut self, id: u32) -> bool {
-        if id <= self.highest_registered || !self.opened_by_datagram.insert(id) {
-            return false;
-        }
-        // Bounded against an edge that never registers: the oldest are forgotten.
-        if self.opened_by_datagram.len() > self.capacity {
-            self.opened_by_datagram.pop_first();
-        }
-        true
+        let open = UdpOpen {
+            session: id,
+            addresses,
+            header: rest.slice(1..),
+        };
+        session.start_udp(hub, open);
     }
 }
 

@@ -1,5 +1,6 @@
 //! One connected edge: the handshake, the frame loop, and the streams it opens.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,15 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{unix_millis, HandshakeFailureReason, HubWarning};
 use crate::lock::{Locked, ReadWriteLocked};
-use crate::protocol::frame::{
-    decode_close, decode_ping, decode_window_credit, Frame, FrameType, ResetReason,
-    CONTROL_STREAM_ID,
-};
+use crate::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
+use crate::protocol::frame::{EdgeFrame, Frame, ResetReason};
 use crate::protocol::handshake::{
-    encode_config, encode_reply, parse_auth_line, take_line, EdgeConfig, HandshakeError, HubReply,
+    encode_reply, parse_auth_line, take_line, EdgeConfig, HandshakeError, HubReply,
 };
-use crate::protocol::proxy::{encode_v2, parse_v1, ProxyAddresses, ProxyHeader, ProxyTransport};
-use crate::protocol::quic_messages::parse_open_header;
+use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::transport::tls::ALPN;
 use crate::transport::tls_stream::{self, TlsConnection};
 use crate::tunnel::quic_link::StreamCount;
@@ -31,7 +29,7 @@ use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::{pump, reset_frame, SocketBytes, StreamTable, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
-use crate::tunnel::{Carrier, OnDrop, TunnelError};
+use crate::tunnel::{deliver, Carrier, OnDrop, TunnelError};
 
 use super::options::ProxyProtocol;
 use super::pending::PendingSlot;
@@ -188,7 +186,7 @@ impl Login<'_> {
         self,
         line: &[u8],
         reply_to: &mut W,
-        carrier: Carrier,
+        carrier: Carrier<HubMessage>,
     ) -> Option<Arc<EdgeSession>> {
         let Login {
             hub,
@@ -363,7 +361,7 @@ fn admit(
     edge_id: &str,
     secret: &str,
     peer: SocketAddr,
-    carrier: Carrier,
+    carrier: Carrier<HubMessage>,
     cancel: CancellationToken,
 ) -> Result<(Arc<EdgeSession>, EdgeConfig), LoginRefusal> {
     let allowed = hub.allowed.read_locked();
@@ -387,6 +385,9 @@ fn admit(
         connected_at: unix_millis(),
         config: Mutex::new(entry.config.clone()),
         carrier,
+        opens: Mutex::new(OpenLedger::with_capacity(
+            hub.options.limits.max_udp_sessions_per_edge,
+        )),
         streams: StreamTable::with_budget(hub.options.limits.tunnel_buffer_bytes),
         quic_streams: StreamCount::with_budget(hub.options.limits.tunnel_buffer_bytes),
         udp: Arc::default(),
@@ -400,6 +401,60 @@ fn admit(
     }
     hub.update_edge_totals(edge_id, |edge| edge.connects += 1);
     Ok((session, entry.config.clone()))
+}
+
+/// The ids an edge opened streams and UDP sessions with: they come from one growing counter,
+/// so a late frame for something that ended can never be taken for something new. Over QUIC
+/// a UDP open arrives twice, as a datagram (quick, may be lost) and on the control stream
+/// (reliable, in order); the ledger makes each session open once.
+#[derive(Debug, Default)]
+pub(super) struct OpenLedger {
+    /// The last id registered in order (an OPEN frame, or a UDP_OPEN message).
+    highest_registered: u32,
+    /// Opened by a datagram, registration not seen yet.
+    opened_by_datagram: BTreeSet<u32>,
+    /// How many of those are remembered: the edge's UDP session limit.
+    capacity: usize,
+}
+
+impl OpenLedger {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    /// An OPEN frame's stream id.
+    pub fn register_stream(&mut self, id: u32) -> Result<(), TunnelError> {
+        if id <= self.highest_registered {
+            return Err(TunnelError::Violation(format!(
+                "id {id} opened after {}",
+                self.highest_registered
+            )));
+        }
+        self.highest_registered = id;
+        Ok(())
+    }
+
+    /// A UDP_OPEN message: true = open the session now, false = its datagram did already.
+    pub fn register_udp(&mut self, id: u32) -> Result<bool, TunnelError> {
+        self.register_stream(id)?;
+        Ok(!self.opened_by_datagram.remove(&id))
+    }
+
+    /// An open datagram for a session that is not open: true = open it now; false = it was
+    /// open before and has ended (the datagram is late or a repeat).
+    pub fn datagram_open(&mut self, id: u32) -> bool {
+        if id <= self.highest_registered || !self.opened_by_datagram.insert(id) {
+            return false;
+        }
+        // Bounded against an edge that never registers: the oldest are forgotten.
+        if self.opened_by_datagram.len() > self.capacity {
+            self.opened_by_datagram.pop_first();
+        }
+        true
+    }
 }
 
 /// Why a login was turned down.
@@ -419,7 +474,9 @@ pub(super) struct EdgeSession {
     connected_at: u64,
     /// The ports this edge is assigned now; OPEN for any other port is refused.
     config: Mutex<EdgeConfig>,
-    pub carrier: Carrier,
+    pub carrier: Carrier<HubMessage>,
+    /// Stream and UDP session ids the edge opened, which must grow.
+    pub opens: Mutex<OpenLedger>,
     /// Streams over TCP+TLS.
     streams: StreamTable,
     /// Streams over QUIC.
@@ -461,18 +518,17 @@ impl EdgeSession {
         let mut current = self.config();
         if *current != *config {
             *current = config.clone();
-            self.carrier.config(Bytes::from(encode_config(config)));
+            self.carrier.send(HubMessage::Config(config.clone()));
         }
     }
 
     pub fn status(&self) -> ConnectedEdgeStatus {
-        let (bytes_in, bytes_out) = match &self.carrier {
-            Carrier::Frames(_) => (
+        let (bytes_in, bytes_out) = self.carrier.counted_bytes().unwrap_or_else(|| {
+            (
                 self.bytes_in.load(Ordering::Relaxed),
                 self.bytes_out.load(Ordering::Relaxed),
-            ),
-            Carrier::Quic(quic) => quic.bytes(),
-        };
+            )
+        });
         ConnectedEdgeStatus {
             edge_id: self.edge_id.clone(),
             remote_address: self.remote_address.to_string(),
@@ -502,94 +558,67 @@ impl EdgeSession {
             timeout: hub.options.heartbeat_timeout,
             ping: Some(&ping),
         };
-        let mut last_stream_id = 0u32;
         run_tunnel_loop(reader, writer, &self.cancel, heartbeat, |frame| {
-            self.dispatch(hub, frame, &mut last_stream_id, frames)
+            self.dispatch(hub, frame, frames)
         })
         .await
     }
 
+    /// A frame from the edge over TCP+TLS.
     fn dispatch(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
         frame: Frame,
-        last_stream_id: &mut u32,
         frames: &FrameSender,
     ) -> Result<(), TunnelError> {
-        let id = frame.stream_id;
-        let is_stream_frame = !matches!(frame.frame_type, FrameType::Ping | FrameType::Pong);
-        if is_stream_frame && id == CONTROL_STREAM_ID {
-            return Err(TunnelError::Violation(format!(
-                "{:?} frame on stream 0",
-                frame.frame_type
-            )));
-        }
-        match frame.frame_type {
-            FrameType::Open | FrameType::UdpOpen => {
-                // Streams and UDP sessions share one growing id counter, so a late frame for
-                // something that ended can never be taken for something new with the same id.
-                if id <= *last_stream_id {
-                    return Err(TunnelError::Violation(format!(
-                        "id {id} opened after {last_stream_id}"
-                    )));
-                }
-                *last_stream_id = id;
-                if frame.frame_type == FrameType::Open {
-                    self.open_stream(hub, id, &frame.payload, frames)?;
-                } else {
-                    self.open_udp(hub, id, &frame.payload)?;
-                }
+        match EdgeFrame::decode(frame)? {
+            EdgeFrame::Open { stream, addresses } => {
+                self.opens.locked().register_stream(stream)?;
+                self.open_stream(hub, stream, addresses, frames)?;
             }
-            FrameType::Data => self.streams.deliver_data(id, frame.payload)?,
-            FrameType::Close => self.streams.deliver_close(id, decode_close(&frame.payload)),
-            FrameType::WindowUpdate => self
-                .streams
-                .grant(id, decode_window_credit(&frame.payload)?)?,
-            FrameType::Ping => {
-                self.carrier.pong(decode_ping(&frame.payload)?);
-            }
-            FrameType::Pong => {
-                decode_ping(&frame.payload)?;
-            }
-            FrameType::UdpData => self.udp.forward(id, frame.payload),
-            FrameType::UdpClose => self.udp.close(id),
-            other @ (FrameType::DataBack
-            | FrameType::CloseBack
-            | FrameType::WindowUpdateBack
-            | FrameType::Config
-            | FrameType::UdpDataBack) => return Err(TunnelError::UnexpectedFrame(other)),
+            EdgeFrame::Stream(frame) => deliver(&self.streams, frame)?,
+            EdgeFrame::UdpData { session, payload } => self.udp.forward(session, payload),
+            EdgeFrame::Control(message) => self.on_control(hub, message)?,
         }
         Ok(())
     }
 
-    fn open_udp(
+    /// A tunnel-wide message from the edge, over either transport.
+    pub fn on_control(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
-        id: u32,
-        payload: &[u8],
+        message: EdgeMessage,
     ) -> Result<(), TunnelError> {
-        let Some(addresses) = parse_open_header(payload) else {
-            return Err(TunnelError::Violation(format!(
-                "UDP_OPEN for session {id} does not carry a PROXY v2 datagram header"
-            )));
-        };
-        self.start_udp(hub, id, addresses, None);
+        match message {
+            EdgeMessage::Ping(nonce) => {
+                self.carrier.send(HubMessage::Pong(nonce));
+            }
+            EdgeMessage::Pong(_) => {}
+            EdgeMessage::UdpOpen(open) => {
+                // Held until the session exists: a QUIC datagram that finds it registered must
+                // also find it open, or that datagram is lost.
+                let mut opens = self.opens.locked();
+                if opens.register_udp(open.session)? {
+                    self.start_udp(hub, open);
+                }
+            }
+            EdgeMessage::UdpClose { session } => self.udp.close(session),
+        }
         Ok(())
     }
 
     /// Starts UDP session `id` if its port is assigned and the session limit allows, else
     /// closes it at once. `open` is the session's PROXY header over QUIC, where the open also
     /// travels as a datagram, so that datagram is recognised as a repeat.
-    pub fn start_udp(
-        self: &Arc<Self>,
-        hub: &Arc<HubShared>,
-        id: u32,
-        addresses: ProxyAddresses,
-        open: Option<Bytes>,
-    ) {
+    pub fn start_udp(self: &Arc<Self>, hub: &Arc<HubShared>, open: UdpOpen) {
+        let UdpOpen {
+            session: id,
+            addresses,
+            header,
+        } = open;
         let port = addresses.destination.port();
         let refuse = |code: HubWarning, message: String| {
-            self.carrier.udp_close(id);
+            self.carrier.send(HubMessage::UdpClose { session: id });
             hub.warn(code, message);
         };
         if !self.config().listen_ports_udp.contains(&port) {
@@ -607,7 +636,7 @@ impl EdgeSession {
             &self.carrier,
             id,
             addresses,
-            open,
+            Some(header),
             self.cancel.child_token(),
         );
         match opened {
@@ -615,7 +644,7 @@ impl EdgeSession {
                 *edge.udp_sessions_by_port.entry(port).or_default() += 1;
             }),
             Err(Refusal::SessionLimit) => {
-                self.carrier.udp_close(id);
+                self.carrier.send(HubMessage::UdpClose { session: id });
                 hub.warn_throttled(
                     HubWarning::UdpSessionLimit,
                     format!(
@@ -671,19 +700,9 @@ impl EdgeSession {
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
         id: u32,
-        payload: &[u8],
+        addresses: ProxyAddresses,
         frames: &FrameSender,
     ) -> Result<(), TunnelError> {
-        let addresses = match parse_v1(payload) {
-            Ok(Some((ProxyHeader::Addresses(addresses), used))) if used == payload.len() => {
-                addresses
-            }
-            _ => {
-                return Err(TunnelError::Violation(format!(
-                    "OPEN for stream {id} does not carry a PROXY v1 line with addresses"
-                )))
-            }
-        };
         let max_streams = hub.options.limits.max_streams_per_edge as usize;
         if self.streams.len() >= max_streams {
             frames.control(reset_frame(id, HUB_SIDE, ResetReason::Limit));

@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::HubWarning;
 use crate::lock::Locked;
-use crate::protocol::frame::FrameType;
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::protocol::quic_messages::is_repeated_open;
 use crate::transport::gso;
@@ -24,6 +23,7 @@ use crate::transport::recv_batch::ReceiveBatch;
 
 use super::options::UdpProxyHeader;
 use super::HubShared;
+use crate::protocol::control::HubMessage;
 use crate::tunnel::Carrier;
 
 thread_local! {
@@ -84,7 +84,7 @@ impl UdpSessions {
     pub fn open(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
-        carrier: &Carrier,
+        carrier: &Carrier<HubMessage>,
         id: u32,
         addresses: ProxyAddresses,
         open: Option<Bytes>,
@@ -160,7 +160,7 @@ impl UdpSessions {
 struct FlowTask {
     hub: Arc<HubShared>,
     sessions: Arc<UdpSessions>,
-    carrier: Carrier,
+    carrier: Carrier<HubMessage>,
     id: u32,
     addresses: ProxyAddresses,
 }
@@ -245,7 +245,7 @@ impl FlowTask {
             batch.try_receive(socket)?;
             for (reply, _) in batch.datagrams() {
                 let reply = Bytes::copy_from_slice(reply);
-                if !self.carrier.udp(self.id, FrameType::UdpDataBack, reply) {
+                if !self.carrier.udp(self.id, reply) {
                     self.sessions.count_drop();
                 }
             }
@@ -256,7 +256,7 @@ impl FlowTask {
     /// The hub ends the session (idle, or no target): forget it and tell the edge.
     fn end(&self) {
         self.sessions.flows().remove(&self.id);
-        self.carrier.udp_close(self.id);
+        self.carrier.send(HubMessage::UdpClose { session: self.id });
     }
 }
 

@@ -6,6 +6,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::control::{ControlMessage, Direction, EdgeMessage, HubMessage};
+use super::handshake::HandshakeError;
+use super::proxy::{parse_v1, ProxyAddresses, ProxyHeader};
+
 /// Size of the fixed frame header: stream id (4) + type (1) + length (4).
 pub const FRAME_HEADER_LEN: usize = 9;
 /// Largest DATA payload we send: small enough that one busy stream cannot
@@ -66,6 +70,33 @@ impl TryFrom<u8> for FrameType {
     }
 }
 
+impl FrameType {
+    /// The one direction this type travels in; `None` for PING, PONG and UDP_CLOSE, which
+    /// both ends send.
+    pub fn direction(self) -> Option<Direction> {
+        match self {
+            FrameType::Open
+            | FrameType::Data
+            | FrameType::Close
+            | FrameType::WindowUpdate
+            | FrameType::UdpOpen
+            | FrameType::UdpData => Some(Direction::EdgeToHub),
+            FrameType::DataBack
+            | FrameType::CloseBack
+            | FrameType::WindowUpdateBack
+            | FrameType::Config
+            | FrameType::UdpDataBack => Some(Direction::HubToEdge),
+            FrameType::Ping | FrameType::Pong | FrameType::UdpClose => None,
+        }
+    }
+
+    /// Whether frames of this type are about the whole tunnel rather than one stream or
+    /// UDP session (and so ride stream 0).
+    pub fn is_tunnel_wide(self) -> bool {
+        matches!(self, FrameType::Config | FrameType::Ping | FrameType::Pong)
+    }
+}
+
 impl From<FrameType> for u8 {
     fn from(frame_type: FrameType) -> u8 {
         // Lossless: the enum is #[repr(u8)].
@@ -92,6 +123,17 @@ pub enum FrameError {
     ZeroWindowUpdate,
     #[error("ping/pong payload must be {PING_NONCE_LEN} bytes, got {len}")]
     BadPing { len: usize },
+    /// A frame only the other end sends.
+    #[error("unexpected {0:?} frame")]
+    Unexpected(FrameType),
+    #[error("{0:?} frame on stream 0")]
+    OnControlStream(FrameType),
+    #[error("OPEN for stream {stream} does not carry a PROXY v1 line with addresses")]
+    BadOpen { stream: u32 },
+    #[error("UDP_OPEN for session {session} does not carry a PROXY v2 datagram header")]
+    BadUdpOpen { session: u32 },
+    #[error("bad CONFIG: {0}")]
+    BadConfig(#[from] HandshakeError),
 }
 
 /// A frame's fixed header, checked: a known type and a length within [`MAX_FRAME_PAYLOAD`].
@@ -285,6 +327,130 @@ pub fn decode_close(payload: &[u8]) -> CloseKind {
         [byte] => CloseKind::Reset(ResetReason::from_byte(*byte).unwrap_or(ResetReason::Aborted)),
         _ => CloseKind::Reset(ResetReason::Aborted),
     }
+}
+
+/// A frame about one connection stream, in either direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamFrame {
+    Data { stream: u32, payload: Bytes },
+    Close { stream: u32, close: CloseKind },
+    WindowUpdate { stream: u32, credit: u32 },
+}
+
+/// A frame an edge sends, decoded at the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EdgeFrame {
+    /// A client connected: the stream that carries it and the client's addresses.
+    Open {
+        stream: u32,
+        addresses: ProxyAddresses,
+    },
+    Stream(StreamFrame),
+    UdpData {
+        session: u32,
+        payload: Bytes,
+    },
+    Control(EdgeMessage),
+}
+
+/// A frame a hub sends, decoded at the edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubFrame {
+    Stream(StreamFrame),
+    UdpData { session: u32, payload: Bytes },
+    Control(HubMessage),
+}
+
+/// A frame's type checked against the direction it travels in, and its stream id against
+/// what the type is about.
+fn check_route(frame: &Frame, direction: Direction) -> Result<(), FrameError> {
+    let kind = frame.frame_type;
+    if kind.direction().is_some_and(|travels| travels != direction) {
+        return Err(FrameError::Unexpected(kind));
+    }
+    if frame.stream_id == CONTROL_STREAM_ID && !kind.is_tunnel_wide() {
+        return Err(FrameError::OnControlStream(kind));
+    }
+    Ok(())
+}
+
+impl EdgeFrame {
+    pub fn decode(frame: Frame) -> Result<Self, FrameError> {
+        check_route(&frame, Direction::EdgeToHub)?;
+        let Frame {
+            stream_id: id,
+            frame_type,
+            payload,
+        } = frame;
+        Ok(match frame_type {
+            FrameType::Open => EdgeFrame::Open {
+                stream: id,
+                addresses: decode_open(id, &payload)?,
+            },
+            FrameType::Data => EdgeFrame::Stream(StreamFrame::Data {
+                stream: id,
+                payload,
+            }),
+            FrameType::Close => EdgeFrame::Stream(StreamFrame::Close {
+                stream: id,
+                close: decode_close(&payload),
+            }),
+            FrameType::WindowUpdate => EdgeFrame::Stream(StreamFrame::WindowUpdate {
+                stream: id,
+                credit: decode_window_credit(&payload)?,
+            }),
+            FrameType::UdpData => EdgeFrame::UdpData {
+                session: id,
+                payload,
+            },
+            control => EdgeFrame::Control(EdgeMessage::decode(control, id, payload)?),
+        })
+    }
+}
+
+impl HubFrame {
+    pub fn decode(frame: Frame) -> Result<Self, FrameError> {
+        check_route(&frame, Direction::HubToEdge)?;
+        let Frame {
+            stream_id: id,
+            frame_type,
+            payload,
+        } = frame;
+        Ok(match frame_type {
+            FrameType::DataBack => HubFrame::Stream(StreamFrame::Data {
+                stream: id,
+                payload,
+            }),
+            FrameType::CloseBack => HubFrame::Stream(StreamFrame::Close {
+                stream: id,
+                close: decode_close(&payload),
+            }),
+            FrameType::WindowUpdateBack => HubFrame::Stream(StreamFrame::WindowUpdate {
+                stream: id,
+                credit: decode_window_credit(&payload)?,
+            }),
+            FrameType::UdpDataBack => HubFrame::UdpData {
+                session: id,
+                payload,
+            },
+            control => HubFrame::Control(HubMessage::decode(control, id, payload)?),
+        })
+    }
+}
+
+/// An OPEN's payload: exactly one PROXY v1 line with addresses.
+fn decode_open(stream: u32, payload: &[u8]) -> Result<ProxyAddresses, FrameError> {
+    match parse_v1(payload) {
+        Ok(Some((ProxyHeader::Addresses(addresses), used))) if used == payload.len() => {
+            Ok(addresses)
+        }
+        _ => Err(FrameError::BadOpen { stream }),
+    }
+}
+
+/// A tunnel-wide message as a frame: a UDP session's id rides in the stream-id field.
+pub fn control_frame(message: &impl ControlMessage) -> Frame {
+    Frame::new(message.session(), message.kind(), message.payload())
 }
 
 #[cfg(test)]
@@ -617,5 +783,154 @@ mod tests {
             FrameError::Oversize { len: 1_048_577 }.to_string(),
             "frame payload of 1048577 bytes exceeds the 1048576-byte limit"
         );
+    }
+
+    fn raw(bytes: &[u8]) -> Frame {
+        decode(&mut BytesMut::from(bytes)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn frames_decode_typed_for_the_direction_they_travel_in() {
+        let line = b"PROXY TCP4 203.0.113.7 198.51.100.1 5353 443\r\n";
+        let open = Frame::new(5, FrameType::Open, Bytes::from_static(line));
+        assert_eq!(
+            EdgeFrame::decode(open),
+            Ok(EdgeFrame::Open {
+                stream: 5,
+                addresses: ProxyAddresses {
+                    source: "203.0.113.7:5353".parse().unwrap(),
+                    destination: "198.51.100.1:443".parse().unwrap(),
+                },
+            })
+        );
+        assert_eq!(
+            EdgeFrame::decode(raw(&hex("00000003 02 00000002 6869"))),
+            Ok(EdgeFrame::Stream(StreamFrame::Data {
+                stream: 3,
+                payload: Bytes::from_static(b"hi"),
+            }))
+        );
+        assert_eq!(
+            HubFrame::decode(raw(&hex("00000003 04 00000002 6869"))),
+            Ok(HubFrame::Stream(StreamFrame::Data {
+                stream: 3,
+                payload: Bytes::from_static(b"hi"),
+            }))
+        );
+        assert_eq!(
+            HubFrame::decode(raw(&hex("00000003 05 00000001 02"))),
+            Ok(HubFrame::Stream(StreamFrame::Close {
+                stream: 3,
+                close: CloseKind::Reset(ResetReason::Unreachable),
+            }))
+        );
+        assert_eq!(
+            EdgeFrame::decode(raw(&hex("00000003 09 00000004 00010000"))),
+            Ok(EdgeFrame::Stream(StreamFrame::WindowUpdate {
+                stream: 3,
+                credit: 65_536,
+            }))
+        );
+        assert_eq!(
+            HubFrame::decode(raw(&hex("00000009 0D 00000001 ff"))),
+            Ok(HubFrame::UdpData {
+                session: 9,
+                payload: Bytes::from_static(&[0xff]),
+            })
+        );
+        assert_eq!(
+            HubFrame::decode(raw(&hex("00000000 07 00000008 0102030405060708"))),
+            Ok(HubFrame::Control(HubMessage::Ping([
+                1, 2, 3, 4, 5, 6, 7, 8
+            ])))
+        );
+        assert_eq!(
+            EdgeFrame::decode(raw(&hex("00000009 0E 00000000"))),
+            Ok(EdgeFrame::Control(EdgeMessage::UdpClose { session: 9 }))
+        );
+    }
+
+    #[test]
+    fn a_frame_in_the_wrong_direction_or_on_the_wrong_stream_is_a_codec_error() {
+        for (bytes, expected) in [
+            (
+                "00000001 04 00000001 78",
+                FrameError::Unexpected(FrameType::DataBack),
+            ),
+            (
+                "00000001 06 00000002 7b7d",
+                FrameError::Unexpected(FrameType::Config),
+            ),
+            (
+                "00000001 0D 00000000",
+                FrameError::Unexpected(FrameType::UdpDataBack),
+            ),
+            (
+                "00000000 02 00000001 78",
+                FrameError::OnControlStream(FrameType::Data),
+            ),
+            (
+                "00000000 0B 00000000",
+                FrameError::OnControlStream(FrameType::UdpOpen),
+            ),
+            (
+                "00000001 01 00000003 474554",
+                FrameError::BadOpen { stream: 1 },
+            ),
+            (
+                "00000002 0B 00000003 686472",
+                FrameError::BadUdpOpen { session: 2 },
+            ),
+            (
+                "00000000 07 00000007 00000000000000",
+                FrameError::BadPing { len: 7 },
+            ),
+        ] {
+            assert_eq!(
+                EdgeFrame::decode(raw(&hex(bytes))),
+                Err(expected),
+                "{bytes}"
+            );
+        }
+        for (bytes, expected) in [
+            (
+                "00000001 02 00000001 78",
+                FrameError::Unexpected(FrameType::Data),
+            ),
+            (
+                "00000001 01 00000000",
+                FrameError::Unexpected(FrameType::Open),
+            ),
+            (
+                "00000001 0B 00000000",
+                FrameError::Unexpected(FrameType::UdpOpen),
+            ),
+            (
+                "00000000 05 00000000",
+                FrameError::OnControlStream(FrameType::CloseBack),
+            ),
+            (
+                "00000001 0A 00000004 00000000",
+                FrameError::ZeroWindowUpdate,
+            ),
+        ] {
+            assert_eq!(HubFrame::decode(raw(&hex(bytes))), Err(expected), "{bytes}");
+        }
+        assert_eq!(
+            FrameError::OnControlStream(FrameType::Open).to_string(),
+            "Open frame on stream 0"
+        );
+        assert_eq!(
+            FrameError::Unexpected(FrameType::DataBack).to_string(),
+            "unexpected DataBack frame"
+        );
+    }
+
+    #[test]
+    fn tunnel_wide_messages_become_frames_on_stream_0_or_their_session() {
+        let ping = control_frame(&EdgeMessage::Ping([7; 8]));
+        assert_eq!(encoded(&ping), hex("00000000 07 00000008 0707070707070707"));
+        let close = control_frame(&HubMessage::UdpClose { session: 4 });
+        assert_eq!(encoded(&close), hex("00000004 0E 00000000"));
     }
 }

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod frame;
 pub mod handshake;
 pub mod proxy;

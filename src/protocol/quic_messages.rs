@@ -12,8 +12,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::control::{parse_open_header, ControlMessage};
 use super::frame::{FrameError, FrameType, MAX_FRAME_PAYLOAD};
-use super::proxy::{parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport};
+use super::proxy::ProxyAddresses;
 
 /// Control message header: type (1) + length (4).
 pub const CONTROL_HEADER_LEN: usize = 5;
@@ -38,61 +39,35 @@ pub enum QuicWireError {
     ShortDatagram(usize),
 }
 
-/// One message on the control stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ControlMessage {
-    /// The same JSON as the handshake answer.
-    Config(Bytes),
-    Ping([u8; 8]),
-    Pong([u8; 8]),
-    /// A UDP session; `header` is its PROXY v2 header, as in the open datagram.
-    UdpOpen {
-        session: u32,
-        header: Bytes,
-    },
-    UdpClose {
-        session: u32,
-    },
+/// Whether a message of this type names a UDP session at the front of its payload.
+fn carries_session(kind: FrameType) -> bool {
+    matches!(kind, FrameType::UdpOpen | FrameType::UdpClose)
 }
 
-impl ControlMessage {
-    pub fn kind(&self) -> FrameType {
-        match self {
-            ControlMessage::Config(_) => FrameType::Config,
-            ControlMessage::Ping(_) => FrameType::Ping,
-            ControlMessage::Pong(_) => FrameType::Pong,
-            ControlMessage::UdpOpen { .. } => FrameType::UdpOpen,
-            ControlMessage::UdpClose { .. } => FrameType::UdpClose,
-        }
+/// Appends `message` as the control stream carries it: `[type][len][session?][payload]`.
+pub fn encode_control(message: &impl ControlMessage, dst: &mut BytesMut) {
+    let kind = message.kind();
+    let payload = message.payload();
+    let session_len = if carries_session(kind) {
+        SESSION_ID_LEN
+    } else {
+        0
+    };
+    let payload_len = session_len + payload.len();
+    dst.reserve(CONTROL_HEADER_LEN + payload_len);
+    dst.put_u8(kind.into());
+    // Our own messages stay far below 4 GiB: a CONFIG is bounded by the port count.
+    dst.put_u32(u32::try_from(payload_len).unwrap_or(u32::MAX));
+    if session_len > 0 {
+        dst.put_u32(message.session());
     }
-
-    /// Appends the encoded message to `dst`.
-    pub fn encode(&self, dst: &mut BytesMut) {
-        let payload_len = match self {
-            ControlMessage::Config(json) => json.len(),
-            ControlMessage::Ping(_) | ControlMessage::Pong(_) => 8,
-            ControlMessage::UdpOpen { header, .. } => SESSION_ID_LEN + header.len(),
-            ControlMessage::UdpClose { .. } => SESSION_ID_LEN,
-        };
-        dst.reserve(CONTROL_HEADER_LEN + payload_len);
-        dst.put_u8(self.kind().into());
-        // Our own messages stay far below 4 GiB: a CONFIG is bounded by the port count.
-        dst.put_u32(u32::try_from(payload_len).unwrap_or(u32::MAX));
-        match self {
-            ControlMessage::Config(json) => dst.put_slice(json),
-            ControlMessage::Ping(nonce) | ControlMessage::Pong(nonce) => dst.put_slice(nonce),
-            ControlMessage::UdpOpen { session, header } => {
-                dst.put_u32(*session);
-                dst.put_slice(header);
-            }
-            ControlMessage::UdpClose { session } => dst.put_u32(*session),
-        }
-    }
+    dst.put_slice(&payload);
 }
 
-/// Takes one complete control message off the front of `buf`. `Ok(None)` = need more bytes
-/// (buf untouched). A bad type or length is an error as soon as the header is present.
-pub fn decode_control(buf: &mut BytesMut) -> Result<Option<ControlMessage>, QuicWireError> {
+/// Takes one complete control message off the front of `buf`, decoded for the direction `M`
+/// travels in. `Ok(None)` = need more bytes (buf untouched). A bad type or length is an error
+/// as soon as the header is present.
+pub fn decode_control<M: ControlMessage>(buf: &mut BytesMut) -> Result<Option<M>, QuicWireError> {
     let Some(&[type_byte, l0, l1, l2, l3]) = buf.first_chunk::<CONTROL_HEADER_LEN>() else {
         return Ok(None);
     };
@@ -121,33 +96,23 @@ pub fn decode_control(buf: &mut BytesMut) -> Result<Option<ControlMessage>, Quic
         kind,
         len: payload_len,
     };
-    Ok(Some(match kind {
-        FrameType::Config => ControlMessage::Config(payload),
-        FrameType::Ping | FrameType::Pong => {
-            let nonce: [u8; 8] = payload[..].try_into().map_err(|_| bad())?;
-            if kind == FrameType::Ping {
-                ControlMessage::Ping(nonce)
-            } else {
-                ControlMessage::Pong(nonce)
-            }
+    let session = if carries_session(kind) {
+        if payload.len() < SESSION_ID_LEN {
+            return Err(bad());
         }
-        FrameType::UdpOpen => {
-            if payload.len() < SESSION_ID_LEN {
-                return Err(bad());
-            }
-            let session = payload.get_u32();
-            ControlMessage::UdpOpen {
-                session,
-                header: payload,
-            }
-        }
-        _ => {
-            let session: [u8; SESSION_ID_LEN] = payload[..].try_into().map_err(|_| bad())?;
-            ControlMessage::UdpClose {
-                session: u32::from_be_bytes(session),
-            }
-        }
-    }))
+        payload.get_u32()
+    } else {
+        0
+    };
+    if kind == FrameType::UdpClose && !payload.is_empty() {
+        return Err(bad());
+    }
+    Ok(Some(M::decode(kind, session, payload).map_err(
+        |e| match e {
+            FrameError::BadPing { .. } => bad(),
+            other => QuicWireError::Frame(other),
+        },
+    )?))
 }
 
 /// `[session][payload]`, as a datagram or as the content of an oversized-datagram stream.
@@ -185,18 +150,6 @@ pub fn parse_open(rest: &[u8]) -> Option<ProxyAddresses> {
     }
 }
 
-/// The addresses in a PROXY v2 datagram header that fills `header` exactly.
-pub fn parse_open_header(header: &[u8]) -> Option<ProxyAddresses> {
-    match parse_v2(header) {
-        Ok(Some((ProxyHeader::Addresses(addresses), Some(ProxyTransport::Datagram), used)))
-            if used == header.len() =>
-        {
-            Some(addresses)
-        }
-        _ => None,
-    }
-}
-
 /// Whether `rest` (a datagram after its session id) is an exact repeat of the open whose
 /// PROXY header was `header`, rather than data.
 pub fn is_repeated_open(rest: &[u8], header: &[u8]) -> bool {
@@ -207,7 +160,9 @@ pub fn is_repeated_open(rest: &[u8], header: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::proxy::encode_v2;
+    use crate::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
+    use crate::protocol::handshake::EdgeConfig;
+    use crate::protocol::proxy::{encode_v2, ProxyTransport};
     use std::net::SocketAddr;
 
     fn addresses() -> ProxyAddresses {
@@ -220,47 +175,41 @@ mod tests {
     #[test]
     fn control_messages_are_byte_exact() {
         let mut buf = BytesMut::new();
-        ControlMessage::Ping([1, 2, 3, 4, 5, 6, 7, 8]).encode(&mut buf);
-        ControlMessage::UdpClose {
-            session: 0x0102_0304,
-        }
-        .encode(&mut buf);
-        ControlMessage::UdpOpen {
+        encode_control(&EdgeMessage::Ping([1, 2, 3, 4, 5, 6, 7, 8]), &mut buf);
+        encode_control(
+            &EdgeMessage::UdpClose {
+                session: 0x0102_0304,
+            },
+            &mut buf,
+        );
+        let open = UdpOpen {
             session: 9,
+            addresses: addresses(),
             header: Bytes::from_static(b"hdr"),
-        }
-        .encode(&mut buf);
+        };
+        encode_control(&EdgeMessage::UdpOpen(open), &mut buf);
+        encode_control(&HubMessage::Pong([8; 8]), &mut buf);
         assert_eq!(
             &buf[..],
             &[
                 0x07, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, //
                 0x0E, 0, 0, 0, 4, 1, 2, 3, 4, //
-                0x0B, 0, 0, 0, 7, 0, 0, 0, 9, b'h', b'd', b'r',
+                0x0B, 0, 0, 0, 7, 0, 0, 0, 9, b'h', b'd', b'r', //
+                0x08, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 8,
             ][..]
         );
     }
 
-    #[test]
-    fn control_messages_round_trip_one_byte_at_a_time() {
-        let messages = [
-            ControlMessage::Config(Bytes::from_static(br#"{"listenPorts":[80]}"#)),
-            ControlMessage::Ping([9; 8]),
-            ControlMessage::Pong([7; 8]),
-            ControlMessage::UdpOpen {
-                session: 3,
-                header: Bytes::from(encode_v2(ProxyTransport::Datagram, &addresses())),
-            },
-            ControlMessage::UdpClose { session: u32::MAX },
-        ];
+    fn round_trip_one_byte_at_a_time<M: ControlMessage + PartialEq>(messages: &[M]) {
         let mut wire = BytesMut::new();
-        for message in &messages {
-            message.encode(&mut wire);
+        for message in messages {
+            encode_control(message, &mut wire);
         }
         let mut buf = BytesMut::new();
         let mut decoded = Vec::new();
         for byte in wire {
             buf.put_u8(byte);
-            while let Some(message) = decode_control(&mut buf).unwrap() {
+            while let Some(message) = decode_control::<M>(&mut buf).unwrap() {
                 decoded.push(message);
             }
         }
@@ -269,8 +218,27 @@ mod tests {
     }
 
     #[test]
-    fn control_decoder_refuses_bad_types_lengths_and_payloads() {
-        let cases: [(&[u8], QuicWireError); 5] = [
+    fn control_messages_round_trip_one_byte_at_a_time() {
+        round_trip_one_byte_at_a_time(&[
+            HubMessage::Config(EdgeConfig {
+                listen_ports: vec![80],
+                ..EdgeConfig::default()
+            }),
+            HubMessage::Ping([9; 8]),
+            HubMessage::Pong([7; 8]),
+            HubMessage::UdpClose { session: u32::MAX },
+        ]);
+        round_trip_one_byte_at_a_time(&[
+            EdgeMessage::Ping([9; 8]),
+            EdgeMessage::UdpOpen(UdpOpen::new(3, addresses())),
+            EdgeMessage::UdpClose { session: 4 },
+            EdgeMessage::Pong([7; 8]),
+        ]);
+    }
+
+    #[test]
+    fn control_decoder_refuses_bad_types_lengths_payloads_and_directions() {
+        let cases: [(&[u8], QuicWireError); 7] = [
             (&[0x42, 0, 0, 0, 0], FrameError::UnknownType(0x42).into()),
             (
                 &[0x02, 0, 0, 0, 1, 0],
@@ -294,16 +262,42 @@ mod tests {
                     len: 5,
                 },
             ),
+            (
+                &[0x0B, 0, 0, 0, 2, 0, 0],
+                QuicWireError::BadPayload {
+                    kind: FrameType::UdpOpen,
+                    len: 2,
+                },
+            ),
+            // CONFIG travels from the hub only.
+            (
+                &[0x06, 0, 0, 0, 2, b'{', b'}'],
+                FrameError::Unexpected(FrameType::Config).into(),
+            ),
         ];
         for (bytes, expected) in cases {
             let mut buf = BytesMut::from(bytes);
-            assert_eq!(decode_control(&mut buf), Err(expected), "{bytes:?}");
+            assert_eq!(
+                decode_control::<EdgeMessage>(&mut buf),
+                Err(expected),
+                "{bytes:?}"
+            );
         }
+        // UDP_OPEN travels from the edge only.
+        let mut open = BytesMut::new();
+        encode_control(
+            &EdgeMessage::UdpOpen(UdpOpen::new(1, addresses())),
+            &mut open,
+        );
+        assert_eq!(
+            decode_control::<HubMessage>(&mut open),
+            Err(FrameError::Unexpected(FrameType::UdpOpen).into())
+        );
         // An oversized length is refused from the header alone.
         let mut header_only = BytesMut::from(&[0x06, 0xFF, 0xFF, 0xFF, 0xFF][..]);
-        assert!(decode_control(&mut header_only).is_err());
+        assert!(decode_control::<HubMessage>(&mut header_only).is_err());
         let mut partial = BytesMut::from(&[0x07, 0, 0, 0, 8, 1][..]);
-        assert_eq!(decode_control(&mut partial), Ok(None));
+        assert_eq!(decode_control::<HubMessage>(&mut partial), Ok(None));
         assert_eq!(partial.len(), 6);
     }
 

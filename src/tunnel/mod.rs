@@ -20,11 +20,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::events::TransportKind;
-use crate::protocol::frame::Frame;
-use crate::protocol::quic_messages::{encode_open_datagram, ControlMessage};
-
 use crate::mux::flow::FlowError;
-use crate::protocol::frame::{FrameError, FrameType};
+use crate::protocol::control::{ControlMessage, Direction};
+use crate::protocol::frame::{control_frame, Frame, FrameError, FrameType, StreamFrame};
 
 /// Why a tunnel ended. The text is what `edgeDisconnected` / `tunnelDisconnected` report.
 #[derive(Debug, Error)]
@@ -39,23 +37,23 @@ pub enum TunnelError {
     Frame(#[from] FrameError),
     #[error("protocol error: {0}")]
     Flow(#[from] FlowError),
-    #[error("protocol error: unexpected {0:?} frame")]
-    UnexpectedFrame(FrameType),
     #[error("protocol error: {0}")]
     Violation(String),
     #[error("heartbeat timeout: nothing heard for {0} ms")]
     HeartbeatTimeout(u128),
 }
 
-/// What both transports carry the same way, whatever the end: UDP payloads and closes, UDP
-/// opens, CONFIG, pings. Streams differ (frames through the stream table, or QUIC streams).
+/// This end's sending half of a tunnel, on either transport: its tunnel-wide messages (`M`,
+/// a [`HubMessage`](crate::protocol::control::HubMessage) or an
+/// [`EdgeMessage`](crate::protocol::control::EdgeMessage)) and UDP payloads. Connection
+/// streams travel as frames through the stream table, or as QUIC streams.
 #[derive(Clone)]
-pub enum Carrier {
+pub enum Carrier<M> {
     Frames(writer::FrameSender),
-    Quic(quic_link::QuicLink),
+    Quic(quic_link::QuicLink<M>),
 }
 
-impl Carrier {
+impl<M: ControlMessage> Carrier<M> {
     pub fn transport(&self) -> TransportKind {
         match self {
             Carrier::Frames(_) => TransportKind::TcpTls,
@@ -63,79 +61,68 @@ impl Carrier {
         }
     }
 
-    /// One UDP payload of `session`; `frame_type` is UDP_DATA or UDP_DATA_BACK. False when it
-    /// was dropped (congestion, or the tunnel is gone).
-    pub fn udp(&self, session: u32, frame_type: FrameType, payload: Bytes) -> bool {
+    /// Queues a tunnel-wide message; false when the tunnel is gone.
+    pub fn send(&self, message: M) -> bool {
         match self {
-            Carrier::Frames(frames) => frames.datagram(Frame::new(session, frame_type, payload)),
+            Carrier::Frames(frames) => frames.control(control_frame(&message)),
+            Carrier::Quic(quic) => quic.send_control(message),
+        }
+    }
+
+    /// A heartbeat; the nonce is the time, which makes the echo a round-trip measurement.
+    pub fn ping(&self) -> bool {
+        self.send(M::ping(crate::events::unix_millis().to_be_bytes()))
+    }
+
+    /// One UDP payload of `session`. False when it was dropped (congestion, or the tunnel is
+    /// gone).
+    pub fn udp(&self, session: u32, payload: Bytes) -> bool {
+        match self {
+            Carrier::Frames(frames) => {
+                frames.datagram(Frame::new(session, udp_data::<M>(), payload))
+            }
             Carrier::Quic(quic) => quic.send_udp(session, &payload),
         }
     }
 
     /// As [`Carrier::udp`], from a borrowed payload: copied once, into whichever framing the
     /// transport needs.
-    pub fn udp_from_slice(&self, session: u32, frame_type: FrameType, payload: &[u8]) -> bool {
+    pub fn udp_from_slice(&self, session: u32, payload: &[u8]) -> bool {
         match self {
             Carrier::Frames(frames) => frames.datagram(Frame::new(
                 session,
-                frame_type,
+                udp_data::<M>(),
                 Bytes::copy_from_slice(payload),
             )),
             Carrier::Quic(quic) => quic.send_udp(session, payload),
         }
     }
 
-    /// Opens a UDP session whose PROXY v2 header is `header` (edge only). Over QUIC the open
-    /// goes as a datagram, which is quick, and on the control stream, which cannot be lost.
-    pub fn udp_open(&self, session: u32, header: Bytes) -> bool {
+    /// Tunnel bytes received and sent, where the transport counts them itself (QUIC counts
+    /// its UDP packets); `None` when the frame reader and writer count them.
+    pub fn counted_bytes(&self) -> Option<(u64, u64)> {
         match self {
-            Carrier::Frames(frames) => {
-                frames.control(Frame::new(session, FrameType::UdpOpen, header))
-            }
-            Carrier::Quic(quic) => {
-                let _ = quic
-                    .connection
-                    .send_datagram(encode_open_datagram(session, &header));
-                quic.control
-                    .send(ControlMessage::UdpOpen { session, header })
-            }
+            Carrier::Frames(_) => None,
+            Carrier::Quic(quic) => Some(quic.bytes()),
         }
     }
+}
 
-    pub fn udp_close(&self, session: u32) -> bool {
-        match self {
-            Carrier::Frames(frames) => {
-                frames.control(Frame::new(session, FrameType::UdpClose, Bytes::new()))
-            }
-            Carrier::Quic(quic) => quic.control.send(ControlMessage::UdpClose { session }),
-        }
+/// A stream frame from the peer (TCP+TLS), handed to its stream.
+pub fn deliver(streams: &stream::StreamTable, frame: StreamFrame) -> Result<(), TunnelError> {
+    match frame {
+        StreamFrame::Data { stream, payload } => streams.deliver_data(stream, payload)?,
+        StreamFrame::Close { stream, close } => streams.deliver_close(stream, close),
+        StreamFrame::WindowUpdate { stream, credit } => streams.grant(stream, credit)?,
     }
+    Ok(())
+}
 
-    /// Pushes a CONFIG (hub only).
-    pub fn config(&self, json: Bytes) -> bool {
-        match self {
-            Carrier::Frames(frames) => frames.control(Frame::new(
-                crate::protocol::frame::CONTROL_STREAM_ID,
-                FrameType::Config,
-                json,
-            )),
-            Carrier::Quic(quic) => quic.control.send(ControlMessage::Config(json)),
-        }
-    }
-
-    pub fn pong(&self, nonce: [u8; crate::protocol::frame::PING_NONCE_LEN]) -> bool {
-        match self {
-            Carrier::Frames(frames) => frames.control(Frame::pong(nonce)),
-            Carrier::Quic(quic) => quic.control.send(ControlMessage::Pong(nonce)),
-        }
-    }
-
-    pub fn ping(&self) -> bool {
-        let nonce = crate::events::unix_millis().to_be_bytes();
-        match self {
-            Carrier::Frames(frames) => frames.control(Frame::ping(nonce)),
-            Carrier::Quic(quic) => quic.control.send(ControlMessage::Ping(nonce)),
-        }
+/// The frame type of a UDP payload sent by the end whose messages are `M`.
+fn udp_data<M: ControlMessage>() -> FrameType {
+    match M::DIRECTION {
+        Direction::EdgeToHub => FrameType::UdpData,
+        Direction::HubToEdge => FrameType::UdpDataBack,
     }
 }
 

@@ -22,10 +22,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::protocol::control::ControlMessage;
 use crate::protocol::frame::ResetReason;
 use crate::protocol::quic_messages::{
-    decode_control, encode_datagram, split_datagram, ControlMessage, MAX_UDP_PAYLOAD,
-    SESSION_ID_LEN,
+    decode_control, encode_control, encode_datagram, encode_open_datagram, split_datagram,
+    MAX_UDP_PAYLOAD, SESSION_ID_LEN,
 };
 use crate::transport::quic_endpoint::{relay_reads_budget, MAX_OVERSIZED_DATAGRAM_STREAMS};
 
@@ -59,28 +60,28 @@ pub fn connection_ended(error: ConnectionError) -> TunnelError {
     }
 }
 
-/// Cloneable handle for queueing control messages on a tunnel's control stream.
+/// Cloneable handle for queueing this end's control messages on a tunnel's control stream.
 #[derive(Clone, Debug)]
-pub struct ControlSender(UnboundedSender<ControlMessage>);
+pub struct ControlSender<M>(UnboundedSender<M>);
 
-impl ControlSender {
+impl<M: ControlMessage> ControlSender<M> {
     /// Queues a message; false when the tunnel is gone.
-    pub fn send(&self, message: ControlMessage) -> bool {
+    pub fn send(&self, message: M) -> bool {
         self.0.send(message).is_ok()
     }
 }
 
 /// A control sender and the queue its writer task drains.
-pub fn control_channel() -> (ControlSender, UnboundedReceiver<ControlMessage>) {
+pub fn control_channel<M: ControlMessage>() -> (ControlSender<M>, UnboundedReceiver<M>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (ControlSender(tx), rx)
 }
 
 /// The control stream's writer task: sends queued messages, several per write when they pile
 /// up, until the tunnel is cancelled or the stream fails.
-pub async fn run_control_writer(
+pub async fn run_control_writer<M: ControlMessage>(
     mut stream: SendStream,
-    mut queue: UnboundedReceiver<ControlMessage>,
+    mut queue: UnboundedReceiver<M>,
     cancel: CancellationToken,
 ) -> Result<(), TunnelError> {
     // Fails only for a stream that is already closed, which the first write reports.
@@ -94,10 +95,10 @@ pub async fn run_control_writer(
         let Some(message) = message else {
             return Ok(());
         };
-        message.encode(&mut batch);
+        encode_control(&message, &mut batch);
         while batch.len() < CONTROL_BATCH_BYTES {
             match queue.try_recv() {
-                Ok(message) => message.encode(&mut batch),
+                Ok(message) => encode_control(&message, &mut batch),
                 Err(_) => break,
             }
         }
@@ -123,22 +124,24 @@ fn read_ended(error: ReadError) -> TunnelError {
     }
 }
 
-/// Decodes control messages from the control stream, after the handshake lines.
-pub struct ControlReader {
+/// Decodes the peer's control messages (`M`) from the control stream, after the handshake lines.
+pub struct ControlReader<M> {
     stream: RecvStream,
     buf: BytesMut,
+    received: std::marker::PhantomData<fn() -> M>,
 }
 
-impl ControlReader {
+impl<M: ControlMessage> ControlReader<M> {
     /// `leftover` is whatever arrived after the handshake line in the same read.
     pub fn new(stream: RecvStream, leftover: BytesMut) -> Self {
         Self {
             stream,
             buf: leftover,
+            received: std::marker::PhantomData,
         }
     }
 
-    async fn next_message(&mut self) -> Result<ControlMessage, TunnelError> {
+    async fn next_message(&mut self) -> Result<M, TunnelError> {
         loop {
             if let Some(message) = decode_control(&mut self.buf)
                 .map_err(|e| TunnelError::Violation(format!("control stream: {e}")))?
@@ -154,9 +157,9 @@ impl ControlReader {
     }
 }
 
-impl MessageSource for ControlReader {
-    type Message = ControlMessage;
-    fn next(&mut self) -> impl Future<Output = Result<ControlMessage, TunnelError>> + Send {
+impl<M: ControlMessage> MessageSource for ControlReader<M> {
+    type Message = M;
+    fn next(&mut self) -> impl Future<Output = Result<M, TunnelError>> + Send {
         self.next_message()
     }
 }
@@ -164,22 +167,33 @@ impl MessageSource for ControlReader {
 /// The pieces of an established QUIC tunnel that both ends send through. Tunnel bytes are
 /// the connection's own UDP counts ([`QuicLink::bytes`]).
 #[derive(Clone)]
-pub struct QuicLink {
+pub struct QuicLink<M> {
     pub connection: Connection,
-    pub control: ControlSender,
+    control: ControlSender<M>,
     /// Oversized datagrams in flight, each on its own stream.
     oversized: Arc<Semaphore>,
     tasks: TaskTracker,
 }
 
-impl QuicLink {
-    pub fn new(connection: Connection, control: ControlSender, tasks: TaskTracker) -> Self {
+impl<M: ControlMessage> QuicLink<M> {
+    pub fn new(connection: Connection, control: ControlSender<M>, tasks: TaskTracker) -> Self {
         Self {
             connection,
             control,
             oversized: Arc::new(Semaphore::new(MAX_OVERSIZED_DATAGRAM_STREAMS as usize)),
             tasks,
         }
+    }
+
+    /// Queues a control message. A UDP open also goes as a datagram, which is quick; the
+    /// control stream is what makes it reliable.
+    pub fn send_control(&self, message: M) -> bool {
+        if let Some(open) = message.udp_open() {
+            let _ = self
+                .connection
+                .send_datagram(encode_open_datagram(open.session, &open.header));
+        }
+        self.control.send(message)
     }
 
     /// UDP bytes received and sent by the connection so far, QUIC overhead included.
