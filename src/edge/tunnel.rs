@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -16,8 +16,8 @@ use crate::lock::Locked;
 use crate::protocol::control::{EdgeMessage, HubMessage};
 use crate::protocol::frame::{Frame, HubFrame};
 use crate::protocol::handshake::{
-    encode_auth_line, parse_reply, take_line_limited, EdgeConfig, HandshakeError, HubReply,
-    MAX_REPLY_LINE, MIN_STUN_INTERVAL_SECS,
+    encode_auth_line, parse_reply, EdgeConfig, HandshakeError, HubReply, MAX_REPLY_LINE,
+    MIN_STUN_INTERVAL_SECS,
 };
 use crate::transport::quic_endpoint::{
     apply_buffer_budget, close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED,
@@ -32,7 +32,7 @@ use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::{frame_channel, run_writer, FrameQueues};
-use crate::tunnel::{deliver, spawn_until, Carrier, OnDrop, TunnelError};
+use crate::tunnel::{deliver, read_line, spawn_until, Carrier, LineError, OnDrop, TunnelError};
 
 use super::backoff::{jitter, Backoff};
 use super::options::TransportMode;
@@ -48,8 +48,8 @@ enum ConnectError {
     Alpn,
     #[error("bad answer from the hub: {0}")]
     Answer(#[from] HandshakeError),
-    #[error("the hub closed the connection during the handshake")]
-    Closed,
+    #[error("the hub's answer: {0}")]
+    Line(#[from] LineError),
     #[error("the hub refused this edge: {0}")]
     Rejected(String),
     #[error("no answer from the hub at {0} within {1:?}")]
@@ -221,7 +221,8 @@ async fn connect_tls(
         .await?;
     tls.writer.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
-    let line = read_line(&mut tls.reader, &mut buf).await?;
+    // The answer lists every assigned port, so it may be far longer than the auth line.
+    let line = read_line(&mut tls.reader, &mut buf, MAX_REPLY_LINE).await?;
     match parse_reply(&line)? {
         HubReply::Accepted(config) => {
             // Best effort: without a round-trip estimate the kernel's autotuning stays.
@@ -267,16 +268,7 @@ async fn connect_quic(
         .await
         .map_err(|e| quic(&e))?;
     let mut buf = BytesMut::with_capacity(1024);
-    let line = loop {
-        if let Some(line) = take_line_limited(&mut buf, MAX_REPLY_LINE)? {
-            break line;
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Err(ConnectError::Closed),
-            Err(e) => return Err(quic(&e)),
-        }
-    };
+    let line = read_line(&mut recv, &mut buf, MAX_REPLY_LINE).await?;
     match parse_reply(&line)? {
         HubReply::Accepted(config) => Ok((
             Established::Quic(QuicTunnel {
@@ -289,21 +281,6 @@ async fn connect_quic(
             config,
         )),
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
-    }
-}
-
-async fn read_line<R: AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut BytesMut,
-) -> Result<Bytes, ConnectError> {
-    loop {
-        // The answer lists every assigned port, so it may be far longer than the auth line.
-        if let Some(line) = take_line_limited(buf, MAX_REPLY_LINE)? {
-            return Ok(line);
-        }
-        if io.read_buf(buf).await? == 0 {
-            return Err(ConnectError::Closed);
-        }
     }
 }
 

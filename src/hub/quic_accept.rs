@@ -8,11 +8,11 @@ use bytes::{Bytes, BytesMut};
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{HandshakeFailureReason, HubWarning};
+use crate::events::HubWarning;
 use crate::lock::Locked;
 use crate::protocol::control::{HubMessage, UdpOpen};
 use crate::protocol::frame::ResetReason;
-use crate::protocol::handshake::take_line;
+use crate::protocol::handshake::MAX_HANDSHAKE_LINE;
 use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
 use crate::protocol::quic_messages::parse_open;
 use crate::transport::quic_endpoint::{
@@ -23,30 +23,13 @@ use crate::tunnel::quic_link::{
     ControlReader, QuicLink, RelayCounters,
 };
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::{spawn_until, Carrier, OnDrop, TunnelError};
+use crate::tunnel::{read_line, spawn_until, Carrier, OnDrop, TunnelError, Violation};
 
 use super::pending::PendingSlot;
-use super::session::{connect_target, run_session, EdgeSession, Login};
+use super::session::{
+    connect_target, run_session, until_login_line, EdgeSession, HandshakeFailure, Login,
+};
 use super::HubShared;
-
-#[derive(Debug, thiserror::Error)]
-enum QuicHandshakeFailure {
-    #[error("QUIC: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error(
-        "the edge did not negotiate ALPN {:?}",
-        String::from_utf8_lossy(crate::transport::tls::ALPN)
-    )]
-    Alpn,
-    #[error("{0}")]
-    Line(#[from] crate::protocol::handshake::HandshakeError),
-    #[error("control stream: {0}")]
-    Read(#[from] quinn::ReadError),
-    #[error("closed before the handshake finished")]
-    Closed,
-    #[error("no handshake within the handshake timeout")]
-    Timeout,
-}
 
 pub(super) async fn accept_loop(
     hub: Arc<HubShared>,
@@ -109,7 +92,7 @@ async fn serve_edge_connection(
         let connection = incoming.accept()?.await?;
         if !negotiated_alpn(&connection) {
             connection.close(CLOSE_PROTOCOL_ERROR, b"ALPN");
-            return Err(QuicHandshakeFailure::Alpn);
+            return Err(HandshakeFailure::Alpn);
         }
         let dropped = connection.clone();
         let dropping = spawn_until(&hub.tasks, &before_login, async move {
@@ -118,35 +101,15 @@ async fn serve_edge_connection(
         // The edge opens the control stream by writing its auth line.
         let (send, mut recv) = connection.accept_bi().await?;
         let mut buf = BytesMut::with_capacity(1024);
-        let line = loop {
-            if let Some(line) = take_line(&mut buf)? {
-                break line;
-            }
-            match recv.read_chunk(1024, true).await? {
-                Some(chunk) => buf.extend_from_slice(&chunk.bytes),
-                None => return Err(QuicHandshakeFailure::Closed),
-            }
-        };
+        let line = read_line(&mut recv, &mut buf, MAX_HANDSHAKE_LINE).await?;
         Ok((connection, send, recv, line, buf, dropping))
     };
     let _stop_dropping = before_login.clone().drop_guard();
-    let outcome = tokio::select! {
-        _ = cancel.cancelled() => return,
-        _ = slot.evicted() => return hub.handshake_evicted(),
-        outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
+    let Some((connection, mut send, recv, line, leftover, dropping)) =
+        until_login_line(&hub, peer, &cancel, &slot, handshake).await
+    else {
+        return;
     };
-    let (connection, mut send, recv, line, leftover, dropping) =
-        match outcome.unwrap_or(Err(QuicHandshakeFailure::Timeout)) {
-            Ok(parts) => parts,
-            Err(e) => {
-                hub.count_handshake_failure(HandshakeFailureReason::Tls);
-                hub.warn(
-                    HubWarning::HandshakeFailed,
-                    format!("edge connection from {peer} (QUIC): {e}"),
-                );
-                return;
-            }
-        };
     let (control, queue) = control_channel();
     let link = QuicLink::new(connection.clone(), control, hub.tasks.clone());
     let login = Login {
@@ -174,7 +137,7 @@ async fn serve_edge_connection(
     );
     run_session(&hub, session.clone(), peer, async {
         let ended = serve(&hub, &session, &connection, send, recv, leftover, queue).await;
-        let code = if matches!(ended, TunnelError::Violation(_)) {
+        let code = if ended.is_protocol_error() {
             CLOSE_PROTOCOL_ERROR
         } else {
             CLOSE_SESSION_ENDED
@@ -333,12 +296,11 @@ async fn serve_stream(
     let (addresses, early_data) = match line {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(LineFailure::Bad(e))) => {
-            session.close(
-                &TunnelError::Violation(format!(
-                    "connection stream {id} does not start with a PROXY v1 line with addresses: {e}"
-                ))
-                .to_string(),
-            );
+            let violation = Violation::BadConnectionStream {
+                stream: id,
+                reason: e,
+            };
+            session.close(&TunnelError::from(violation).to_string());
             return;
         }
         Ok(Err(LineFailure::Gone)) | Err(_) => {

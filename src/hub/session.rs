@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::future::Future;
 use subtle::ConstantTimeEq;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,7 @@ use crate::lock::{Locked, ReadWriteLocked};
 use crate::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
 use crate::protocol::frame::{EdgeFrame, Frame, ResetReason};
 use crate::protocol::handshake::{
-    encode_reply, parse_auth_line, take_line, EdgeConfig, HandshakeError, HubReply,
+    encode_reply, parse_auth_line, EdgeConfig, HubReply, MAX_HANDSHAKE_LINE,
 };
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::transport::tls::ALPN;
@@ -29,7 +29,7 @@ use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
 use crate::tunnel::stream::{pump, reset_frame, SocketBytes, StreamTable, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
-use crate::tunnel::{deliver, Carrier, OnDrop, TunnelError};
+use crate::tunnel::{deliver, read_line, Carrier, LineError, OnDrop, TunnelError, Violation};
 
 use super::options::ProxyProtocol;
 use super::pending::PendingSlot;
@@ -78,20 +78,57 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Why an edge connection did not get as far as its login line, on either transport.
 #[derive(Debug, thiserror::Error)]
-enum HandshakeFailure {
+pub(super) enum HandshakeFailure {
     #[error("TLS: {0}")]
-    Io(#[from] std::io::Error),
+    Tls(#[from] std::io::Error),
+    #[error("QUIC: {0}")]
+    Quic(#[from] quinn::ConnectionError),
     #[error("the edge did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN))]
     Alpn,
     #[error("{0}")]
-    Line(#[from] HandshakeError),
+    Line(#[from] LineError),
     #[error("closed before the handshake finished")]
     Closed,
     #[error("no handshake within the handshake timeout")]
     Timeout,
     #[error("nothing sent within {FIRST_BYTES_TIMEOUT:?}")]
     Silent,
+}
+
+/// Runs an edge connection's transport handshake and reads its login line, within the
+/// handshake timeout, until the hub stops or evicts the pending slot. `None` when it failed
+/// (reported and counted here) or was cut short.
+pub(super) async fn until_login_line<T>(
+    hub: &HubShared,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+    slot: &PendingSlot,
+    handshake: impl Future<Output = Result<T, HandshakeFailure>>,
+) -> Option<T> {
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        _ = slot.evicted() => {
+            hub.handshake_evicted();
+            return None;
+        }
+        outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
+    };
+    match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
+        Ok(parts) => Some(parts),
+        Err(e) => {
+            hub.count_handshake_failure(HandshakeFailureReason::Tls);
+            let warning = format!("edge connection from {peer}: {e}");
+            if matches!(e, HandshakeFailure::Silent) {
+                // Idle sockets come by the thousand in a flood.
+                hub.warn_throttled(HubWarning::HandshakeFailed, warning);
+            } else {
+                hub.warn(HubWarning::HandshakeFailed, warning);
+            }
+            None
+        }
+    }
 }
 
 async fn serve_edge_connection(
@@ -115,27 +152,12 @@ async fn serve_edge_connection(
             return Err(HandshakeFailure::Alpn);
         }
         let mut buf = BytesMut::with_capacity(1024);
-        let line = read_line(&mut tls.reader, &mut buf).await?;
+        let line = read_line(&mut tls.reader, &mut buf, MAX_HANDSHAKE_LINE).await?;
         Ok((tls, line, buf))
     };
-    let outcome = tokio::select! {
-        _ = cancel.cancelled() => return,
-        _ = slot.evicted() => return hub.handshake_evicted(),
-        outcome = tokio::time::timeout(hub.options.limits.handshake_timeout, handshake) => outcome,
-    };
-    let (tls, line, leftover) = match outcome.unwrap_or(Err(HandshakeFailure::Timeout)) {
-        Ok(parts) => parts,
-        Err(e) => {
-            hub.count_handshake_failure(HandshakeFailureReason::Tls);
-            let warning = format!("edge connection from {peer}: {e}");
-            if matches!(e, HandshakeFailure::Silent) {
-                // Idle sockets come by the thousand in a flood.
-                hub.warn_throttled(HubWarning::HandshakeFailed, warning);
-            } else {
-                hub.warn(HubWarning::HandshakeFailed, warning);
-            }
-            return;
-        }
+    let Some((tls, line, leftover)) = until_login_line(&hub, peer, &cancel, &slot, handshake).await
+    else {
+        return;
     };
     // Best effort: without a round-trip estimate the kernel's autotuning stays.
     let _ = crate::transport::bound_receive_buffer(tls.reader.tcp());
@@ -339,20 +361,6 @@ impl Drop for Retirement<'_> {
     }
 }
 
-async fn read_line<R: AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut BytesMut,
-) -> Result<Bytes, HandshakeFailure> {
-    loop {
-        if let Some(line) = take_line(buf)? {
-            return Ok(line);
-        }
-        if io.read_buf(buf).await? == 0 {
-            return Err(HandshakeFailure::Closed);
-        }
-    }
-}
-
 /// Checks the credentials and registers the session under the allowed-list lock, so an
 /// `updateAllowedEdges` either happens before (and is checked here) or sees this session.
 /// The secret is compared in constant time; an unknown id costs the same comparison.
@@ -428,10 +436,11 @@ impl OpenLedger {
     /// An OPEN frame's stream id.
     pub fn register_stream(&mut self, id: u32) -> Result<(), TunnelError> {
         if id <= self.highest_registered {
-            return Err(TunnelError::Violation(format!(
-                "id {id} opened after {}",
-                self.highest_registered
-            )));
+            return Err(Violation::IdNotGrowing {
+                id,
+                last: self.highest_registered,
+            }
+            .into());
         }
         self.highest_registered = id;
         Ok(())
@@ -723,7 +732,7 @@ impl EdgeSession {
             }
         };
         let Some(stream_port) = self.streams.open(id, port_bytes) else {
-            return Err(TunnelError::Violation(format!("stream {id} opened twice")));
+            return Err(Violation::StreamOpenedTwice(id).into());
         };
         let session = self.clone();
         let hub_for_task = hub.clone();

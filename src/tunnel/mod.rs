@@ -14,15 +14,17 @@ use std::io;
 /// spoofed sources is turned away instead of costing the hub a socket each.
 pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = crate::protocol::handshake::DEFAULT_MAX_UDP_SESSIONS;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::events::TransportKind;
 use crate::mux::flow::FlowError;
 use crate::protocol::control::{ControlMessage, Direction};
 use crate::protocol::frame::{control_frame, Frame, FrameError, FrameType, StreamFrame};
+use crate::protocol::handshake::{take_line_limited, HandshakeError};
+use crate::protocol::quic_messages::QuicWireError;
 
 /// Why a tunnel ended. The text is what `edgeDisconnected` / `tunnelDisconnected` report.
 #[derive(Debug, Error)]
@@ -31,6 +33,11 @@ pub enum TunnelError {
     Io(#[from] io::Error),
     #[error("peer closed the tunnel")]
     PeerClosed,
+    /// This end closed it: stopped, or the session was closed (its reason is reported instead).
+    #[error("closed by this end")]
+    ClosedHere,
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("peer closed the tunnel: {0}")]
     ClosedByPeer(String),
     #[error("protocol error: {0}")]
@@ -38,9 +45,39 @@ pub enum TunnelError {
     #[error("protocol error: {0}")]
     Flow(#[from] FlowError),
     #[error("protocol error: {0}")]
-    Violation(String),
+    Violation(#[from] Violation),
     #[error("heartbeat timeout: nothing heard for {0} ms")]
     HeartbeatTimeout(u128),
+}
+
+impl TunnelError {
+    /// Whether the peer broke the protocol (rather than going away).
+    pub fn is_protocol_error(&self) -> bool {
+        matches!(
+            self,
+            TunnelError::Frame(_) | TunnelError::Flow(_) | TunnelError::Violation(_)
+        )
+    }
+}
+
+/// A peer broke the protocol in a way no single frame or message shows.
+#[derive(Debug, Error)]
+pub enum Violation {
+    /// Streams and UDP sessions share one growing id counter.
+    #[error("id {id} opened after {last}")]
+    IdNotGrowing { id: u32, last: u32 },
+    #[error("stream {0} opened twice")]
+    StreamOpenedTwice(u32),
+    #[error(
+        "connection stream {stream} does not start with a PROXY v1 line with addresses: {reason}"
+    )]
+    BadConnectionStream { stream: u32, reason: String },
+    #[error("control stream: {0}")]
+    ControlMessage(#[from] QuicWireError),
+    #[error("control stream: {0}")]
+    ControlStreamRead(quinn::ReadError),
+    #[error("control stream: {0}")]
+    ControlStreamWrite(quinn::WriteError),
 }
 
 /// This end's sending half of a tunnel, on either transport: its tunnel-wide messages (`M`,
@@ -123,6 +160,34 @@ fn udp_data<M: ControlMessage>() -> FrameType {
     match M::DIRECTION {
         Direction::EdgeToHub => FrameType::UdpData,
         Direction::HubToEdge => FrameType::UdpDataBack,
+    }
+}
+
+/// Why a handshake line could not be read.
+#[derive(Debug, Error)]
+pub enum LineError {
+    #[error("{0}")]
+    Line(#[from] HandshakeError),
+    #[error("closed before the handshake finished")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads one handshake line of at most `max_len` bytes, on either transport (the TLS stream,
+/// or the QUIC control stream); what arrived after it stays in `buf`.
+pub async fn read_line<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Bytes, LineError> {
+    loop {
+        if let Some(line) = take_line_limited(buf, max_len)? {
+            return Ok(line);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Err(LineError::Closed);
+        }
     }
 }
 

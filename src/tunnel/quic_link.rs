@@ -31,7 +31,7 @@ use crate::protocol::quic_messages::{
 use crate::transport::quic_endpoint::{relay_reads_budget, MAX_OVERSIZED_DATAGRAM_STREAMS};
 
 use super::receive_loop::MessageSource;
-use super::{try_read_chunk, TunnelError};
+use super::{try_read_chunk, TunnelError, Violation};
 
 /// The most a relay reads from its socket or its QUIC stream at once.
 const RELAY_CHUNK_BYTES: usize = 64 * 1024;
@@ -52,9 +52,8 @@ pub fn connection_ended(error: ConnectionError) -> TunnelError {
         ConnectionError::ApplicationClosed(close) if !close.reason.is_empty() => {
             TunnelError::ClosedByPeer(String::from_utf8_lossy(&close.reason).into_owned())
         }
-        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed => {
-            TunnelError::PeerClosed
-        }
+        ConnectionError::ApplicationClosed(_) => TunnelError::PeerClosed,
+        ConnectionError::LocallyClosed => TunnelError::ClosedHere,
         ConnectionError::TimedOut => TunnelError::Io(io::ErrorKind::TimedOut.into()),
         other => TunnelError::Io(io::Error::other(other)),
     }
@@ -113,14 +112,14 @@ pub async fn run_control_writer<M: ControlMessage>(
 fn write_ended(error: WriteError) -> TunnelError {
     match error {
         WriteError::ConnectionLost(e) => connection_ended(e),
-        other => TunnelError::Violation(format!("control stream: {other}")),
+        other => Violation::ControlStreamWrite(other).into(),
     }
 }
 
 fn read_ended(error: ReadError) -> TunnelError {
     match error {
         ReadError::ConnectionLost(e) => connection_ended(e),
-        other => TunnelError::Violation(format!("control stream: {other}")),
+        other => Violation::ControlStreamRead(other).into(),
     }
 }
 
@@ -143,9 +142,7 @@ impl<M: ControlMessage> ControlReader<M> {
 
     async fn next_message(&mut self) -> Result<M, TunnelError> {
         loop {
-            if let Some(message) = decode_control(&mut self.buf)
-                .map_err(|e| TunnelError::Violation(format!("control stream: {e}")))?
-            {
+            if let Some(message) = decode_control(&mut self.buf).map_err(Violation::from)? {
                 return Ok(message);
             }
             match self.stream.read_chunk(CONTROL_READ_BYTES, true).await {

@@ -54,11 +54,13 @@ pub async fn run_tunnel_loop<S: MessageSource>(
     tokio::pin!(writer);
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return TunnelError::PeerClosed,
+            _ = cancel.cancelled() => return TunnelError::ClosedHere,
             written = &mut writer => {
                 return match written {
                     Ok(Err(e)) => e,
-                    _ => TunnelError::PeerClosed,
+                    // The writer stops cleanly only when the tunnel is cancelled here.
+                    Ok(Ok(())) => TunnelError::ClosedHere,
+                    Err(_) => TunnelError::Internal("the tunnel's writer task failed"),
                 };
             }
             _ = tick.tick() => {
@@ -81,5 +83,67 @@ pub async fn run_tunnel_loop<S: MessageSource>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that never sends anything.
+    struct Silent;
+
+    impl MessageSource for Silent {
+        type Message = ();
+        fn next(&mut self) -> impl Future<Output = Result<(), TunnelError>> + Send {
+            std::future::pending()
+        }
+    }
+
+    fn heartbeat() -> Heartbeat<'static> {
+        Heartbeat {
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(3600),
+            ping: None,
+        }
+    }
+
+    async fn ended_by(
+        writer: JoinHandle<Result<(), TunnelError>>,
+        cancel: &CancellationToken,
+    ) -> TunnelError {
+        run_tunnel_loop(Silent, writer, cancel, heartbeat(), |()| Ok(())).await
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_closed_here_is_not_reported_as_closed_by_the_peer() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let writer = tokio::spawn(std::future::pending());
+        assert!(matches!(
+            ended_by(writer, &cancel).await,
+            TunnelError::ClosedHere
+        ));
+
+        // The writer stops cleanly only when told to.
+        let writer = tokio::spawn(async { Ok(()) });
+        assert!(matches!(
+            ended_by(writer, &CancellationToken::new()).await,
+            TunnelError::ClosedHere
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_writer_ends_the_tunnel_with_its_error() {
+        let writer = tokio::spawn(async { Err(TunnelError::PeerClosed) });
+        assert!(matches!(
+            ended_by(writer, &CancellationToken::new()).await,
+            TunnelError::PeerClosed
+        ));
+        let writer = tokio::spawn(async { panic!("injected") });
+        assert!(matches!(
+            ended_by(writer, &CancellationToken::new()).await,
+            TunnelError::Internal(_)
+        ));
     }
 }
