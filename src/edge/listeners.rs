@@ -3,21 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EdgeWarning;
-use crate::protocol::frame::{Frame, FrameType};
-use crate::protocol::proxy::{encode_v1, ProxyAddresses};
-use crate::tunnel::quic_link::{relay, RelayCounters};
-use crate::tunnel::stream::{pump, EDGE_SIDE};
-use crate::tunnel::Carrier;
+use crate::protocol::proxy::ProxyAddresses;
 
 use super::EdgeShared;
 
@@ -195,51 +189,14 @@ fn open_stream(
         .or_default()
         .clone();
     let cancel = link.cancel.child_token();
-    match &link.carrier {
-        Carrier::Frames(frames) => {
-            let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
-            // Ids come from a counter and never repeat within a tunnel.
-            let Some(port) = link.streams.open(id, port_bytes) else {
-                return Err(client);
-            };
-            let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
-            if !frames.control(open) {
-                link.streams.remove(id);
-                return Err(client);
-            }
-            let frames = frames.clone();
-            let link = link.clone();
-            edge.tasks.spawn(async move {
-                pump(client, id, EDGE_SIDE, port, frames, cancel).await;
-                link.streams.remove(id);
-            });
-        }
-        Carrier::Quic(quic) => {
-            let connection = quic.connection.clone();
-            let open = link.quic_streams.open();
-            edge.tasks.spawn(async move {
-                // A stream of its own, announced by its first bytes: the PROXY line.
-                let stream = async {
-                    let (mut send, recv) = connection.open_bi().await.ok()?;
-                    send.write_all(&encode_v1(&addresses)).await.ok()?;
-                    Some((send, recv))
-                };
-                let stream = tokio::select! {
-                    _ = cancel.cancelled() => None,
-                    stream = stream => stream,
-                };
-                let Some((send, recv)) = stream else {
-                    let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
-                    return;
-                };
-                let counters = RelayCounters {
-                    read: &port_bytes.read,
-                    written: &port_bytes.written,
-                };
-                relay(client, send, recv, &open, counters, &cancel).await;
-            });
-        }
-    }
+    link.streams.carry_client(
+        &link.carrier,
+        &edge.tasks,
+        client,
+        addresses,
+        port_bytes,
+        cancel,
+    )?;
     *edge
         .totals()
         .streams_by_port

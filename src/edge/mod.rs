@@ -10,7 +10,7 @@ mod udp;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,8 +24,8 @@ use crate::events::{ConnectFailureReason, EdgeWarning, EventSink, TransportKind}
 use crate::lock::Locked;
 use crate::protocol::control::EdgeMessage;
 use crate::transport::tls::TlsSetupError;
-use crate::tunnel::quic_link::StreamCount;
-use crate::tunnel::stream::{SocketBytes, StreamTable};
+use crate::tunnel::connection::ConnectionStreams;
+use crate::tunnel::stream::SocketBytes;
 use crate::tunnel::Carrier;
 use stun::{discover, PreferFamily};
 
@@ -81,12 +81,9 @@ pub struct EdgeStatus {
 /// The tunnel that is up right now; listeners hand accepted connections to it.
 struct TunnelLink {
     carrier: Carrier<EdgeMessage>,
-    /// Connections carried over TCP+TLS.
-    streams: StreamTable,
-    /// Connections carried over QUIC.
-    quic_streams: StreamCount,
+    /// Connections carried; their counter also numbers UDP sessions.
+    streams: ConnectionStreams,
     udp: udp::UdpSessions,
-    next_stream_id: AtomicU32,
     cancel: CancellationToken,
     /// How often the public IP is refreshed, from the hub (handshake answer, then CONFIG).
     stun_interval: watch::Sender<Duration>,
@@ -277,9 +274,7 @@ impl Edge {
             running: !self.shared.cancel.is_cancelled(),
             connected: link.is_some(),
             public_ip: self.shared.public_ip().map(|ip| ip.to_string()),
-            active_streams: link
-                .as_ref()
-                .map_or(0, |l| l.streams.len() + l.quic_streams.get()),
+            active_streams: link.as_ref().map_or(0, |l| l.streams.len()),
             active_udp_sessions: link.as_ref().map_or(0, |l| l.udp.len()),
             listen_ports,
             listen_ports_udp,

@@ -1,7 +1,7 @@
 //! Keeps a tunnel to the hub up: connect, authenticate, serve frames, and on any failure
 //! report it and reconnect with backoff.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,13 +24,13 @@ use crate::transport::quic_endpoint::{
 };
 use crate::transport::tls::{server_name, HubTrust, ALPN};
 use crate::transport::tls_stream::{self, TlsConnection};
+use crate::tunnel::connection::ConnectionStreams;
 use crate::tunnel::quic_link::{
     control_channel, receive_datagrams, receive_oversized, run_control_writer, ControlReader,
-    QuicLink, StreamCount,
+    QuicLink,
 };
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::stream::StreamTable;
 use crate::tunnel::writer::{frame_channel, run_writer, FrameQueues};
 use crate::tunnel::{deliver, read_line, spawn_until, Carrier, LineError, OnDrop, TunnelError};
 
@@ -313,10 +313,8 @@ async fn serve(
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
         carrier,
-        streams: StreamTable::with_budget(edge.options.tunnel_buffer_bytes),
-        quic_streams: StreamCount::with_budget(edge.options.tunnel_buffer_bytes),
+        streams: ConnectionStreams::with_budget(edge.options.tunnel_buffer_bytes),
         udp: super::udp::UdpSessions::new(config.max_udp_sessions),
-        next_stream_id: AtomicU32::new(1),
         cancel: edge.cancel.child_token(),
         stun_interval,
         assigned_ports: std::sync::Mutex::new((
@@ -494,7 +492,7 @@ fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, config: EdgeConfig) {
 /// A frame from the hub over TCP+TLS.
 fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(), TunnelError> {
     match HubFrame::decode(frame)? {
-        HubFrame::Stream(frame) => deliver(&link.streams, frame)?,
+        HubFrame::Stream(frame) => deliver(link.streams.table(), frame)?,
         HubFrame::UdpData { session, payload } => link.udp.reply(edge, session, &payload),
         HubFrame::Control(message) => on_control(edge, link, message)?,
     }

@@ -304,7 +304,7 @@ fn carry(
                         return;
                     }
                 }
-                let id = link.next_stream_id.fetch_add(1, Ordering::Relaxed);
+                let id = link.streams.next_id();
                 let addresses = ProxyAddresses {
                     source: client,
                     destination: SocketAddr::new(destination_ip(edge, socket, client), port),

@@ -282,7 +282,7 @@ async fn serve_stream(
 ) {
     // Stream 0 is the control stream, so connection streams count from 1 as over TLS.
     let id = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
-    let open = session.quic_streams.open();
+    let open = session.streams.quic().open();
 
     let refuse = |send: &mut SendStream, recv: &mut RecvStream, reason| {
         let _ = send.reset(reset_code(reason));

@@ -24,10 +24,10 @@ use crate::protocol::handshake::{
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::transport::tls::ALPN;
 use crate::transport::tls_stream::{self, TlsConnection};
-use crate::tunnel::quic_link::StreamCount;
+use crate::tunnel::connection::ConnectionStreams;
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::stream::{pump, reset_frame, SocketBytes, StreamTable, HUB_SIDE};
+use crate::tunnel::stream::{pump, reset_frame, SocketBytes, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
 use crate::tunnel::{deliver, read_line, Carrier, LineError, OnDrop, TunnelError, Violation};
 
@@ -396,8 +396,7 @@ fn admit(
         opens: Mutex::new(OpenLedger::with_capacity(
             hub.options.limits.max_udp_sessions_per_edge,
         )),
-        streams: StreamTable::with_budget(hub.options.limits.tunnel_buffer_bytes),
-        quic_streams: StreamCount::with_budget(hub.options.limits.tunnel_buffer_bytes),
+        streams: ConnectionStreams::with_budget(hub.options.limits.tunnel_buffer_bytes),
         udp: Arc::default(),
         cancel,
         close_reason: Mutex::new(None),
@@ -486,10 +485,7 @@ pub(super) struct EdgeSession {
     pub carrier: Carrier<HubMessage>,
     /// Stream and UDP session ids the edge opened, which must grow.
     pub opens: Mutex<OpenLedger>,
-    /// Streams over TCP+TLS.
-    streams: StreamTable,
-    /// Streams over QUIC.
-    pub quic_streams: StreamCount,
+    pub streams: ConnectionStreams,
     pub udp: Arc<UdpSessions>,
     pub cancel: CancellationToken,
     close_reason: Mutex<Option<String>>,
@@ -543,7 +539,7 @@ impl EdgeSession {
             remote_address: self.remote_address.to_string(),
             transport: self.carrier.transport(),
             connected_at: self.connected_at,
-            active_streams: self.streams.len() + self.quic_streams.get(),
+            active_streams: self.streams.len(),
             active_udp_sessions: self.udp.len(),
             bytes_in,
             bytes_out,
@@ -585,7 +581,7 @@ impl EdgeSession {
                 self.opens.locked().register_stream(stream)?;
                 self.open_stream(hub, stream, addresses, frames)?;
             }
-            EdgeFrame::Stream(frame) => deliver(&self.streams, frame)?,
+            EdgeFrame::Stream(frame) => deliver(self.streams.table(), frame)?,
             EdgeFrame::UdpData { session, payload } => self.udp.forward(session, payload),
             EdgeFrame::Control(message) => self.on_control(hub, message)?,
         }
@@ -713,7 +709,7 @@ impl EdgeSession {
         frames: &FrameSender,
     ) -> Result<(), TunnelError> {
         let max_streams = hub.options.limits.max_streams_per_edge as usize;
-        if self.streams.len() >= max_streams {
+        if self.streams.table().len() >= max_streams {
             frames.control(reset_frame(id, HUB_SIDE, ResetReason::Limit));
             hub.warn(
                 HubWarning::StreamLimit,
@@ -731,7 +727,7 @@ impl EdgeSession {
                 return Ok(());
             }
         };
-        let Some(stream_port) = self.streams.open(id, port_bytes) else {
+        let Some(stream_port) = self.streams.table().open(id, port_bytes) else {
             return Err(Violation::StreamOpenedTwice(id).into());
         };
         let session = self.clone();
@@ -742,7 +738,7 @@ impl EdgeSession {
             let hub = hub_for_task;
             // Also on a panic: the stream leaves the table and its end is reported.
             let _closed = OnDrop::new(|| {
-                session.streams.remove(id);
+                session.streams.table().remove(id);
                 session.stream_closed(&hub, id);
             });
             let port = addresses.destination.port();

@@ -1,0 +1,125 @@
+//! A tunnel's connection streams, the same to hub and edge code on both transports: frames
+//! through the stream table over TCP+TLS, or a QUIC stream each.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::protocol::control::EdgeMessage;
+use crate::protocol::frame::{Frame, FrameType};
+use crate::protocol::proxy::{encode_v1, ProxyAddresses};
+
+use super::quic_link::{relay, RelayCounters, StreamCount};
+use super::stream::{pump, SocketBytes, StreamTable, EDGE_SIDE};
+use super::Carrier;
+
+/// The connection streams one tunnel carries now, whichever the transport.
+pub struct ConnectionStreams {
+    /// Streams over TCP+TLS.
+    table: Arc<StreamTable>,
+    /// Streams over QUIC.
+    quic: StreamCount,
+    /// The edge's next stream id (TCP+TLS); ids never repeat within a tunnel.
+    next_id: AtomicU32,
+}
+
+impl ConnectionStreams {
+    /// `budget` is the tunnel's buffer budget per direction, which the streams share.
+    pub fn with_budget(budget: u32) -> Self {
+        Self {
+            table: Arc::new(StreamTable::with_budget(budget)),
+            quic: StreamCount::with_budget(budget),
+            next_id: AtomicU32::new(1),
+        }
+    }
+
+    /// Streams open now.
+    pub fn len(&self) -> usize {
+        self.table.len() + self.quic.get()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stream table frames are delivered to (TCP+TLS).
+    pub fn table(&self) -> &Arc<StreamTable> {
+        &self.table
+    }
+
+    /// The count QUIC relays hold their share of the budget by.
+    pub fn quic(&self) -> &StreamCount {
+        &self.quic
+    }
+
+    /// Carries a client's connection to the hub on a stream of its own (edge): an OPEN frame
+    /// and a pump, or a QUIC stream announced by its PROXY line and a relay. The id of a UDP
+    /// session comes from the same counter (`next_id`). Hands the client back when no stream
+    /// could be opened (the tunnel is going away).
+    pub fn carry_client(
+        &self,
+        carrier: &Carrier<EdgeMessage>,
+        tasks: &TaskTracker,
+        client: TcpStream,
+        addresses: ProxyAddresses,
+        bytes: Arc<SocketBytes>,
+        cancel: CancellationToken,
+    ) -> Result<(), TcpStream> {
+        match carrier {
+            Carrier::Frames(frames) => {
+                let id = self.next_id();
+                let Some(port) = self.table.open(id, bytes) else {
+                    return Err(client);
+                };
+                let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
+                if !frames.control(open) {
+                    self.table.remove(id);
+                    return Err(client);
+                }
+                let (frames, table) = (frames.clone(), self.table.clone());
+                tasks.spawn(async move {
+                    pump(client, id, EDGE_SIDE, port, frames, cancel).await;
+                    table.remove(id);
+                });
+            }
+            Carrier::Quic(quic) => {
+                let connection = quic.connection.clone();
+                let open = self.quic.open();
+                tasks.spawn(async move {
+                    // A stream of its own, announced by its first bytes: the PROXY line.
+                    let stream = async {
+                        let (mut send, recv) = connection.open_bi().await.ok()?;
+                        send.write_all(&encode_v1(&addresses)).await.ok()?;
+                        Some((send, recv))
+                    };
+                    let stream = tokio::select! {
+                        _ = cancel.cancelled() => None,
+                        stream = stream => stream,
+                    };
+                    let Some((send, recv)) = stream else {
+                        // An abort, so the client does not mistake it for an empty answer.
+                        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                        return;
+                    };
+                    let counters = RelayCounters {
+                        read: &bytes.read,
+                        written: &bytes.written,
+                    };
+                    relay(client, send, recv, &open, counters, &cancel).await;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The id for a new stream or UDP session opened by the edge.
+    pub fn next_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
