@@ -8,7 +8,6 @@ use bytes::{Bytes, BytesMut};
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::HubWarning;
 use crate::lock::Locked;
 use crate::protocol::control::{HubMessage, UdpOpen};
 use crate::protocol::frame::ResetReason;
@@ -18,17 +17,16 @@ use crate::protocol::quic_messages::parse_open;
 use crate::transport::quic_endpoint::{
     grant_tunnel_limits, negotiated_alpn, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED,
 };
+use crate::tunnel::connection::IncomingStream;
 use crate::tunnel::quic_link::{
-    control_channel, receive_datagrams, receive_oversized, relay, reset_code, run_control_writer,
-    ControlReader, QuicLink, RelayCounters,
+    control_channel, receive_datagrams, receive_oversized, reset_code, run_control_writer,
+    ControlReader, QuicLink,
 };
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::{read_line, spawn_until, Carrier, OnDrop, TunnelError, Violation};
+use crate::tunnel::{read_line, spawn_until, Carrier, TunnelError, Violation};
 
 use super::pending::PendingSlot;
-use super::session::{
-    connect_target, run_session, until_login_line, EdgeSession, HandshakeFailure, Login,
-};
+use super::session::{run_session, until_login_line, EdgeSession, HandshakeFailure, Login};
 use super::HubShared;
 
 pub(super) async fn accept_loop(
@@ -315,39 +313,13 @@ async fn serve_stream(
             return;
         }
     };
-    // Also on a panic: its end is reported.
-    let _closed = OnDrop::new(|| session.stream_closed(hub, id));
-    let port = addresses.destination.port();
-    let target = match connect_target(hub, &addresses, port).await {
-        Ok(mut target) => {
-            use tokio::io::AsyncWriteExt;
-            match target.write_all(&early_data).await {
-                Ok(()) => {
-                    port_bytes.written.fetch_add(
-                        early_data.len() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    Some(target)
-                }
-                Err(_) => None,
-            }
-        }
-        Err(e) => {
-            hub.warn(
-                HubWarning::TargetUnreachable,
-                format!("{}:{port}: {e}", hub.options.target_host),
-            );
-            None
-        }
+    let stream = IncomingStream::Quic {
+        send,
+        recv,
+        open,
+        early_data,
     };
-    match target {
-        Some(target) => {
-            let counters = RelayCounters {
-                read: &port_bytes.read,
-                written: &port_bytes.written,
-            };
-            relay(target, send, recv, &open, counters, &session.cancel).await;
-        }
-        None => refuse(&mut send, &mut recv, ResetReason::Unreachable),
-    }
+    session
+        .carry_to_target(hub, id, addresses, &port_bytes, stream, || {})
+        .await;
 }

@@ -24,10 +24,10 @@ use crate::protocol::handshake::{
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::transport::tls::ALPN;
 use crate::transport::tls_stream::{self, TlsConnection};
-use crate::tunnel::connection::ConnectionStreams;
+use crate::tunnel::connection::{ConnectionStreams, IncomingStream};
 use crate::tunnel::reader::FrameReader;
 use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::stream::{pump, reset_frame, SocketBytes, HUB_SIDE};
+use crate::tunnel::stream::{reset_frame, SocketBytes, HUB_SIDE};
 use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
 use crate::tunnel::{deliver, read_line, Carrier, LineError, OnDrop, TunnelError, Violation};
 
@@ -727,35 +727,50 @@ impl EdgeSession {
                 return Ok(());
             }
         };
-        let Some(stream_port) = self.streams.table().open(id, port_bytes) else {
+        let Some(port) = self.streams.table().open(id, port_bytes.clone()) else {
             return Err(Violation::StreamOpenedTwice(id).into());
         };
-        let session = self.clone();
-        let hub_for_task = hub.clone();
-        let frames = frames.clone();
-        let cancel = self.cancel.child_token();
-        hub.tasks.spawn(async move {
-            let hub = hub_for_task;
-            // Also on a panic: the stream leaves the table and its end is reported.
-            let _closed = OnDrop::new(|| {
-                session.streams.table().remove(id);
-                session.stream_closed(&hub, id);
-            });
-            let port = addresses.destination.port();
-            match connect_target(&hub, &addresses, port).await {
-                Ok(target) => {
-                    pump(target, id, HUB_SIDE, stream_port, frames, cancel).await;
-                }
-                Err(e) => {
-                    frames.control(reset_frame(id, HUB_SIDE, ResetReason::Unreachable));
-                    hub.warn(
-                        HubWarning::TargetUnreachable,
-                        format!("{}:{port}: {e}", hub.options.target_host),
-                    );
-                }
-            }
+        let stream = IncomingStream::Frames {
+            id,
+            port,
+            frames: frames.clone(),
+        };
+        let (session, hub) = (self.clone(), hub.clone());
+        hub.tasks.clone().spawn(async move {
+            let left = || session.streams.table().remove(id);
+            session
+                .carry_to_target(&hub, id, addresses, &port_bytes, stream, left)
+                .await;
         });
         Ok(())
+    }
+
+    /// Connects an admitted stream to the target and carries it, over either transport.
+    pub async fn carry_to_target(
+        &self,
+        hub: &HubShared,
+        id: u32,
+        addresses: ProxyAddresses,
+        port_bytes: &SocketBytes,
+        stream: IncomingStream,
+        left: impl FnOnce(),
+    ) {
+        // Also on a panic: the stream leaves its table (`left`), then its end is reported.
+        let _closed = OnDrop::new(|| {
+            left();
+            self.stream_closed(hub, id);
+        });
+        let port = addresses.destination.port();
+        match connect_target(hub, &addresses, port).await {
+            Ok(target) => stream.carry(target, port_bytes, &self.cancel).await,
+            Err(e) => {
+                stream.refuse(ResetReason::Unreachable);
+                hub.warn(
+                    HubWarning::TargetUnreachable,
+                    format!("{}:{port}: {e}", hub.options.target_host),
+                );
+            }
+        }
     }
 }
 

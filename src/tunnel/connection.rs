@@ -15,8 +15,14 @@ use crate::protocol::control::EdgeMessage;
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
 
-use super::quic_link::{relay, RelayCounters, StreamCount};
-use super::stream::{pump, SocketBytes, StreamTable, EDGE_SIDE};
+use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt;
+
+use crate::protocol::frame::ResetReason;
+
+use super::quic_link::{relay, reset_code, OpenStream, RelayCounters, StreamCount};
+use super::stream::{pump, reset_frame, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE};
+use super::writer::FrameSender;
 use super::Carrier;
 
 /// The connection streams one tunnel carries now, whichever the transport.
@@ -121,5 +127,74 @@ impl ConnectionStreams {
     /// The id for a new stream or UDP session opened by the edge.
     pub fn next_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A connection stream the edge opened, admitted by the hub and waiting for its target.
+pub enum IncomingStream {
+    /// Over TCP+TLS: its end of the stream table (the hub removes it when the stream ends).
+    Frames {
+        id: u32,
+        port: StreamPort,
+        frames: FrameSender,
+    },
+    /// Over QUIC: the stream, with what arrived after its PROXY line.
+    Quic {
+        send: SendStream,
+        recv: RecvStream,
+        open: OpenStream,
+        early_data: Bytes,
+    },
+}
+
+impl IncomingStream {
+    /// Moves bytes between `target` and the stream until both directions are done, either
+    /// side resets, or `cancel` fires; `bytes` counts what the target reads and is written.
+    pub async fn carry(
+        self,
+        mut target: TcpStream,
+        bytes: &SocketBytes,
+        cancel: &CancellationToken,
+    ) {
+        match self {
+            IncomingStream::Frames { id, port, frames } => {
+                pump(target, id, HUB_SIDE, port, frames, cancel.child_token()).await;
+            }
+            IncomingStream::Quic {
+                mut send,
+                mut recv,
+                open,
+                early_data,
+            } => {
+                if target.write_all(&early_data).await.is_err() {
+                    let _ = send.reset(reset_code(ResetReason::Unreachable));
+                    let _ = recv.stop(reset_code(ResetReason::Unreachable));
+                    return;
+                }
+                bytes
+                    .written
+                    .fetch_add(early_data.len() as u64, Ordering::Relaxed);
+                let counters = RelayCounters {
+                    read: &bytes.read,
+                    written: &bytes.written,
+                };
+                relay(target, send, recv, &open, counters, cancel).await;
+            }
+        }
+    }
+
+    /// Resets the stream with `reason`.
+    pub fn refuse(self, reason: ResetReason) {
+        match self {
+            IncomingStream::Frames { id, frames, .. } => {
+                frames.control(reset_frame(id, HUB_SIDE, reason));
+            }
+            IncomingStream::Quic {
+                mut send, mut recv, ..
+            } => {
+                let _ = send.reset(reset_code(reason));
+                let _ = recv.stop(reset_code(reason));
+            }
+        }
     }
 }
