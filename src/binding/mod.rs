@@ -11,11 +11,11 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{watch, Mutex};
 
-use crate::config::ConfigError;
+use crate::config::{from_value, required, ConfigError, EdgeId, HostName, Port, Secret, Text};
 use crate::edge::options::EdgeOptions;
 use crate::edge::{Edge, EdgeEvent};
 use crate::events::EventSink;
@@ -440,32 +440,33 @@ pub fn decode_connection_token(token: String) -> Result<ConnectionTokenData> {
     })
 }
 
-/// Reads `encodeConnectionToken`'s argument with the same checks `decode` applies, so every
-/// token we make can be read back.
-fn token_from_json(data: &Value) -> Result<ConnectionToken> {
-    use crate::config::Fields;
-    use crate::protocol::handshake::{validate_edge_id, validate_secret};
-    use crate::transport::tls::server_name;
-    let f = Fields::of(
-        data,
-        "",
-        &["hubHost", "hubPort", "edgeId", "secret", "hubFingerprint"],
-    )?;
-    let hub_host = f.required_string("hubHost")?;
-    server_name(&hub_host).map_err(|reason| ConfigError::new("hubHost", reason))?;
-    let edge_id = f.required_string("edgeId")?;
-    validate_edge_id(&edge_id).map_err(|e| ConfigError::new("edgeId", e.to_string()))?;
-    let secret = f.required_string("secret")?;
-    validate_secret(&secret).map_err(|e| ConfigError::new("secret", e.to_string()))?;
-    let hub_fingerprint = f.string("hubFingerprint")?;
+/// `encodeConnectionToken`'s argument as JavaScript gives it (index.d.ts
+/// `ConnectionTokenData`), with the checks `decode` applies, so every token we make can be
+/// read back.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct TokenConfig {
+    hub_host: Option<HostName>,
+    hub_port: Option<Port>,
+    edge_id: Option<EdgeId>,
+    secret: Option<Secret>,
+    hub_fingerprint: Option<Text>,
+}
+
+fn token_from_json(data: &Value) -> std::result::Result<ConnectionToken, ConfigError> {
+    let c: TokenConfig = from_value(data, "")?;
+    let hub_host = required(c.hub_host, "hubHost")?.text;
+    let edge_id = required(c.edge_id, "edgeId")?.0;
+    let secret = required(c.secret, "secret")?.0;
+    let hub_fingerprint = c.hub_fingerprint.map(|t| t.0);
     if let Some(fp) = &hub_fingerprint {
         validate_fingerprint(fp).map_err(|reason| ConfigError::new("hubFingerprint", reason))?;
     }
     Ok(ConnectionToken {
         hub_host,
-        hub_port: f
-            .port("hubPort", 1)?
-            .unwrap_or(crate::edge::options::DEFAULT_HUB_PORT),
+        hub_port: c
+            .hub_port
+            .map_or(crate::edge::options::DEFAULT_HUB_PORT, |p| p.0),
         edge_id,
         secret,
         hub_fingerprint,
@@ -490,6 +491,145 @@ mod tests {
         // Taken: the next event starts a new batch.
         assert!(queue.push(&serde_json::json!({"type": "c"})));
         assert_eq!(queue.take(), r#"[{"type":"c"}]"#);
+    }
+
+    /// The declaration of `name` in index.d.ts: from `interface {name} {` or
+    /// `type {name} =` to the end of its block.
+    fn declaration(name: &str) -> &'static str {
+        let typings = include_str!("../../index.d.ts");
+        let (start, end) = [
+            (format!("interface {name} {{"), "\n}\n"),
+            (format!("type {name} ="), "\n\n"),
+        ]
+        .into_iter()
+        .find_map(|(head, end)| Some((typings.find(&head)?, end)))
+        .unwrap_or_else(|| panic!("index.d.ts declares {name}"));
+        let rest = &typings[start..];
+        &rest[..rest.find(end).unwrap_or(rest.len())]
+    }
+
+    /// The property a member line or `;`-separated entry declares (`name?: type`).
+    fn property(entry: &str) -> Option<(String, &str)> {
+        let entry = entry.trim();
+        let colon = entry.find(':')?;
+        let name = entry[..colon].trim_end_matches('?');
+        let is_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric());
+        is_name.then(|| (name.to_string(), entry[colon + 1..].trim()))
+    }
+
+    /// The top-level members of interface `name`, with their types.
+    fn members(name: &str) -> Vec<(String, &'static str)> {
+        let mut depth = 0;
+        let mut found = Vec::new();
+        for line in declaration(name).lines().skip(1) {
+            let code = line.trim();
+            if code.starts_with("/*") || code.starts_with('*') || code.starts_with("//") {
+                continue;
+            }
+            if depth == 0 {
+                found.extend(property(code));
+            }
+            depth += code.matches('{').count();
+            depth -= code.matches('}').count();
+        }
+        found
+    }
+
+    /// The members of an inline object type `{ a: string; b?: number }` in `text`.
+    fn inline_members(text: &str) -> Vec<String> {
+        let start = text.find('{').expect("an object type");
+        let end = start + text[start..].find('}').expect("its end");
+        text[start + 1..end]
+            .split(';')
+            .filter_map(property)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    fn member_type(name: &str, member: &str) -> &'static str {
+        members(name)
+            .into_iter()
+            .find(|(m, _)| m == member)
+            .unwrap_or_else(|| panic!("{name} declares {member}"))
+            .1
+    }
+
+    /// The quoted members of a string union type.
+    fn quoted(union: &str) -> Vec<&str> {
+        union.split('\'').skip(1).step_by(2).collect()
+    }
+
+    fn sorted<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Vec<String> {
+        let mut names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    fn names_of(name: &str) -> Vec<String> {
+        sorted(members(name).into_iter().map(|(m, _)| m))
+    }
+
+    #[test]
+    fn the_typings_declare_the_options_the_config_structs_read() {
+        use crate::config::serde_names;
+        use crate::edge::options::{self as edge, TransportMode, CONNECTION_FIELDS};
+        use crate::hub::options::{self as hub, ProxyProtocol, UdpProxyHeader};
+
+        assert_eq!(
+            names_of("HubConfig"),
+            sorted(serde_names::<hub::HubConfig>())
+        );
+        assert_eq!(
+            names_of("HubLimits"),
+            sorted(serde_names::<hub::LimitsConfig>())
+        );
+        assert_eq!(
+            sorted(inline_members(member_type("HubConfig", "tls"))),
+            sorted(serde_names::<hub::TlsConfig>())
+        );
+        assert_eq!(
+            names_of("AllowedEdge"),
+            sorted(serde_names::<hub::AllowedEdgeConfig>())
+        );
+        assert_eq!(
+            names_of("ConnectionTokenData"),
+            sorted(serde_names::<TokenConfig>())
+        );
+
+        // `EdgeConfig` is a token or the four connection options, each with the extras.
+        let edge_config = declaration("EdgeConfig");
+        let branches: Vec<Vec<String>> = edge_config
+            .split("({")
+            .skip(1)
+            .map(|branch| inline_members(&format!("{{{branch}")))
+            .collect();
+        assert_eq!(
+            branches,
+            [
+                vec!["token".to_string()],
+                CONNECTION_FIELDS.map(String::from).to_vec()
+            ]
+        );
+        assert_eq!(edge_config.matches("& EdgeExtras)").count(), 2);
+        let mut declared = names_of("EdgeExtras");
+        declared.extend(branches.concat());
+        assert_eq!(sorted(declared), sorted(serde_names::<edge::EdgeConfig>()));
+
+        for (interface, member, variants) in [
+            ("HubConfig", "proxyProtocol", serde_names::<ProxyProtocol>()),
+            (
+                "HubConfig",
+                "udpProxyHeader",
+                serde_names::<UdpProxyHeader>(),
+            ),
+            (
+                "EdgeExtras",
+                "transportMode",
+                serde_names::<TransportMode>(),
+            ),
+        ] {
+            assert_eq!(quoted(member_type(interface, member)), variants, "{member}");
+        }
     }
 
     #[test]
