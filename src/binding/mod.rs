@@ -336,7 +336,11 @@ impl NativeHub {
             .store(wanted, Ordering::Relaxed);
     }
 
-    #[napi(ts_args_type = "onEvent: () => void, config?: any")]
+    // The config types are index.d.ts', which a unit test checks against the config structs.
+    #[napi(
+        ts_args_type = "onEvent: () => void, config?: import('./index').HubConfig",
+        ts_return_type = "Promise<void>"
+    )]
     pub fn start(
         &self,
         env: &Env,
@@ -361,7 +365,10 @@ impl NativeHub {
         Ok(())
     }
 
-    #[napi(ts_args_type = "edges: any[]")]
+    #[napi(
+        ts_args_type = "edges: import('./index').AllowedEdge[]",
+        ts_return_type = "Promise<void>"
+    )]
     pub fn update_allowed_edges(&self, env: &Env, edges: Value) -> Result<AsyncBlock<()>> {
         let life = self.life.clone();
         promise(env, async move {
@@ -427,7 +434,10 @@ impl NativeEdge {
         self.events.take()
     }
 
-    #[napi(ts_args_type = "onEvent: () => void, config: any")]
+    #[napi(
+        ts_args_type = "onEvent: () => void, config: import('./index').EdgeConfig",
+        ts_return_type = "Promise<void>"
+    )]
     pub fn start(
         &self,
         env: &Env,
@@ -511,7 +521,7 @@ pub struct ConnectionTokenData {
     pub hub_fingerprint: Option<String>,
 }
 
-#[napi]
+#[napi(ts_args_type = "data: import('./index').ConnectionTokenData")]
 pub fn encode_connection_token(data: Value) -> Result<String, ErrorCode> {
     let token = token_from_json(&data)?;
     Ok(encode_token(&token))
