@@ -1,6 +1,7 @@
 'use strict'
 // The public API: EventEmitter classes over the native hub and edge. The native side reports
-// events through one callback and errors as "[CODE] message"; both are translated here.
+// events through one callback, translated here; its errors already carry their `code` and
+// pass through as they are.
 const { EventEmitter } = require('node:events')
 const native = loadNative()
 
@@ -17,33 +18,6 @@ function loadNative() {
     )
     err.code = 'ERR_NO_NATIVE_ADDON'
     throw err
-  }
-}
-
-const CODED_MESSAGE = /^\[([A-Z][A-Z0-9_]*)\] ([\s\S]*)$/
-
-/** Turns a native "[CODE] message" error into an Error with a `code` property. */
-function translateError(err) {
-  const match = err instanceof Error ? CODED_MESSAGE.exec(err.message) : null
-  if (!match) return err
-  const translated = new Error(match[2])
-  translated.code = match[1]
-  return translated
-}
-
-async function call(promiseFactory) {
-  try {
-    return await promiseFactory()
-  } catch (err) {
-    throw translateError(err)
-  }
-}
-
-function callSync(fn) {
-  try {
-    return fn()
-  } catch (err) {
-    throw translateError(err)
   }
 }
 
@@ -79,25 +53,26 @@ class NativeRunner extends EventEmitter {
   }
 
   async start(config) {
-    await call(() => this.#native.start(this.#onEvent, config))
+    await this.#native.start(this.#onEvent, config)
     // A pending native promise keeps the event loop alive, like a listening net.Server; it
     // settles in stop(), after which nothing holds the process.
     this.#untilStopped = this.#native.waitForStop().catch(() => {})
   }
 
   async stop() {
-    await call(() => this.#native.stop())
+    await this.#native.stop()
     await this.#untilStopped
     this.#untilStopped = null
   }
 
-  getStatus() {
-    return call(() => this.#native.getStatus())
+  // async: a bad argument rejects, as every other error here, rather than throwing.
+  async getStatus() {
+    return this.#native.getStatus()
   }
 
   /** Prometheus text exposition of the counters; empty when not running. */
-  getMetrics() {
-    return call(() => this.#native.getMetrics())
+  async getMetrics() {
+    return this.#native.getMetrics()
   }
 
   get running() {
@@ -135,8 +110,8 @@ class RemoteIngressHub extends NativeRunner {
   }
 
   /** Replaces the list of edges allowed to connect; connected edges get changes at once. */
-  updateAllowedEdges(edges) {
-    return call(() => this._native.updateAllowedEdges(edges))
+  async updateAllowedEdges(edges) {
+    return this._native.updateAllowedEdges(edges)
   }
 }
 
@@ -152,7 +127,7 @@ class RemoteIngressEdge extends NativeRunner {
 }
 
 function encodeConnectionToken(data) {
-  return callSync(() => native.encodeConnectionToken(data))
+  return native.encodeConnectionToken(data)
 }
 
 function decodeConnectionToken(token) {
@@ -161,14 +136,14 @@ function decodeConnectionToken(token) {
     err.code = 'ERR_INVALID_TOKEN'
     throw err
   }
-  const decoded = callSync(() => native.decodeConnectionToken(token))
+  const decoded = native.decodeConnectionToken(token)
   if (decoded.hubFingerprint == null) delete decoded.hubFingerprint
   return decoded
 }
 
 /** A self-signed hub certificate and key (PEM) plus its fingerprint, for `tls` and pinning. */
 function generateHubCertificate() {
-  return callSync(() => native.generateHubCertificate())
+  return native.generateHubCertificate()
 }
 
 module.exports = {

@@ -3,7 +3,7 @@
 import test from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
-import { edgeConfig, RemoteIngressEdge, RemoteIngressHub, SECRET, startHub, stopQuietly, withTimeout } from './helpers.mjs'
+import { edgeConfig, remoteingress, RemoteIngressEdge, RemoteIngressHub, SECRET, startHub, stopQuietly, withTimeout } from './helpers.mjs'
 
 /** Asserts `promise` rejects with an Error carrying `code` and a message matching `mentions`. */
 async function assertRejectsWith(promise, code, mentions) {
@@ -120,4 +120,50 @@ test('a hub on a port already in use rejects with ERR_LISTEN', { timeout: 15000 
     await stopQuietly(hub)
     await new Promise((resolve) => blocker.close(resolve))
   }
+})
+
+/** Asserts `err` is the Error the native side made: code set there, message and stack its own. */
+function assertNativeError(err, code, message) {
+  assert.ok(err instanceof Error, `an Error, got ${err}`)
+  assert.equal(Object.getPrototypeOf(err), Error.prototype)
+  assert.equal(err.code, code)
+  assert.equal(err.message, message)
+  // Its stack starts with its own message (the native "[CODE] message" is gone) and went
+  // through no facade function that re-made it.
+  assert.equal(err.stack.split('\n')[0], `Error: ${message}`)
+  assert.doesNotMatch(err.stack, /translateError|callSync|\bcall \(/)
+}
+
+test('errors reach JavaScript as the native side made them, with their code', { timeout: 15000 }, async () => {
+  const hub = new RemoteIngressHub()
+  try {
+    const rejected = await hub.start({ tunnelPort: -1 }).then(
+      () => assert.fail('start resolved'),
+      (err) => err,
+    )
+    assertNativeError(rejected, 'ERR_INVALID_CONFIG', 'tunnelPort: must be an integer from 0 to 65535')
+    const notRunning = await hub.updateAllowedEdges([]).then(
+      () => assert.fail('updateAllowedEdges resolved'),
+      (err) => err,
+    )
+    assertNativeError(notRunning, 'ERR_NOT_RUNNING', 'not running: call start() first')
+  } finally {
+    await stopQuietly(hub)
+  }
+  assert.throws(
+    () => remoteingress.encodeConnectionToken({ hubHost: 'h', edgeId: 'e', secret: 's', hubPort: 0 }),
+    (err) => {
+      assertNativeError(err, 'ERR_INVALID_CONFIG', 'hubPort: must be an integer from 1 to 65535')
+      return true
+    },
+  )
+  assert.throws(
+    () => remoteingress.decodeConnectionToken('!!'),
+    (err) => {
+      assert.equal(err.code, 'ERR_INVALID_TOKEN')
+      assertNativeError(err, 'ERR_INVALID_TOKEN', err.message)
+      assert.doesNotMatch(err.message, /^\[/)
+      return true
+    },
+  )
 })

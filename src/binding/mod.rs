@@ -1,6 +1,6 @@
 //! The napi surface: two classes and the token functions. JavaScript sees them through the
-//! hand-written facade in index.js, which turns events into EventEmitter calls and the
-//! `[CODE] message` errors made here into `Error`s with a `code`.
+//! hand-written facade in index.js, which turns events into EventEmitter calls. Errors are
+//! made here, as JavaScript `Error`s with their `code` set, and reach JavaScript unchanged.
 
 mod allocator;
 mod runtime;
@@ -11,11 +11,11 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{watch, Mutex};
 
-use crate::config::ConfigError;
+use crate::config::{from_value, required, ConfigError, EdgeId, HostName, Port, Secret, Text};
 use crate::edge::options::EdgeOptions;
 use crate::edge::{Edge, EdgeEvent};
 use crate::events::EventSink;
@@ -36,39 +36,99 @@ use crate::transport::tls::{validate_fingerprint, HubIdentity, TlsSetupError};
 /// freed). It is called without a payload: it only says that events are queued.
 type EventCallback = ThreadsafeFunction<Value, (), Value, Status, false, true>;
 
-/// The one place errors become JavaScript errors: `[CODE] message`, split by the facade.
-fn js_error(code: &str, message: impl std::fmt::Display) -> Error {
-    Error::new(Status::GenericFailure, format!("[{code}] {message}"))
+/// The `code` of an error JavaScript gets (README, "API").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidConfig,
+    InvalidToken,
+    Listen,
+    AlreadyRunning,
+    NotRunning,
+    Tls,
+    Internal,
 }
 
-impl From<ConfigError> for Error {
+impl ErrorCode {
+    #[cfg(test)]
+    const ALL: &[Self] = &[
+        Self::InvalidConfig,
+        Self::InvalidToken,
+        Self::Listen,
+        Self::AlreadyRunning,
+        Self::NotRunning,
+        Self::Tls,
+        Self::Internal,
+    ];
+}
+
+// napi makes an `Error<ErrorCode>` with `napi_create_error`, which takes this as the `code`.
+impl AsRef<str> for ErrorCode {
+    fn as_ref(&self) -> &str {
+        match self {
+            Self::InvalidConfig => "ERR_INVALID_CONFIG",
+            Self::InvalidToken => "ERR_INVALID_TOKEN",
+            Self::Listen => "ERR_LISTEN",
+            Self::AlreadyRunning => "ERR_ALREADY_RUNNING",
+            Self::NotRunning => "ERR_NOT_RUNNING",
+            Self::Tls => "ERR_TLS",
+            Self::Internal => "ERR_INTERNAL",
+        }
+    }
+}
+
+/// An error that reaches JavaScript as an `Error` with `code` and this message. A `#[napi]`
+/// function returns it as `Result<T, ErrorCode>` (napi's alias; the macro looks for `Result`).
+type CodedError = Error<ErrorCode>;
+type CodedResult<T> = Result<T, ErrorCode>;
+
+fn js_error(code: ErrorCode, message: impl std::fmt::Display) -> CodedError {
+    Error::new(code, message)
+}
+
+impl From<ConfigError> for CodedError {
     fn from(e: ConfigError) -> Self {
-        js_error("ERR_INVALID_CONFIG", e)
+        js_error(ErrorCode::InvalidConfig, e)
     }
 }
 
-fn start_error(e: HubStartError) -> Error {
+/// A promise settled with `work`'s outcome. A rejection is made on the JavaScript thread as
+/// an `Error` with its `code` (an `async fn`'s error could only carry a napi `Status`), and
+/// handed to the promise as that very object.
+fn promise<T: ToNapiValue + Send + 'static>(
+    env: &Env,
+    work: impl std::future::Future<Output = CodedResult<T>> + Send + 'static,
+) -> Result<AsyncBlock<T>> {
+    AsyncBlockBuilder::build_with_map(env, async move { Ok(work.await) }, |env, outcome| {
+        // An `Error` made from a JavaScript value rejects with that value, not a copy.
+        outcome.map_err(|e| Error::from(JsError::from(e).into_unknown(env)))
+    })
+}
+
+fn start_error(e: HubStartError) -> CodedError {
     match e {
-        HubStartError::Listen { .. } => js_error("ERR_LISTEN", e),
-        HubStartError::Quic(QuicSetupError::Bind { .. }) => js_error("ERR_LISTEN", e),
+        HubStartError::Listen { .. } => js_error(ErrorCode::Listen, e),
+        HubStartError::Quic(QuicSetupError::Bind { .. }) => js_error(ErrorCode::Listen, e),
         HubStartError::Quic(QuicSetupError::Tls(tls)) | HubStartError::Tls(tls) => tls_error(tls),
-        HubStartError::Quic(QuicSetupError::Crypto(_)) => js_error("ERR_TLS", e),
+        HubStartError::Quic(QuicSetupError::Crypto(_)) => js_error(ErrorCode::Tls, e),
     }
 }
 
-fn tls_error(e: TlsSetupError) -> Error {
+fn tls_error(e: TlsSetupError) -> CodedError {
     match e {
-        TlsSetupError::BadPem { .. } => js_error("ERR_INVALID_CONFIG", e),
-        _ => js_error("ERR_TLS", e),
+        TlsSetupError::BadPem { .. } => js_error(ErrorCode::InvalidConfig, e),
+        _ => js_error(ErrorCode::Tls, e),
     }
 }
 
-fn not_running() -> Error {
-    js_error("ERR_NOT_RUNNING", "not running: call start() first")
+fn not_running() -> CodedError {
+    js_error(ErrorCode::NotRunning, "not running: call start() first")
 }
 
-fn already_running() -> Error {
-    js_error("ERR_ALREADY_RUNNING", "already running: call stop() first")
+fn already_running() -> CodedError {
+    js_error(
+        ErrorCode::AlreadyRunning,
+        "already running: call stop() first",
+    )
 }
 
 /// Events waiting for JavaScript, as JSON.
@@ -140,14 +200,14 @@ fn event_sink<E: Serialize + 'static>(
     })
 }
 
-fn to_js<T: Serialize>(value: &T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| js_error("ERR_INTERNAL", e))
+fn to_js<T: Serialize>(value: &T) -> CodedResult<Value> {
+    serde_json::to_value(value).map_err(|e| js_error(ErrorCode::Internal, e))
 }
 
 /// What both classes run: a hub or an edge.
 trait Runtime: Send + 'static {
     fn stop(self) -> impl std::future::Future<Output = ()> + Send;
-    fn status(&self) -> Result<Value>;
+    fn status(&self) -> CodedResult<Value>;
     fn metrics(&self) -> String;
 }
 
@@ -156,7 +216,7 @@ impl Runtime for Hub {
         Hub::stop(self)
     }
 
-    fn status(&self) -> Result<Value> {
+    fn status(&self) -> CodedResult<Value> {
         to_js(&Hub::status(self))
     }
 
@@ -170,7 +230,7 @@ impl Runtime for Edge {
         Edge::stop(self)
     }
 
-    fn status(&self) -> Result<Value> {
+    fn status(&self) -> CodedResult<Value> {
         to_js(&Edge::status(self))
     }
 
@@ -197,7 +257,10 @@ impl<T> Default for Lifecycle<T> {
 
 impl<T: Runtime> Lifecycle<T> {
     /// Runs `start` unless already running; holding the lock makes concurrent starts safe.
-    async fn start(&self, start: impl std::future::Future<Output = Result<T>>) -> Result<()> {
+    async fn start(
+        &self,
+        start: impl std::future::Future<Output = CodedResult<T>>,
+    ) -> CodedResult<()> {
         let mut slot = self.runtime.lock().await;
         if slot.is_some() {
             return Err(already_running());
@@ -216,7 +279,7 @@ impl<T: Runtime> Lifecycle<T> {
     }
 
     /// The runtime's status, or `stopped` when it is not running.
-    async fn status(&self, stopped: Value) -> Result<Value> {
+    async fn status(&self, stopped: Value) -> CodedResult<Value> {
         match self.runtime.lock().await.as_ref() {
             Some(runtime) => runtime.status(),
             None => Ok(stopped),
@@ -246,7 +309,9 @@ impl<T: Runtime> Lifecycle<T> {
 #[napi]
 #[derive(Default)]
 pub struct NativeHub {
-    life: Lifecycle<Hub>,
+    // Shared with the futures of `start`, `updateAllowedEdges` and `getStatus`, which outlive
+    // the call that made them.
+    life: Arc<Lifecycle<Hub>>,
     events: Arc<EventQueue>,
 }
 
@@ -271,16 +336,27 @@ impl NativeHub {
             .store(wanted, Ordering::Relaxed);
     }
 
-    #[napi(ts_args_type = "onEvent: () => void, config?: any")]
-    pub async fn start(&self, on_event: EventCallback, config: Option<Value>) -> Result<()> {
-        let options = HubOptions::from_json(&config.unwrap_or(Value::Null))?;
-        let queue = self.events.clone();
-        let events = event_sink::<HubEvent>(self.events.clone(), on_event, move |event| {
-            !event.is_per_stream() || queue.per_stream_wanted.load(Ordering::Relaxed)
-        });
-        self.life
-            .start(async { Hub::start(options, events).await.map_err(start_error) })
-            .await
+    // The config types are index.d.ts', which a unit test checks against the config structs.
+    #[napi(
+        ts_args_type = "onEvent: () => void, config?: import('./index').HubConfig",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn start(
+        &self,
+        env: &Env,
+        on_event: EventCallback,
+        config: Option<Value>,
+    ) -> Result<AsyncBlock<()>> {
+        let (life, queue) = (self.life.clone(), self.events.clone());
+        promise(env, async move {
+            let options = HubOptions::from_json(&config.unwrap_or(Value::Null))?;
+            let wanted = queue.clone();
+            let events = event_sink::<HubEvent>(queue, on_event, move |event| {
+                !event.is_per_stream() || wanted.per_stream_wanted.load(Ordering::Relaxed)
+            });
+            life.start(async { Hub::start(options, events).await.map_err(start_error) })
+                .await
+        })
     }
 
     #[napi]
@@ -289,24 +365,33 @@ impl NativeHub {
         Ok(())
     }
 
-    #[napi(ts_args_type = "edges: any[]")]
-    pub async fn update_allowed_edges(&self, edges: Value) -> Result<()> {
-        let edges = parse_allowed_edges(&edges)?;
-        match self.life.runtime.lock().await.as_ref() {
-            Some(hub) => {
-                hub.update_allowed_edges(edges);
-                Ok(())
+    #[napi(
+        ts_args_type = "edges: import('./index').AllowedEdge[]",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn update_allowed_edges(&self, env: &Env, edges: Value) -> Result<AsyncBlock<()>> {
+        let life = self.life.clone();
+        promise(env, async move {
+            let edges = parse_allowed_edges(&edges)?;
+            match life.runtime.lock().await.as_ref() {
+                Some(hub) => {
+                    hub.update_allowed_edges(edges);
+                    Ok(())
+                }
+                None => Err(not_running()),
             }
-            None => Err(not_running()),
-        }
+        })
     }
 
     #[napi(ts_return_type = "Promise<any>")]
-    pub async fn get_status(&self) -> Result<Value> {
-        let stopped = serde_json::json!({
-            "running": false, "tunnelPort": 0, "certFingerprint": "", "connectedEdges": []
-        });
-        self.life.status(stopped).await
+    pub fn get_status(&self, env: &Env) -> Result<AsyncBlock<Value>> {
+        let life = self.life.clone();
+        promise(env, async move {
+            let stopped = serde_json::json!({
+                "running": false, "tunnelPort": 0, "certFingerprint": "", "connectedEdges": []
+            });
+            life.status(stopped).await
+        })
     }
 
     /// Prometheus text; empty when the hub is not running.
@@ -331,7 +416,8 @@ impl NativeHub {
 #[napi]
 #[derive(Default)]
 pub struct NativeEdge {
-    life: Lifecycle<Edge>,
+    // Shared with the futures of `start` and `getStatus`, which outlive the call.
+    life: Arc<Lifecycle<Edge>>,
     events: Arc<EventQueue>,
 }
 
@@ -348,13 +434,23 @@ impl NativeEdge {
         self.events.take()
     }
 
-    #[napi(ts_args_type = "onEvent: () => void, config: any")]
-    pub async fn start(&self, on_event: EventCallback, config: Option<Value>) -> Result<()> {
-        let options = EdgeOptions::from_json(&config.unwrap_or(Value::Null))?;
-        let events = event_sink::<EdgeEvent>(self.events.clone(), on_event, |_| true);
-        self.life
-            .start(async { Edge::start(options, events).map_err(tls_error) })
-            .await
+    #[napi(
+        ts_args_type = "onEvent: () => void, config: import('./index').EdgeConfig",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn start(
+        &self,
+        env: &Env,
+        on_event: EventCallback,
+        config: Option<Value>,
+    ) -> Result<AsyncBlock<()>> {
+        let (life, queue) = (self.life.clone(), self.events.clone());
+        promise(env, async move {
+            let options = EdgeOptions::from_json(&config.unwrap_or(Value::Null))?;
+            let events = event_sink::<EdgeEvent>(queue, on_event, |_| true);
+            life.start(async { Edge::start(options, events).map_err(tls_error) })
+                .await
+        })
     }
 
     #[napi]
@@ -370,13 +466,16 @@ impl NativeEdge {
     }
 
     #[napi(ts_return_type = "Promise<any>")]
-    pub async fn get_status(&self) -> Result<Value> {
-        let stopped = serde_json::json!({
-            "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
-            "activeUdpSessions": 0, "listenPorts": [], "listenPortsUdp": [], "transport": null,
-            "udpDatagramsDropped": 0
-        });
-        self.life.status(stopped).await
+    pub fn get_status(&self, env: &Env) -> Result<AsyncBlock<Value>> {
+        let life = self.life.clone();
+        promise(env, async move {
+            let stopped = serde_json::json!({
+                "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
+                "activeUdpSessions": 0, "listenPorts": [], "listenPortsUdp": [], "transport": null,
+                "udpDatagramsDropped": 0
+            });
+            life.status(stopped).await
+        })
     }
 
     /// Resolves once the edge is stopped; the facade keeps this pending to keep Node alive.
@@ -401,7 +500,7 @@ pub struct HubCertificate {
 
 /// A self-signed hub certificate (ECDSA P-256) to store and pass back as `tls`.
 #[napi]
-pub fn generate_hub_certificate() -> Result<HubCertificate> {
+pub fn generate_hub_certificate() -> Result<HubCertificate, ErrorCode> {
     let (cert_pem, key_pem) = HubIdentity::generate_pem().map_err(tls_error)?;
     let fingerprint = HubIdentity::from_pem(&cert_pem, &key_pem)
         .map_err(tls_error)?
@@ -422,15 +521,15 @@ pub struct ConnectionTokenData {
     pub hub_fingerprint: Option<String>,
 }
 
-#[napi]
-pub fn encode_connection_token(data: Value) -> Result<String> {
+#[napi(ts_args_type = "data: import('./index').ConnectionTokenData")]
+pub fn encode_connection_token(data: Value) -> Result<String, ErrorCode> {
     let token = token_from_json(&data)?;
     Ok(encode_token(&token))
 }
 
 #[napi]
-pub fn decode_connection_token(token: String) -> Result<ConnectionTokenData> {
-    let t = decode_token(&token).map_err(|e| js_error("ERR_INVALID_TOKEN", e))?;
+pub fn decode_connection_token(token: String) -> Result<ConnectionTokenData, ErrorCode> {
+    let t = decode_token(&token).map_err(|e| js_error(ErrorCode::InvalidToken, e))?;
     Ok(ConnectionTokenData {
         hub_host: t.hub_host,
         hub_port: u32::from(t.hub_port),
@@ -440,32 +539,33 @@ pub fn decode_connection_token(token: String) -> Result<ConnectionTokenData> {
     })
 }
 
-/// Reads `encodeConnectionToken`'s argument with the same checks `decode` applies, so every
-/// token we make can be read back.
-fn token_from_json(data: &Value) -> Result<ConnectionToken> {
-    use crate::config::Fields;
-    use crate::protocol::handshake::{validate_edge_id, validate_secret};
-    use crate::transport::tls::server_name;
-    let f = Fields::of(
-        data,
-        "",
-        &["hubHost", "hubPort", "edgeId", "secret", "hubFingerprint"],
-    )?;
-    let hub_host = f.required_string("hubHost")?;
-    server_name(&hub_host).map_err(|reason| ConfigError::new("hubHost", reason))?;
-    let edge_id = f.required_string("edgeId")?;
-    validate_edge_id(&edge_id).map_err(|e| ConfigError::new("edgeId", e.to_string()))?;
-    let secret = f.required_string("secret")?;
-    validate_secret(&secret).map_err(|e| ConfigError::new("secret", e.to_string()))?;
-    let hub_fingerprint = f.string("hubFingerprint")?;
+/// `encodeConnectionToken`'s argument as JavaScript gives it (index.d.ts
+/// `ConnectionTokenData`), with the checks `decode` applies, so every token we make can be
+/// read back.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct TokenConfig {
+    hub_host: Option<HostName>,
+    hub_port: Option<Port>,
+    edge_id: Option<EdgeId>,
+    secret: Option<Secret>,
+    hub_fingerprint: Option<Text>,
+}
+
+fn token_from_json(data: &Value) -> std::result::Result<ConnectionToken, ConfigError> {
+    let c: TokenConfig = from_value(data, "")?;
+    let hub_host = required(c.hub_host, "hubHost")?.text;
+    let edge_id = required(c.edge_id, "edgeId")?.0;
+    let secret = required(c.secret, "secret")?.0;
+    let hub_fingerprint = c.hub_fingerprint.map(|t| t.0);
     if let Some(fp) = &hub_fingerprint {
         validate_fingerprint(fp).map_err(|reason| ConfigError::new("hubFingerprint", reason))?;
     }
     Ok(ConnectionToken {
         hub_host,
-        hub_port: f
-            .port("hubPort", 1)?
-            .unwrap_or(crate::edge::options::DEFAULT_HUB_PORT),
+        hub_port: c
+            .hub_port
+            .map_or(crate::edge::options::DEFAULT_HUB_PORT, |p| p.0),
         edge_id,
         secret,
         hub_fingerprint,
@@ -490,6 +590,155 @@ mod tests {
         // Taken: the next event starts a new batch.
         assert!(queue.push(&serde_json::json!({"type": "c"})));
         assert_eq!(queue.take(), r#"[{"type":"c"}]"#);
+    }
+
+    /// The declaration of `name` in index.d.ts: from `interface {name} {` or
+    /// `type {name} =` to the end of its block.
+    fn declaration(name: &str) -> &'static str {
+        let typings = include_str!("../../index.d.ts");
+        let (start, end) = [
+            (format!("interface {name} {{"), "\n}\n"),
+            (format!("type {name} ="), "\n\n"),
+        ]
+        .into_iter()
+        .find_map(|(head, end)| Some((typings.find(&head)?, end)))
+        .unwrap_or_else(|| panic!("index.d.ts declares {name}"));
+        let rest = &typings[start..];
+        &rest[..rest.find(end).unwrap_or(rest.len())]
+    }
+
+    /// The property a member line or `;`-separated entry declares (`name?: type`).
+    fn property(entry: &str) -> Option<(String, &str)> {
+        let entry = entry.trim();
+        let colon = entry.find(':')?;
+        let name = entry[..colon].trim_end_matches('?');
+        let is_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric());
+        is_name.then(|| (name.to_string(), entry[colon + 1..].trim()))
+    }
+
+    /// The top-level members of interface `name`, with their types.
+    fn members(name: &str) -> Vec<(String, &'static str)> {
+        let mut depth = 0;
+        let mut found = Vec::new();
+        for line in declaration(name).lines().skip(1) {
+            let code = line.trim();
+            if code.starts_with("/*") || code.starts_with('*') || code.starts_with("//") {
+                continue;
+            }
+            if depth == 0 {
+                found.extend(property(code));
+            }
+            depth += code.matches('{').count();
+            depth -= code.matches('}').count();
+        }
+        found
+    }
+
+    /// The members of an inline object type `{ a: string; b?: number }` in `text`.
+    fn inline_members(text: &str) -> Vec<String> {
+        let start = text.find('{').expect("an object type");
+        let end = start + text[start..].find('}').expect("its end");
+        text[start + 1..end]
+            .split(';')
+            .filter_map(property)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    fn member_type(name: &str, member: &str) -> &'static str {
+        members(name)
+            .into_iter()
+            .find(|(m, _)| m == member)
+            .unwrap_or_else(|| panic!("{name} declares {member}"))
+            .1
+    }
+
+    /// The quoted members of a string union type.
+    fn quoted(union: &str) -> Vec<&str> {
+        union.split('\'').skip(1).step_by(2).collect()
+    }
+
+    fn sorted<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Vec<String> {
+        let mut names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    fn names_of(name: &str) -> Vec<String> {
+        sorted(members(name).into_iter().map(|(m, _)| m))
+    }
+
+    #[test]
+    fn the_typings_declare_the_options_the_config_structs_read() {
+        use crate::config::serde_names;
+        use crate::edge::options::{self as edge, TransportMode, CONNECTION_FIELDS};
+        use crate::hub::options::{self as hub, ProxyProtocol, UdpProxyHeader};
+
+        assert_eq!(
+            names_of("HubConfig"),
+            sorted(serde_names::<hub::HubConfig>())
+        );
+        assert_eq!(
+            names_of("HubLimits"),
+            sorted(serde_names::<hub::LimitsConfig>())
+        );
+        assert_eq!(
+            sorted(inline_members(member_type("HubConfig", "tls"))),
+            sorted(serde_names::<hub::TlsConfig>())
+        );
+        assert_eq!(
+            names_of("AllowedEdge"),
+            sorted(serde_names::<hub::AllowedEdgeConfig>())
+        );
+        assert_eq!(
+            names_of("ConnectionTokenData"),
+            sorted(serde_names::<TokenConfig>())
+        );
+
+        // `EdgeConfig` is a token or the four connection options, each with the extras.
+        let edge_config = declaration("EdgeConfig");
+        let branches: Vec<Vec<String>> = edge_config
+            .split("({")
+            .skip(1)
+            .map(|branch| inline_members(&format!("{{{branch}")))
+            .collect();
+        assert_eq!(
+            branches,
+            [
+                vec!["token".to_string()],
+                CONNECTION_FIELDS.map(String::from).to_vec()
+            ]
+        );
+        assert_eq!(edge_config.matches("& EdgeExtras)").count(), 2);
+        let mut declared = names_of("EdgeExtras");
+        declared.extend(branches.concat());
+        assert_eq!(sorted(declared), sorted(serde_names::<edge::EdgeConfig>()));
+
+        for (interface, member, variants) in [
+            ("HubConfig", "proxyProtocol", serde_names::<ProxyProtocol>()),
+            (
+                "HubConfig",
+                "udpProxyHeader",
+                serde_names::<UdpProxyHeader>(),
+            ),
+            (
+                "EdgeExtras",
+                "transportMode",
+                serde_names::<TransportMode>(),
+            ),
+        ] {
+            assert_eq!(quoted(member_type(interface, member)), variants, "{member}");
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_error_code_but_the_internal_one() {
+        let readme = include_str!("../../README.md");
+        for code in ErrorCode::ALL {
+            let listed = readme.contains(&format!("`{}`", code.as_ref()));
+            // ERR_INTERNAL stands for a status that did not serialize: a bug, not a use.
+            assert_eq!(listed, *code != ErrorCode::Internal, "{code:?}");
+        }
     }
 
     #[test]

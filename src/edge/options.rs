@@ -3,18 +3,22 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{bind_address, ConfigError, Fields};
-use crate::protocol::handshake::{validate_edge_id, validate_secret};
+use crate::config::{
+    from_value, required, BindAddress, BufferBytes, ConfigError, EdgeId, HostName, Int, Millis,
+    Port, Secret, StunServers, Text,
+};
 use crate::protocol::stun::StunServer;
 use crate::protocol::token::decode_token;
 
 use super::stun::DEFAULT_SERVER_TIMEOUT;
-use crate::transport::tls::{server_name, validate_fingerprint, HubTrust};
+use crate::transport::tls::{validate_fingerprint, HubTrust};
 
 pub const DEFAULT_HUB_PORT: u16 = 8443;
-pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
+pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_STUN_SERVER: &str = "stun.cloudflare.com:3478";
 /// A minute per STUN server is already far more than any answer takes.
 pub const MAX_STUN_TIMEOUT_MS: u64 = 60_000;
@@ -27,7 +31,8 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// TCP connect, TLS handshake and the hub's answer must fit in this.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum TransportMode {
     TcpTls,
     Quic,
@@ -37,6 +42,8 @@ pub enum TransportMode {
 #[derive(Clone)]
 pub struct EdgeOptions {
     pub hub_host: String,
+    /// `hub_host` as the name the hub's certificate is checked against.
+    pub hub_server_name: ServerName<'static>,
     pub hub_port: u16,
     pub edge_id: String,
     pub secret: String,
@@ -67,80 +74,89 @@ impl std::fmt::Debug for EdgeOptions {
     }
 }
 
-const CONNECTION_FIELDS: [&str; 4] = ["hubHost", "hubPort", "edgeId", "secret"];
+/// The edge's `start()` config as JavaScript gives it (index.d.ts `EdgeConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct EdgeConfig {
+    token: Option<Text>,
+    hub_host: Option<HostName>,
+    hub_port: Option<Port>,
+    edge_id: Option<EdgeId>,
+    secret: Option<Secret>,
+    transport_mode: Option<TransportMode>,
+    bind_address: Option<BindAddress>,
+    hub_fingerprint: Option<Text>,
+    ca_pem: Option<Text>,
+    stun_servers: Option<StunServers>,
+    stun_timeout_ms: Option<Int<u64, 1, MAX_STUN_TIMEOUT_MS>>,
+    heartbeat_timeout_ms: Option<Millis>,
+    reconnect_min_ms: Option<Millis>,
+    reconnect_max_ms: Option<Millis>,
+    connect_timeout_ms: Option<Millis>,
+    udp_idle_timeout_ms: Option<Millis>,
+    tunnel_buffer_bytes: Option<BufferBytes>,
+}
+
+/// What a token stands for: these four options, which come from one or the other.
+pub(crate) const CONNECTION_FIELDS: [&str; 4] = ["hubHost", "hubPort", "edgeId", "secret"];
+
+/// The hub, the edge's identity and the token's pin, from the token or the explicit options.
+struct Connection {
+    hub: HostName,
+    hub_port: u16,
+    edge_id: String,
+    secret: String,
+    fingerprint: Option<String>,
+}
+
+impl EdgeConfig {
+    fn connection(&mut self) -> Result<Connection, ConfigError> {
+        let Some(Text(token)) = self.token.take() else {
+            return Ok(Connection {
+                hub: required(self.hub_host.take(), "hubHost")?,
+                hub_port: self.hub_port.map_or(DEFAULT_HUB_PORT, |p| p.0),
+                edge_id: required(self.edge_id.take(), "edgeId")?.0,
+                secret: required(self.secret.take(), "secret")?.0,
+                fingerprint: None,
+            });
+        };
+        let given = [
+            self.hub_host.is_some(),
+            self.hub_port.is_some(),
+            self.edge_id.is_some(),
+            self.secret.is_some(),
+        ];
+        if let Some((both, _)) = CONNECTION_FIELDS.iter().zip(given).find(|(_, g)| *g) {
+            return Err(ConfigError::new(
+                *both,
+                "give either token or hubHost/hubPort/edgeId/secret, not both",
+            ));
+        }
+        let t = decode_token(&token).map_err(|e| ConfigError::new("token", e.to_string()))?;
+        Ok(Connection {
+            hub: HostName::parse(&t.hub_host)
+                .map_err(|reason| ConfigError::new("hubHost", reason))?,
+            hub_port: t.hub_port,
+            edge_id: EdgeId::parse(&t.edge_id)
+                .map_err(|reason| ConfigError::new("edgeId", reason))?
+                .0,
+            secret: Secret::parse(&t.secret)
+                .map_err(|reason| ConfigError::new("secret", reason))?
+                .0,
+            fingerprint: t.hub_fingerprint,
+        })
+    }
+}
 
 impl EdgeOptions {
     pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
-        let f = Fields::of(
-            value,
-            "",
-            &[
-                "token",
-                "hubHost",
-                "hubPort",
-                "edgeId",
-                "secret",
-                "transportMode",
-                "bindAddress",
-                "hubFingerprint",
-                "caPem",
-                "stunServers",
-                "stunTimeoutMs",
-                "heartbeatTimeoutMs",
-                "reconnectMinMs",
-                "reconnectMaxMs",
-                "connectTimeoutMs",
-                "udpIdleTimeoutMs",
-                "tunnelBufferBytes",
-            ],
-        )?;
-        let (hub_host, hub_port, edge_id, secret, token_fingerprint) = match f.string("token")? {
-            Some(token) => {
-                if let Some(both) = CONNECTION_FIELDS.iter().find(|k| f.has(k)) {
-                    return Err(ConfigError::new(
-                        *both,
-                        "give either token or hubHost/hubPort/edgeId/secret, not both",
-                    ));
-                }
-                let t =
-                    decode_token(&token).map_err(|e| ConfigError::new("token", e.to_string()))?;
-                (
-                    t.hub_host,
-                    t.hub_port,
-                    t.edge_id,
-                    t.secret,
-                    t.hub_fingerprint,
-                )
-            }
-            None => (
-                f.required_string("hubHost")?,
-                f.port("hubPort", 1)?.unwrap_or(DEFAULT_HUB_PORT),
-                f.required_string("edgeId")?,
-                f.required_string("secret")?,
-                None,
-            ),
-        };
-        validate_edge_id(&edge_id).map_err(|e| ConfigError::new("edgeId", e.to_string()))?;
-        validate_secret(&secret).map_err(|e| ConfigError::new("secret", e.to_string()))?;
-        server_name(&hub_host).map_err(|reason| ConfigError::new("hubHost", reason))?;
+        Self::from_config(from_value(value, "")?)
+    }
 
-        let transport = f
-            .choice(
-                "transportMode",
-                &[
-                    ("tcpTls", TransportMode::TcpTls),
-                    ("quic", TransportMode::Quic),
-                    ("quicWithFallback", TransportMode::QuicWithFallback),
-                ],
-            )?
-            .unwrap_or(TransportMode::TcpTls);
-
-        let fingerprint = match f.string("hubFingerprint")? {
-            Some(explicit) => Some(explicit),
-            None => token_fingerprint,
-        };
-        let ca_pem = f.string("caPem")?;
-        let trust = match (fingerprint, ca_pem) {
+    fn from_config(mut c: EdgeConfig) -> Result<Self, ConfigError> {
+        let connection = c.connection()?;
+        let fingerprint = c.hub_fingerprint.map(|t| t.0).or(connection.fingerprint);
+        let trust = match (fingerprint, c.ca_pem) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
                     "caPem",
@@ -152,24 +168,18 @@ impl EdgeOptions {
                     .map_err(|reason| ConfigError::new("hubFingerprint", reason))?;
                 HubTrust::Pinned(pin)
             }
-            (None, Some(pem)) => {
+            (None, Some(Text(pem))) => {
                 HubTrust::ca_from_pem(&pem).map_err(|e| ConfigError::new("caPem", e.to_string()))?
             }
             (None, None) => HubTrust::AnyKey,
         };
-
-        let stun_servers = f
-            .string_list("stunServers")?
-            .unwrap_or_else(|| vec![DEFAULT_STUN_SERVER.to_string()])
-            .iter()
-            .enumerate()
-            .map(|(i, server)| {
-                StunServer::parse(server)
-                    .map_err(|bad| ConfigError::new(format!("stunServers[{i}]"), bad.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let reconnect_min = f.millis("reconnectMinMs")?.unwrap_or(DEFAULT_RECONNECT_MIN);
-        let reconnect_max = f.millis("reconnectMaxMs")?.unwrap_or(DEFAULT_RECONNECT_MAX);
+        let stun_servers = match c.stun_servers {
+            Some(servers) => servers.0,
+            None => vec![StunServer::parse(DEFAULT_STUN_SERVER)
+                .map_err(|bad| ConfigError::new("stunServers", bad.to_string()))?],
+        };
+        let reconnect_min = c.reconnect_min_ms.map_or(DEFAULT_RECONNECT_MIN, |t| t.0);
+        let reconnect_max = c.reconnect_max_ms.map_or(DEFAULT_RECONNECT_MAX, |t| t.0);
         if reconnect_max < reconnect_min {
             return Err(ConfigError::new(
                 "reconnectMaxMs",
@@ -177,31 +187,32 @@ impl EdgeOptions {
             ));
         }
         Ok(Self {
-            hub_host,
-            hub_port,
-            edge_id,
-            secret,
-            transport,
-            bind_address: bind_address(&f, "bindAddress", DEFAULT_BIND_ADDRESS)?,
+            hub_host: connection.hub.text,
+            hub_server_name: connection.hub.server_name,
+            hub_port: connection.hub_port,
+            edge_id: connection.edge_id,
+            secret: connection.secret,
+            transport: c.transport_mode.unwrap_or(TransportMode::TcpTls),
+            bind_address: c.bind_address.map_or(DEFAULT_BIND_ADDRESS, |a| a.0),
             trust,
             stun_servers,
-            stun_timeout: f
-                .integer("stunTimeoutMs", 1, MAX_STUN_TIMEOUT_MS)?
-                .map_or(DEFAULT_SERVER_TIMEOUT, Duration::from_millis),
-            heartbeat_timeout: f
-                .millis("heartbeatTimeoutMs")?
-                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+            stun_timeout: c
+                .stun_timeout_ms
+                .map_or(DEFAULT_SERVER_TIMEOUT, |ms| Duration::from_millis(ms.0)),
+            heartbeat_timeout: c
+                .heartbeat_timeout_ms
+                .map_or(DEFAULT_HEARTBEAT_TIMEOUT, |t| t.0),
             reconnect_min,
             reconnect_max,
-            connect_timeout: f
-                .millis("connectTimeoutMs")?
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            udp_idle_timeout: f
-                .millis("udpIdleTimeoutMs")?
-                .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
-            tunnel_buffer_bytes: f
-                .buffer_bytes("tunnelBufferBytes")?
-                .unwrap_or(crate::mux::flow::TUNNEL_WINDOW_BUDGET),
+            connect_timeout: c
+                .connect_timeout_ms
+                .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.0),
+            udp_idle_timeout: c
+                .udp_idle_timeout_ms
+                .map_or(DEFAULT_UDP_IDLE_TIMEOUT, |t| t.0),
+            tunnel_buffer_bytes: c
+                .tunnel_buffer_bytes
+                .map_or(crate::mux::flow::TUNNEL_WINDOW_BUDGET, |n| n.0),
         })
     }
 }
@@ -263,6 +274,74 @@ mod tests {
         let pin = format!("sha256/{}", "A".repeat(43));
         let o = EdgeOptions::from_json(&json!({"token": token(Some(&pin))})).unwrap();
         assert!(matches!(o.trust, HubTrust::Pinned(p) if p == pin));
+    }
+
+    #[test]
+    fn messages_are_the_field_path_then_the_reason() {
+        let base = || json!({"hubHost": "h", "edgeId": "e", "secret": "s"});
+        let with = |key: &str, value: Value| {
+            let mut config = base();
+            config[key] = value;
+            config
+        };
+        let cases = [
+            (json!({}), "hubHost: is required".to_string()),
+            (
+                with("hubPort", json!(0)),
+                "hubPort: must be an integer from 1 to 65535".into(),
+            ),
+            (
+                with("transportMode", json!("udp")),
+                "transportMode: must be one of 'tcpTls', 'quic', 'quicWithFallback'".into(),
+            ),
+            (
+                with("stunServers", json!("x")),
+                "stunServers: must be an array of strings".into(),
+            ),
+            (
+                with("stunServers", json!(["a:1", ""])),
+                "stunServers[1]: must be a non-empty string".into(),
+            ),
+            (
+                with("stunTimeoutMs", json!(60_001)),
+                "stunTimeoutMs: must be an integer from 1 to 60000".into(),
+            ),
+            (
+                json!({"token": token(None), "secret": "x"}),
+                "secret: give either token or hubHost/hubPort/edgeId/secret, not both".into(),
+            ),
+            (
+                json!({"hubHost": "h", "edgeId": "e", "secret": "s", "reconnectMinMs": 5000, "reconnectMaxMs": 1000}),
+                "reconnectMaxMs: must not be less than reconnectMinMs".into(),
+            ),
+            (with("caPem", json!(1)), "caPem: must be a string".into()),
+            (
+                with("hubPrt", json!(1)),
+                "hubPrt: is not a known option (known: token, hubHost, hubPort, edgeId, secret, \
+                 transportMode, bindAddress, hubFingerprint, caPem, stunServers, stunTimeoutMs, \
+                 heartbeatTimeoutMs, reconnectMinMs, reconnectMaxMs, connectTimeoutMs, \
+                 udpIdleTimeoutMs, tunnelBufferBytes)"
+                    .into(),
+            ),
+        ];
+        for (config, message) in cases {
+            match EdgeOptions::from_json(&config) {
+                Err(err) => assert_eq!(err.to_string(), message, "{config}"),
+                Ok(_) => panic!("{config} was accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_hub_host_is_read_once_into_the_name_tls_checks() {
+        let o = EdgeOptions::from_json(&json!({"token": token(None)})).unwrap();
+        assert_eq!(
+            o.hub_server_name,
+            ServerName::try_from("hub.example.com").unwrap()
+        );
+        let ip = json!({"hubHost": "10.0.0.1", "edgeId": "e", "secret": "s"});
+        let o = EdgeOptions::from_json(&ip).unwrap();
+        assert!(matches!(o.hub_server_name, ServerName::IpAddress(_)));
     }
 
     #[test]

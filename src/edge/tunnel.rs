@@ -22,7 +22,7 @@ use crate::protocol::handshake::{
 use crate::transport::quic_endpoint::{
     apply_buffer_budget, close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED,
 };
-use crate::transport::tls::{server_name, HubTrust, ALPN};
+use crate::transport::tls::{HubTrust, ALPN};
 use crate::transport::tls_stream::{self, TlsConnection};
 use crate::tunnel::connection::ConnectionStreams;
 use crate::tunnel::quic_link::{
@@ -202,14 +202,7 @@ async fn connect_tls(
         .await
         .map_err(|e| ConnectError::Unreachable(address, e))?;
     crate::transport::tune_tunnel_socket(&tcp)?;
-    // Validated when the options were read.
-    let name = server_name(&o.hub_host).map_err(|reason| {
-        ConnectError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            reason,
-        ))
-    })?;
-    let mut tls = tls_stream::connect(tls.clone(), name, tcp)
+    let mut tls = tls_stream::connect(tls.clone(), o.hub_server_name.clone(), tcp)
         .await
         .map_err(ConnectError::Tls)?;
     if tls.alpn.as_deref() != Some(ALPN) {

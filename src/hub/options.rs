@@ -3,16 +3,18 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{bind_address, ConfigError, Fields};
-use crate::protocol::handshake::{
-    validate_edge_id, validate_secret, EdgeConfig, DEFAULT_STUN_INTERVAL_SECS,
+use crate::config::{
+    from_value, join_path, required, BindAddress, BufferBytes, ConfigError, EdgeId, Int, Millis,
+    NonEmpty, PortList, Secret,
 };
+use crate::protocol::handshake::{EdgeConfig, DEFAULT_STUN_INTERVAL_SECS, MAX_UDP_SESSIONS_LIMIT};
 
 pub const DEFAULT_TUNNEL_PORT: u16 = 8443;
 pub const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
-pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
+pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 /// How often the hub pings each edge.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 /// An edge silent for this long is dropped (catches half-open TCP connections).
@@ -64,63 +66,45 @@ impl Default for HubLimits {
     }
 }
 
-impl HubLimits {
-    fn from_json(value: Option<&Value>) -> Result<Self, ConfigError> {
-        let defaults = Self::default();
-        let Some(value) = value else {
-            return Ok(defaults);
-        };
-        let f = Fields::of(
-            value,
-            "limits",
-            &[
-                "maxEdges",
-                "maxStreamsPerEdge",
-                "maxUdpSessionsPerEdge",
-                "handshakeTimeoutMs",
-                "maxPendingHandshakes",
-                "maxPendingHandshakesPerSource",
-                "tunnelBufferBytes",
-            ],
-        )?;
-        let count = |key: &str, max: u64, default: usize| -> Result<usize, ConfigError> {
-            Ok(f.integer(key, 1, max)?
-                .map_or(default, |n| usize::try_from(n).unwrap_or(default)))
-        };
-        Ok(Self {
-            max_edges: count("maxEdges", 1_000_000, defaults.max_edges)?,
-            max_streams_per_edge: f
-                .integer("maxStreamsPerEdge", 1, 1 << 20)?
-                .map_or(defaults.max_streams_per_edge, |n| {
-                    u32::try_from(n).unwrap_or(defaults.max_streams_per_edge)
-                }),
-            max_udp_sessions_per_edge: count(
-                "maxUdpSessionsPerEdge",
-                crate::protocol::handshake::MAX_UDP_SESSIONS_LIMIT as u64,
-                defaults.max_udp_sessions_per_edge,
-            )?,
-            handshake_timeout: f
-                .millis("handshakeTimeoutMs")?
-                .unwrap_or(defaults.handshake_timeout),
-            max_pending_handshakes: count(
-                "maxPendingHandshakes",
-                1_000_000,
-                defaults.max_pending_handshakes,
-            )?,
-            max_pending_handshakes_per_source: count(
-                "maxPendingHandshakesPerSource",
-                1_000_000,
-                defaults.max_pending_handshakes_per_source,
-            )?,
-            tunnel_buffer_bytes: f
-                .buffer_bytes("tunnelBufferBytes")?
-                .unwrap_or(defaults.tunnel_buffer_bytes),
-        })
+/// `limits` as JavaScript gives it (index.d.ts `HubLimits`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct LimitsConfig {
+    max_edges: Option<Int<usize, 1, 1_000_000>>,
+    max_streams_per_edge: Option<Int<u32, 1, { 1 << 20 }>>,
+    max_udp_sessions_per_edge: Option<Int<usize, 1, { MAX_UDP_SESSIONS_LIMIT as u64 }>>,
+    handshake_timeout_ms: Option<Millis>,
+    max_pending_handshakes: Option<Int<usize, 1, 1_000_000>>,
+    max_pending_handshakes_per_source: Option<Int<usize, 1, 1_000_000>>,
+    tunnel_buffer_bytes: Option<BufferBytes>,
+}
+
+impl From<LimitsConfig> for HubLimits {
+    fn from(c: LimitsConfig) -> Self {
+        let d = Self::default();
+        Self {
+            max_edges: c.max_edges.map_or(d.max_edges, |n| n.0),
+            max_streams_per_edge: c
+                .max_streams_per_edge
+                .map_or(d.max_streams_per_edge, |n| n.0),
+            max_udp_sessions_per_edge: c
+                .max_udp_sessions_per_edge
+                .map_or(d.max_udp_sessions_per_edge, |n| n.0),
+            handshake_timeout: c.handshake_timeout_ms.map_or(d.handshake_timeout, |t| t.0),
+            max_pending_handshakes: c
+                .max_pending_handshakes
+                .map_or(d.max_pending_handshakes, |n| n.0),
+            max_pending_handshakes_per_source: c
+                .max_pending_handshakes_per_source
+                .map_or(d.max_pending_handshakes_per_source, |n| n.0),
+            tunnel_buffer_bytes: c.tunnel_buffer_bytes.map_or(d.tunnel_buffer_bytes, |n| n.0),
+        }
     }
 }
 
 /// Header the hub puts in front of each TCP connection to the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum ProxyProtocol {
     V1,
     V2,
@@ -128,7 +112,8 @@ pub enum ProxyProtocol {
 }
 
 /// Header the hub puts on UDP datagrams to the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum UdpProxyHeader {
     EveryDatagram,
     FirstDatagram,
@@ -163,41 +148,50 @@ impl std::fmt::Debug for TlsPem {
     }
 }
 
+/// The hub's `start()` config as JavaScript gives it (index.d.ts `HubConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct HubConfig {
+    tunnel_port: Option<Int<u16, 0, 65535>>,
+    target_host: Option<NonEmpty>,
+    bind_address: Option<BindAddress>,
+    tls: Option<TlsConfig>,
+    proxy_protocol: Option<ProxyProtocol>,
+    udp_proxy_header: Option<UdpProxyHeader>,
+    heartbeat_interval_ms: Option<Millis>,
+    heartbeat_timeout_ms: Option<Millis>,
+    udp_idle_timeout_ms: Option<Millis>,
+    limits: Option<LimitsConfig>,
+    quic: Option<bool>,
+}
+
+/// `tls` as JavaScript gives it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct TlsConfig {
+    cert_pem: Option<NonEmpty>,
+    key_pem: Option<NonEmpty>,
+}
+
 impl HubOptions {
     pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
-        let f = Fields::of(
-            value,
-            "",
-            &[
-                "tunnelPort",
-                "targetHost",
-                "bindAddress",
-                "tls",
-                "proxyProtocol",
-                "udpProxyHeader",
-                "heartbeatIntervalMs",
-                "heartbeatTimeoutMs",
-                "udpIdleTimeoutMs",
-                "limits",
-                "quic",
-            ],
-        )?;
-        let tls = match f.raw("tls") {
+        Self::from_config(from_value(value, "")?)
+    }
+
+    fn from_config(c: HubConfig) -> Result<Self, ConfigError> {
+        let tls = match c.tls {
             None => None,
-            Some(tls) => {
-                let t = Fields::of(tls, "tls", &["certPem", "keyPem"])?;
-                Some(TlsPem {
-                    cert_pem: t.required_string("certPem")?,
-                    key_pem: t.required_string("keyPem")?,
-                })
-            }
+            Some(tls) => Some(TlsPem {
+                cert_pem: required(tls.cert_pem, "tls.certPem")?.0,
+                key_pem: required(tls.key_pem, "tls.keyPem")?.0,
+            }),
         };
-        let heartbeat_interval = f
-            .millis("heartbeatIntervalMs")?
-            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-        let heartbeat_timeout = f
-            .millis("heartbeatTimeoutMs")?
-            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT);
+        let heartbeat_interval = c
+            .heartbeat_interval_ms
+            .map_or(DEFAULT_HEARTBEAT_INTERVAL, |t| t.0);
+        let heartbeat_timeout = c
+            .heartbeat_timeout_ms
+            .map_or(DEFAULT_HEARTBEAT_TIMEOUT, |t| t.0);
         if heartbeat_timeout <= heartbeat_interval {
             return Err(ConfigError::new(
                 "heartbeatTimeoutMs",
@@ -205,45 +199,34 @@ impl HubOptions {
             ));
         }
         Ok(Self {
-            tunnel_port: f.port("tunnelPort", 0)?.unwrap_or(DEFAULT_TUNNEL_PORT),
-            target_host: match f.string("targetHost")? {
-                None => DEFAULT_TARGET_HOST.to_string(),
-                Some(h) if h.is_empty() => {
-                    return Err(ConfigError::new("targetHost", "must not be empty"))
-                }
-                Some(h) => h,
-            },
-            bind_address: bind_address(&f, "bindAddress", DEFAULT_BIND_ADDRESS)?,
+            tunnel_port: c.tunnel_port.map_or(DEFAULT_TUNNEL_PORT, |p| p.0),
+            target_host: c
+                .target_host
+                .map_or_else(|| DEFAULT_TARGET_HOST.to_string(), |h| h.0),
+            bind_address: c.bind_address.map_or(DEFAULT_BIND_ADDRESS, |a| a.0),
             tls,
-            proxy_protocol: f
-                .choice(
-                    "proxyProtocol",
-                    &[
-                        ("v1", ProxyProtocol::V1),
-                        ("v2", ProxyProtocol::V2),
-                        ("none", ProxyProtocol::None),
-                    ],
-                )?
-                .unwrap_or(ProxyProtocol::V1),
-            udp_proxy_header: f
-                .choice(
-                    "udpProxyHeader",
-                    &[
-                        ("everyDatagram", UdpProxyHeader::EveryDatagram),
-                        ("firstDatagram", UdpProxyHeader::FirstDatagram),
-                        ("none", UdpProxyHeader::None),
-                    ],
-                )?
-                .unwrap_or(UdpProxyHeader::EveryDatagram),
+            proxy_protocol: c.proxy_protocol.unwrap_or(ProxyProtocol::V1),
+            udp_proxy_header: c.udp_proxy_header.unwrap_or(UdpProxyHeader::EveryDatagram),
             heartbeat_interval,
             heartbeat_timeout,
-            udp_idle_timeout: f
-                .millis("udpIdleTimeoutMs")?
-                .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
-            limits: HubLimits::from_json(f.raw("limits"))?,
-            quic: f.boolean("quic")?.unwrap_or(true),
+            udp_idle_timeout: c
+                .udp_idle_timeout_ms
+                .map_or(DEFAULT_UDP_IDLE_TIMEOUT, |t| t.0),
+            limits: c.limits.map(HubLimits::from).unwrap_or_default(),
+            quic: c.quic.unwrap_or(true),
         })
     }
+}
+
+/// One entry of `updateAllowedEdges` as JavaScript gives it (index.d.ts `AllowedEdge`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct AllowedEdgeConfig {
+    id: Option<EdgeId>,
+    secret: Option<Secret>,
+    listen_ports: Option<PortList>,
+    listen_ports_udp: Option<PortList>,
+    stun_interval_secs: Option<Int<u64, 1, { 7 * 24 * 3600 }>>,
 }
 
 /// One entry of `updateAllowedEdges`.
@@ -266,39 +249,29 @@ impl std::fmt::Debug for AllowedEdge {
 
 /// Reads the array `updateAllowedEdges` takes. Duplicate ids are an error.
 pub fn parse_allowed_edges(value: &Value) -> Result<Vec<AllowedEdge>, ConfigError> {
-    let Value::Array(items) = value else {
+    if !value.is_array() {
         return Err(ConfigError::new("edges", "must be an array"));
-    };
-    let mut edges: Vec<AllowedEdge> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    }
+    let entries: Vec<Option<AllowedEdgeConfig>> = from_value(value, "edges")?;
+    let mut edges: Vec<AllowedEdge> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        // `null` reads as an empty entry, whose id is missing.
+        let entry = entry.unwrap_or_default();
         let path = format!("edges[{i}]");
-        let f = Fields::of(
-            item,
-            &path,
-            &[
-                "id",
-                "secret",
-                "listenPorts",
-                "listenPortsUdp",
-                "stunIntervalSecs",
-            ],
-        )?;
-        let id = f.required_string("id")?;
-        validate_edge_id(&id).map_err(|e| ConfigError::new(f.name("id"), e.to_string()))?;
-        let secret = f.required_string("secret")?;
-        validate_secret(&secret).map_err(|e| ConfigError::new(f.name("secret"), e.to_string()))?;
+        let id = required(entry.id, join_path(&path, "id"))?.0;
+        let secret = required(entry.secret, join_path(&path, "secret"))?.0;
         if edges.iter().any(|e| e.id == id) {
             return Err(ConfigError::new(
-                f.name("id"),
+                join_path(&path, "id"),
                 format!("{id:?} appears more than once"),
             ));
         }
         let config = EdgeConfig {
-            listen_ports: f.port_list("listenPorts")?,
-            listen_ports_udp: f.port_list("listenPortsUdp")?,
-            stun_interval_secs: f
-                .integer("stunIntervalSecs", 1, 7 * 24 * 3600)?
-                .unwrap_or(DEFAULT_STUN_INTERVAL_SECS),
+            listen_ports: entry.listen_ports.unwrap_or_default().0,
+            listen_ports_udp: entry.listen_ports_udp.unwrap_or_default().0,
+            stun_interval_secs: entry
+                .stun_interval_secs
+                .map_or(DEFAULT_STUN_INTERVAL_SECS, |n| n.0),
             // The hub's limit, set when the list is applied.
             ..EdgeConfig::default()
         };
@@ -335,6 +308,90 @@ mod tests {
         for (config, field) in cases {
             let err = HubOptions::from_json(&config).unwrap_err();
             assert_eq!(err.field, field, "{config}");
+        }
+    }
+
+    #[test]
+    fn messages_are_the_field_path_then_the_reason() {
+        let cases = [
+            (
+                json!({"tunnelport": 1}),
+                "tunnelport: is not a known option (known: tunnelPort, targetHost, bindAddress, \
+                 tls, proxyProtocol, udpProxyHeader, heartbeatIntervalMs, heartbeatTimeoutMs, \
+                 udpIdleTimeoutMs, limits, quic)",
+            ),
+            (
+                json!({"tunnelPort": "80"}),
+                "tunnelPort: must be an integer from 0 to 65535",
+            ),
+            (json!({"targetHost": 5}), "targetHost: must be a string"),
+            (json!({"targetHost": ""}), "targetHost: must not be empty"),
+            (
+                json!({"bindAddress": "nowhere"}),
+                "bindAddress: \"nowhere\" is not an IP address",
+            ),
+            (
+                json!({"proxyProtocol": "v3"}),
+                "proxyProtocol: must be one of 'v1', 'v2', 'none'",
+            ),
+            (json!({"quic": "no"}), "quic: must be true or false"),
+            (json!({"tls": {"certPem": "x"}}), "tls.keyPem: is required"),
+            (json!({"tls": 1}), "tls: must be an object"),
+            (
+                json!({"limits": {"maxEdges": 0}}),
+                "limits.maxEdges: must be an integer from 1 to 1000000",
+            ),
+            (
+                json!({"limits": {"tunnelBufferBytes": 65536}}),
+                "limits.tunnelBufferBytes: must be an integer from 1048576 to 2147483648",
+            ),
+            (
+                json!({"heartbeatIntervalMs": 5000, "heartbeatTimeoutMs": 5000}),
+                "heartbeatTimeoutMs: must be longer than heartbeatIntervalMs",
+            ),
+        ];
+        for (config, message) in cases {
+            let err = HubOptions::from_json(&config).unwrap_err();
+            assert_eq!(err.to_string(), message, "{config}");
+        }
+        let limits = HubOptions::from_json(&json!({"limits": {"maxEdges": 3}}))
+            .unwrap()
+            .limits;
+        assert_eq!(limits.max_edges, 3);
+        assert_eq!(limits.max_streams_per_edge, DEFAULT_MAX_STREAMS_PER_EDGE);
+    }
+
+    #[test]
+    fn allowed_edge_messages_are_the_path_then_the_reason() {
+        let cases = [
+            (json!({}), "edges: must be an array"),
+            (json!([5]), "edges[0]: must be an object"),
+            (json!([null]), "edges[0].id: is required"),
+            (
+                json!([{"id": "a", "secret": "s", "listenPorts": [80, 0]}]),
+                "edges[0].listenPorts[1]: must be an integer port from 1 to 65535",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "listenPortsUdp": 53}]),
+                "edges[0].listenPortsUdp: must be an array of ports",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "stunIntervalSecs": 0}]),
+                "edges[0].stunIntervalSecs: must be an integer from 1 to 604800",
+            ),
+            (
+                json!([{"id": "a", "secret": "s"}, {"id": "a", "secret": "t"}]),
+                "edges[1].id: \"a\" appears more than once",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "ports": []}]),
+                "edges[0].ports: is not a known option (known: id, secret, listenPorts, \
+                 listenPortsUdp, stunIntervalSecs)",
+            ),
+        ];
+        for (edges, message) in cases {
+            let err = parse_allowed_edges(&edges).unwrap_err();
+            assert_eq!(err.to_string(), message, "{edges}");
         }
     }
 
