@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -14,25 +14,19 @@ use tokio::sync::watch;
 use crate::events::{ConnectFailureReason, EdgeWarning};
 use crate::lock::Locked;
 use crate::protocol::control::{EdgeMessage, HubMessage};
-use crate::protocol::frame::{Frame, HubFrame};
+use crate::protocol::frame::{HubFrame, ResetReason};
 use crate::protocol::handshake::{
     encode_auth_line, parse_reply, EdgeConfig, HandshakeError, HubReply, MAX_REPLY_LINE,
     MIN_STUN_INTERVAL_SECS,
 };
 use crate::transport::quic_endpoint::{
-    apply_buffer_budget, close_and_send, edge_endpoint, negotiated_alpn, CLOSE_STOPPED,
+    apply_buffer_budget, edge_endpoint, negotiated_alpn, CLOSE_STOPPED,
 };
 use crate::transport::tls::{HubTrust, ALPN};
-use crate::transport::tls_stream::{self, TlsConnection};
+use crate::transport::tls_stream;
 use crate::tunnel::connection::ConnectionStreams;
-use crate::tunnel::quic_link::{
-    control_channel, receive_datagrams, receive_oversized, run_control_writer, ControlReader,
-    QuicLink,
-};
-use crate::tunnel::reader::FrameReader;
-use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::writer::{frame_channel, run_writer, FrameQueues};
-use crate::tunnel::{deliver, read_line, spawn_until, Carrier, LineError, OnDrop, TunnelError};
+use crate::tunnel::serve::{serve as tunnel_serve, LoggedIn, NewStream, ServeOptions, TunnelEnd};
+use crate::tunnel::{read_line, Carrier, LineError, OnDrop, TunnelError, Violation};
 
 use super::backoff::{jitter, Backoff};
 use super::options::TransportMode;
@@ -62,26 +56,6 @@ enum ConnectError {
 
 /// How long `quicWithFallback` waits for QUIC before it tries TCP+TLS.
 pub const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(5);
-
-/// A tunnel that is up and logged in, on either transport.
-enum Established {
-    Tls {
-        connection: Box<TlsConnection>,
-        leftover: BytesMut,
-    },
-    Quic(QuicTunnel),
-}
-
-/// A QUIC tunnel: its connection and control stream.
-struct QuicTunnel {
-    /// Owns the socket; kept until the tunnel ends.
-    endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    /// What arrived after the hub's answer line.
-    leftover: BytesMut,
-}
 
 /// Runs until the edge is stopped.
 pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
@@ -156,7 +130,7 @@ pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
 async fn connect(
     edge: &EdgeShared,
     tls: &Arc<ClientConfig>,
-) -> Result<(Established, EdgeConfig), ConnectError> {
+) -> Result<(LoggedIn, EdgeConfig), ConnectError> {
     let limit = edge.options.connect_timeout;
     match edge.options.transport {
         TransportMode::TcpTls => within(edge, limit, connect_tls(edge, tls)).await,
@@ -195,7 +169,7 @@ async fn within<T>(
 async fn connect_tls(
     edge: &EdgeShared,
     tls: &Arc<ClientConfig>,
-) -> Result<(Established, EdgeConfig), ConnectError> {
+) -> Result<(LoggedIn, EdgeConfig), ConnectError> {
     let o = &edge.options;
     let address = format!("{}:{}", o.hub_host, o.hub_port);
     let tcp = TcpStream::connect((o.hub_host.as_str(), o.hub_port))
@@ -220,13 +194,7 @@ async fn connect_tls(
         HubReply::Accepted(config) => {
             // Best effort: without a round-trip estimate the kernel's autotuning stays.
             let _ = crate::transport::bound_receive_buffer(tls.reader.tcp());
-            Ok((
-                Established::Tls {
-                    connection: Box::new(tls),
-                    leftover: buf,
-                },
-                config,
-            ))
+            Ok((LoggedIn::tls(tls, buf), config))
         }
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
     }
@@ -235,7 +203,7 @@ async fn connect_tls(
 async fn connect_quic(
     edge: &EdgeShared,
     tls: &Arc<ClientConfig>,
-) -> Result<(Established, EdgeConfig), ConnectError> {
+) -> Result<(LoggedIn, EdgeConfig), ConnectError> {
     let o = &edge.options;
     let address = format!("{}:{}", o.hub_host, o.hub_port);
     let hub = tokio::net::lookup_host((o.hub_host.as_str(), o.hub_port))
@@ -264,45 +232,22 @@ async fn connect_quic(
     let line = read_line(&mut recv, &mut buf, MAX_REPLY_LINE).await?;
     match parse_reply(&line)? {
         HubReply::Accepted(config) => Ok((
-            Established::Quic(QuicTunnel {
-                endpoint,
+            LoggedIn::Quic {
                 connection,
                 send,
                 recv,
                 leftover: buf,
-            }),
+                endpoint: Some(endpoint),
+            },
             config,
         )),
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
     }
 }
 
-/// Serves one established tunnel until it fails or the edge stops.
-async fn serve(
-    edge: &Arc<EdgeShared>,
-    established: Established,
-    config: EdgeConfig,
-) -> TunnelError {
-    // The sending half every task uses; the I/O and the queue its writer task drains.
-    let (carrier, io) = match established {
-        Established::Tls {
-            connection,
-            leftover,
-        } => {
-            let (frames, queues) = frame_channel();
-            let io = TunnelIo::Tls {
-                connection,
-                leftover,
-                queues,
-            };
-            (Carrier::Frames(frames), io)
-        }
-        Established::Quic(tunnel) => {
-            let (control, queue) = control_channel();
-            let link = QuicLink::new(tunnel.connection.clone(), control, edge.tasks.clone());
-            (Carrier::Quic(link), TunnelIo::Quic { tunnel, queue })
-        }
-    };
+/// Serves one logged-in tunnel until it fails or the edge stops.
+async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) -> TunnelError {
+    let (carrier, outgoing) = logged_in.carrier(&edge.tasks);
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
         carrier,
@@ -346,102 +291,68 @@ async fn serve(
         transport: link.carrier.transport(),
     });
 
-    // The hub pings every 15 s; silence is checked a few times per timeout period.
-    let heartbeat = Heartbeat {
-        interval: edge.options.heartbeat_timeout / 4,
-        timeout: edge.options.heartbeat_timeout,
-        ping: None,
+    let end = Arc::new(LinkEnd {
+        edge: edge.clone(),
+        link: link.clone(),
+    });
+    let options = ServeOptions {
+        tasks: &edge.tasks,
+        cancel: &link.cancel,
+        // The hub pings; silence is checked a few times per timeout period.
+        heartbeat_interval: edge.options.heartbeat_timeout / 4,
+        heartbeat_timeout: edge.options.heartbeat_timeout,
+        pings: false,
+        announce_timeout: edge.options.connect_timeout,
+        bytes_in: edge.bytes_in.clone(),
+        bytes_out: edge.bytes_out.clone(),
+        quic_close_code: CLOSE_STOPPED,
     };
-    match io {
-        TunnelIo::Tls {
-            connection,
-            leftover,
-            queues,
-        } => {
-            let TlsConnection {
-                reader: read_half,
-                writer: write_half,
-                ..
-            } = *connection;
-            let writer = edge.tasks.spawn(run_writer(
-                write_half,
-                queues,
-                link.cancel.clone(),
-                edge.bytes_out.clone(),
-            ));
-            let reader = FrameReader::new(read_half, leftover, edge.bytes_in.clone());
-            run_tunnel_loop(reader, writer, &link.cancel, heartbeat, |frame| {
-                dispatch(edge, &link, frame)
-            })
-            .await
+    let ended = tunnel_serve(&end, logged_in, outgoing, options, |ended| {
+        if edge.cancel.is_cancelled() {
+            "edge stopped".to_string()
+        } else {
+            ended.to_string()
         }
-        TunnelIo::Quic {
-            tunnel:
-                QuicTunnel {
-                    // Owns the socket: held until the tunnel ends.
-                    endpoint: _endpoint,
-                    connection,
-                    send,
-                    recv,
-                    leftover,
-                },
-            queue,
-        } => {
-            let (edge_ref, link_ref) = (edge.clone(), link.clone());
-            spawn_until(
-                &edge.tasks,
-                &link.cancel,
-                receive_datagrams(connection.clone(), move |id, payload| {
-                    link_ref.udp.reply(&edge_ref, id, &payload)
-                }),
-            );
-            let (edge_ref, link_ref) = (edge.clone(), link.clone());
-            spawn_until(
-                &edge.tasks,
-                &link.cancel,
-                receive_oversized(
-                    connection.clone(),
-                    edge.tasks.clone(),
-                    move |id, payload| link_ref.udp.reply(&edge_ref, id, &payload),
-                ),
-            );
-            let writer = edge
-                .tasks
-                .spawn(run_control_writer(send, queue, link.cancel.clone()));
-            let reader = ControlReader::new(recv, leftover);
-            let ended = run_tunnel_loop(reader, writer, &link.cancel, heartbeat, |message| {
-                on_control(edge, &link, message)
-            })
-            .await;
-            let reason = if edge.cancel.is_cancelled() {
-                "edge stopped".to_string()
-            } else {
-                ended.to_string()
-            };
-            close_and_send(&connection, CLOSE_STOPPED, reason.as_bytes()).await;
-            let (bytes_in, bytes_out) = (
-                connection.stats().udp_rx.bytes,
-                connection.stats().udp_tx.bytes,
-            );
-            edge.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-            edge.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-            ended
-        }
+    })
+    .await;
+    // A QUIC tunnel's own counts join the edge's totals as it ends.
+    if let Some((bytes_in, bytes_out)) = link.carrier.counted_bytes() {
+        edge.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        edge.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     }
+    ended
 }
 
-/// An established tunnel's I/O with the queue its writer task drains: frames over TLS,
-/// control messages over QUIC.
-enum TunnelIo {
-    Tls {
-        connection: Box<TlsConnection>,
-        leftover: BytesMut,
-        queues: FrameQueues,
-    },
-    Quic {
-        tunnel: QuicTunnel,
-        queue: tokio::sync::mpsc::UnboundedReceiver<EdgeMessage>,
-    },
+/// The edge's end of its tunnel.
+struct LinkEnd {
+    edge: Arc<EdgeShared>,
+    link: Arc<TunnelLink>,
+}
+
+impl TunnelEnd for LinkEnd {
+    type Sends = EdgeMessage;
+    type PeerFrame = HubFrame;
+
+    fn carrier(&self) -> &Carrier<EdgeMessage> {
+        &self.link.carrier
+    }
+
+    fn streams(&self) -> &ConnectionStreams {
+        &self.link.streams
+    }
+
+    fn on_control(self: &Arc<Self>, message: HubMessage) -> Result<(), TunnelError> {
+        on_control(&self.edge, &self.link, message)
+    }
+
+    fn on_udp(self: &Arc<Self>, session: u32, payload: Bytes) {
+        self.link.udp.reply(&self.edge, session, &payload);
+    }
+
+    fn on_stream(self: &Arc<Self>, stream: NewStream) -> Result<(), TunnelError> {
+        stream.refuse(ResetReason::Refused);
+        Err(Violation::StreamFromHub.into())
+    }
 }
 
 /// A tunnel-wide message from the hub, over either transport.
@@ -480,16 +391,6 @@ fn apply_config(edge: &Arc<EdgeShared>, link: &TunnelLink, config: EdgeConfig) {
             listen_ports_udp: ports.1,
         });
     }
-}
-
-/// A frame from the hub over TCP+TLS.
-fn dispatch(edge: &Arc<EdgeShared>, link: &TunnelLink, frame: Frame) -> Result<(), TunnelError> {
-    match HubFrame::decode(frame)? {
-        HubFrame::Stream(frame) => deliver(link.streams.table(), frame)?,
-        HubFrame::UdpData { session, payload } => link.udp.reply(edge, session, &payload),
-        HubFrame::Control(message) => on_control(edge, link, message)?,
-    }
-    Ok(())
 }
 
 /// The hub's STUN refresh interval (validated to 1 s .. 1 week when parsed).

@@ -6,6 +6,7 @@ mod pending;
 mod quic_accept;
 mod session;
 mod throttle;
+mod tls_accept;
 mod udp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -315,7 +316,7 @@ impl Hub {
             events,
             tasks: TaskTracker::new(),
         });
-        shared.tasks.spawn(session::accept_loop(
+        shared.tasks.spawn(tls_accept::accept_loop(
             shared.clone(),
             listener,
             server_config,

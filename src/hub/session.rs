@@ -1,4 +1,5 @@
-//! One connected edge: the handshake, the frame loop, and the streams it opens.
+//! One connected edge, whichever the transport: its login, its session, and the streams and
+//! UDP sessions it opens.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -6,77 +7,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use std::future::Future;
 use subtle::ConstantTimeEq;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{unix_millis, HandshakeFailureReason, HubWarning};
 use crate::lock::{Locked, ReadWriteLocked};
 use crate::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
-use crate::protocol::frame::{EdgeFrame, Frame, ResetReason};
-use crate::protocol::handshake::{
-    encode_reply, parse_auth_line, EdgeConfig, HubReply, MAX_HANDSHAKE_LINE,
-};
+use crate::protocol::frame::{EdgeFrame, ResetReason};
+use crate::protocol::handshake::{encode_reply, parse_auth_line, EdgeConfig, HubReply};
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
+use crate::protocol::quic_messages::parse_open;
+use crate::transport::quic_endpoint::CLOSE_SESSION_ENDED;
 use crate::transport::tls::ALPN;
-use crate::transport::tls_stream::{self, TlsConnection};
 use crate::tunnel::connection::{ConnectionStreams, IncomingStream};
-use crate::tunnel::reader::FrameReader;
-use crate::tunnel::receive_loop::{run_tunnel_loop, Heartbeat};
-use crate::tunnel::stream::{reset_frame, SocketBytes, HUB_SIDE};
-use crate::tunnel::writer::{frame_channel, run_writer, FrameSender};
-use crate::tunnel::{deliver, read_line, Carrier, LineError, OnDrop, TunnelError, Violation};
+use crate::tunnel::serve::{serve, LoggedIn, NewStream, ServeOptions, TunnelEnd};
+use crate::tunnel::stream::SocketBytes;
+use crate::tunnel::{Carrier, LineError, OnDrop, TunnelError, Violation};
 
 use super::options::ProxyProtocol;
 use super::pending::PendingSlot;
+use super::tls_accept::FIRST_BYTES_TIMEOUT;
 use super::udp::{Refusal, UdpSessions};
 use super::{ConnectedEdgeStatus, HubEvent, HubShared};
 
 /// A failed login waits this long before its answer, to slow down guessing.
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(300);
-/// A new edge connection must send its first bytes (the TLS ClientHello) within this, or it
-/// is closed: an edge sends them at once, and an idle socket would hold a pending slot.
-pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connecting to the target must succeed within this.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(super) async fn accept_loop(
-    hub: Arc<HubShared>,
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    hub.warn(HubWarning::AcceptFailed, format!("accepting an edge connection failed: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(slot) = hub.begin_handshake(peer.ip()) else {
-            continue;
-        };
-        let _ = crate::transport::tune_tunnel_socket(&tcp);
-        hub.tasks.spawn(serve_edge_connection(
-            hub.clone(),
-            tcp,
-            peer,
-            tls.clone(),
-            cancel.child_token(),
-            slot,
-        ));
-    }
-}
 
 /// Why an edge connection did not get as far as its login line, on either transport.
 #[derive(Debug, thiserror::Error)]
@@ -131,64 +93,86 @@ pub(super) async fn until_login_line<T>(
     }
 }
 
-async fn serve_edge_connection(
+/// An edge connection on either transport once its login line has been read: the login, the
+/// answer, then the session until it ends.
+pub(super) async fn log_in_and_serve(
     hub: Arc<HubShared>,
-    tcp: TcpStream,
     peer: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
     cancel: CancellationToken,
     slot: PendingSlot,
+    mut logged_in: LoggedIn,
+    line: Bytes,
 ) {
-    let handshake = async {
-        // A peek, since tokio may report a new socket readable before any byte has arrived.
-        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, tcp.peek(&mut [0u8; 1])).await {
-            Ok(Ok(0)) => return Err(HandshakeFailure::Closed),
-            Ok(Ok(_)) => slot.mark_started(),
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(HandshakeFailure::Silent),
-        }
-        let mut tls = tls_stream::accept(tls, tcp).await?;
-        if tls.alpn.as_deref() != Some(ALPN) {
-            return Err(HandshakeFailure::Alpn);
-        }
-        let mut buf = BytesMut::with_capacity(1024);
-        let line = read_line(&mut tls.reader, &mut buf, MAX_HANDSHAKE_LINE).await?;
-        Ok((tls, line, buf))
-    };
-    let Some((tls, line, leftover)) = until_login_line(&hub, peer, &cancel, &slot, handshake).await
-    else {
-        return;
-    };
-    // Best effort: without a round-trip estimate the kernel's autotuning stays.
-    let _ = crate::transport::bound_receive_buffer(tls.reader.tcp());
-    let TlsConnection {
-        reader: read_half,
-        writer: mut write_half,
-        ..
-    } = tls;
-    let (frames, queues) = frame_channel();
-    let carrier = Carrier::Frames(frames.clone());
+    let (carrier, outgoing) = logged_in.carrier(&hub.tasks);
     let login = Login {
         hub: &hub,
         peer,
         cancel: &cancel,
         slot,
     };
-    let Some(session) = login.finish(&line, &mut write_half, carrier).await else {
-        let _ = tokio::time::timeout(Duration::from_secs(1), write_half.shutdown()).await;
+    let Some(session) = login.finish(&line, logged_in.login_writer(), carrier).await else {
+        logged_in.close_refused().await;
         return;
     };
+    let limits = &hub.options.limits;
+    logged_in.grant_edge_limits(limits.max_streams_per_edge, limits.tunnel_buffer_bytes);
     run_session(&hub, session.clone(), peer, async {
-        let writer = hub.tasks.spawn(run_writer(
-            write_half,
-            queues,
-            session.cancel.clone(),
-            session.bytes_out.clone(),
-        ));
-        let reader = FrameReader::new(read_half, leftover, session.bytes_in.clone());
-        session.run(&hub, reader, writer, &frames).await
+        let end = Arc::new(SessionEnd {
+            hub: hub.clone(),
+            session: session.clone(),
+        });
+        let options = ServeOptions {
+            tasks: &hub.tasks,
+            cancel: &session.cancel,
+            heartbeat_interval: hub.options.heartbeat_interval,
+            heartbeat_timeout: hub.options.heartbeat_timeout,
+            pings: true,
+            announce_timeout: limits.handshake_timeout,
+            bytes_in: session.bytes_in.clone(),
+            bytes_out: session.bytes_out.clone(),
+            quic_close_code: CLOSE_SESSION_ENDED,
+        };
+        serve(&end, logged_in, outgoing, options, |ended| {
+            session.close_reason().unwrap_or_else(|| ended.to_string())
+        })
+        .await
     })
     .await;
+}
+
+/// The hub's end of one edge's tunnel.
+struct SessionEnd {
+    hub: Arc<HubShared>,
+    session: Arc<EdgeSession>,
+}
+
+impl TunnelEnd for SessionEnd {
+    type Sends = HubMessage;
+    type PeerFrame = EdgeFrame;
+
+    fn carrier(&self) -> &Carrier<HubMessage> {
+        &self.session.carrier
+    }
+
+    fn streams(&self) -> &ConnectionStreams {
+        &self.session.streams
+    }
+
+    fn on_control(self: &Arc<Self>, message: EdgeMessage) -> Result<(), TunnelError> {
+        self.session.on_control(&self.hub, message)
+    }
+
+    fn on_udp(self: &Arc<Self>, session: u32, payload: Bytes) {
+        self.session.udp.forward(session, payload);
+    }
+
+    fn on_datagram(self: &Arc<Self>, session: u32, rest: Bytes) {
+        self.session.on_datagram(&self.hub, session, rest);
+    }
+
+    fn on_stream(self: &Arc<Self>, stream: NewStream) -> Result<(), TunnelError> {
+        self.session.on_stream(&self.hub, stream)
+    }
 }
 
 /// The part of a login both transports share, once the edge's auth line has been read.
@@ -204,7 +188,7 @@ impl Login<'_> {
     /// Checks the auth line, answers on `reply_to`, and returns the registered session; a
     /// refusal is delayed and answered with an error (the attempt already counts towards the
     /// source's throttle).
-    pub async fn finish<W: AsyncWrite + Unpin>(
+    pub async fn finish<W: AsyncWrite + Unpin + ?Sized>(
         self,
         line: &[u8],
         reply_to: &mut W,
@@ -283,7 +267,7 @@ impl Login<'_> {
 }
 
 /// Answers a refused login with its reason, bounded in time: the edge may not be reading.
-async fn refuse<W: AsyncWrite + Unpin>(reply_to: &mut W, error: &str) {
+async fn refuse<W: AsyncWrite + Unpin + ?Sized>(reply_to: &mut W, error: &str) {
     let reply = encode_reply(&HubReply::Rejected {
         error: error.into(),
     });
@@ -547,45 +531,38 @@ impl EdgeSession {
         }
     }
 
-    /// Serves frames until the tunnel fails or the session is closed; the hub pings.
-    async fn run<R: AsyncRead + Unpin + Send>(
-        self: &Arc<Self>,
-        hub: &Arc<HubShared>,
-        reader: FrameReader<R>,
-        writer: tokio::task::JoinHandle<Result<(), TunnelError>>,
-        frames: &FrameSender,
-    ) -> TunnelError {
-        let ping = || {
-            self.carrier.ping();
-        };
-        let heartbeat = Heartbeat {
-            interval: hub.options.heartbeat_interval,
-            timeout: hub.options.heartbeat_timeout,
-            ping: Some(&ping),
-        };
-        run_tunnel_loop(reader, writer, &self.cancel, heartbeat, |frame| {
-            self.dispatch(hub, frame, frames)
-        })
-        .await
-    }
-
-    /// A frame from the edge over TCP+TLS.
-    fn dispatch(
-        self: &Arc<Self>,
-        hub: &Arc<HubShared>,
-        frame: Frame,
-        frames: &FrameSender,
-    ) -> Result<(), TunnelError> {
-        match EdgeFrame::decode(frame)? {
-            EdgeFrame::Open { stream, addresses } => {
-                self.opens.locked().register_stream(stream)?;
-                self.open_stream(hub, stream, addresses, frames)?;
-            }
-            EdgeFrame::Stream(frame) => deliver(self.streams.table(), frame)?,
-            EdgeFrame::UdpData { session, payload } => self.udp.forward(session, payload),
-            EdgeFrame::Control(message) => self.on_control(hub, message)?,
+    /// A QUIC datagram from the edge: data for a known session, or an open.
+    fn on_datagram(self: &Arc<Self>, hub: &Arc<HubShared>, id: u32, rest: Bytes) {
+        // Almost every datagram belongs to a running session and needs no ledger.
+        if self.udp.forward_datagram(id, rest.clone()) {
+            return;
         }
-        Ok(())
+        // Held from here on, so a registration on the control stream cannot come between
+        // finding no session and deciding what this datagram is (that datagram would be lost).
+        // The session may have started since the look above, so look again under the lock.
+        let mut opens = self.opens.locked();
+        if self.udp.forward_datagram(id, rest.clone()) {
+            return;
+        }
+        let Some(addresses) = parse_open(&rest) else {
+            // Data for a session that is not open (yet, or any more): lost, as UDP allows.
+            self.udp.count_drop();
+            return;
+        };
+        // A full table waits for the close of the session the edge replaced, which travels on
+        // the control stream ahead of this session's registration: that registration opens it.
+        if self.udp.len() >= hub.options.limits.max_udp_sessions_per_edge {
+            self.udp.count_drop();
+            return;
+        }
+        if opens.datagram_open(id) {
+            let open = UdpOpen {
+                session: id,
+                addresses,
+                header: rest.slice(1..),
+            };
+            self.start_udp(hub, open);
+        }
     }
 
     /// A tunnel-wide message from the edge, over either transport.
@@ -701,16 +678,18 @@ impl EdgeSession {
         });
     }
 
-    fn open_stream(
+    /// A connection stream the edge opened, over either transport.
+    fn on_stream(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
-        id: u32,
-        addresses: ProxyAddresses,
-        frames: &FrameSender,
+        stream: NewStream,
     ) -> Result<(), TunnelError> {
+        if let Some(id) = stream.shared_counter_id() {
+            self.opens.locked().register_stream(id)?;
+        }
         let max_streams = hub.options.limits.max_streams_per_edge as usize;
-        if self.streams.table().len() >= max_streams {
-            frames.control(reset_frame(id, HUB_SIDE, ResetReason::Limit));
+        if stream.over_limit(max_streams) {
+            stream.refuse(ResetReason::Limit);
             hub.warn(
                 HubWarning::StreamLimit,
                 format!(
@@ -720,49 +699,35 @@ impl EdgeSession {
             );
             return Ok(());
         }
+        let (id, addresses) = (stream.id, stream.addresses);
         let port_bytes = match self.admit_stream(hub, id, &addresses) {
             Ok(port_bytes) => port_bytes,
             Err(reason) => {
-                frames.control(reset_frame(id, HUB_SIDE, reason));
+                stream.refuse(reason);
                 return Ok(());
             }
         };
-        let Some(port) = self.streams.table().open(id, port_bytes.clone()) else {
-            return Err(Violation::StreamOpenedTwice(id).into());
-        };
-        let stream = IncomingStream::Frames {
-            id,
-            port,
-            frames: frames.clone(),
-        };
+        let stream = stream.admit(port_bytes)?;
         let (session, hub) = (self.clone(), hub.clone());
         hub.tasks.clone().spawn(async move {
-            let left = || session.streams.table().remove(id);
-            session
-                .carry_to_target(&hub, id, addresses, &port_bytes, stream, left)
-                .await;
+            session.carry_to_target(&hub, id, addresses, stream).await;
         });
         Ok(())
     }
 
-    /// Connects an admitted stream to the target and carries it, over either transport.
-    pub async fn carry_to_target(
+    /// Connects an admitted stream to the target and carries it.
+    async fn carry_to_target(
         &self,
         hub: &HubShared,
         id: u32,
         addresses: ProxyAddresses,
-        port_bytes: &SocketBytes,
         stream: IncomingStream,
-        left: impl FnOnce(),
     ) {
-        // Also on a panic: the stream leaves its table (`left`), then its end is reported.
-        let _closed = OnDrop::new(|| {
-            left();
-            self.stream_closed(hub, id);
-        });
+        // Also on a panic: its end is reported.
+        let _closed = OnDrop::new(|| self.stream_closed(hub, id));
         let port = addresses.destination.port();
         match connect_target(hub, &addresses, port).await {
-            Ok(target) => stream.carry(target, port_bytes, &self.cancel).await,
+            Ok(target) => stream.carry(target, &self.cancel).await,
             Err(e) => {
                 stream.refuse(ResetReason::Unreachable);
                 hub.warn(
@@ -819,7 +784,7 @@ mod tests {
         );
         let shared = hub.shared.clone();
         let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
-        let (frames, _queues) = frame_channel();
+        let (frames, _queues) = crate::tunnel::writer::frame_channel();
         let (session, _) = admit(
             &shared,
             "e",

@@ -20,10 +20,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::protocol::frame::ResetReason;
 
-use super::quic_link::{relay, reset_code, OpenStream, RelayCounters, StreamCount};
+use super::quic_link::{relay, reset_stream, OpenStream, RelayCounters, StreamCount};
 use super::stream::{pump, reset_frame, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE};
 use super::writer::FrameSender;
-use super::Carrier;
+use super::{Carrier, OnDrop};
 
 /// The connection streams one tunnel carries now, whichever the transport.
 pub struct ConnectionStreams {
@@ -130,13 +130,14 @@ impl ConnectionStreams {
     }
 }
 
-/// A connection stream the edge opened, admitted by the hub and waiting for its target.
+/// A connection stream the edge opened and the hub admitted, waiting for its target.
 pub enum IncomingStream {
-    /// Over TCP+TLS: its end of the stream table (the hub removes it when the stream ends).
+    /// Over TCP+TLS: its end of the stream table, which it leaves when it ends.
     Frames {
         id: u32,
         port: StreamPort,
         frames: FrameSender,
+        table: Arc<StreamTable>,
     },
     /// Over QUIC: the stream, with what arrived after its PROXY line.
     Quic {
@@ -144,20 +145,24 @@ pub enum IncomingStream {
         recv: RecvStream,
         open: OpenStream,
         early_data: Bytes,
+        /// What the target reads and is written.
+        bytes: Arc<SocketBytes>,
     },
 }
 
 impl IncomingStream {
     /// Moves bytes between `target` and the stream until both directions are done, either
-    /// side resets, or `cancel` fires; `bytes` counts what the target reads and is written.
-    pub async fn carry(
-        self,
-        mut target: TcpStream,
-        bytes: &SocketBytes,
-        cancel: &CancellationToken,
-    ) {
+    /// side resets, or `cancel` fires.
+    pub async fn carry(self, mut target: TcpStream, cancel: &CancellationToken) {
         match self {
-            IncomingStream::Frames { id, port, frames } => {
+            IncomingStream::Frames {
+                id,
+                port,
+                frames,
+                table,
+            } => {
+                // Also on a panic.
+                let _left = OnDrop::new(|| table.remove(id));
                 pump(target, id, HUB_SIDE, port, frames, cancel.child_token()).await;
             }
             IncomingStream::Quic {
@@ -165,10 +170,10 @@ impl IncomingStream {
                 mut recv,
                 open,
                 early_data,
+                bytes,
             } => {
                 if target.write_all(&early_data).await.is_err() {
-                    let _ = send.reset(reset_code(ResetReason::Unreachable));
-                    let _ = recv.stop(reset_code(ResetReason::Unreachable));
+                    reset_stream(&mut send, &mut recv, ResetReason::Unreachable);
                     return;
                 }
                 bytes
@@ -186,14 +191,16 @@ impl IncomingStream {
     /// Resets the stream with `reason`.
     pub fn refuse(self, reason: ResetReason) {
         match self {
-            IncomingStream::Frames { id, frames, .. } => {
+            IncomingStream::Frames {
+                id, frames, table, ..
+            } => {
+                table.remove(id);
                 frames.control(reset_frame(id, HUB_SIDE, reason));
             }
             IncomingStream::Quic {
                 mut send, mut recv, ..
             } => {
-                let _ = send.reset(reset_code(reason));
-                let _ = recv.stop(reset_code(reason));
+                reset_stream(&mut send, &mut recv, reason);
             }
         }
     }

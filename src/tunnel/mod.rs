@@ -6,6 +6,7 @@ pub mod connection;
 pub mod quic_link;
 pub mod reader;
 pub mod receive_loop;
+pub mod serve;
 pub mod stream;
 pub mod writer;
 
@@ -73,6 +74,8 @@ pub enum Violation {
         "connection stream {stream} does not start with a PROXY v1 line with addresses: {reason}"
     )]
     BadConnectionStream { stream: u32, reason: String },
+    #[error("the hub opened a connection stream")]
+    StreamFromHub,
     #[error("control stream: {0}")]
     ControlMessage(#[from] QuicWireError),
     #[error("control stream: {0}")]

@@ -276,6 +276,12 @@ pub async fn receive_oversized(
     }
 }
 
+/// Resets both directions of a QUIC connection stream with `reason`.
+pub fn reset_stream(send: &mut SendStream, recv: &mut RecvStream, reason: ResetReason) {
+    let _ = send.reset(reset_code(reason));
+    let _ = recv.stop(reset_code(reason));
+}
+
 /// The QUIC stream reset code for a reason, and back.
 pub fn reset_code(reason: ResetReason) -> VarInt {
     VarInt::from_u32(u32::from(reason as u8))

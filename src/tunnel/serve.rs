@@ -1,0 +1,537 @@
+//! Serving a logged-in tunnel, the same code for both ends and both transports: the writer
+//! task, the reader with its heartbeat, and (over QUIC) the datagram, oversized-datagram and
+//! connection-stream tasks. What arrives goes to the end's [`TunnelEnd`] handler.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::lock::Locked;
+use crate::protocol::control::{ControlMessage, EdgeMessage, HubMessage};
+use crate::protocol::frame::{EdgeFrame, Frame, FrameError, HubFrame, ResetReason, StreamFrame};
+use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
+use crate::transport::quic_endpoint::{
+    close_and_send, grant_tunnel_limits, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED,
+};
+use crate::transport::tls_stream::TlsConnection;
+
+use super::connection::{ConnectionStreams, IncomingStream};
+use super::quic_link::{
+    control_channel, receive_datagrams, receive_oversized, reset_stream, run_control_writer,
+    ControlReader, OpenStream, QuicLink,
+};
+use super::reader::FrameReader;
+use super::receive_loop::{run_tunnel_loop, Heartbeat};
+use super::stream::{reset_frame, SocketBytes, StreamTable, HUB_SIDE};
+use super::writer::{frame_channel, run_writer, FrameQueues, FrameSender};
+use super::{deliver, spawn_until, Carrier, TunnelError, Violation};
+
+/// A tunnel whose login is done, before it is served.
+pub enum LoggedIn {
+    Tls {
+        connection: Box<TlsConnection>,
+        /// What arrived after the login line.
+        leftover: BytesMut,
+    },
+    Quic {
+        connection: Connection,
+        /// The control stream.
+        send: SendStream,
+        recv: RecvStream,
+        leftover: BytesMut,
+        /// The edge's own endpoint, which owns its socket; kept until the tunnel ends.
+        endpoint: Option<quinn::Endpoint>,
+    },
+}
+
+/// How long a refused peer gets to receive its answer before the connection closes.
+const REFUSAL_DELIVERY: Duration = Duration::from_secs(1);
+
+/// The queue a tunnel's writer task drains: frames, or QUIC control messages.
+pub enum Outgoing<M> {
+    Frames(Box<FrameQueues>),
+    Quic(UnboundedReceiver<M>),
+}
+
+impl LoggedIn {
+    pub fn tls(connection: TlsConnection, leftover: BytesMut) -> Self {
+        // Best effort: without a round-trip estimate the kernel's autotuning stays.
+        let _ = crate::transport::bound_receive_buffer(connection.reader.tcp());
+        LoggedIn::Tls {
+            connection: Box::new(connection),
+            leftover,
+        }
+    }
+
+    /// Ends a connection whose login was refused, once the answer has been sent (bounded in
+    /// time: the peer may not be reading).
+    pub async fn close_refused(self) {
+        match self {
+            LoggedIn::Tls { mut connection, .. } => {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(REFUSAL_DELIVERY, connection.writer.shutdown()).await;
+            }
+            LoggedIn::Quic {
+                connection,
+                mut send,
+                ..
+            } => {
+                let _ = send.finish();
+                // Delivered before the close, as the edge reads the refusal before the close.
+                let _ = tokio::time::timeout(REFUSAL_DELIVERY, send.stopped()).await;
+                connection.close(CLOSE_SESSION_ENDED, b"unauthorized");
+            }
+        }
+    }
+
+    /// Lets the edge open as many streams, and send as much, as the hub's limits allow (QUIC;
+    /// over TCP+TLS the stream table and windows enforce them).
+    pub fn grant_edge_limits(&self, max_streams: u32, tunnel_buffer_bytes: u32) {
+        if let LoggedIn::Quic { connection, .. } = self {
+            grant_tunnel_limits(connection, max_streams, tunnel_buffer_bytes);
+        }
+    }
+
+    /// The sending half every task of this end uses, and the queue its writer drains.
+    pub fn carrier<M: ControlMessage>(&self, tasks: &TaskTracker) -> (Carrier<M>, Outgoing<M>) {
+        match self {
+            LoggedIn::Tls { .. } => {
+                let (frames, queues) = frame_channel();
+                (Carrier::Frames(frames), Outgoing::Frames(Box::new(queues)))
+            }
+            LoggedIn::Quic { connection, .. } => {
+                let (control, queue) = control_channel();
+                let link = QuicLink::new(connection.clone(), control, tasks.clone());
+                (Carrier::Quic(link), Outgoing::Quic(queue))
+            }
+        }
+    }
+
+    /// Where the login answer is written, before the writer task takes over.
+    pub fn login_writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+        match self {
+            LoggedIn::Tls { connection, .. } => &mut connection.writer,
+            LoggedIn::Quic { send, .. } => send,
+        }
+    }
+}
+
+/// What one end does with what its peer sends; the tunnel calls it from its tasks.
+pub trait TunnelEnd: Send + Sync + Sized + 'static {
+    /// What this end sends.
+    type Sends: ControlMessage;
+    /// The frames the peer sends, decoded for their direction.
+    type PeerFrame: PeerFrame;
+
+    fn carrier(&self) -> &Carrier<Self::Sends>;
+    fn streams(&self) -> &ConnectionStreams;
+
+    fn on_control(
+        self: &Arc<Self>,
+        message: <Self::PeerFrame as PeerFrame>::Message,
+    ) -> Result<(), TunnelError>;
+
+    /// A UDP payload for `session`.
+    fn on_udp(self: &Arc<Self>, session: u32, payload: Bytes);
+
+    /// A QUIC datagram: a UDP payload, unless the end also reads opens from datagrams.
+    fn on_datagram(self: &Arc<Self>, session: u32, rest: Bytes) {
+        self.on_udp(session, rest);
+    }
+
+    /// A connection stream the peer opened.
+    fn on_stream(self: &Arc<Self>, stream: NewStream) -> Result<(), TunnelError>;
+}
+
+/// A frame as it reaches the handler.
+pub enum Routed<M> {
+    Open {
+        stream: u32,
+        addresses: ProxyAddresses,
+    },
+    Stream(StreamFrame),
+    Udp {
+        session: u32,
+        payload: Bytes,
+    },
+    Control(M),
+}
+
+/// The frames one end receives: decoded for their direction, then routed.
+pub trait PeerFrame: Sized {
+    type Message: ControlMessage;
+    fn decode(frame: Frame) -> Result<Self, FrameError>;
+    fn route(self) -> Routed<Self::Message>;
+}
+
+impl PeerFrame for EdgeFrame {
+    type Message = EdgeMessage;
+
+    fn decode(frame: Frame) -> Result<Self, FrameError> {
+        EdgeFrame::decode(frame)
+    }
+
+    fn route(self) -> Routed<EdgeMessage> {
+        match self {
+            EdgeFrame::Open { stream, addresses } => Routed::Open { stream, addresses },
+            EdgeFrame::Stream(frame) => Routed::Stream(frame),
+            EdgeFrame::UdpData { session, payload } => Routed::Udp { session, payload },
+            EdgeFrame::Control(message) => Routed::Control(message),
+        }
+    }
+}
+
+impl PeerFrame for HubFrame {
+    type Message = HubMessage;
+
+    fn decode(frame: Frame) -> Result<Self, FrameError> {
+        HubFrame::decode(frame)
+    }
+
+    fn route(self) -> Routed<HubMessage> {
+        match self {
+            HubFrame::Stream(frame) => Routed::Stream(frame),
+            HubFrame::UdpData { session, payload } => Routed::Udp { session, payload },
+            HubFrame::Control(message) => Routed::Control(message),
+        }
+    }
+}
+
+/// A connection stream the peer opened, before this end admits or refuses it.
+pub struct NewStream {
+    pub id: u32,
+    pub addresses: ProxyAddresses,
+    pending: PendingStream,
+}
+
+enum PendingStream {
+    Frames {
+        frames: FrameSender,
+        table: Arc<StreamTable>,
+    },
+    Quic {
+        send: SendStream,
+        recv: RecvStream,
+        open: OpenStream,
+        early_data: Bytes,
+    },
+}
+
+impl NewStream {
+    /// The id when it comes from the counter UDP sessions share (TCP+TLS), which must grow;
+    /// a QUIC stream's id is QUIC's own.
+    pub fn shared_counter_id(&self) -> Option<u32> {
+        matches!(self.pending, PendingStream::Frames { .. }).then_some(self.id)
+    }
+
+    /// Whether the tunnel carries `max` streams already. Over QUIC the stream limit granted
+    /// to the peer holds further streams back, so they never get this far.
+    pub fn over_limit(&self, max: usize) -> bool {
+        match &self.pending {
+            PendingStream::Frames { table, .. } => table.len() >= max,
+            PendingStream::Quic { .. } => false,
+        }
+    }
+
+    /// Admits the stream; `bytes` counts what its target reads and is written.
+    pub fn admit(self, bytes: Arc<SocketBytes>) -> Result<IncomingStream, TunnelError> {
+        Ok(match self.pending {
+            PendingStream::Frames { frames, table } => {
+                let Some(port) = table.open(self.id, bytes) else {
+                    return Err(Violation::StreamOpenedTwice(self.id).into());
+                };
+                IncomingStream::Frames {
+                    id: self.id,
+                    port,
+                    frames,
+                    table,
+                }
+            }
+            PendingStream::Quic {
+                send,
+                recv,
+                open,
+                early_data,
+            } => IncomingStream::Quic {
+                send,
+                recv,
+                open,
+                early_data,
+                bytes,
+            },
+        })
+    }
+
+    /// Resets the stream with `reason`.
+    pub fn refuse(self, reason: ResetReason) {
+        match self.pending {
+            PendingStream::Frames { frames, .. } => {
+                frames.control(reset_frame(self.id, HUB_SIDE, reason));
+            }
+            PendingStream::Quic {
+                mut send, mut recv, ..
+            } => {
+                reset_stream(&mut send, &mut recv, reason);
+            }
+        }
+    }
+}
+
+/// How a tunnel is served.
+pub struct ServeOptions<'a> {
+    pub tasks: &'a TaskTracker,
+    /// Ends the tunnel; its tasks stop with it.
+    pub cancel: &'a CancellationToken,
+    /// Silence is checked this often; the end that pings pings this often.
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub pings: bool,
+    /// A QUIC connection stream must announce its client within this.
+    pub announce_timeout: Duration,
+    /// Tunnel bytes read and written (TCP+TLS; QUIC counts its own).
+    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_out: Arc<AtomicU64>,
+    /// The close code a QUIC tunnel ends with, unless the peer broke the protocol.
+    pub quic_close_code: quinn::VarInt,
+}
+
+/// Serves a tunnel until it ends and returns why. Over QUIC the connection is closed with
+/// `close_reason(&ended)`, sent before this returns.
+pub async fn serve<E: TunnelEnd>(
+    end: &Arc<E>,
+    logged_in: LoggedIn,
+    outgoing: Outgoing<E::Sends>,
+    options: ServeOptions<'_>,
+    close_reason: impl FnOnce(&TunnelError) -> String,
+) -> TunnelError {
+    let ping = || {
+        end.carrier().ping();
+    };
+    let heartbeat = Heartbeat {
+        interval: options.heartbeat_interval,
+        timeout: options.heartbeat_timeout,
+        ping: options.pings.then_some(&ping as &(dyn Fn() + Sync)),
+    };
+    // A task that finds the peer broke the protocol ends the tunnel with it.
+    let failure = Arc::new(Failure::new(options.cancel));
+    let cancel = &failure.cancel;
+    let ended = match (logged_in, outgoing) {
+        (
+            LoggedIn::Tls {
+                connection,
+                leftover,
+            },
+            Outgoing::Frames(queues),
+        ) => {
+            let TlsConnection { reader, writer, .. } = *connection;
+            let writer = options.tasks.spawn(run_writer(
+                writer,
+                *queues,
+                cancel.clone(),
+                options.bytes_out.clone(),
+            ));
+            let reader = FrameReader::new(reader, leftover, options.bytes_in.clone());
+            let frames = match end.carrier() {
+                Carrier::Frames(frames) => frames.clone(),
+                Carrier::Quic(_) => unreachable_carrier(),
+            };
+            run_tunnel_loop(reader, writer, cancel, heartbeat, |frame| {
+                on_frame(end, &frames, frame)
+            })
+            .await
+        }
+        (
+            LoggedIn::Quic {
+                connection,
+                send,
+                recv,
+                leftover,
+                endpoint: _endpoint,
+            },
+            Outgoing::Quic(queue),
+        ) => {
+            spawn_quic_receivers(end, &connection, &options, &failure);
+            let writer = options
+                .tasks
+                .spawn(run_control_writer(send, queue, cancel.clone()));
+            let reader = ControlReader::new(recv, leftover);
+            let ended = run_tunnel_loop(reader, writer, cancel, heartbeat, |message| {
+                end.on_control(message)
+            })
+            .await;
+            let ended = failure.take().unwrap_or(ended);
+            let code = if ended.is_protocol_error() {
+                CLOSE_PROTOCOL_ERROR
+            } else {
+                options.quic_close_code
+            };
+            close_and_send(&connection, code, close_reason(&ended).as_bytes()).await;
+            return ended;
+        }
+        _ => unreachable_carrier(),
+    };
+    failure.take().unwrap_or(ended)
+}
+
+/// The carrier and the queue come from the same [`LoggedIn::carrier`] call.
+fn unreachable_carrier() -> ! {
+    unreachable!("a tunnel's carrier and writer queue are of its own transport")
+}
+
+fn on_frame<E: TunnelEnd>(
+    end: &Arc<E>,
+    frames: &FrameSender,
+    frame: Frame,
+) -> Result<(), TunnelError> {
+    match E::PeerFrame::decode(frame)?.route() {
+        Routed::Open { stream, addresses } => end.on_stream(NewStream {
+            id: stream,
+            addresses,
+            pending: PendingStream::Frames {
+                frames: frames.clone(),
+                table: end.streams().table().clone(),
+            },
+        })?,
+        Routed::Stream(frame) => deliver(end.streams().table(), frame)?,
+        Routed::Udp { session, payload } => end.on_udp(session, payload),
+        Routed::Control(message) => end.on_control(message)?,
+    }
+    Ok(())
+}
+
+/// The first error a task other than the reader found; it ends the tunnel.
+struct Failure {
+    cancel: CancellationToken,
+    error: Mutex<Option<TunnelError>>,
+}
+
+impl Failure {
+    fn new(parent: &CancellationToken) -> Self {
+        Self {
+            cancel: parent.child_token(),
+            error: Mutex::new(None),
+        }
+    }
+
+    fn fail(&self, error: TunnelError) {
+        self.error.locked().get_or_insert(error);
+        self.cancel.cancel();
+    }
+
+    fn take(&self) -> Option<TunnelError> {
+        self.error.locked().take()
+    }
+}
+
+fn spawn_quic_receivers<E: TunnelEnd>(
+    end: &Arc<E>,
+    connection: &Connection,
+    options: &ServeOptions<'_>,
+    failure: &Arc<Failure>,
+) {
+    let (tasks, cancel) = (options.tasks, &failure.cancel);
+    let datagrams = end.clone();
+    spawn_until(
+        tasks,
+        cancel,
+        receive_datagrams(connection.clone(), move |session, rest| {
+            datagrams.on_datagram(session, rest)
+        }),
+    );
+    let oversized = end.clone();
+    spawn_until(
+        tasks,
+        cancel,
+        receive_oversized(
+            connection.clone(),
+            tasks.clone(),
+            move |session, payload| oversized.on_udp(session, payload),
+        ),
+    );
+    let (streams, connection, failure) = (end.clone(), connection.clone(), failure.clone());
+    let (stream_tasks, announce_timeout) = (tasks.clone(), options.announce_timeout);
+    spawn_until(tasks, cancel, async move {
+        while let Ok((send, recv)) = connection.accept_bi().await {
+            let (end, failure) = (streams.clone(), failure.clone());
+            stream_tasks.spawn(async move {
+                let announced = announced_stream(&end, send, recv, announce_timeout).await;
+                if let Err(e) = announced.and_then(|stream| match stream {
+                    Some(stream) => end.on_stream(stream),
+                    None => Ok(()),
+                }) {
+                    failure.fail(e);
+                }
+            });
+        }
+    });
+}
+
+/// Reads a QUIC connection stream's announcement, its PROXY line. `Ok(None)` when the stream
+/// was reset (and is reset back) or the tunnel ended first.
+async fn announced_stream<E: TunnelEnd>(
+    end: &Arc<E>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    announce_timeout: Duration,
+) -> Result<Option<NewStream>, TunnelError> {
+    // Stream 0 is the control stream, so connection streams count from 1 as over TLS.
+    let id = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
+    let open = end.streams().quic().open();
+    let line = tokio::time::timeout(announce_timeout, read_proxy_line(&mut recv)).await;
+    match line {
+        Ok(Ok((addresses, early_data))) => Ok(Some(NewStream {
+            id,
+            addresses,
+            pending: PendingStream::Quic {
+                send,
+                recv,
+                open,
+                early_data,
+            },
+        })),
+        Ok(Err(LineFailure::Bad(reason))) => {
+            Err(Violation::BadConnectionStream { stream: id, reason }.into())
+        }
+        Ok(Err(LineFailure::Gone)) | Err(_) => {
+            reset_stream(&mut send, &mut recv, ResetReason::Aborted);
+            Ok(None)
+        }
+    }
+}
+
+/// Why a connection stream's PROXY line could not be read.
+enum LineFailure {
+    /// Not a PROXY v1 line with addresses: a protocol error.
+    Bad(String),
+    /// The stream was reset or the tunnel ended first.
+    Gone,
+}
+
+async fn read_proxy_line(recv: &mut RecvStream) -> Result<(ProxyAddresses, Bytes), LineFailure> {
+    let mut buf = BytesMut::new();
+    loop {
+        match parse_v1(&buf) {
+            Ok(Some((ProxyHeader::Addresses(addresses), used))) => {
+                return Ok((addresses, buf.split_off(used).freeze()));
+            }
+            Ok(Some(_)) => return Err(LineFailure::Bad("PROXY UNKNOWN".into())),
+            Ok(None) => {}
+            Err(e) => return Err(LineFailure::Bad(e.to_string())),
+        }
+        // At most one line's worth: what follows it is the relay's.
+        match recv
+            .read_chunk(PROXY_V1_MAX_LEN - buf.len().min(PROXY_V1_MAX_LEN - 1), true)
+            .await
+        {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return Err(LineFailure::Gone),
+        }
+    }
+}
