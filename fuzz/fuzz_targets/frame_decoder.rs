@@ -12,7 +12,7 @@
 
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use remoteingress::protocol::frame::{
+use remoteingress::fuzzing::frame::{
     close_payload, control_frame, decode, decode_close, decode_ping, decode_window_credit, encode,
     EdgeFrame, Frame, FrameError, FrameType, HubFrame, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD,
 };

@@ -13,7 +13,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use remoteingress::protocol::handshake::{
+use remoteingress::fuzzing::handshake::{
     encode_auth_line, encode_config, encode_reply, parse_auth_line, parse_config, parse_reply,
     take_line, take_line_limited, HandshakeError, HubReply, MAX_HANDSHAKE_LINE,
 };

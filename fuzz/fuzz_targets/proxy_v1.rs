@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use remoteingress::protocol::proxy::{
+use remoteingress::fuzzing::proxy::{
     encode_v1, parse_v1, ProxyError, ProxyHeader, PROXY_V1_MAX_LEN,
 };
 

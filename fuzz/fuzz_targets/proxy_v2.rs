@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use remoteingress::protocol::proxy::{
+use remoteingress::fuzzing::proxy::{
     encode_v2, parse_v2, ProxyHeader, ProxyTransport, PROXY_V2_HEADER_LEN, PROXY_V2_IPV4_BLOCK_LEN,
     PROXY_V2_IPV6_BLOCK_LEN, PROXY_V2_MAX_BLOCK_LEN,
 };

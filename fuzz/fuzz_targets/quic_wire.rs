@@ -17,12 +17,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use remoteingress::protocol::control::{
+use remoteingress::fuzzing::control::{
     parse_open_header, ControlMessage, EdgeMessage, HubMessage,
 };
-use remoteingress::protocol::frame::{FrameError, FrameType};
-use remoteingress::protocol::proxy::{encode_v2, ProxyTransport};
-use remoteingress::protocol::quic_messages::{
+use remoteingress::fuzzing::frame::{FrameError, FrameType};
+use remoteingress::fuzzing::proxy::{encode_v2, ProxyTransport};
+use remoteingress::fuzzing::quic_messages::{
     decode_control, encode_control, encode_datagram, encode_open_datagram, is_repeated_open,
     parse_open, split_datagram, QuicWireError, CONTROL_HEADER_LEN, MAX_CONTROL_PAYLOAD,
     OPEN_MARKER, SESSION_ID_LEN,

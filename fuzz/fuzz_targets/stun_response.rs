@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
-use remoteingress::protocol::stun::{
+use remoteingress::fuzzing::stun::{
     binding_request, parse_binding_response, public_ip_from, StunError, TxId,
 };
 

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use remoteingress::transport::records::{
+use remoteingress::fuzzing::records::{
     check_alert, open_record, parse_post_handshake, record_len, seal_record, sealed_len,
     ContentType, PostHandshake, RecordKey, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN,
 };

@@ -11,7 +11,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
-use remoteingress::protocol::token::{decode_token, encode_token};
+use remoteingress::fuzzing::token::{decode_token, encode_token};
 
 fn check(text: &str) {
     let Ok(token) = decode_token(text) else {

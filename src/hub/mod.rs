@@ -7,6 +7,11 @@ mod quic_accept;
 mod session;
 mod throttle;
 mod tls_accept;
+
+#[cfg(test)]
+mod flood_tests;
+#[cfg(test)]
+mod quic_tests;
 mod udp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -521,12 +526,9 @@ impl Hub {
         m.finish()
     }
 
+    #[cfg(test)]
     pub fn tunnel_port(&self) -> u16 {
         self.tunnel_port
-    }
-
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
     }
 
     /// Disconnects every edge, stops listening and waits until every task has ended.

@@ -60,6 +60,7 @@ impl SendWindow {
         }
     }
 
+    #[cfg(test)]
     pub fn available(&self) -> u32 {
         self.available
     }
@@ -147,6 +148,7 @@ impl RecvWindow {
     }
 
     /// Bytes the peer may still send before it must wait for credit.
+    #[cfg(test)]
     pub fn remaining(&self) -> u32 {
         self.peer_credit
     }

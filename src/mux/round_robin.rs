@@ -60,6 +60,7 @@ impl<T> RoundRobin<T> {
         item
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }

@@ -89,7 +89,6 @@ pub enum HubMessage {
 pub trait ControlMessage: Clone + std::fmt::Debug + Send + Sync + 'static {
     const DIRECTION: Direction;
     fn ping(nonce: PingNonce) -> Self;
-    fn pong(nonce: PingNonce) -> Self;
     fn kind(&self) -> FrameType;
     /// The UDP session the message is about; 0 for a tunnel-wide one.
     fn session(&self) -> u32;
@@ -108,10 +107,6 @@ impl ControlMessage for EdgeMessage {
 
     fn ping(nonce: PingNonce) -> Self {
         EdgeMessage::Ping(nonce)
-    }
-
-    fn pong(nonce: PingNonce) -> Self {
-        EdgeMessage::Pong(nonce)
     }
 
     fn kind(&self) -> FrameType {
@@ -163,10 +158,6 @@ impl ControlMessage for HubMessage {
 
     fn ping(nonce: PingNonce) -> Self {
         HubMessage::Ping(nonce)
-    }
-
-    fn pong(nonce: PingNonce) -> Self {
-        HubMessage::Pong(nonce)
     }
 
     fn kind(&self) -> FrameType {

@@ -4,7 +4,7 @@
 //! Stream 0 ([`CONTROL_STREAM_ID`]) carries tunnel-wide control frames
 //! (CONFIG, PING, PONG); every other stream id names one proxied connection.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::control::{ControlMessage, Direction, EdgeMessage, HubMessage};
 use super::handshake::HandshakeError;
@@ -171,7 +171,9 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
 /// zero-copy with `split_to().freeze()`).
 ///
 /// `Ok(None)` = need more bytes (buf untouched); errors as [`decode_header`].
+#[cfg(any(test, fuzzing))]
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    use bytes::Buf;
     let Some(header) = decode_header(buf)? else {
         return Ok(None);
     };
@@ -193,6 +195,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
 /// Frames are built locally, so an oversize payload is a caller bug: the
 /// debug assertion catches it in tests; release builds send it and the peer
 /// rejects it as [`FrameError::Oversize`].
+#[cfg(any(test, fuzzing))]
 pub fn encode(frame: &Frame, dst: &mut BytesMut) {
     debug_assert!(frame.payload.len() <= MAX_FRAME_PAYLOAD);
     // Saturate rather than truncate so a bug can never desynchronise framing
@@ -235,6 +238,7 @@ impl Frame {
         )
     }
 
+    #[cfg(test)]
     pub fn ping(nonce: [u8; PING_NONCE_LEN]) -> Frame {
         Frame::new(
             CONTROL_STREAM_ID,
@@ -243,6 +247,7 @@ impl Frame {
         )
     }
 
+    #[cfg(test)]
     pub fn pong(nonce: [u8; PING_NONCE_LEN]) -> Frame {
         Frame::new(
             CONTROL_STREAM_ID,

@@ -63,6 +63,7 @@ pub enum HandshakeError {
 /// `Ok(None)` = no newline yet and `buf.len() < MAX_HANDSHAKE_LINE`; error if
 /// `MAX_HANDSHAKE_LINE` bytes arrive without a newline. Bytes after the
 /// newline stay in `buf` (they may already be frames).
+#[cfg(any(test, fuzzing))]
 pub fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, HandshakeError> {
     take_line_limited(buf, MAX_HANDSHAKE_LINE)
 }

@@ -15,3 +15,6 @@ pub mod proxy;
 pub mod quic_messages;
 pub mod stun;
 pub mod token;
+
+#[cfg(test)]
+mod roundtrip_tests;

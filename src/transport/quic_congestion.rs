@@ -49,6 +49,7 @@ pub struct BoundedCubic {
 
 impl BoundedCubic {
     /// The bound in force: None until a round trip is measured, and on long paths.
+    #[cfg(test)]
     pub fn bound(&self) -> Option<u64> {
         self.bound
     }

@@ -50,10 +50,6 @@ impl ConnectionStreams {
         self.table.len() + self.quic.get()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The stream table frames are delivered to (TCP+TLS).
     pub fn table(&self) -> &Arc<StreamTable> {
         &self.table

@@ -358,10 +358,6 @@ impl StreamTable {
         self.map().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Delivers a DATA payload to its stream. Frames for a stream that already ended are
     /// dropped: they were in flight when our reset went out.
     pub fn deliver_data(&self, id: u32, payload: Bytes) -> Result<(), FlowError> {

@@ -9,28 +9,28 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 
-use remoteingress::protocol::control::{
+use crate::protocol::control::{
     parse_open_header, ControlMessage, EdgeMessage, HubMessage, UdpOpen,
 };
-use remoteingress::protocol::frame::{
+use crate::protocol::frame::{
     self, close_payload, decode_close, decode_ping, decode_window_credit, CloseKind, Frame,
     FrameType, ResetReason, FRAME_HEADER_LEN,
 };
-use remoteingress::protocol::frame::{control_frame, EdgeFrame, HubFrame};
-use remoteingress::protocol::handshake::{
+use crate::protocol::frame::{control_frame, EdgeFrame, HubFrame};
+use crate::protocol::handshake::{
     encode_auth_line, encode_config, encode_reply, parse_auth_line, parse_config, parse_reply,
     take_line, take_line_limited, EdgeConfig, HubReply, DEFAULT_MAX_UDP_SESSIONS, MAX_REPLY_LINE,
     MAX_STUN_INTERVAL_SECS, MAX_UDP_SESSIONS_LIMIT, MIN_STUN_INTERVAL_SECS,
 };
-use remoteingress::protocol::proxy::{
+use crate::protocol::proxy::{
     encode_v1, encode_v2, parse_v1, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport,
     PROXY_V1_MAX_LEN,
 };
-use remoteingress::protocol::quic_messages::{
+use crate::protocol::quic_messages::{
     decode_control, encode_control, encode_datagram, encode_open_datagram, is_repeated_open,
     parse_open, split_datagram, OPEN_MARKER,
 };
-use remoteingress::protocol::token::{decode_token, encode_token, ConnectionToken};
+use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
 
 // ---------------------------------------------------------------------------------------------
 // Strategies

@@ -6,18 +6,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use quinn::congestion::Controller;
-use remoteingress::hub::options::{parse_allowed_edges, HubOptions};
-use remoteingress::hub::{Hub, HubEvent};
-use remoteingress::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
-use remoteingress::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
-use remoteingress::protocol::quic_messages::{
+use crate::hub::options::{parse_allowed_edges, HubOptions};
+use crate::hub::{Hub, HubEvent};
+use crate::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
+use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
+use crate::protocol::quic_messages::{
     decode_control, encode_control, encode_datagram, encode_open_datagram,
 };
-use remoteingress::transport::quic_congestion::{BoundedCubic, MIN_WINDOW_BOUND};
-use remoteingress::transport::quic_endpoint::edge_endpoint;
-use remoteingress::transport::tls::HubTrust;
+use crate::transport::quic_congestion::{BoundedCubic, MIN_WINDOW_BOUND};
+use crate::transport::quic_endpoint::edge_endpoint;
+use crate::transport::tls::HubTrust;
+use bytes::{Bytes, BytesMut};
+use quinn::congestion::Controller;
 use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::time::timeout;

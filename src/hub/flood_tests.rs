@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use remoteingress::hub::options::{parse_allowed_edges, HubOptions};
-use remoteingress::hub::Hub;
-use remoteingress::transport::quic_endpoint::edge_endpoint;
-use remoteingress::transport::tls::HubTrust;
+use crate::hub::options::{parse_allowed_edges, HubOptions};
+use crate::hub::Hub;
+use crate::transport::quic_endpoint::edge_endpoint;
+use crate::transport::tls::HubTrust;
 use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
