@@ -1,5 +1,5 @@
 //! Pure multiplexing state shared by both ends of a tunnel: flow-control windows, each
-//! stream's lifecycle and the fair order of the data tier.
+//! stream's lifecycle and the writer's order (tiers, and fair turns within the data tier).
 
 #![forbid(unsafe_code)]
 
@@ -7,3 +7,4 @@ pub mod flow;
 pub mod round_robin;
 pub mod stream_state;
 pub mod sustained;
+pub mod tiers;
