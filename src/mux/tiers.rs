@@ -84,8 +84,8 @@ impl TierScheduler {
         if let Some(frame) = self.control.pop_front() {
             return Some(frame);
         }
-        // `owed` starts a new second when one has passed, so it is asked only with sustained
-        // frames waiting, as the rate is counted from when they are.
+        // Asked only while sustained frames wait, as before the move: `owed` starts a new
+        // one-second window only when asked, so that is when windows start.
         let sustained_first = !self.sustained.is_empty() && self.share.owed(now);
         if !sustained_first {
             if let Some(frame) = self.data.pop() {
