@@ -18,6 +18,7 @@ use crate::mux::flow::{
     stream_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW,
     SUSTAINED_STREAM_WINDOW, TUNNEL_WINDOW_BUDGET,
 };
+use crate::mux::stream_state::{StreamState, Writer};
 use crate::mux::sustained::FlowMeter;
 use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
@@ -75,13 +76,10 @@ struct Windows {
     /// window; unlike a channel it allocates nothing until the first item, so an idle stream
     /// holds no buffer.
     inbox: VecDeque<StreamInput>,
-    /// A half-close and a reset are each queued once, so a peer repeating them cannot grow
+    /// Which closes were sent and received, and who is writing to the socket. Only what it
+    /// accepts is queued, so a peer repeating closes or sending data after them cannot grow
     /// the inbox.
-    half_closed: bool,
-    reset: bool,
-    /// Data is on its way to the socket (the pump's write, or the reader's direct one): the
-    /// next payload must queue behind it.
-    writing: bool,
+    state: StreamState,
     /// Set while the pump runs: how the reader writes small payloads itself.
     direct: Option<Arc<DirectWrite>>,
 }
@@ -115,9 +113,7 @@ impl StreamFlow {
                 recv: RecvWindow::new(INITIAL_STREAM_WINDOW),
                 received: FlowMeter::new(Instant::now()),
                 inbox: VecDeque::new(),
-                half_closed: false,
-                reset: false,
-                writing: false,
+                state: StreamState::new(),
                 direct: None,
             }),
             credit_arrived: Notify::new(),
@@ -165,13 +161,14 @@ impl StreamFlow {
             let mut windows = self.windows();
             windows.recv.on_data(len)?;
             windows.received.record(len as usize, Instant::now());
-            let idle = windows.inbox.is_empty()
-                && !windows.writing
-                && !windows.half_closed
-                && !windows.reset;
+            if windows.state.on_remote_data().is_err() {
+                // After the peer's FIN or a reset: the pump would drop it unwritten.
+                return Ok(());
+            }
+            let small = windows.inbox.is_empty() && payload.len() <= DIRECT_WRITE_MAX_BYTES;
             match windows.direct.clone() {
-                Some(direct) if idle && payload.len() <= DIRECT_WRITE_MAX_BYTES => {
-                    windows.writing = true;
+                // The reader may write only while nobody else is (nor anything queued).
+                Some(direct) if small && windows.state.begin_write(Writer::Reader).is_ok() => {
                     direct
                 }
                 _ => {
@@ -191,7 +188,8 @@ impl StreamFlow {
             .fetch_add(written as u64, Ordering::Relaxed);
         let credit = {
             let mut windows = self.windows();
-            windows.writing = false;
+            let ended = windows.state.end_write(Writer::Reader);
+            debug_assert_eq!(ended, Ok(()), "the reader held the write");
             if written < payload.len() {
                 windows
                     .inbox
@@ -217,22 +215,28 @@ impl StreamFlow {
     fn on_close(&self, kind: CloseKind) {
         {
             let mut windows = self.windows();
-            let (seen, input) = match kind {
-                CloseKind::HalfClose => (
-                    std::mem::replace(&mut windows.half_closed, true),
-                    StreamInput::HalfClose,
-                ),
-                CloseKind::Reset(reason) => (
-                    std::mem::replace(&mut windows.reset, true),
-                    StreamInput::Reset(reason),
-                ),
-            };
-            if seen {
+            if windows.state.on_remote_close(kind).is_err() {
+                // A repeated close, or a FIN after a reset: nothing left for it to end.
                 return;
             }
-            windows.inbox.push_back(input);
+            windows.inbox.push_back(match kind {
+                CloseKind::HalfClose => StreamInput::HalfClose,
+                CloseKind::Reset(reason) => StreamInput::Reset(reason),
+            });
         }
         self.input_arrived.notify_one();
+    }
+
+    /// Our FIN is queued for the peer.
+    fn on_local_half_close(&self) {
+        // An error means a reset came first; the FIN went anyway, as it always has.
+        let _ = self.windows().state.on_local_half_close();
+    }
+
+    /// Our reset is queued for the peer.
+    fn on_local_reset(&self) {
+        // An error means the peer reset first; ours went anyway, as it always has.
+        let _ = self.windows().state.on_local_reset();
     }
 
     /// The next thing the tunnel delivered to this stream, in order. Data is being written
@@ -242,9 +246,13 @@ impl StreamFlow {
             let arrived = self.input_arrived.notified();
             {
                 let mut windows = self.windows();
-                if !windows.writing {
+                if windows.state.writer().is_none() {
                     if let Some(input) = windows.inbox.pop_front() {
-                        windows.writing = matches!(input, StreamInput::Data(_));
+                        if matches!(input, StreamInput::Data(_)) {
+                            // Nobody writes (checked above): this cannot fail.
+                            let began = windows.state.begin_write(Writer::Pump);
+                            debug_assert_eq!(began, Ok(()));
+                        }
                         return input;
                     }
                 }
@@ -256,7 +264,8 @@ impl StreamFlow {
     /// `len` bytes of data reached the socket; returns credit to grant the peer, if due.
     fn on_consumed(&self, len: u32) -> Option<u32> {
         let mut windows = self.windows();
-        windows.writing = false;
+        let ended = windows.state.end_write(Writer::Pump);
+        debug_assert_eq!(ended, Ok(()), "the pump held the write");
         self.credit_after(&mut windows, len)
     }
 
@@ -455,6 +464,7 @@ pub async fn pump(
                 Abort::TunnelGone => StreamEnd::TunnelClosed,
                 Abort::Local(e) => {
                     frames.control(reset_frame(id, side, ResetReason::Aborted));
+                    flow.on_local_reset();
                     StreamEnd::LocalError(e.kind())
                 }
             }
@@ -488,6 +498,7 @@ async fn upload(
             flow.settle(credit, 0);
             let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
             return if frames.data(fin) {
+                flow.on_local_half_close();
                 Ok(())
             } else {
                 Err(Abort::TunnelGone)
@@ -539,7 +550,8 @@ async fn wait_for_reset(flow: &StreamFlow) -> Abort {
     loop {
         match flow.next_input().await {
             StreamInput::Reset(reason) => return Abort::Peer(reason),
-            // Dropped, not written: ends the write `next_input` began.
+            // Data after FIN is dropped on arrival, so none comes; were it to, it is dropped
+            // here too, ending the write `next_input` began.
             StreamInput::Data(_) => {
                 let _ = flow.on_consumed(0);
             }
@@ -618,7 +630,7 @@ mod tests {
             i += 1;
         }
         assert!(
-            !flow.windows().inbox.is_empty() || flow.windows().writing,
+            !flow.windows().inbox.is_empty() || flow.windows().state.writer().is_some(),
             "the socket filled and later payloads waited for the pump"
         );
         table.deliver_close(1, CloseKind::HalfClose);

@@ -2,7 +2,6 @@
 //! the data queue and coalesces frames into large writes (each small TLS write is its own
 //! record and syscall, which costs several times the throughput).
 
-use std::collections::HashMap;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,8 +12,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
-use crate::mux::round_robin::RoundRobin;
-use crate::mux::sustained::{FlowMeter, SustainedShare};
+use crate::mux::tiers::TierScheduler;
 use crate::protocol::frame::{encode_header, Frame, FrameType, FRAME_HEADER_LEN};
 use crate::scheduler_turn::runnable_tasks_first;
 
@@ -31,11 +29,6 @@ pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// transfers, which need no help.
 const SHARE_A_TURN_BELOW_BYTES: usize = 16 * 1024;
 
-/// Streams metered at once for sustained-flow detection. Meters end with a stream's
-/// half-close; a stream that ends by reset leaves one behind, so past this the table restarts
-/// (costing at most a late demotion).
-const MAX_METERED_STREAMS: usize = 65_536;
-
 /// UDP payload bytes that may wait in a tunnel's queue. Datagrams have no flow control; past
 /// this the tunnel is congested and new datagrams are dropped (and counted), as a router would.
 pub const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
@@ -43,9 +36,9 @@ pub const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
 /// Cloneable handle for queueing frames on a tunnel.
 ///
 /// Three tiers: control frames (PING, PONG, WINDOW_UPDATE, OPEN, resets, CONFIG) first, then
-/// normal data and UDP, then sustained (elephant) streams, which still get a guaranteed rate.
-/// Within a tier, streams take turns; a stream's DATA and its half-close share its queue, so
-/// the close can never overtake the data.
+/// normal data and UDP, then sustained (elephant) streams, which still get a guaranteed rate
+/// (the order is `TierScheduler`'s). Within a tier, streams take turns; a stream's DATA and
+/// its half-close share its queue, so the close can never overtake the data.
 /// Neither queue needs a bound of its own: stream data is bounded by the stream windows,
 /// datagrams by `MAX_QUEUED_DATAGRAM_BYTES`, control by the protocol (one OPEN per accept,
 /// credit returned in quarter windows).
@@ -92,12 +85,8 @@ impl FrameSender {
 pub struct FrameQueues {
     control: UnboundedReceiver<Frame>,
     data: UnboundedReceiver<Frame>,
-    /// Data frames taken off the channel, in the order the streams get their turns.
-    data_turns: RoundRobin<Frame>,
-    sustained_turns: RoundRobin<Frame>,
-    /// Outgoing bytes per stream, to spot sustained flows.
-    meters: HashMap<u32, FlowMeter>,
-    sustained_share: SustainedShare,
+    /// Frames taken off the channels, until it is their turn.
+    tiers: TierScheduler,
     queued_datagram_bytes: Arc<AtomicUsize>,
 }
 
@@ -114,65 +103,25 @@ pub fn frame_channel() -> (FrameSender, FrameQueues) {
         FrameQueues {
             control: control_rx,
             data: data_rx,
-            data_turns: RoundRobin::default(),
-            sustained_turns: RoundRobin::default(),
-            meters: HashMap::new(),
-            sustained_share: SustainedShare::new(Instant::now()),
+            tiers: TierScheduler::new(Instant::now()),
             queued_datagram_bytes,
         },
     )
 }
 
 impl FrameQueues {
-    /// Next frame without waiting: control first, then normal data, then sustained streams
-    /// (ahead of normal data while they are owed their guaranteed rate).
+    /// Next frame without waiting, in the tiers' order.
     fn try_next(&mut self) -> Option<Frame> {
+        // One control frame per call, as before the tiers: each call writes one, so the
+        // control tier holds a frame or two, not a burst.
         if let Ok(frame) = self.control.try_recv() {
-            return Some(frame);
+            self.tiers.push_control(frame);
         }
         let now = Instant::now();
         while let Ok(frame) = self.data.try_recv() {
-            self.enqueue_data(frame, now);
+            self.tiers.push_data(frame, now);
         }
-        let sustained_first = !self.sustained_turns.is_empty() && self.sustained_share.owed(now);
-        if !sustained_first {
-            if let Some(frame) = self.data_turns.pop() {
-                return Some(frame);
-            }
-        }
-        let frame = self.sustained_turns.pop()?;
-        self.sustained_share.served(frame.payload.len());
-        Some(frame)
-    }
-
-    /// Puts a data-tier frame in its stream's tier. Stream data is metered; a half-close ends
-    /// the stream's meter (it sends nothing more). A frame always joins the tier that already
-    /// holds frames of its stream, so a stream changing tier never overtakes itself.
-    fn enqueue_data(&mut self, frame: Frame, now: Instant) {
-        let id = frame.stream_id;
-        let metered_sustained = match frame.frame_type {
-            FrameType::Data | FrameType::DataBack => {
-                if self.meters.len() >= MAX_METERED_STREAMS && !self.meters.contains_key(&id) {
-                    self.meters.clear(); // streams that ended by reset leave meters behind
-                }
-                self.meters
-                    .entry(id)
-                    .or_insert_with(|| FlowMeter::new(now))
-                    .record(frame.payload.len(), now)
-            }
-            FrameType::Close | FrameType::CloseBack => self
-                .meters
-                .remove(&id)
-                .is_some_and(|meter| meter.is_sustained()),
-            _ => false,
-        };
-        let sustained = self.sustained_turns.contains(id)
-            || (!self.data_turns.contains(id) && metered_sustained);
-        if sustained {
-            self.sustained_turns.push(id, frame);
-        } else {
-            self.data_turns.push(id, frame);
-        }
+        self.tiers.pop(now)
     }
 
     /// Waits for the next frame; None once every sender is gone and nothing is left.
@@ -183,9 +132,12 @@ impl FrameQueues {
         // Nothing is queued anywhere: wait, then let the tiers decide.
         tokio::select! {
             biased;
-            Some(frame) = self.control.recv() => Some(frame),
+            Some(frame) = self.control.recv() => {
+                self.tiers.push_control(frame);
+                self.try_next()
+            }
             Some(frame) = self.data.recv() => {
-                self.enqueue_data(frame, Instant::now());
+                self.tiers.push_data(frame, Instant::now());
                 self.try_next()
             }
             else => None,
@@ -379,51 +331,6 @@ mod tests {
                 (1, FrameType::Data)
             ]
         );
-    }
-
-    #[test]
-    fn an_elephant_moves_to_the_lowest_tier_without_overtaking_itself() {
-        use crate::mux::sustained::SUSTAINED_AFTER;
-        use std::time::Duration;
-        let (_sender, mut queues) = frame_channel();
-        let chunk = Bytes::from(vec![0u8; 1_000_000]);
-        let t0 = Instant::now() - SUSTAINED_AFTER - Duration::from_secs(5);
-        let data = |id: u32, byte: usize| {
-            let mut payload = chunk.slice(..);
-            payload.truncate(chunk.len() - byte); // distinct lengths tag the frames
-            Frame::new(id, FrameType::DataBack, payload)
-        };
-        // Stream 1 runs at about 6 MB/s and is classified with its 60th frame, while its
-        // earlier frames still wait in the normal tier: the later ones must queue behind them.
-        for s in 0..60 {
-            queues.enqueue_data(data(1, s), t0 + Duration::from_millis(170 * s as u64));
-        }
-        let late = t0 + SUSTAINED_AFTER + Duration::from_secs(1);
-        assert!(queues.meters[&1].is_sustained());
-        queues.enqueue_data(data(1, 60), late);
-        queues.enqueue_data(Frame::new(1, FrameType::CloseBack, Bytes::new()), late);
-        assert!(
-            queues.sustained_turns.is_empty(),
-            "stream 1 still has normal frames queued"
-        );
-        let mut order = Vec::new();
-        while let Some(frame) = queues.data_turns.pop() {
-            order.push(chunk.len() - frame.payload.len());
-        }
-        assert_eq!(order.len(), 62);
-        assert_eq!(&order[..61], &(0..61).collect::<Vec<_>>()[..]);
-        // A classified stream with nothing queued goes to the sustained tier.
-        let mut meter = FlowMeter::new(t0);
-        assert!(meter.record(100_000_000, late));
-        queues.meters.insert(3, meter);
-        queues.enqueue_data(data(3, 0), late);
-        queues.enqueue_data(data(4, 0), late);
-        assert_eq!(queues.sustained_turns.len(), 1);
-        assert_eq!(queues.data_turns.len(), 1);
-        // Normal data goes first once the sustained tier had its guaranteed share this second.
-        queues.sustained_share.served(2_000_000);
-        assert_eq!(queues.try_next().map(|f| f.stream_id), Some(4));
-        assert_eq!(queues.try_next().map(|f| f.stream_id), Some(3));
     }
 
     /// Records each write the writer makes and signals it.
