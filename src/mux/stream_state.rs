@@ -85,6 +85,7 @@ impl StreamState {
         }
     }
 
+    #[cfg(test)]
     pub fn phase(&self) -> Phase {
         self.phase
     }

@@ -98,12 +98,9 @@ impl TierScheduler {
     }
 
     /// Frames waiting in all tiers.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.control.len() + self.data.len() + self.sustained.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -167,7 +164,7 @@ mod tests {
                 (1, FrameType::DataBack, 3),
             ]
         );
-        assert!(tiers.is_empty());
+        assert_eq!(tiers.len(), 0);
         assert!(!tiers.meters.contains_key(&7), "UDP is not metered");
     }
 
