@@ -559,7 +559,7 @@ fn token_from_json(data: &Value) -> std::result::Result<ConnectionToken, ConfigE
     let secret = required(c.secret, "secret")?.0;
     let hub_fingerprint = c.hub_fingerprint.map(|t| t.0);
     if let Some(fp) = &hub_fingerprint {
-        validate_fingerprint(fp).map_err(|reason| ConfigError::new("hubFingerprint", reason))?;
+        validate_fingerprint(fp).map_err(|e| ConfigError::new("hubFingerprint", e.to_string()))?;
     }
     Ok(ConnectionToken {
         hub_host,

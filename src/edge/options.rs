@@ -165,7 +165,7 @@ impl EdgeOptions {
             }
             (Some(pin), None) => {
                 validate_fingerprint(&pin)
-                    .map_err(|reason| ConfigError::new("hubFingerprint", reason))?;
+                    .map_err(|e| ConfigError::new("hubFingerprint", e.to_string()))?;
                 HubTrust::Pinned(pin)
             }
             (None, Some(Text(pem))) => {

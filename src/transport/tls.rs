@@ -93,9 +93,9 @@ impl HubIdentity {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, TlsSetupError> {
-        let fingerprint = spki_fingerprint(&chain[0]).map_err(|reason| TlsSetupError::BadPem {
+        let fingerprint = spki_fingerprint(&chain[0]).map_err(|e| TlsSetupError::BadPem {
             field: "tls.certPem",
-            reason,
+            reason: e.to_string(),
         })?;
         Ok(Self {
             chain,
@@ -122,11 +122,19 @@ impl HubIdentity {
     }
 }
 
+/// Why a certificate has no fingerprint, or a fingerprint is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum FingerprintError {
+    #[error("bad certificate: {0}")]
+    BadCertificate(webpki::Error),
+    #[error("must look like sha256/<43 base64url characters>, as in the hub's certFingerprint")]
+    Malformed,
+}
+
 /// `sha256/<base64url of SHA-256 of the SubjectPublicKeyInfo>`: stays valid when the
 /// certificate is renewed with the same key.
-pub fn spki_fingerprint(cert: &CertificateDer<'_>) -> Result<String, String> {
-    let parsed =
-        webpki::EndEntityCert::try_from(cert).map_err(|e| format!("bad certificate: {e}"))?;
+pub fn spki_fingerprint(cert: &CertificateDer<'_>) -> Result<String, FingerprintError> {
+    let parsed = webpki::EndEntityCert::try_from(cert).map_err(FingerprintError::BadCertificate)?;
     let spki = parsed.subject_public_key_info();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
     Ok(format!(
@@ -136,7 +144,7 @@ pub fn spki_fingerprint(cert: &CertificateDer<'_>) -> Result<String, String> {
 }
 
 /// Checks the form of a fingerprint given in config or a token.
-pub fn validate_fingerprint(fingerprint: &str) -> Result<(), String> {
+pub fn validate_fingerprint(fingerprint: &str) -> Result<(), FingerprintError> {
     let ok = fingerprint
         .strip_prefix(FINGERPRINT_PREFIX)
         .and_then(|b64| URL_SAFE_NO_PAD.decode(b64).ok())
@@ -144,10 +152,7 @@ pub fn validate_fingerprint(fingerprint: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(
-            "must look like sha256/<43 base64url characters>, as in the hub's certFingerprint"
-                .into(),
-        )
+        Err(FingerprintError::Malformed)
     }
 }
 

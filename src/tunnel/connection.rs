@@ -135,15 +135,29 @@ pub enum IncomingStream {
         frames: FrameSender,
         table: Arc<StreamTable>,
     },
-    /// Over QUIC: the stream, with what arrived after its PROXY line.
+    /// Over QUIC.
     Quic {
-        send: SendStream,
-        recv: RecvStream,
-        open: OpenStream,
-        early_data: Bytes,
+        stream: QuicConnectionStream,
         /// What the target reads and is written.
         bytes: Arc<SocketBytes>,
     },
+}
+
+/// A QUIC connection stream whose PROXY line has been read.
+pub struct QuicConnectionStream {
+    pub send: SendStream,
+    pub recv: RecvStream,
+    /// Its place among the tunnel's open relays.
+    pub open: OpenStream,
+    /// What arrived after the PROXY line.
+    pub early_data: Bytes,
+}
+
+impl QuicConnectionStream {
+    /// Resets both directions with `reason`.
+    pub fn reset(mut self, reason: ResetReason) {
+        reset_stream(&mut self.send, &mut self.recv, reason);
+    }
 }
 
 impl IncomingStream {
@@ -161,17 +175,17 @@ impl IncomingStream {
                 let _left = OnDrop::new(|| table.remove(id));
                 pump(target, id, HUB_SIDE, port, frames, cancel.child_token()).await;
             }
-            IncomingStream::Quic {
-                mut send,
-                mut recv,
-                open,
-                early_data,
-                bytes,
-            } => {
-                if target.write_all(&early_data).await.is_err() {
-                    reset_stream(&mut send, &mut recv, ResetReason::Unreachable);
+            IncomingStream::Quic { stream, bytes } => {
+                if target.write_all(&stream.early_data).await.is_err() {
+                    stream.reset(ResetReason::Unreachable);
                     return;
                 }
+                let QuicConnectionStream {
+                    send,
+                    recv,
+                    open,
+                    early_data,
+                } = stream;
                 bytes
                     .written
                     .fetch_add(early_data.len() as u64, Ordering::Relaxed);
@@ -193,11 +207,7 @@ impl IncomingStream {
                 table.remove(id);
                 frames.control(reset_frame(id, HUB_SIDE, reason));
             }
-            IncomingStream::Quic {
-                mut send, mut recv, ..
-            } => {
-                reset_stream(&mut send, &mut recv, reason);
-            }
+            IncomingStream::Quic { stream, .. } => stream.reset(reason),
         }
     }
 }

@@ -22,10 +22,10 @@ use crate::transport::quic_endpoint::{
 };
 use crate::transport::tls_stream::TlsConnection;
 
-use super::connection::{ConnectionStreams, IncomingStream};
+use super::connection::{ConnectionStreams, IncomingStream, QuicConnectionStream};
 use super::quic_link::{
     control_channel, receive_datagrams, receive_oversized, reset_stream, run_control_writer,
-    ControlReader, OpenStream, QuicLink,
+    ControlReader, QuicLink,
 };
 use super::reader::FrameReader;
 use super::receive_loop::{run_tunnel_loop, Heartbeat};
@@ -216,12 +216,7 @@ enum PendingStream {
         frames: FrameSender,
         table: Arc<StreamTable>,
     },
-    Quic {
-        send: SendStream,
-        recv: RecvStream,
-        open: OpenStream,
-        early_data: Bytes,
-    },
+    Quic(QuicConnectionStream),
 }
 
 impl NewStream {
@@ -236,7 +231,7 @@ impl NewStream {
     pub fn over_limit(&self, max: usize) -> bool {
         match &self.pending {
             PendingStream::Frames { table, .. } => table.len() >= max,
-            PendingStream::Quic { .. } => false,
+            PendingStream::Quic(_) => false,
         }
     }
 
@@ -254,18 +249,7 @@ impl NewStream {
                     table,
                 }
             }
-            PendingStream::Quic {
-                send,
-                recv,
-                open,
-                early_data,
-            } => IncomingStream::Quic {
-                send,
-                recv,
-                open,
-                early_data,
-                bytes,
-            },
+            PendingStream::Quic(stream) => IncomingStream::Quic { stream, bytes },
         })
     }
 
@@ -275,11 +259,7 @@ impl NewStream {
             PendingStream::Frames { frames, .. } => {
                 frames.control(reset_frame(self.id, HUB_SIDE, reason));
             }
-            PendingStream::Quic {
-                mut send, mut recv, ..
-            } => {
-                reset_stream(&mut send, &mut recv, reason);
-            }
+            PendingStream::Quic(stream) => stream.reset(reason),
         }
     }
 }
@@ -489,12 +469,12 @@ async fn announced_stream<E: TunnelEnd>(
         Ok(Ok((addresses, early_data))) => Ok(Some(NewStream {
             id,
             addresses,
-            pending: PendingStream::Quic {
+            pending: PendingStream::Quic(QuicConnectionStream {
                 send,
                 recv,
                 open,
                 early_data,
-            },
+            }),
         })),
         Ok(Err(LineFailure::Bad(reason))) => {
             Err(Violation::BadConnectionStream { stream: id, reason }.into())
