@@ -37,7 +37,7 @@ impl ConfigError {
 
 /// Reads `T` from `value`, a config object at `path` ("" for the top level). `null` reads as
 /// an empty object, as `undefined` does in JavaScript.
-pub fn from_value<'a, T: Deserialize<'a> + Default>(
+pub(crate) fn from_value<'a, T: Deserialize<'a> + Default>(
     value: &'a Value,
     path: &str,
 ) -> Result<T, ConfigError> {
@@ -47,11 +47,11 @@ pub fn from_value<'a, T: Deserialize<'a> + Default>(
 }
 
 /// The option `field` (a path) must be given.
-pub fn required<T>(value: Option<T>, field: impl Into<String>) -> Result<T, ConfigError> {
+pub(crate) fn required<T>(value: Option<T>, field: impl Into<String>) -> Result<T, ConfigError> {
     value.ok_or_else(|| ConfigError::new(field, "is required"))
 }
 
-pub fn join_path(path: &str, key: &str) -> String {
+pub(crate) fn join_path(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -61,7 +61,7 @@ pub fn join_path(path: &str, key: &str) -> String {
 
 /// A deserialization error; the path is filled in by the innermost value that has one.
 #[derive(Debug)]
-pub struct PathError {
+pub(crate) struct PathError {
     field: Option<String>,
     reason: String,
 }
@@ -325,7 +325,7 @@ fn non_empty<'de, D: Deserializer<'de>, T>(
 
 /// Any string.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Text(pub String);
+pub(crate) struct Text(pub String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -337,7 +337,7 @@ impl<'de> Deserialize<'de> for Text {
 
 /// A string that is not empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NonEmpty(pub String);
+pub(crate) struct NonEmpty(pub String);
 
 impl<'de> Deserialize<'de> for NonEmpty {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -347,7 +347,7 @@ impl<'de> Deserialize<'de> for NonEmpty {
 
 /// An address to bind listeners to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BindAddress(pub IpAddr);
+pub(crate) struct BindAddress(pub IpAddr);
 
 impl<'de> Deserialize<'de> for BindAddress {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -361,13 +361,13 @@ impl<'de> Deserialize<'de> for BindAddress {
 
 /// A host name or IP address to dial and to check the hub's certificate against.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostName {
+pub(crate) struct HostName {
     pub text: String,
     pub server_name: ServerName<'static>,
 }
 
 impl HostName {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         Ok(Self {
             text: text.to_string(),
             server_name: server_name(text)?,
@@ -383,10 +383,10 @@ impl<'de> Deserialize<'de> for HostName {
 
 /// An edge id (also an `updateAllowedEdges` entry's `id`), checked as the login checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeId(pub String);
+pub(crate) struct EdgeId(pub String);
 
 impl EdgeId {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         validate_edge_id(text).map_err(|e| e.to_string())?;
         Ok(Self(text.to_string()))
     }
@@ -400,10 +400,10 @@ impl<'de> Deserialize<'de> for EdgeId {
 
 /// An edge's secret, checked as the login checks it; never in a message or log.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
+pub(crate) struct Secret(pub String);
 
 impl Secret {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         validate_secret(text).map_err(|e| e.to_string())?;
         Ok(Self(text.to_string()))
     }
@@ -423,12 +423,12 @@ impl<'de> Deserialize<'de> for Secret {
 
 /// An integer from `MIN` to `MAX`, as a `T` (which holds `MAX`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Int<T, const MIN: u64, const MAX: u64>(pub T);
+pub(crate) struct Int<T, const MIN: u64, const MAX: u64>(pub T);
 
 /// A port from 1 to 65535.
-pub type Port = Int<u16, 1, 65535>;
+pub(crate) type Port = Int<u16, 1, 65535>;
 /// A byte count from 1 MiB to 2 GiB (a tunnel's buffer budget).
-pub type BufferBytes = Int<u32, { 1 << 20 }, { 1 << 31 }>;
+pub(crate) type BufferBytes = Int<u32, { 1 << 20 }, { 1 << 31 }>;
 
 impl<'de, T: TryFrom<u64>, const MIN: u64, const MAX: u64> Deserialize<'de> for Int<T, MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -456,7 +456,7 @@ impl<'de, T: TryFrom<u64>, const MIN: u64, const MAX: u64> Deserialize<'de> for 
 
 /// Milliseconds, from 1 to a day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Millis(pub Duration);
+pub(crate) struct Millis(pub Duration);
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -467,7 +467,7 @@ impl<'de> Deserialize<'de> for Millis {
 
 /// A list of ports 1-65535, sorted and without duplicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortList(pub Vec<u16>);
+pub(crate) struct PortList(pub Vec<u16>);
 
 impl<'de> Deserialize<'de> for PortList {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -504,7 +504,7 @@ impl<'de> Deserialize<'de> for PortList {
 
 /// STUN servers, `host:port` each.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StunServers(pub Vec<StunServer>);
+pub(crate) struct StunServers(pub Vec<StunServer>);
 
 impl<'de> Deserialize<'de> for StunServers {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

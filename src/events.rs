@@ -9,12 +9,12 @@ use serde::Serialize;
 use crate::lock::Locked;
 
 /// Receives events from a hub or edge runtime. Called from runtime threads; must not block.
-pub type EventSink<E> = Arc<dyn Fn(E) + Send + Sync>;
+pub(crate) type EventSink<E> = Arc<dyn Fn(E) + Send + Sync>;
 
 /// Which transport a tunnel runs over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub enum TransportKind {
+pub(crate) enum TransportKind {
     TcpTls,
     Quic,
 }
@@ -25,16 +25,16 @@ macro_rules! codes {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name {
+        pub(crate) enum $name {
             $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
             // Every list is checked against index.d.ts and the README by tests; some also label metrics.
             #[allow(dead_code)]
-            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+            pub(crate) const ALL: &'static [Self] = &[$(Self::$variant,)+];
 
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$variant => $text,)+
                 }
@@ -141,7 +141,7 @@ codes! {
 /// Which warnings a flood could repeat thousands of times a second may go out now: at most
 /// one per second of each code.
 #[derive(Debug)]
-pub struct WarningRateLimit<C> {
+pub(crate) struct WarningRateLimit<C> {
     /// The second (since the Unix epoch) each code was last let through.
     last_second: Mutex<HashMap<C, u64>>,
 }
@@ -157,7 +157,7 @@ impl<C> Default for WarningRateLimit<C> {
 impl<C: Copy + Eq + std::hash::Hash> WarningRateLimit<C> {
     /// Whether a warning of `code` may go out at `now_millis`; if so, the next one of that
     /// code waits for the next second.
-    pub fn allows(&self, code: C, now_millis: u64) -> bool {
+    pub(crate) fn allows(&self, code: C, now_millis: u64) -> bool {
         let second = now_millis / 1000;
         let last = self.last_second.locked().insert(code, second);
         last != Some(second)
@@ -165,7 +165,7 @@ impl<C: Copy + Eq + std::hash::Hash> WarningRateLimit<C> {
 }
 
 /// Milliseconds since the Unix epoch, as JavaScript's `Date.now()`.
-pub fn unix_millis() -> u64 {
+pub(crate) fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

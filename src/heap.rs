@@ -8,15 +8,15 @@ use std::time::Duration;
 
 /// Streams that must close before a trim is scheduled: a busy tunnel's steady churn of small
 /// requests frees little, and a trim costs milliseconds.
-pub const TRIM_AFTER_CLOSED_STREAMS: usize = 256;
+pub(crate) const TRIM_AFTER_CLOSED_STREAMS: usize = 256;
 /// How long after the threshold the trim runs, so a burst of closes is trimmed once.
-pub const TRIM_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const TRIM_DELAY: Duration = Duration::from_secs(1);
 
 static CLOSED_SINCE_TRIM: AtomicUsize = AtomicUsize::new(0);
 static TRIM_SCHEDULED: AtomicBool = AtomicBool::new(false);
 
 /// A tunneled stream closed and freed its buffers.
-pub fn stream_closed() {
+pub(crate) fn stream_closed() {
     if CLOSED_SINCE_TRIM.fetch_add(1, Ordering::Relaxed) + 1 < TRIM_AFTER_CLOSED_STREAMS {
         return;
     }

@@ -4,7 +4,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub trait Locked<T> {
+pub(crate) trait Locked<T> {
     fn locked(&self) -> MutexGuard<'_, T>;
 }
 
@@ -14,7 +14,7 @@ impl<T> Locked<T> for Mutex<T> {
     }
 }
 
-pub trait ReadWriteLocked<T> {
+pub(crate) trait ReadWriteLocked<T> {
     fn read_locked(&self) -> RwLockReadGuard<'_, T>;
     fn write_locked(&self) -> RwLockWriteGuard<'_, T>;
 }

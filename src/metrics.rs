@@ -4,19 +4,19 @@
 use std::fmt::Write as _;
 
 #[derive(Debug, Default)]
-pub struct MetricsText {
+pub(crate) struct MetricsText {
     out: String,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
 }
 
 impl MetricsText {
     /// Starts a metric family: its HELP and TYPE lines.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
+    pub(crate) fn family(&mut self, name: &str, kind: Kind, help: &str) {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -26,7 +26,7 @@ impl MetricsText {
     }
 
     /// One sample of the family just started.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -41,7 +41,7 @@ impl MetricsText {
         let _ = writeln!(self.out, " {value}");
     }
 
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         self.out
     }
 }

@@ -11,20 +11,20 @@ use std::task::{Context, Poll};
 
 /// Lets every task that is runnable now run before this one continues. `tokio::task::yield_now`
 /// would also wait for a poll of the I/O driver, an extra `epoll_wait` each time.
-pub async fn runnable_tasks_first() {
+pub(crate) async fn runnable_tasks_first() {
     AfterOneTurn::new(std::future::ready(())).await
 }
 
 /// A future whose every wake-up first gives the scheduler one turn: woken, it wakes itself
 /// and returns, which tokio treats as a yield (to the back of the run queue); the next poll
 /// runs the inner future.
-pub struct AfterOneTurn<F> {
+pub(crate) struct AfterOneTurn<F> {
     inner: F,
     turn_given: bool,
 }
 
 impl<F> AfterOneTurn<F> {
-    pub fn new(inner: F) -> Self {
+    pub(crate) fn new(inner: F) -> Self {
         Self {
             inner,
             turn_given: false,

@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// The prefix length that groups IPv6 sources: one host is usually given a whole /64.
-pub const IPV6_SOURCE_PREFIX: u32 = 64;
+pub(crate) const IPV6_SOURCE_PREFIX: u32 = 64;
 
 /// The address a source is counted under: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its
 /// /64, since one host can use every address of its prefix.
-pub fn source_key(address: IpAddr) -> IpAddr {
+pub(crate) fn source_key(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -23,19 +23,19 @@ pub fn source_key(address: IpAddr) -> IpAddr {
 
 /// How many entries of a table each source holds, by [`source_key`].
 #[derive(Debug, Default)]
-pub struct SourceCounts(HashMap<IpAddr, usize>);
+pub(crate) struct SourceCounts(HashMap<IpAddr, usize>);
 
 impl SourceCounts {
-    pub fn get(&self, source: IpAddr) -> usize {
+    pub(crate) fn get(&self, source: IpAddr) -> usize {
         self.0.get(&source_key(source)).copied().unwrap_or(0)
     }
 
-    pub fn add(&mut self, source: IpAddr) {
+    pub(crate) fn add(&mut self, source: IpAddr) {
         *self.0.entry(source_key(source)).or_default() += 1;
     }
 
     /// Forgets a source whose count falls to zero, so the map holds only present sources.
-    pub fn remove(&mut self, source: IpAddr) {
+    pub(crate) fn remove(&mut self, source: IpAddr) {
         let key = source_key(source);
         if let Some(count) = self.0.get_mut(&key) {
             *count -= 1;

@@ -6,17 +6,17 @@ use std::time::Duration;
 /// A tunnel that stayed up this long was stable: the next reconnect starts again from the
 /// minimum delay. One that ends sooner keeps the delays growing, so a hub that accepts and
 /// then drops an edge is not hammered.
-pub const STABLE_TUNNEL: Duration = Duration::from_secs(60);
+pub(super) const STABLE_TUNNEL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(super) struct Backoff {
     min: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub(super) fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max,
@@ -26,7 +26,7 @@ impl Backoff {
 
     /// The delay before the next attempt: uniform in [min, min(max, min * 2^attempt)],
     /// `random` supplying the jitter.
-    pub fn next_delay(&mut self, random: u32) -> Duration {
+    pub(super) fn next_delay(&mut self, random: u32) -> Duration {
         let ceiling = self
             .min
             .checked_mul(1u32.checked_shl(self.attempt).unwrap_or(u32::MAX))
@@ -37,12 +37,12 @@ impl Backoff {
         self.min + span.mul_f64(f64::from(random) / f64::from(u32::MAX))
     }
 
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.attempt = 0;
     }
 
     /// A tunnel that was up for `lasted` has ended.
-    pub fn tunnel_ended(&mut self, lasted: Duration) {
+    pub(super) fn tunnel_ended(&mut self, lasted: Duration) {
         if lasted >= STABLE_TUNNEL {
             self.reset();
         }
@@ -50,7 +50,7 @@ impl Backoff {
 }
 
 /// A random u32 for jitter from the system's generator.
-pub fn jitter() -> u32 {
+pub(super) fn jitter() -> u32 {
     let mut bytes = [0u8; 4];
     // The system RNG does not fail on Linux; without it, no jitter is still a valid delay.
     let _ = aws_lc_rs::rand::fill(&mut bytes);

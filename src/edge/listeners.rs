@@ -25,7 +25,7 @@ pub(super) struct ListenerSet {
 }
 
 impl ListenerSet {
-    pub fn new(bind: IpAddr) -> Self {
+    pub(super) fn new(bind: IpAddr) -> Self {
         Self {
             bind,
             tcp: BTreeMap::new(),
@@ -34,18 +34,18 @@ impl ListenerSet {
     }
 
     /// TCP ports that are listening now.
-    pub fn tcp_ports(&self) -> Vec<u16> {
+    pub(super) fn tcp_ports(&self) -> Vec<u16> {
         self.tcp.keys().copied().collect()
     }
 
     /// UDP ports that are listening now.
-    pub fn udp_ports(&self) -> Vec<u16> {
+    pub(super) fn udp_ports(&self) -> Vec<u16> {
         self.udp.keys().copied().collect()
     }
 
     /// Listens on exactly these ports: new ones start, dropped ones stop at once (connections
     /// already accepted on them carry on). A port that cannot be bound is a warning.
-    pub fn apply(&mut self, edge: &Arc<EdgeShared>, tcp_ports: &[u16], udp_ports: &[u16]) {
+    pub(super) fn apply(&mut self, edge: &Arc<EdgeShared>, tcp_ports: &[u16], udp_ports: &[u16]) {
         let bind_address = self.bind;
         reconcile(
             &mut self.tcp,
@@ -81,7 +81,7 @@ impl ListenerSet {
         );
     }
 
-    pub fn close_all(&mut self) {
+    pub(super) fn close_all(&mut self) {
         for cancel in self.tcp.values().chain(self.udp.values()) {
             cancel.cancel();
         }

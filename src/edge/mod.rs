@@ -3,8 +3,8 @@
 
 mod backoff;
 mod listeners;
-pub mod options;
-pub mod stun;
+pub(crate) mod options;
+pub(crate) mod stun;
 mod tunnel;
 mod udp;
 
@@ -39,7 +39,7 @@ use options::EdgeOptions;
     rename_all = "camelCase",
     rename_all_fields = "camelCase"
 )]
-pub enum EdgeEvent {
+pub(crate) enum EdgeEvent {
     TunnelConnected {
         transport: TransportKind,
     },
@@ -65,7 +65,7 @@ pub enum EdgeEvent {
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EdgeStatus {
+pub(crate) struct EdgeStatus {
     pub running: bool,
     pub connected: bool,
     pub public_ip: Option<String>,
@@ -232,14 +232,14 @@ async fn refresh_public_ip(
 }
 
 /// A running edge. `stop()` (or dropping it) ends every task and closes every socket.
-pub struct Edge {
+pub(crate) struct Edge {
     shared: Arc<EdgeShared>,
 }
 
 impl Edge {
     /// Starts the edge. It returns once the first connection attempt is under way; tunnel
     /// state arrives as events.
-    pub fn start(
+    pub(crate) fn start(
         options: EdgeOptions,
         events: EventSink<EdgeEvent>,
     ) -> Result<Edge, TlsSetupError> {
@@ -264,7 +264,7 @@ impl Edge {
         Ok(Edge { shared })
     }
 
-    pub fn status(&self) -> EdgeStatus {
+    pub(crate) fn status(&self) -> EdgeStatus {
         let link = self.shared.current_link();
         let (listen_ports, listen_ports_udp) = {
             let listeners = self.shared.listeners();
@@ -285,7 +285,7 @@ impl Edge {
 
     /// Prometheus text: connection state, reconnects, bytes, streams and UDP sessions per
     /// port, listening ports and drops.
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         use crate::metrics::{Kind, MetricsText};
         let status = self.status();
         let shared = &self.shared;
@@ -418,7 +418,7 @@ impl Edge {
     }
 
     /// Closes the tunnel and every listener and waits until every task has ended.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shared.cancel.cancel();
         self.shared.listeners().close_all();
         self.shared.tasks.close();

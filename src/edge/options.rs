@@ -17,30 +17,30 @@ use crate::protocol::token::decode_token;
 use super::stun::DEFAULT_SERVER_TIMEOUT;
 use crate::transport::tls::{validate_fingerprint, HubTrust};
 
-pub const DEFAULT_HUB_PORT: u16 = 8443;
-pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-pub const DEFAULT_STUN_SERVER: &str = "stun.cloudflare.com:3478";
+pub(crate) const DEFAULT_HUB_PORT: u16 = 8443;
+pub(crate) const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+pub(crate) const DEFAULT_STUN_SERVER: &str = "stun.cloudflare.com:3478";
 /// A minute per STUN server is already far more than any answer takes.
-pub const MAX_STUN_TIMEOUT_MS: u64 = 60_000;
+pub(crate) const MAX_STUN_TIMEOUT_MS: u64 = 60_000;
 /// With no frame from the hub for this long (it pings every 15 s), the edge reconnects.
-pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
-pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
-pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
+pub(crate) const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// A UDP session with no datagram either way for this long ends.
-pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// TCP connect, TLS handshake and the hub's answer must fit in this.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum TransportMode {
+pub(crate) enum TransportMode {
     TcpTls,
     Quic,
     QuicWithFallback,
 }
 
 #[derive(Clone)]
-pub struct EdgeOptions {
+pub(crate) struct EdgeOptions {
     pub hub_host: String,
     /// `hub_host` as the name the hub's certificate is checked against.
     pub hub_server_name: ServerName<'static>,
@@ -149,7 +149,7 @@ impl EdgeConfig {
 }
 
 impl EdgeOptions {
-    pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
+    pub(crate) fn from_json(value: &Value) -> Result<Self, ConfigError> {
         Self::from_config(from_value(value, "")?)
     }
 

@@ -21,7 +21,7 @@ use crate::protocol::stun::{
 
 /// How long one server may take, name resolution included: the last request gets 2 s to be
 /// answered. The edge option `stunTimeoutMs` overrides it (the schedule is cut short to fit).
-pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_millis(5500);
+pub(crate) const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_millis(5500);
 /// Receive buffer. A Binding response is about 100 bytes; a larger datagram is cut here and
 /// then fails the length check, so it is ignored like any other wrong answer.
 const MAX_MESSAGE_BYTES: usize = 2048;
@@ -51,7 +51,7 @@ async fn resolve(server: &StunServer) -> Result<Vec<SocketAddr>, QueryError> {
 
 /// Why one server gave no usable answer.
 #[derive(Debug, Error)]
-pub enum QueryError {
+pub(crate) enum QueryError {
     #[error("cannot resolve the name: {0}")]
     Resolve(std::io::Error),
     #[error("the name does not resolve")]
@@ -93,7 +93,7 @@ fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
 /// One Binding transaction with `server`, ending by `deadline`. The socket is bound to the
 /// unspecified address of the server's family and connected to the server, so the kernel
 /// already drops datagrams from elsewhere and reports an ICMP port-unreachable as a refusal.
-pub async fn query(server: SocketAddr, deadline: Instant) -> Result<IpAddr, QueryError> {
+pub(crate) async fn query(server: SocketAddr, deadline: Instant) -> Result<IpAddr, QueryError> {
     let local = match server {
         SocketAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
         SocketAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
@@ -160,13 +160,13 @@ pub async fn query(server: SocketAddr, deadline: Instant) -> Result<IpAddr, Quer
 /// Which address family to ask first when a server name has both: the one the edge's
 /// listeners use, so the PROXY headers can carry the discovered address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreferFamily {
+pub(crate) enum PreferFamily {
     V4,
     V6,
 }
 
 /// Asks one `stunServers` entry, within `timeout` in all.
-pub async fn ask(
+pub(crate) async fn ask(
     server: &StunServer,
     prefer: PreferFamily,
     timeout: Duration,
@@ -192,7 +192,7 @@ pub async fn ask(
 
 /// Every server failed; each failure in order.
 #[derive(Debug, Error)]
-pub struct DiscoveryError {
+pub(crate) struct DiscoveryError {
     pub failures: Vec<(StunServer, QueryError)>,
 }
 
@@ -207,7 +207,7 @@ impl fmt::Display for DiscoveryError {
 }
 
 /// The public IP, from the first of `servers` (in order) that answers.
-pub async fn discover(
+pub(crate) async fn discover(
     servers: &[StunServer],
     prefer: PreferFamily,
     timeout_per_server: Duration,

@@ -55,7 +55,7 @@ enum ConnectError {
 }
 
 /// How long `quicWithFallback` waits for QUIC before it tries TCP+TLS.
-pub const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(5);
+pub(super) const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(5);
 
 /// Runs until the edge is stopped.
 pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {

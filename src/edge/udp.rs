@@ -26,7 +26,7 @@ const LISTENER_RECV_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The share of the session table one client address may hold (IPv6: one /64): generous
 /// for a carrier-grade NAT (1,024 of the default 4,096), yet one source cannot fill it.
-pub const UDP_SESSIONS_PER_SOURCE_DIVISOR: usize = 4;
+pub(super) const UDP_SESSIONS_PER_SOURCE_DIVISOR: usize = 4;
 
 struct Session {
     socket: Arc<UdpSocket>,
@@ -194,7 +194,7 @@ fn compact(queue: &mut VecDeque<u32>, max_sessions: usize, belongs: impl Fn(&u32
 
 impl UdpSessions {
     /// Sessions for a tunnel whose hub allows `max_sessions` at once.
-    pub fn new(max_sessions: usize) -> Self {
+    pub(super) fn new(max_sessions: usize) -> Self {
         Self {
             table: Mutex::new(SessionTable::new(max_sessions)),
             limit_warned: AtomicBool::new(false),
@@ -205,23 +205,23 @@ impl UdpSessions {
         self.table.locked()
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.table().by_id.len()
     }
 
     /// The hub changed its limit (a CONFIG). Sessions beyond a lowered limit stay until they
     /// end; new ones then take their places.
-    pub fn set_limit(&self, max_sessions: usize) {
+    pub(super) fn set_limit(&self, max_sessions: usize) {
         self.table().max_sessions = max_sessions.max(1);
     }
 
     /// The hub ended the session.
-    pub fn close(&self, id: u32) {
+    pub(super) fn close(&self, id: u32) {
         self.table().remove(id);
     }
 
     /// A reply from the target: back to the client from the socket it wrote to.
-    pub fn reply(&self, edge: &EdgeShared, id: u32, datagram: &[u8]) {
+    pub(super) fn reply(&self, edge: &EdgeShared, id: u32, datagram: &[u8]) {
         let mut table = self.table();
         let Some(session) = table.by_id.get_mut(&id) else {
             return; // in flight when the session ended

@@ -1,7 +1,7 @@
 //! The hub: accepts edges over TLS, authenticates them, and forwards each tunneled connection
 //! to `targetHost:<edge port>` behind a PROXY header.
 
-pub mod options;
+pub(crate) mod options;
 mod pending;
 mod quic_accept;
 mod session;
@@ -41,7 +41,7 @@ use session::EdgeSession;
     rename_all = "camelCase",
     rename_all_fields = "camelCase"
 )]
-pub enum HubEvent {
+pub(crate) enum HubEvent {
     EdgeConnected {
         edge_id: String,
         remote_address: String,
@@ -70,7 +70,7 @@ pub enum HubEvent {
 
 impl HubEvent {
     /// One per tunneled connection: thousands a second on a busy hub.
-    pub fn is_per_stream(&self) -> bool {
+    pub(crate) fn is_per_stream(&self) -> bool {
         matches!(
             self,
             HubEvent::StreamOpened { .. } | HubEvent::StreamClosed { .. }
@@ -79,7 +79,7 @@ impl HubEvent {
 }
 
 #[derive(Debug, Error)]
-pub enum HubStartError {
+pub(crate) enum HubStartError {
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
     #[error("tunnelPort: cannot listen on {address}: {source}")]
@@ -136,7 +136,7 @@ async fn bind_tunnel_port(
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HubStatus {
+pub(crate) struct HubStatus {
     pub running: bool,
     pub tunnel_port: u16,
     pub cert_fingerprint: String,
@@ -145,7 +145,7 @@ pub struct HubStatus {
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectedEdgeStatus {
+pub(crate) struct ConnectedEdgeStatus {
     pub edge_id: String,
     pub remote_address: String,
     pub transport: TransportKind,
@@ -286,7 +286,7 @@ impl HubShared {
 }
 
 /// A running hub. `stop()` (or dropping it) ends every task and closes every socket.
-pub struct Hub {
+pub(crate) struct Hub {
     shared: Arc<HubShared>,
     tunnel_port: u16,
     fingerprint: String,
@@ -294,7 +294,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub async fn start(
+    pub(crate) async fn start(
         options: HubOptions,
         events: EventSink<HubEvent>,
     ) -> Result<Hub, HubStartError> {
@@ -344,7 +344,7 @@ impl Hub {
 
     /// Replaces the allowed edges. Connected edges get their new ports at once; an edge that
     /// was removed or whose secret changed is disconnected.
-    pub fn update_allowed_edges(&self, edges: Vec<AllowedEdge>) {
+    pub(crate) fn update_allowed_edges(&self, edges: Vec<AllowedEdge>) {
         let max_udp_sessions = self.shared.options.limits.max_udp_sessions_per_edge;
         let by_id: HashMap<String, AllowedEdge> = edges
             .into_iter()
@@ -370,7 +370,7 @@ impl Hub {
         }
     }
 
-    pub fn status(&self) -> HubStatus {
+    pub(crate) fn status(&self) -> HubStatus {
         let mut connected_edges: Vec<ConnectedEdgeStatus> = self
             .shared
             .sessions()
@@ -388,7 +388,7 @@ impl Hub {
 
     /// Prometheus text: connected edges, bytes, streams and UDP sessions per edge and port,
     /// drops, reconnects and failed handshakes.
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         use crate::metrics::{Kind, MetricsText};
         // Totals first: a session that ends moves its counts into the totals under this lock, so
         // the two reads below see it exactly once and counters never dip.
@@ -532,7 +532,7 @@ impl Hub {
     }
 
     /// Disconnects every edge, stops listening and waits until every task has ended.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for session in self.shared.sessions().values() {
             session.close("hub stopped");
         }

@@ -12,36 +12,37 @@ use crate::config::{
 };
 use crate::protocol::handshake::{EdgeConfig, DEFAULT_STUN_INTERVAL_SECS, MAX_UDP_SESSIONS_LIMIT};
 
-pub const DEFAULT_TUNNEL_PORT: u16 = 8443;
-pub const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
-pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+pub(crate) const DEFAULT_TUNNEL_PORT: u16 = 8443;
+pub(crate) const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
+pub(crate) const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 /// How often the hub pings each edge.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 /// An edge silent for this long is dropped (catches half-open TCP connections).
-pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
+pub(crate) const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 /// A UDP session with no datagram either way for this long ends.
-pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Edges connected at once, by default.
-pub const DEFAULT_MAX_EDGES: usize = 1024;
+pub(crate) const DEFAULT_MAX_EDGES: usize = 1024;
 /// Tunneled TCP connections one edge may have open at once, by default; more are refused, so
 /// one edge cannot exhaust the hub's sockets.
-pub const DEFAULT_MAX_STREAMS_PER_EDGE: u32 = 65_536;
+pub(crate) const DEFAULT_MAX_STREAMS_PER_EDGE: u32 = 65_536;
 /// UDP sessions one edge may have open at once, by default.
-pub const DEFAULT_MAX_UDP_SESSIONS_PER_EDGE: usize = crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL;
+pub(crate) const DEFAULT_MAX_UDP_SESSIONS_PER_EDGE: usize =
+    crate::tunnel::MAX_UDP_SESSIONS_PER_TUNNEL;
 /// TLS or QUIC handshake plus the edge's auth line must finish within this, by default.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections between accept and a finished login at once, by default. Past it new
 /// connections are dropped, so a storm of slow or bogus handshakes cannot take the hub's
 /// memory and CPU from established tunnels.
-pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 512;
+pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 512;
 /// Of those, from one source address (IPv6: one /64), by default. A source past it, or a new
 /// connection when the table is full, evicts an older one instead of being refused.
-pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 8;
+pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 8;
 
 /// Limits an operator may set (`limits` in the start options). The frame size is not among
 /// them: it is part of the wire protocol.
 #[derive(Debug, Clone, Copy)]
-pub struct HubLimits {
+pub(crate) struct HubLimits {
     pub max_edges: usize,
     pub max_streams_per_edge: u32,
     pub max_udp_sessions_per_edge: usize,
@@ -105,7 +106,7 @@ impl From<LimitsConfig> for HubLimits {
 /// Header the hub puts in front of each TCP connection to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum ProxyProtocol {
+pub(crate) enum ProxyProtocol {
     V1,
     V2,
     None,
@@ -114,14 +115,14 @@ pub enum ProxyProtocol {
 /// Header the hub puts on UDP datagrams to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum UdpProxyHeader {
+pub(crate) enum UdpProxyHeader {
     EveryDatagram,
     FirstDatagram,
     None,
 }
 
 #[derive(Debug, Clone)]
-pub struct HubOptions {
+pub(crate) struct HubOptions {
     pub tunnel_port: u16,
     pub target_host: String,
     pub bind_address: IpAddr,
@@ -137,7 +138,7 @@ pub struct HubOptions {
 }
 
 #[derive(Clone)]
-pub struct TlsPem {
+pub(crate) struct TlsPem {
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -174,7 +175,7 @@ pub(crate) struct TlsConfig {
 }
 
 impl HubOptions {
-    pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
+    pub(crate) fn from_json(value: &Value) -> Result<Self, ConfigError> {
         Self::from_config(from_value(value, "")?)
     }
 
@@ -231,7 +232,7 @@ pub(crate) struct AllowedEdgeConfig {
 
 /// One entry of `updateAllowedEdges`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AllowedEdge {
+pub(crate) struct AllowedEdge {
     pub id: String,
     pub secret: String,
     pub config: EdgeConfig,
@@ -248,7 +249,7 @@ impl std::fmt::Debug for AllowedEdge {
 }
 
 /// Reads the array `updateAllowedEdges` takes. Duplicate ids are an error.
-pub fn parse_allowed_edges(value: &Value) -> Result<Vec<AllowedEdge>, ConfigError> {
+pub(crate) fn parse_allowed_edges(value: &Value) -> Result<Vec<AllowedEdge>, ConfigError> {
     if !value.is_array() {
         return Err(ConfigError::new("edges", "must be an array"));
     }

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::lock::Locked;
-pub use crate::source::source_key;
+pub(super) use crate::source::source_key;
 use crate::source::SourceCounts;
 
 /// Why a pending connection was evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvictedFor {
+pub(super) enum EvictedFor {
     /// Its source had as many pending connections as it may.
     SourceFull,
     /// The table was full.
@@ -24,7 +24,7 @@ pub enum EvictedFor {
 
 /// One connection evicted to make room: its source, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Eviction {
+pub(super) struct Eviction {
     pub source: IpAddr,
     pub reason: EvictedFor,
 }
@@ -105,12 +105,12 @@ impl Table {
 
 /// The hub's pending connections.
 #[derive(Debug)]
-pub struct PendingHandshakes {
+pub(super) struct PendingHandshakes {
     table: Mutex<Table>,
 }
 
 impl PendingHandshakes {
-    pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
+    pub(super) fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(Self {
             table: Mutex::new(Table {
                 max_total: max_total.max(1),
@@ -127,7 +127,7 @@ impl PendingHandshakes {
     }
 
     /// Takes a slot for a new connection from `source`, evicting another when full.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> (PendingSlot, Option<Eviction>) {
+    pub(super) fn admit(self: &Arc<Self>, source: IpAddr) -> (PendingSlot, Option<Eviction>) {
         let evicted = CancellationToken::new();
         let (id, eviction) = self.table().admit(source, evicted.clone());
         let slot = PendingSlot {
@@ -139,14 +139,14 @@ impl PendingHandshakes {
     }
 
     /// Connections pending now.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.table().entries.len()
     }
 }
 
 /// A pending connection's place in the table, given back when dropped (the login decided).
 #[derive(Debug)]
-pub struct PendingSlot {
+pub(super) struct PendingSlot {
     id: u64,
     evicted: CancellationToken,
     pending: Arc<PendingHandshakes>,
@@ -154,12 +154,12 @@ pub struct PendingSlot {
 
 impl PendingSlot {
     /// The connection has sent its first bytes: it is evicted only after every idle one.
-    pub fn mark_started(&self) {
+    pub(super) fn mark_started(&self) {
         self.pending.table().mark_started(self.id);
     }
 
     /// Completes when the connection has been evicted to make room for another.
-    pub async fn evicted(&self) {
+    pub(super) async fn evicted(&self) {
         self.evicted.cancelled().await
     }
 

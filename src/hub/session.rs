@@ -36,9 +36,9 @@ use super::udp::{Refusal, UdpSessions};
 use super::{ConnectedEdgeStatus, HubEvent, HubShared};
 
 /// A failed login waits this long before its answer, to slow down guessing.
-pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(300);
+pub(super) const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(300);
 /// Connecting to the target must succeed within this.
-pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an edge connection did not get as far as its login line, on either transport.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +188,7 @@ impl Login<'_> {
     /// Checks the auth line, answers on `reply_to`, and returns the registered session; a
     /// refusal is delayed and answered with an error (the attempt already counts towards the
     /// source's throttle).
-    pub async fn finish<W: AsyncWrite + Unpin + ?Sized>(
+    pub(super) async fn finish<W: AsyncWrite + Unpin + ?Sized>(
         self,
         line: &[u8],
         reply_to: &mut W,
@@ -409,7 +409,7 @@ pub(super) struct OpenLedger {
 }
 
 impl OpenLedger {
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub(super) fn with_capacity(capacity: usize) -> Self {
         Self {
             capacity,
             ..Self::default()
@@ -417,7 +417,7 @@ impl OpenLedger {
     }
 
     /// An OPEN frame's stream id.
-    pub fn register_stream(&mut self, id: u32) -> Result<(), TunnelError> {
+    pub(super) fn register_stream(&mut self, id: u32) -> Result<(), TunnelError> {
         if id <= self.highest_registered {
             return Err(Violation::IdNotGrowing {
                 id,
@@ -430,14 +430,14 @@ impl OpenLedger {
     }
 
     /// A UDP_OPEN message: true = open the session now, false = its datagram did already.
-    pub fn register_udp(&mut self, id: u32) -> Result<bool, TunnelError> {
+    pub(super) fn register_udp(&mut self, id: u32) -> Result<bool, TunnelError> {
         self.register_stream(id)?;
         Ok(!self.opened_by_datagram.remove(&id))
     }
 
     /// An open datagram for a session that is not open: true = open it now; false = it was
     /// open before and has ended (the datagram is late or a repeat).
-    pub fn datagram_open(&mut self, id: u32) -> bool {
+    pub(super) fn datagram_open(&mut self, id: u32) -> bool {
         if id <= self.highest_registered || !self.opened_by_datagram.insert(id) {
             return false;
         }
@@ -479,14 +479,14 @@ pub(super) struct EdgeSession {
 
 impl EdgeSession {
     /// Ends the session; the first reason given is the one reported.
-    pub fn close(&self, reason: &str) {
+    pub(super) fn close(&self, reason: &str) {
         self.close_reason
             .locked()
             .get_or_insert_with(|| reason.to_string());
         self.cancel.cancel();
     }
 
-    pub fn close_reason(&self) -> Option<String> {
+    pub(super) fn close_reason(&self) -> Option<String> {
         self.close_reason.locked().clone()
     }
 
@@ -494,7 +494,7 @@ impl EdgeSession {
         self.close_reason.locked().take()
     }
 
-    pub fn secret_matches(&self, secret: &str) -> bool {
+    pub(super) fn secret_matches(&self, secret: &str) -> bool {
         self.secret.as_bytes().ct_eq(secret.as_bytes()).into()
     }
 
@@ -503,7 +503,7 @@ impl EdgeSession {
     }
 
     /// Pushes a changed port list to the edge.
-    pub fn apply_config(&self, config: &EdgeConfig) {
+    pub(super) fn apply_config(&self, config: &EdgeConfig) {
         let mut current = self.config();
         if *current != *config {
             *current = config.clone();
@@ -511,7 +511,7 @@ impl EdgeSession {
         }
     }
 
-    pub fn status(&self) -> ConnectedEdgeStatus {
+    pub(super) fn status(&self) -> ConnectedEdgeStatus {
         let (bytes_in, bytes_out) = self.carrier.counted_bytes().unwrap_or_else(|| {
             (
                 self.bytes_in.load(Ordering::Relaxed),
@@ -566,7 +566,7 @@ impl EdgeSession {
     }
 
     /// A tunnel-wide message from the edge, over either transport.
-    pub fn on_control(
+    pub(super) fn on_control(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
         message: EdgeMessage,
@@ -592,7 +592,7 @@ impl EdgeSession {
     /// Starts UDP session `id` if its port is assigned and the session limit allows, else
     /// closes it at once. `open` is the session's PROXY header over QUIC, where the open also
     /// travels as a datagram, so that datagram is recognised as a repeat.
-    pub fn start_udp(self: &Arc<Self>, hub: &Arc<HubShared>, open: UdpOpen) {
+    pub(super) fn start_udp(self: &Arc<Self>, hub: &Arc<HubShared>, open: UdpOpen) {
         let UdpOpen {
             session: id,
             addresses,
@@ -640,7 +640,7 @@ impl EdgeSession {
 
     /// Checks a new connection's port and counts it; `Err` is the reason to reset it with.
     /// On `Ok` the caller reports its end with [`EdgeSession::stream_closed`].
-    pub fn admit_stream(
+    pub(super) fn admit_stream(
         &self,
         hub: &HubShared,
         id: u32,
@@ -671,7 +671,7 @@ impl EdgeSession {
         Ok(port_bytes)
     }
 
-    pub fn stream_closed(&self, hub: &HubShared, id: u32) {
+    pub(super) fn stream_closed(&self, hub: &HubShared, id: u32) {
         hub.emit(HubEvent::StreamClosed {
             edge_id: self.edge_id.clone(),
             stream_id: id,

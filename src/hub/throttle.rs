@@ -9,12 +9,12 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Login attempts a source may start within `AUTH_FAILURE_WINDOW` without a success.
-pub const MAX_AUTH_FAILURES: u32 = 10;
+pub(super) const MAX_AUTH_FAILURES: u32 = 10;
 /// How long attempts count against a source.
-pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub(super) const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Sources tracked at once; past it, expired entries go first, then the table restarts, so a
 /// flood of spoofed or rotating sources cannot grow it without bound.
-pub const MAX_TRACKED_SOURCES: usize = 16_384;
+pub(super) const MAX_TRACKED_SOURCES: usize = 16_384;
 
 #[derive(Debug, Clone, Copy)]
 struct Attempts {
@@ -23,14 +23,14 @@ struct Attempts {
 }
 
 #[derive(Debug, Default)]
-pub struct AuthThrottle {
+pub(super) struct AuthThrottle {
     sources: HashMap<IpAddr, Attempts>,
 }
 
 impl AuthThrottle {
     /// Counts a login attempt from `source` that starts now; false (and nothing counted) when
     /// the source has used up its attempts for the window.
-    pub fn try_begin(&mut self, source: IpAddr, now: Instant) -> bool {
+    pub(super) fn try_begin(&mut self, source: IpAddr, now: Instant) -> bool {
         if self.sources.len() >= MAX_TRACKED_SOURCES && !self.sources.contains_key(&source) {
             self.sources
                 .retain(|_, a| now.saturating_duration_since(a.since) < AUTH_FAILURE_WINDOW);
@@ -57,14 +57,14 @@ impl AuthThrottle {
 
     /// Gives back an attempt the hub cut short (evicted from a full table, refused for its
     /// edge limit): not the source's doing.
-    pub fn give_back(&mut self, source: IpAddr) {
+    pub(super) fn give_back(&mut self, source: IpAddr) {
         if let Some(entry) = self.sources.get_mut(&source) {
             entry.count = entry.count.saturating_sub(1);
         }
     }
 
     /// A successful login clears the source's record.
-    pub fn record_success(&mut self, source: IpAddr) {
+    pub(super) fn record_success(&mut self, source: IpAddr) {
         self.sources.remove(&source);
     }
 }

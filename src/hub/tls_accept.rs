@@ -22,7 +22,7 @@ use super::HubShared;
 
 /// A new edge connection must send its first bytes (the TLS ClientHello) within this, or it
 /// is closed: an edge sends them at once, and an idle socket would hold a pending slot.
-pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(super) async fn accept_loop(
     hub: Arc<HubShared>,

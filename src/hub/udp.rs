@@ -68,20 +68,20 @@ impl UdpSessions {
         self.flows.locked()
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.flows().len()
     }
 
-    pub fn dropped(&self) -> u64 {
+    pub(super) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    pub fn count_drop(&self) {
+    pub(super) fn count_drop(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts a session; its socket is set up by its own task.
-    pub fn open(
+    pub(super) fn open(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
         carrier: &Carrier<HubMessage>,
@@ -117,7 +117,7 @@ impl UdpSessions {
     }
 
     /// A datagram from the client; dropped (and counted) when the session's queue is full.
-    pub fn forward(&self, id: u32, datagram: Bytes) {
+    pub(super) fn forward(&self, id: u32, datagram: Bytes) {
         // An unknown session ended while the datagram was in flight.
         if let Some(flow) = self.flows().get(&id) {
             self.queue(flow, datagram);
@@ -126,7 +126,7 @@ impl UdpSessions {
 
     /// A QUIC datagram for session `id`: data for a known session, except an exact repeat of
     /// the datagram that opened it. False when the session is unknown.
-    pub fn forward_datagram(&self, id: u32, rest: Bytes) -> bool {
+    pub(super) fn forward_datagram(&self, id: u32, rest: Bytes) -> bool {
         let flows = self.flows();
         let Some(flow) = flows.get(&id) else {
             return false;
@@ -150,7 +150,7 @@ impl UdpSessions {
     }
 
     /// The edge ended the session.
-    pub fn close(&self, id: u32) {
+    pub(super) fn close(&self, id: u32) {
         if let Some(flow) = self.flows().remove(&id) {
             flow.cancel.cancel();
         }

@@ -7,28 +7,28 @@
 use thiserror::Error;
 
 /// Bytes all streams of one tunnel may have in flight or buffered, per direction, by default.
-pub const TUNNEL_WINDOW_BUDGET: u32 = 200 * 1024 * 1024;
+pub(crate) const TUNNEL_WINDOW_BUDGET: u32 = 200 * 1024 * 1024;
 /// Largest per-stream window: reached with up to 50 streams at the default budget.
-pub const MAX_STREAM_WINDOW_TARGET: u32 = 4 * 1024 * 1024;
+pub(crate) const MAX_STREAM_WINDOW_TARGET: u32 = 4 * 1024 * 1024;
 /// Smallest per-stream window, once the budget is shared among many streams (3,200 at the
 /// default budget): what a stream holds however many others are open.
-pub const MIN_STREAM_WINDOW: u32 = 64 * 1024;
+pub(crate) const MIN_STREAM_WINDOW: u32 = 64 * 1024;
 /// The window of a stream that has carried data steadily for a while (an elephant flow): a
 /// full-speed stream on a short path, no more, so smaller streams' data is not queued
 /// behind megabytes of it.
-pub const SUSTAINED_STREAM_WINDOW: u32 = 1024 * 1024;
+pub(crate) const SUSTAINED_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Credit every stream starts with in each direction, before the receiver sizes its window
 /// (part of the protocol: both ends assume it). Small, so a burst of new streams whose
 /// clients never read costs each end little beyond the budget.
-pub const INITIAL_STREAM_WINDOW: u32 = MIN_STREAM_WINDOW;
+pub(crate) const INITIAL_STREAM_WINDOW: u32 = MIN_STREAM_WINDOW;
 
 /// Largest credit a sender may accumulate (h2 uses the same bound). A peer that grants past it
 /// is broken or hostile.
-pub const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
+pub(crate) const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
 
 /// The window each stream gets with `active` streams open: `budget` shared out, within
 /// [64 KiB, 4 MiB].
-pub fn stream_window(active: usize, budget: u32) -> u32 {
+pub(crate) fn stream_window(active: usize, budget: u32) -> u32 {
     let share = u32::try_from(active.max(1))
         .map(|n| budget / n)
         .unwrap_or(0);
@@ -36,7 +36,7 @@ pub fn stream_window(active: usize, budget: u32) -> u32 {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum FlowError {
+pub(crate) enum FlowError {
     #[error("window update of {credit} bytes overflows the send window ({available} available)")]
     CreditOverflow { available: u32, credit: u32 },
     #[error("peer sent {len} bytes with only {remaining} bytes of window left")]
@@ -45,7 +45,7 @@ pub enum FlowError {
 
 /// What this side may still send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendWindow {
+pub(crate) struct SendWindow {
     available: u32,
     /// Taken by a sender that has not settled yet (it is reading its socket). Still the
     /// peer's grant, so it counts when a new grant is checked against the maximum.
@@ -53,7 +53,7 @@ pub struct SendWindow {
 }
 
 impl SendWindow {
-    pub fn new(initial: u32) -> Self {
+    pub(crate) fn new(initial: u32) -> Self {
         Self {
             available: initial,
             held: 0,
@@ -67,7 +67,7 @@ impl SendWindow {
 
     /// Takes up to `wanted` bytes of credit and returns how much was taken; settle it with
     /// [`SendWindow::settle`].
-    pub fn take(&mut self, wanted: u32) -> u32 {
+    pub(crate) fn take(&mut self, wanted: u32) -> u32 {
         let taken = wanted.min(self.available);
         self.available -= taken;
         self.held += taken;
@@ -75,7 +75,7 @@ impl SendWindow {
     }
 
     /// Of `taken` bytes of credit from `take`, `used` were sent; the rest comes back.
-    pub fn settle(&mut self, taken: u32, used: u32) {
+    pub(crate) fn settle(&mut self, taken: u32, used: u32) {
         let taken = taken.min(self.held);
         self.held -= taken;
         // available + held never exceeds MAX_STREAM_WINDOW, so this cannot either.
@@ -84,7 +84,7 @@ impl SendWindow {
 
     /// Applies a WINDOW_UPDATE from the peer; the peer's whole outstanding credit, held
     /// credit included, may not exceed the maximum window.
-    pub fn grant(&mut self, credit: u32) -> Result<(), FlowError> {
+    pub(crate) fn grant(&mut self, credit: u32) -> Result<(), FlowError> {
         let outstanding = self.available + self.held;
         match outstanding.checked_add(credit) {
             Some(sum) if sum <= MAX_STREAM_WINDOW => {
@@ -104,14 +104,14 @@ impl SendWindow {
 /// The peer holds `peer_credit`; `buffered` bytes arrived and are not yet written out. Credit is
 /// granted so that the two add up to the current window, which may shrink or grow at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecvWindow {
+pub(crate) struct RecvWindow {
     peer_credit: u32,
     buffered: u32,
 }
 
 impl RecvWindow {
     /// `initial` is the credit the peer starts with (both ends use INITIAL_STREAM_WINDOW).
-    pub fn new(initial: u32) -> Self {
+    pub(crate) fn new(initial: u32) -> Self {
         Self {
             peer_credit: initial,
             buffered: 0,
@@ -119,7 +119,7 @@ impl RecvWindow {
     }
 
     /// Accounts for a DATA frame from the peer; a peer that overruns its credit is an error.
-    pub fn on_data(&mut self, len: u32) -> Result<(), FlowError> {
+    pub(crate) fn on_data(&mut self, len: u32) -> Result<(), FlowError> {
         if len > self.peer_credit {
             return Err(FlowError::WindowExceeded {
                 remaining: self.peer_credit,
@@ -134,7 +134,7 @@ impl RecvWindow {
     /// Accounts for bytes written to the local socket and returns the credit to grant, if
     /// any: enough to bring the peer back to `window`, sent once it is a quarter window or
     /// more, which keeps the pipe full without a frame per write.
-    pub fn on_consumed(&mut self, len: u32, window: u32) -> Option<u32> {
+    pub(crate) fn on_consumed(&mut self, len: u32, window: u32) -> Option<u32> {
         // Saturating: `len` comes from our own writes of data already counted by `on_data`.
         self.buffered = self.buffered.saturating_sub(len);
         let committed = self.peer_credit.saturating_add(self.buffered);

@@ -3,8 +3,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod flow;
-pub mod round_robin;
-pub mod stream_state;
-pub mod sustained;
-pub mod tiers;
+pub(crate) mod flow;
+pub(crate) mod round_robin;
+pub(crate) mod stream_state;
+pub(crate) mod sustained;
+pub(crate) mod tiers;

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 const SPARE_QUEUES: usize = 64;
 
 #[derive(Debug)]
-pub struct RoundRobin<T> {
+pub(crate) struct RoundRobin<T> {
     queues: HashMap<u32, VecDeque<T>>,
     /// Ids with queued items, in the order they get their next turn.
     turns: VecDeque<u32>,
@@ -31,7 +31,7 @@ impl<T> Default for RoundRobin<T> {
 }
 
 impl<T> RoundRobin<T> {
-    pub fn push(&mut self, id: u32, item: T) {
+    pub(crate) fn push(&mut self, id: u32, item: T) {
         let queue = self.queues.entry(id).or_insert_with(|| {
             self.turns.push_back(id);
             self.spare.pop().unwrap_or_default()
@@ -41,7 +41,7 @@ impl<T> RoundRobin<T> {
     }
 
     /// The next item of the stream whose turn it is; that stream then goes to the back.
-    pub fn pop(&mut self) -> Option<T> {
+    pub(crate) fn pop(&mut self) -> Option<T> {
         let id = self.turns.pop_front()?;
         let queue = self.queues.get_mut(&id)?;
         let item = queue.pop_front();
@@ -66,11 +66,11 @@ impl<T> RoundRobin<T> {
     }
 
     /// Whether `id` has items waiting.
-    pub fn contains(&self, id: u32) -> bool {
+    pub(crate) fn contains(&self, id: u32) -> bool {
         self.queues.contains_key(&id)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 }

@@ -13,7 +13,7 @@ use crate::protocol::frame::{CloseKind, ResetReason};
 /// Where the two directions of a stream stand, as frames were sent and received (a received
 /// close counts from its arrival, though the inbox still delivers it after the data before it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Both directions carry data.
     Open,
     /// We sent our FIN; the peer's data still comes.
@@ -29,7 +29,7 @@ pub enum Phase {
 
 /// Which end aborted a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetBy {
+pub(crate) enum ResetBy {
     Peer(ResetReason),
     /// Our local socket failed, and a reset went to the peer.
     Local,
@@ -38,7 +38,7 @@ pub enum ResetBy {
 /// Who holds the local socket's write side while a payload is being written: the next payload
 /// must wait behind it, so bytes reach the socket in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Writer {
+pub(crate) enum Writer {
     /// The stream's pump, with a payload it took from the inbox.
     Pump,
     /// The tunnel reader, writing a small payload itself.
@@ -46,7 +46,7 @@ pub enum Writer {
 }
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
-pub enum StreamStateError {
+pub(crate) enum StreamStateError {
     #[error("DATA after the peer's FIN")]
     DataAfterClose,
     #[error("DATA after a reset")]
@@ -66,7 +66,7 @@ pub enum StreamStateError {
 /// One stream's phase and its socket writer; every combination of the two is meaningful (the
 /// writer may still drain data that arrived before a close).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamState {
+pub(crate) struct StreamState {
     phase: Phase,
     writer: Option<Writer>,
 }
@@ -78,7 +78,7 @@ impl Default for StreamState {
 }
 
 impl StreamState {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             phase: Phase::Open,
             writer: None,
@@ -91,13 +91,13 @@ impl StreamState {
     }
 
     /// Who is writing to the local socket now, if anyone.
-    pub fn writer(&self) -> Option<Writer> {
+    pub(crate) fn writer(&self) -> Option<Writer> {
         self.writer
     }
 
     /// A DATA frame from the peer: Ok when its direction is still open, so the payload is
     /// delivered; an error means it is dropped.
-    pub fn on_remote_data(&self) -> Result<(), StreamStateError> {
+    pub(crate) fn on_remote_data(&self) -> Result<(), StreamStateError> {
         match self.phase {
             Phase::Open | Phase::LocalHalfClosed => Ok(()),
             Phase::RemoteHalfClosed | Phase::Closed => Err(StreamStateError::DataAfterClose),
@@ -107,7 +107,7 @@ impl StreamState {
 
     /// A CLOSE frame from the peer (FIN or reset): Ok when it changes the stream, so it is
     /// delivered after the data before it; an error means it is dropped.
-    pub fn on_remote_close(&mut self, kind: CloseKind) -> Result<(), StreamStateError> {
+    pub(crate) fn on_remote_close(&mut self, kind: CloseKind) -> Result<(), StreamStateError> {
         self.phase = match (kind, self.phase) {
             (CloseKind::HalfClose, Phase::Open) => Phase::RemoteHalfClosed,
             (CloseKind::HalfClose, Phase::LocalHalfClosed) => Phase::Closed,
@@ -124,7 +124,7 @@ impl StreamState {
     }
 
     /// Our FIN went to the peer (the local client will send no more).
-    pub fn on_local_half_close(&mut self) -> Result<(), StreamStateError> {
+    pub(crate) fn on_local_half_close(&mut self) -> Result<(), StreamStateError> {
         self.phase = match self.phase {
             Phase::Open => Phase::LocalHalfClosed,
             Phase::RemoteHalfClosed => Phase::Closed,
@@ -135,7 +135,7 @@ impl StreamState {
     }
 
     /// Our reset went to the peer (the local socket failed).
-    pub fn on_local_reset(&mut self) -> Result<(), StreamStateError> {
+    pub(crate) fn on_local_reset(&mut self) -> Result<(), StreamStateError> {
         if let Phase::Reset(_) = self.phase {
             return Err(StreamStateError::ResetTwice);
         }
@@ -144,7 +144,7 @@ impl StreamState {
     }
 
     /// `by` starts writing a payload to the local socket; an error when someone else is.
-    pub fn begin_write(&mut self, by: Writer) -> Result<(), StreamStateError> {
+    pub(crate) fn begin_write(&mut self, by: Writer) -> Result<(), StreamStateError> {
         match self.writer {
             Some(holder) => Err(StreamStateError::WriterBusy { wanted: by, holder }),
             None => {
@@ -155,7 +155,7 @@ impl StreamState {
     }
 
     /// `by` has finished its write (whatever reached the socket).
-    pub fn end_write(&mut self, by: Writer) -> Result<(), StreamStateError> {
+    pub(crate) fn end_write(&mut self, by: Writer) -> Result<(), StreamStateError> {
         if self.writer != Some(by) {
             return Err(StreamStateError::NotWriting {
                 by,

@@ -6,22 +6,22 @@
 use std::time::{Duration, Instant};
 
 /// A flow must be this old before it can be classified.
-pub const SUSTAINED_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const SUSTAINED_AFTER: Duration = Duration::from_secs(10);
 /// Average rate (bytes per second) above which an old enough flow is sustained: 20 Mbit/s.
-pub const SUSTAINED_RATE: u64 = 2_500_000;
+pub(crate) const SUSTAINED_RATE: u64 = 2_500_000;
 /// The sustained tier is served at least this fast (bytes per second) however busy the others.
-pub const SUSTAINED_GUARANTEED_RATE: u64 = 1_000_000;
+pub(crate) const SUSTAINED_GUARANTEED_RATE: u64 = 1_000_000;
 
 /// Byte and time accounting of one stream in one direction.
 #[derive(Debug, Clone, Copy)]
-pub struct FlowMeter {
+pub(crate) struct FlowMeter {
     started: Instant,
     bytes: u64,
     sustained: bool,
 }
 
 impl FlowMeter {
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
             started: now,
             bytes: 0,
@@ -31,7 +31,7 @@ impl FlowMeter {
 
     /// Counts `len` bytes and says whether the flow is sustained now. Once sustained, a flow
     /// stays so: demotion is for the rest of its life, which keeps the classification stable.
-    pub fn record(&mut self, len: usize, now: Instant) -> bool {
+    pub(crate) fn record(&mut self, len: usize, now: Instant) -> bool {
         self.bytes = self.bytes.saturating_add(len as u64);
         if !self.sustained {
             let age = now.saturating_duration_since(self.started);
@@ -43,7 +43,7 @@ impl FlowMeter {
         self.sustained
     }
 
-    pub fn is_sustained(&self) -> bool {
+    pub(crate) fn is_sustained(&self) -> bool {
         self.sustained
     }
 }
@@ -51,13 +51,13 @@ impl FlowMeter {
 /// Decides when the sustained tier may go ahead of normal data: whenever it has received less
 /// than its guaranteed rate, measured over one-second windows.
 #[derive(Debug, Clone, Copy)]
-pub struct SustainedShare {
+pub(crate) struct SustainedShare {
     window_start: Instant,
     served_in_window: u64,
 }
 
 impl SustainedShare {
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
             window_start: now,
             served_in_window: 0,
@@ -65,7 +65,7 @@ impl SustainedShare {
     }
 
     /// True when the sustained tier is owed bandwidth and should be served before normal data.
-    pub fn owed(&mut self, now: Instant) -> bool {
+    pub(crate) fn owed(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.window_start) >= Duration::from_secs(1) {
             self.window_start = now;
             self.served_in_window = 0;
@@ -73,7 +73,7 @@ impl SustainedShare {
         self.served_in_window < SUSTAINED_GUARANTEED_RATE
     }
 
-    pub fn served(&mut self, len: usize) {
+    pub(crate) fn served(&mut self, len: usize) {
         self.served_in_window = self.served_in_window.saturating_add(len as u64);
     }
 }

@@ -17,10 +17,10 @@ use super::sustained::{FlowMeter, SustainedShare};
 /// Streams metered at once for sustained-flow detection. Meters end with a stream's
 /// half-close; a stream that ends by reset leaves one behind, so past this the table restarts
 /// (costing at most a late demotion).
-pub const MAX_METERED_STREAMS: usize = 65_536;
+pub(crate) const MAX_METERED_STREAMS: usize = 65_536;
 
 #[derive(Debug)]
-pub struct TierScheduler {
+pub(crate) struct TierScheduler {
     control: VecDeque<Frame>,
     /// Normal data and UDP, in the order the streams get their turns.
     data: RoundRobin<Frame>,
@@ -32,7 +32,7 @@ pub struct TierScheduler {
 }
 
 impl TierScheduler {
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
             control: VecDeque::new(),
             data: RoundRobin::default(),
@@ -43,7 +43,7 @@ impl TierScheduler {
     }
 
     /// A control frame: it goes before every data frame, after the control frames before it.
-    pub fn push_control(&mut self, frame: Frame) {
+    pub(crate) fn push_control(&mut self, frame: Frame) {
         self.control.push_back(frame);
     }
 
@@ -51,7 +51,7 @@ impl TierScheduler {
     /// metered; a half-close ends the stream's meter (it sends nothing more). A frame always
     /// joins the tier that already holds frames of its stream, so a stream changing tier never
     /// overtakes itself.
-    pub fn push_data(&mut self, frame: Frame, now: Instant) {
+    pub(crate) fn push_data(&mut self, frame: Frame, now: Instant) {
         let id = frame.stream_id;
         let metered_sustained = match frame.frame_type {
             FrameType::Data | FrameType::DataBack => {
@@ -80,7 +80,7 @@ impl TierScheduler {
 
     /// The frame to write next, if any: control first, then normal data, then sustained
     /// streams (ahead of normal data while they are owed their guaranteed rate).
-    pub fn pop(&mut self, now: Instant) -> Option<Frame> {
+    pub(crate) fn pop(&mut self, now: Instant) -> Option<Frame> {
         if let Some(frame) = self.control.pop_front() {
             return Some(frame);
         }

@@ -14,12 +14,12 @@ use tokio::net::UdpSocket;
 const UDP_SEGMENT: libc::c_int = 103;
 
 /// Segments in one send. Kernels before 5.14 accept at most 64.
-pub const MAX_SEGMENTS: usize = 32;
+pub(crate) const MAX_SEGMENTS: usize = 32;
 
 /// Segments must fit the path's MTU unfragmented, or the kernel refuses the send; larger
 /// datagrams go one by one, where the kernel may fragment them. 1,472 bytes fill a 1,500-byte
 /// IPv4 MTU.
-pub const MAX_SEGMENT_BYTES: usize = 1_472;
+pub(crate) const MAX_SEGMENT_BYTES: usize = 1_472;
 
 // One send must stay within an IP packet's 64 KiB.
 const _: () = assert!(MAX_SEGMENTS * MAX_SEGMENT_BYTES <= 65_000);
@@ -29,14 +29,14 @@ const _: () = assert!(MAX_SEGMENTS * MAX_SEGMENT_BYTES <= 65_000);
 static UNSUPPORTED: AtomicBool = AtomicBool::new(cfg!(not(target_os = "linux")));
 
 /// Whether segmented sends may be tried.
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     !UNSUPPORTED.load(Ordering::Relaxed)
 }
 
 /// Sends `contents`, datagrams of `segment` bytes each (the last may be shorter), on a
 /// connected socket. Where the kernel refuses segmentation, the datagrams are sent one by
 /// one. Returns how many datagrams were lost to send errors (a target's ICMP refusal, say).
-pub async fn send_segments(socket: &UdpSocket, contents: &[u8], segment: usize) -> usize {
+pub(crate) async fn send_segments(socket: &UdpSocket, contents: &[u8], segment: usize) -> usize {
     if contents.len() <= segment {
         // One datagram, perhaps empty.
         return usize::from(socket.send(contents).await.is_err());

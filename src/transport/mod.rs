@@ -2,14 +2,14 @@
 //! trust in it, the ALPN both check), the TLS connection and its records after the handshake,
 //! the TCP socket options, segmented UDP sends and batched UDP receives.
 
-pub mod gso;
-pub mod quic_congestion;
-pub mod quic_endpoint;
-pub mod quic_runtime;
+pub(crate) mod gso;
+pub(crate) mod quic_congestion;
+pub(crate) mod quic_endpoint;
+pub(crate) mod quic_runtime;
 pub mod records;
-pub mod recv_batch;
-pub mod tls;
-pub mod tls_stream;
+pub(crate) mod recv_batch;
+pub(crate) mod tls;
+pub(crate) mod tls_stream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,24 +20,24 @@ use tokio::net::{TcpStream, UdpSocket};
 /// Unsent bytes the kernel may hold for a tunnel socket. Without a bound it queues megabytes,
 /// and a small request's frames wait behind all of them, out of reach of the writer's tiers;
 /// with it, data waits in the writer, where control frames and small streams go first.
-pub const TUNNEL_NOTSENT_LOWAT: u32 = 32 * 1024;
+pub(crate) const TUNNEL_NOTSENT_LOWAT: u32 = 32 * 1024;
 
 /// The fastest path a tunnel's receive buffer is sized for, in bytes per second (10 Gbit/s).
 /// A buffer larger than this rate times the round trip cannot carry more, only queue.
-pub const RECEIVE_BUFFER_SIZED_FOR: f64 = 10e9 / 8.0;
+pub(crate) const RECEIVE_BUFFER_SIZED_FOR: f64 = 10e9 / 8.0;
 
 /// The smallest receive buffer asked for. The kernel doubles what it is asked (half is
 /// bookkeeping), so about this much payload can wait unread.
-pub const MIN_TUNNEL_RECEIVE_BUFFER: usize = 128 * 1024;
+pub(crate) const MIN_TUNNEL_RECEIVE_BUFFER: usize = 128 * 1024;
 
 /// Round trips long enough that [`RECEIVE_BUFFER_SIZED_FOR`] would ask for more than this
 /// keep the kernel's autotuning, whose usual ceiling (net.ipv4.tcp_rmem) is 6 MiB.
-pub const MAX_TUNNEL_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_TUNNEL_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// A non-blocking UDP socket bound to `address` that asks the kernel for `recv_buffer` bytes
 /// of receive buffer: best effort, since the kernel caps it at net.core.rmem_max, which costs
 /// only burst tolerance.
-pub fn bind_udp(address: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket> {
+pub(crate) fn bind_udp(address: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::DGRAM,
@@ -51,7 +51,7 @@ pub fn bind_udp(address: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket
 
 /// Socket options for the TCP connection a tunnel runs over, on both ends, set as soon as it
 /// is connected.
-pub fn tune_tunnel_socket(tcp: &TcpStream) -> io::Result<()> {
+pub(crate) fn tune_tunnel_socket(tcp: &TcpStream) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     socket2::SockRef::from(tcp).set_tcp_notsent_lowat(TUNNEL_NOTSENT_LOWAT)
 }
@@ -61,7 +61,7 @@ pub fn tune_tunnel_socket(tcp: &TcpStream) -> io::Result<()> {
 /// (loopback, a LAN) Linux otherwise grows it to megabytes while a bulk transfer runs, and
 /// every other connection's bytes wait behind those megabytes, where no tier can reach them.
 /// Returns the size asked for, or None when the path is long and autotuning stays.
-pub fn bound_receive_buffer(tcp: &TcpStream) -> io::Result<Option<usize>> {
+pub(crate) fn bound_receive_buffer(tcp: &TcpStream) -> io::Result<Option<usize>> {
     set_receive_buffer_for(tcp, smoothed_rtt(tcp)?)
 }
 
@@ -75,7 +75,7 @@ fn set_receive_buffer_for(tcp: &TcpStream, rtt: Duration) -> io::Result<Option<u
 }
 
 /// The receive buffer for a path with round trip `rtt`, or None to leave autotuning alone.
-pub fn receive_buffer_for(rtt: Duration) -> Option<usize> {
+pub(crate) fn receive_buffer_for(rtt: Duration) -> Option<usize> {
     short_path_bound(rtt, MIN_TUNNEL_RECEIVE_BUFFER as u64).map(|bytes| bytes as usize)
 }
 
@@ -83,7 +83,7 @@ pub fn receive_buffer_for(rtt: Duration) -> Option<usize> {
 /// [`MAX_TUNNEL_RECEIVE_BUFFER`] on, where the path is long enough to keep its own tuning. The
 /// rule for both transports' bounds on short paths: a TCP tunnel's receive buffer, a QUIC
 /// tunnel's congestion window (`quic_congestion`).
-pub fn short_path_bound(rtt: Duration, floor: u64) -> Option<u64> {
+pub(crate) fn short_path_bound(rtt: Duration, floor: u64) -> Option<u64> {
     // Float to integer casts saturate, so a huge round trip cannot wrap.
     let filled_in_one_round_trip = (rtt.as_secs_f64() * RECEIVE_BUFFER_SIZED_FOR) as u64;
     (filled_in_one_round_trip < MAX_TUNNEL_RECEIVE_BUFFER as u64)

@@ -17,17 +17,17 @@ use quinn_proto::RttEstimator;
 /// on one busy thread acknowledges a whole batch of packets at once, and a window smaller
 /// than what arrives between its acknowledgements leaves the path idle. A smaller floor costs
 /// throughput, a larger one latency: docs/PERFORMANCE.md, "QUIC congestion window bound".
-pub const MIN_WINDOW_BOUND: u64 = 256 * 1024;
+pub(crate) const MIN_WINDOW_BOUND: u64 = 256 * 1024;
 
 /// The window bound for a path whose shortest round trip is `min_rtt`: what 10 Gbit/s fills
 /// in it, at least [`MIN_WINDOW_BOUND`]; None on paths longer than about 3.4 ms, where the
 /// queue a window builds is small against the path's own delay and CUBIC decides alone.
-pub fn window_bound(min_rtt: Duration) -> Option<u64> {
+pub(crate) fn window_bound(min_rtt: Duration) -> Option<u64> {
     super::short_path_bound(min_rtt, MIN_WINDOW_BOUND)
 }
 
 /// Builds [`BoundedCubic`] controllers.
-pub struct BoundedCubicConfig {
+pub(crate) struct BoundedCubicConfig {
     pub cubic: Arc<CubicConfig>,
 }
 
@@ -41,7 +41,7 @@ impl ControllerFactory for BoundedCubicConfig {
 }
 
 /// CUBIC, with a window of at most [`window_bound`] of the shortest round trip seen.
-pub struct BoundedCubic {
+pub(crate) struct BoundedCubic {
     cubic: Box<dyn Controller>,
     /// None until the first round trip is measured, and on long paths.
     bound: Option<u64>,

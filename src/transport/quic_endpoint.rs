@@ -16,40 +16,40 @@ use super::tls::{TlsSetupError, ALPN};
 
 /// Kernel buffers asked for each QUIC socket: the default ~200 KiB loses thousands of packets
 /// in a loopback burst (the kernel caps it at net.core.rmem_max / wmem_max).
-pub const QUIC_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+pub(crate) const QUIC_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Oversized datagrams in flight at once, each on its own unidirectional stream.
-pub const MAX_OVERSIZED_DATAGRAM_STREAMS: u32 = 256;
+pub(crate) const MAX_OVERSIZED_DATAGRAM_STREAMS: u32 = 256;
 /// Bytes one tunneled connection may have in flight unread, per direction.
-pub const QUIC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const QUIC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// Bytes all connections of one tunnel may have in flight unread, per direction: the same
 /// budget as the TLS transport's windows.
-pub const QUIC_CONNECTION_WINDOW: u32 = crate::mux::flow::TUNNEL_WINDOW_BUDGET;
+pub(crate) const QUIC_CONNECTION_WINDOW: u32 = crate::mux::flow::TUNNEL_WINDOW_BUDGET;
 /// Datagrams waiting to be sent or read, per tunnel: bursts are queued rather than dropped.
-pub const QUIC_DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
+pub(crate) const QUIC_DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
 /// The largest UDP payload MTU discovery tries, and accepts from the peer. Where the path
 /// allows it (loopback, jumbo frames) several UDP datagrams share one QUIC packet, which cuts
 /// the per-packet work; elsewhere discovery settles at the path MTU. quinn sends up to 10
 /// packets in one GSO batch and the kernel takes at most 64 KiB in one send, so a larger
 /// bound makes whole batches fail.
-pub const QUIC_MAX_UDP_PAYLOAD: u16 = 6500;
+pub(crate) const QUIC_MAX_UDP_PAYLOAD: u16 = 6500;
 /// Application close code for a clean stop.
-pub const CLOSE_STOPPED: VarInt = VarInt::from_u32(0);
+pub(crate) const CLOSE_STOPPED: VarInt = VarInt::from_u32(0);
 /// Application close code for a protocol violation; the reason text says which.
-pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
+pub(crate) const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
 /// Application close code when the hub ends a session (replaced, removed, secret changed).
-pub const CLOSE_SESSION_ENDED: VarInt = VarInt::from_u32(2);
+pub(crate) const CLOSE_SESSION_ENDED: VarInt = VarInt::from_u32(2);
 
 /// Streams an edge may open before its login is decided: the control stream, nothing else.
 /// quinn makes state for every stream a peer may open when the connection is created, so
 /// granting the tunnel's limit up front cost megabytes per unanswered Initial.
-pub const STREAMS_BEFORE_LOGIN: u32 = 1;
+pub(crate) const STREAMS_BEFORE_LOGIN: u32 = 1;
 /// Bytes an edge may send before its login is decided: room for the auth line, no more.
-pub const RECEIVE_WINDOW_BEFORE_LOGIN: u32 = 16 * 1024;
+pub(crate) const RECEIVE_WINDOW_BEFORE_LOGIN: u32 = 16 * 1024;
 /// Connection attempts quinn holds for the hub's accept loop at once; past it quinn refuses
 /// them. Each holds its first packet, and at most `INCOMING_BUFFER_BYTES` more.
-pub const MAX_INCOMING: usize = 4096;
-pub const INCOMING_BUFFER_BYTES: u64 = 16 * 1024;
-pub const INCOMING_BUFFER_TOTAL_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_INCOMING: usize = 4096;
+pub(crate) const INCOMING_BUFFER_BYTES: u64 = 16 * 1024;
+pub(crate) const INCOMING_BUFFER_TOTAL_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What one side lets its peer use. The hub's side starts with the `*_BEFORE_LOGIN` limits
 /// and raises them with [`grant_tunnel_limits`] once the edge has logged in.
@@ -124,7 +124,7 @@ fn bind_socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum QuicSetupError {
+pub(crate) enum QuicSetupError {
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
     #[error("the TLS configuration cannot be used for QUIC: {0}")]
@@ -138,7 +138,7 @@ pub enum QuicSetupError {
 
 /// The hub's QUIC endpoint on UDP `address`, with the identity of its TLS listener. A new
 /// connection may open only its control stream; [`grant_tunnel_limits`] opens the rest.
-pub fn hub_endpoint(
+pub(crate) fn hub_endpoint(
     address: SocketAddr,
     tls: Arc<ServerConfig>,
     idle_timeout: Duration,
@@ -176,7 +176,7 @@ pub fn hub_endpoint(
 }
 
 /// An edge's endpoint for one connection attempt to a hub at `hub`.
-pub fn edge_endpoint(
+pub(crate) fn edge_endpoint(
     hub: SocketAddr,
     tls: Arc<ClientConfig>,
     idle_timeout: Duration,
@@ -222,7 +222,11 @@ pub fn edge_endpoint(
 /// Raises a logged-in edge's limits to the tunnel's: `streams_per_edge` connection streams
 /// (each tunneled connection is a stream) beside the control stream, oversized datagrams, and
 /// the tunnel's buffer budget (see [`apply_buffer_budget`]).
-pub fn grant_tunnel_limits(connection: &quinn::Connection, streams_per_edge: u32, budget: u32) {
+pub(crate) fn grant_tunnel_limits(
+    connection: &quinn::Connection,
+    streams_per_edge: u32,
+    budget: u32,
+) {
     connection.set_max_concurrent_bi_streams(VarInt::from_u32(
         streams_per_edge.saturating_add(STREAMS_BEFORE_LOGIN),
     ));
@@ -233,7 +237,7 @@ pub fn grant_tunnel_limits(connection: &quinn::Connection, streams_per_edge: u32
 /// Bounds what a connection buffers to `budget` bytes per direction: quinn's windows (what
 /// the peer may send unread, and what this side queues unsent or unacknowledged) get
 /// [`quic_window`], the relays' reads in hand the rest.
-pub fn apply_buffer_budget(connection: &quinn::Connection, budget: u32) {
+pub(crate) fn apply_buffer_budget(connection: &quinn::Connection, budget: u32) {
     let window = quic_window(budget);
     connection.set_receive_window(VarInt::from_u32(window));
     connection.set_send_window(u64::from(window));
@@ -242,12 +246,12 @@ pub fn apply_buffer_budget(connection: &quinn::Connection, budget: u32) {
 /// What a tunnel's relays may hold together in reads outside quinn's windows: a relay reads
 /// before it knows its stream can take the bytes, or has taken them from a stream before its
 /// socket can. As much again is kept for quinn holding a partly acknowledged read whole.
-pub fn relay_reads_budget(budget: u32) -> u32 {
+pub(crate) fn relay_reads_budget(budget: u32) -> u32 {
     budget / 8
 }
 
 /// quinn's send and receive windows for a tunnel with buffer budget `budget`.
-pub fn quic_window(budget: u32) -> u32 {
+pub(crate) fn quic_window(budget: u32) -> u32 {
     budget - 2 * relay_reads_budget(budget)
 }
 
@@ -262,7 +266,7 @@ const CLOSE_SENT_POLL: Duration = Duration::from_millis(1);
 /// waiting that period out (`Endpoint::wait_idle`, three probe timeouts) cost every stop
 /// 120 ms in release builds and 700 ms in debug ones, where the handshake's round trip
 /// estimate is long.
-pub async fn close_and_send(connection: &quinn::Connection, code: VarInt, reason: &[u8]) {
+pub(crate) async fn close_and_send(connection: &quinn::Connection, code: VarInt, reason: &[u8]) {
     if connection.close_reason().is_some() {
         return; // closed by the peer or lost: there is no close of ours to send
     }
@@ -279,7 +283,7 @@ pub async fn close_and_send(connection: &quinn::Connection, code: VarInt, reason
 }
 
 /// Whether the peer agreed on our ALPN (a client that offers none still completes a handshake).
-pub fn negotiated_alpn(connection: &quinn::Connection) -> bool {
+pub(crate) fn negotiated_alpn(connection: &quinn::Connection) -> bool {
     connection
         .handshake_data()
         .and_then(|data| data.downcast::<HandshakeData>().ok())

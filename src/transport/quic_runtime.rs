@@ -18,7 +18,7 @@ use crate::scheduler_turn::AfterOneTurn;
 
 /// [`TokioRuntime`], but quinn's tasks are spawned as [`AfterOneTurn`].
 #[derive(Debug)]
-pub struct TurnSharingRuntime;
+pub(crate) struct TurnSharingRuntime;
 
 impl Runtime for TurnSharingRuntime {
     fn new_timer(&self, at: Instant) -> Pin<Box<dyn AsyncTimer>> {

@@ -10,14 +10,14 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Datagrams read in one call at most.
-pub const BATCH_DATAGRAMS: usize = 16;
+pub(crate) const BATCH_DATAGRAMS: usize = 16;
 
 /// Room for the largest UDP payload, per datagram.
-pub const SLOT_BYTES: usize = 65_535;
+pub(crate) const SLOT_BYTES: usize = 65_535;
 
 /// Buffers for one batch: a slot per datagram. The slots are never initialised by us, so a
 /// page of them costs memory only once a datagram that long has been written into it.
-pub struct ReceiveBatch {
+pub(crate) struct ReceiveBatch {
     slots: Box<[MaybeUninit<u8>]>,
     /// Slot, length and sender of each datagram of the last batch.
     received: Vec<(usize, usize, SocketAddr)>,
@@ -35,7 +35,7 @@ impl Default for ReceiveBatch {
 impl ReceiveBatch {
     /// Waits until `socket` is readable, then reads what is waiting (at least one datagram).
     /// Errors are the socket's, as `recv_from` gives them.
-    pub async fn receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
+    pub(crate) async fn receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
         loop {
             socket.readable().await?;
             match self.try_receive(socket) {
@@ -46,7 +46,7 @@ impl ReceiveBatch {
     }
 
     /// Reads what is waiting now, without waiting: `WouldBlock` when the socket is empty.
-    pub fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
+    pub(crate) fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<()> {
         // Cleared here, not in the read, since try_io skips the read when tokio already knows
         // the socket is empty.
         self.received.clear();
@@ -54,7 +54,7 @@ impl ReceiveBatch {
     }
 
     /// The datagrams of the last batch, in the order they arrived, with their senders.
-    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+    pub(crate) fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         self.received.iter().map(|&(slot, len, source)| {
             let slot = &self.slots[slot * SLOT_BYTES..slot * SLOT_BYTES + len];
             // SAFETY: the kernel wrote the first `len` bytes of this slot in the call that

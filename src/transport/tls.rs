@@ -13,7 +13,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use thiserror::Error;
 
 /// Application protocol both transports negotiate; a peer that offers anything else is refused.
-pub const ALPN: &[u8] = b"remoteingress/1";
+pub(crate) const ALPN: &[u8] = b"remoteingress/1";
 
 /// Name in the generated certificate. Edges that pin or trust a CA check keys, not names.
 const GENERATED_CERT_NAME: &str = "remoteingress-hub";
@@ -21,7 +21,7 @@ const GENERATED_CERT_NAME: &str = "remoteingress-hub";
 const FINGERPRINT_PREFIX: &str = "sha256/";
 
 #[derive(Debug, Error)]
-pub enum TlsSetupError {
+pub(crate) enum TlsSetupError {
     #[error("could not generate the hub certificate: {0}")]
     Generate(String),
     #[error("{field}: {reason}")]
@@ -30,7 +30,7 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     // AES-128-GCM first (the default puts AES-256 first): four fewer AES rounds per block
     // for every tunneled byte, with a margin that is still far beyond reach.
@@ -42,7 +42,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// The hub's certificate chain, private key and the fingerprint edges can pin.
 #[derive(Debug)]
-pub struct HubIdentity {
+pub(crate) struct HubIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     pub fingerprint: String,
@@ -50,7 +50,7 @@ pub struct HubIdentity {
 
 impl HubIdentity {
     /// A fresh self-signed certificate with an ECDSA P-256 key.
-    pub fn generate() -> Result<Self, TlsSetupError> {
+    pub(crate) fn generate() -> Result<Self, TlsSetupError> {
         let certified = rcgen::generate_simple_self_signed(vec![GENERATED_CERT_NAME.to_string()])
             .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
         let cert = certified.cert.der().clone();
@@ -60,14 +60,14 @@ impl HubIdentity {
 
     /// A fresh self-signed certificate and key as PEM, for a hub that keeps its key on disk so
     /// pinned edges still trust it after a restart.
-    pub fn generate_pem() -> Result<(String, String), TlsSetupError> {
+    pub(crate) fn generate_pem() -> Result<(String, String), TlsSetupError> {
         let certified = rcgen::generate_simple_self_signed(vec![GENERATED_CERT_NAME.to_string()])
             .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
         Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
     }
 
     /// A certificate chain (leaf first) and its private key, both PEM.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsSetupError> {
+    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsSetupError> {
         let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TlsSetupError::BadPem {
@@ -104,7 +104,7 @@ impl HubIdentity {
         })
     }
 
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    pub(crate) fn server_config(&self) -> Result<Arc<ServerConfig>, TlsSetupError> {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
@@ -124,7 +124,7 @@ impl HubIdentity {
 
 /// Why a certificate has no fingerprint, or a fingerprint is not one.
 #[derive(Debug, thiserror::Error)]
-pub enum FingerprintError {
+pub(crate) enum FingerprintError {
     #[error("bad certificate: {0}")]
     BadCertificate(webpki::Error),
     #[error("must look like sha256/<43 base64url characters>, as in the hub's certFingerprint")]
@@ -133,7 +133,7 @@ pub enum FingerprintError {
 
 /// `sha256/<base64url of SHA-256 of the SubjectPublicKeyInfo>`: stays valid when the
 /// certificate is renewed with the same key.
-pub fn spki_fingerprint(cert: &CertificateDer<'_>) -> Result<String, FingerprintError> {
+pub(crate) fn spki_fingerprint(cert: &CertificateDer<'_>) -> Result<String, FingerprintError> {
     let parsed = webpki::EndEntityCert::try_from(cert).map_err(FingerprintError::BadCertificate)?;
     let spki = parsed.subject_public_key_info();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
@@ -144,7 +144,7 @@ pub fn spki_fingerprint(cert: &CertificateDer<'_>) -> Result<String, Fingerprint
 }
 
 /// Checks the form of a fingerprint given in config or a token.
-pub fn validate_fingerprint(fingerprint: &str) -> Result<(), FingerprintError> {
+pub(crate) fn validate_fingerprint(fingerprint: &str) -> Result<(), FingerprintError> {
     let ok = fingerprint
         .strip_prefix(FINGERPRINT_PREFIX)
         .and_then(|b64| URL_SAFE_NO_PAD.decode(b64).ok())
@@ -158,7 +158,7 @@ pub fn validate_fingerprint(fingerprint: &str) -> Result<(), FingerprintError> {
 
 /// How an edge decides whether the hub it reached is the right one.
 #[derive(Debug, Clone)]
-pub enum HubTrust {
+pub(crate) enum HubTrust {
     /// Any key (upstream behaviour); the edge warns about it.
     AnyKey,
     /// Only the key with this fingerprint, checked before the secret is sent.
@@ -168,7 +168,7 @@ pub enum HubTrust {
 }
 
 impl HubTrust {
-    pub fn ca_from_pem(ca_pem: &str) -> Result<Self, TlsSetupError> {
+    pub(crate) fn ca_from_pem(ca_pem: &str) -> Result<Self, TlsSetupError> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             let cert = cert.map_err(|e| TlsSetupError::BadPem {
@@ -189,7 +189,7 @@ impl HubTrust {
         Ok(Self::Ca(Arc::new(roots)))
     }
 
-    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    pub(crate) fn client_config(&self) -> Result<Arc<ClientConfig>, TlsSetupError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
         let mut config =
@@ -214,7 +214,7 @@ impl HubTrust {
 }
 
 /// The name an edge presents (SNI) and, with a CA, verifies.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
         .map_err(|_| format!("{host:?} is not a valid host name or IP address"))
 }

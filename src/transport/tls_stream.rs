@@ -38,14 +38,14 @@ const READ_BYTES: usize = 64 * 1024;
 const REKEY_MARGIN_RECORDS: u64 = 1024;
 
 /// Both halves of an established connection and what the handshake negotiated.
-pub struct TlsConnection {
+pub(crate) struct TlsConnection {
     pub reader: TlsReader,
     pub writer: TlsWriter,
     pub alpn: Option<Vec<u8>>,
 }
 
 /// Runs the client side of the handshake on `tcp`.
-pub async fn connect(
+pub(crate) async fn connect(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
     tcp: TcpStream,
@@ -55,7 +55,7 @@ pub async fn connect(
 }
 
 /// Runs the server side of the handshake on `tcp`.
-pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsConnection> {
+pub(crate) async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsConnection> {
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
     establish(conn, tcp).await
 }
@@ -318,7 +318,7 @@ async fn send_alert<C: Handshake>(conn: &mut C, tcp: &mut TcpStream, incoming: &
 }
 
 /// The receiving half: opens records where they were read and yields their content.
-pub struct TlsReader {
+pub(crate) struct TlsReader {
     io: OwnedReadHalf,
     key: RecordKey,
     schedule: Arc<KeySchedule>,
@@ -339,7 +339,7 @@ struct OpenedRecord {
 }
 
 impl TlsReader {
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         self.io.as_ref()
     }
 
@@ -432,7 +432,7 @@ impl AsyncRead for TlsReader {
 }
 
 /// The sending half: seals what it is given into records and writes them in one go.
-pub struct TlsWriter {
+pub(crate) struct TlsWriter {
     io: OwnedWriteHalf,
     key: RecordKey,
     schedule: Arc<KeySchedule>,

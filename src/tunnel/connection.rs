@@ -26,7 +26,7 @@ use super::writer::FrameSender;
 use super::{Carrier, OnDrop};
 
 /// The connection streams one tunnel carries now, whichever the transport.
-pub struct ConnectionStreams {
+pub(crate) struct ConnectionStreams {
     /// Streams over TCP+TLS.
     table: Arc<StreamTable>,
     /// Streams over QUIC.
@@ -37,7 +37,7 @@ pub struct ConnectionStreams {
 
 impl ConnectionStreams {
     /// `budget` is the tunnel's buffer budget per direction, which the streams share.
-    pub fn with_budget(budget: u32) -> Self {
+    pub(crate) fn with_budget(budget: u32) -> Self {
         Self {
             table: Arc::new(StreamTable::with_budget(budget)),
             quic: StreamCount::with_budget(budget),
@@ -46,17 +46,17 @@ impl ConnectionStreams {
     }
 
     /// Streams open now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.table.len() + self.quic.get()
     }
 
     /// The stream table frames are delivered to (TCP+TLS).
-    pub fn table(&self) -> &Arc<StreamTable> {
+    pub(crate) fn table(&self) -> &Arc<StreamTable> {
         &self.table
     }
 
     /// The count QUIC relays hold their share of the budget by.
-    pub fn quic(&self) -> &StreamCount {
+    pub(crate) fn quic(&self) -> &StreamCount {
         &self.quic
     }
 
@@ -64,7 +64,7 @@ impl ConnectionStreams {
     /// and a pump, or a QUIC stream announced by its PROXY line and a relay. The id of a UDP
     /// session comes from the same counter (`next_id`). Hands the client back when no stream
     /// could be opened (the tunnel is going away).
-    pub fn carry_client(
+    pub(crate) fn carry_client(
         &self,
         carrier: &Carrier<EdgeMessage>,
         tasks: &TaskTracker,
@@ -121,13 +121,13 @@ impl ConnectionStreams {
     }
 
     /// The id for a new stream or UDP session opened by the edge.
-    pub fn next_id(&self) -> u32 {
+    pub(crate) fn next_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }
 
 /// A connection stream the edge opened and the hub admitted, waiting for its target.
-pub enum IncomingStream {
+pub(crate) enum IncomingStream {
     /// Over TCP+TLS: its end of the stream table, which it leaves when it ends.
     Frames {
         id: u32,
@@ -144,7 +144,7 @@ pub enum IncomingStream {
 }
 
 /// A QUIC connection stream whose PROXY line has been read.
-pub struct QuicConnectionStream {
+pub(crate) struct QuicConnectionStream {
     pub send: SendStream,
     pub recv: RecvStream,
     /// Its place among the tunnel's open relays.
@@ -155,7 +155,7 @@ pub struct QuicConnectionStream {
 
 impl QuicConnectionStream {
     /// Resets both directions with `reason`.
-    pub fn reset(mut self, reason: ResetReason) {
+    pub(crate) fn reset(mut self, reason: ResetReason) {
         reset_stream(&mut self.send, &mut self.recv, reason);
     }
 }
@@ -163,7 +163,7 @@ impl QuicConnectionStream {
 impl IncomingStream {
     /// Moves bytes between `target` and the stream until both directions are done, either
     /// side resets, or `cancel` fires.
-    pub async fn carry(self, mut target: TcpStream, cancel: &CancellationToken) {
+    pub(crate) async fn carry(self, mut target: TcpStream, cancel: &CancellationToken) {
         match self {
             IncomingStream::Frames {
                 id,
@@ -199,7 +199,7 @@ impl IncomingStream {
     }
 
     /// Resets the stream with `reason`.
-    pub fn refuse(self, reason: ResetReason) {
+    pub(crate) fn refuse(self, reason: ResetReason) {
         match self {
             IncomingStream::Frames {
                 id, frames, table, ..

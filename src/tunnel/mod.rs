@@ -2,19 +2,20 @@
 //! socket's write half, the frame reader, the stream table and the per-connection pump; for
 //! QUIC the control stream, datagrams and the relay (`quic_link`); and the receive loop of both.
 
-pub mod connection;
-pub mod quic_link;
-pub mod reader;
-pub mod receive_loop;
-pub mod serve;
-pub mod stream;
-pub mod writer;
+pub(crate) mod connection;
+pub(crate) mod quic_link;
+pub(crate) mod reader;
+pub(crate) mod receive_loop;
+pub(crate) mod serve;
+pub(crate) mod stream;
+pub(crate) mod writer;
 
 use std::io;
 
 /// UDP sessions one tunnel may carry at once (both ends enforce it); past it, a flood of
 /// spoofed sources is turned away instead of costing the hub a socket each.
-pub const MAX_UDP_SESSIONS_PER_TUNNEL: usize = crate::protocol::handshake::DEFAULT_MAX_UDP_SESSIONS;
+pub(crate) const MAX_UDP_SESSIONS_PER_TUNNEL: usize =
+    crate::protocol::handshake::DEFAULT_MAX_UDP_SESSIONS;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
@@ -30,7 +31,7 @@ use crate::protocol::quic_messages::QuicWireError;
 
 /// Why a tunnel ended. The text is what `edgeDisconnected` / `tunnelDisconnected` report.
 #[derive(Debug, Error)]
-pub enum TunnelError {
+pub(crate) enum TunnelError {
     #[error("connection lost: {0}")]
     Io(#[from] io::Error),
     #[error("peer closed the tunnel")]
@@ -54,7 +55,7 @@ pub enum TunnelError {
 
 impl TunnelError {
     /// Whether the peer broke the protocol (rather than going away).
-    pub fn is_protocol_error(&self) -> bool {
+    pub(crate) fn is_protocol_error(&self) -> bool {
         matches!(
             self,
             TunnelError::Frame(_) | TunnelError::Flow(_) | TunnelError::Violation(_)
@@ -64,7 +65,7 @@ impl TunnelError {
 
 /// A peer broke the protocol in a way no single frame or message shows.
 #[derive(Debug, Error)]
-pub enum Violation {
+pub(crate) enum Violation {
     /// Streams and UDP sessions share one growing id counter.
     #[error("id {id} opened after {last}")]
     IdNotGrowing { id: u32, last: u32 },
@@ -89,13 +90,13 @@ pub enum Violation {
 /// [`EdgeMessage`](crate::protocol::control::EdgeMessage)) and UDP payloads. Connection
 /// streams travel as frames through the stream table, or as QUIC streams.
 #[derive(Clone)]
-pub enum Carrier<M> {
+pub(crate) enum Carrier<M> {
     Frames(writer::FrameSender),
     Quic(quic_link::QuicLink<M>),
 }
 
 impl<M: ControlMessage> Carrier<M> {
-    pub fn transport(&self) -> TransportKind {
+    pub(crate) fn transport(&self) -> TransportKind {
         match self {
             Carrier::Frames(_) => TransportKind::TcpTls,
             Carrier::Quic(_) => TransportKind::Quic,
@@ -103,7 +104,7 @@ impl<M: ControlMessage> Carrier<M> {
     }
 
     /// Queues a tunnel-wide message; false when the tunnel is gone.
-    pub fn send(&self, message: M) -> bool {
+    pub(crate) fn send(&self, message: M) -> bool {
         match self {
             Carrier::Frames(frames) => frames.control(control_frame(&message)),
             Carrier::Quic(quic) => quic.send_control(message),
@@ -111,13 +112,13 @@ impl<M: ControlMessage> Carrier<M> {
     }
 
     /// A heartbeat; the nonce is the time, which makes the echo a round-trip measurement.
-    pub fn ping(&self) -> bool {
+    pub(crate) fn ping(&self) -> bool {
         self.send(M::ping(crate::events::unix_millis().to_be_bytes()))
     }
 
     /// One UDP payload of `session`. False when it was dropped (congestion, or the tunnel is
     /// gone).
-    pub fn udp(&self, session: u32, payload: Bytes) -> bool {
+    pub(crate) fn udp(&self, session: u32, payload: Bytes) -> bool {
         match self {
             Carrier::Frames(frames) => {
                 frames.datagram(Frame::new(session, udp_data::<M>(), payload))
@@ -128,7 +129,7 @@ impl<M: ControlMessage> Carrier<M> {
 
     /// As [`Carrier::udp`], from a borrowed payload: copied once, into whichever framing the
     /// transport needs.
-    pub fn udp_from_slice(&self, session: u32, payload: &[u8]) -> bool {
+    pub(crate) fn udp_from_slice(&self, session: u32, payload: &[u8]) -> bool {
         match self {
             Carrier::Frames(frames) => frames.datagram(Frame::new(
                 session,
@@ -141,7 +142,7 @@ impl<M: ControlMessage> Carrier<M> {
 
     /// Tunnel bytes received and sent, where the transport counts them itself (QUIC counts
     /// its UDP packets); `None` when the frame reader and writer count them.
-    pub fn counted_bytes(&self) -> Option<(u64, u64)> {
+    pub(crate) fn counted_bytes(&self) -> Option<(u64, u64)> {
         match self {
             Carrier::Frames(_) => None,
             Carrier::Quic(quic) => Some(quic.bytes()),
@@ -150,7 +151,10 @@ impl<M: ControlMessage> Carrier<M> {
 }
 
 /// A stream frame from the peer (TCP+TLS), handed to its stream.
-pub fn deliver(streams: &stream::StreamTable, frame: StreamFrame) -> Result<(), TunnelError> {
+pub(crate) fn deliver(
+    streams: &stream::StreamTable,
+    frame: StreamFrame,
+) -> Result<(), TunnelError> {
     match frame {
         StreamFrame::Data { stream, payload } => streams.deliver_data(stream, payload)?,
         StreamFrame::Close { stream, close } => streams.deliver_close(stream, close),
@@ -169,7 +173,7 @@ fn udp_data<M: ControlMessage>() -> FrameType {
 
 /// Why a handshake line could not be read.
 #[derive(Debug, Error)]
-pub enum LineError {
+pub(crate) enum LineError {
     #[error("{0}")]
     Line(#[from] HandshakeError),
     #[error("closed before the handshake finished")]
@@ -180,7 +184,7 @@ pub enum LineError {
 
 /// Reads one handshake line of at most `max_len` bytes, on either transport (the TLS stream,
 /// or the QUIC control stream); what arrived after it stays in `buf`.
-pub async fn read_line<R: AsyncRead + Unpin>(
+pub(crate) async fn read_line<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     max_len: usize,
@@ -210,7 +214,7 @@ const COPY_READS_BELOW_BYTES: usize = 8 * 1024;
 /// data, not for a read that would only say `WouldBlock`. That read was one of every two
 /// reads in a keep-alive exchange. Readiness cleared this way survives data that arrived in
 /// between (tokio compares its event tick), and EOF is never cleared.
-pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
+pub(crate) fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
     let mut buf: Vec<u8> = Vec::with_capacity(max);
     let outcome = socket.try_io(Interest::READABLE, || {
         let n = socket2::SockRef::from(socket).recv(&mut buf.spare_capacity_mut()[..max])?;
@@ -237,7 +241,7 @@ pub fn try_read_chunk(socket: &TcpStream, max: usize) -> io::Result<Bytes> {
 }
 
 /// Runs `work` as a task of `tasks` until it finishes or `cancel` fires.
-pub fn spawn_until(
+pub(crate) fn spawn_until(
     tasks: &tokio_util::task::TaskTracker,
     cancel: &tokio_util::sync::CancellationToken,
     work: impl std::future::Future<Output = ()> + Send + 'static,
@@ -253,10 +257,10 @@ pub fn spawn_until(
 
 /// Runs a closure when dropped, also while a panic unwinds: cleanup that must happen however
 /// a task ends.
-pub struct OnDrop<F: FnOnce()>(Option<F>);
+pub(crate) struct OnDrop<F: FnOnce()>(Option<F>);
 
 impl<F: FnOnce()> OnDrop<F> {
-    pub fn new(cleanup: F) -> Self {
+    pub(crate) fn new(cleanup: F) -> Self {
         Self(Some(cleanup))
     }
 }

@@ -47,7 +47,7 @@ const CONTROL_READ_BYTES: usize = 4 * 1024;
 const CONTROL_STREAM_PRIORITY: i32 = 1;
 
 /// A `ConnectionError` as the reason a tunnel ended; the peer's close reason is kept.
-pub fn connection_ended(error: ConnectionError) -> TunnelError {
+pub(crate) fn connection_ended(error: ConnectionError) -> TunnelError {
     match error {
         ConnectionError::ApplicationClosed(close) if !close.reason.is_empty() => {
             TunnelError::ClosedByPeer(String::from_utf8_lossy(&close.reason).into_owned())
@@ -61,24 +61,24 @@ pub fn connection_ended(error: ConnectionError) -> TunnelError {
 
 /// Cloneable handle for queueing this end's control messages on a tunnel's control stream.
 #[derive(Clone, Debug)]
-pub struct ControlSender<M>(UnboundedSender<M>);
+pub(crate) struct ControlSender<M>(UnboundedSender<M>);
 
 impl<M: ControlMessage> ControlSender<M> {
     /// Queues a message; false when the tunnel is gone.
-    pub fn send(&self, message: M) -> bool {
+    pub(crate) fn send(&self, message: M) -> bool {
         self.0.send(message).is_ok()
     }
 }
 
 /// A control sender and the queue its writer task drains.
-pub fn control_channel<M: ControlMessage>() -> (ControlSender<M>, UnboundedReceiver<M>) {
+pub(crate) fn control_channel<M: ControlMessage>() -> (ControlSender<M>, UnboundedReceiver<M>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (ControlSender(tx), rx)
 }
 
 /// The control stream's writer task: sends queued messages, several per write when they pile
 /// up, until the tunnel is cancelled or the stream fails.
-pub async fn run_control_writer<M: ControlMessage>(
+pub(crate) async fn run_control_writer<M: ControlMessage>(
     mut stream: SendStream,
     mut queue: UnboundedReceiver<M>,
     cancel: CancellationToken,
@@ -124,7 +124,7 @@ fn read_ended(error: ReadError) -> TunnelError {
 }
 
 /// Decodes the peer's control messages (`M`) from the control stream, after the handshake lines.
-pub struct ControlReader<M> {
+pub(crate) struct ControlReader<M> {
     stream: RecvStream,
     buf: BytesMut,
     received: std::marker::PhantomData<fn() -> M>,
@@ -132,7 +132,7 @@ pub struct ControlReader<M> {
 
 impl<M: ControlMessage> ControlReader<M> {
     /// `leftover` is whatever arrived after the handshake line in the same read.
-    pub fn new(stream: RecvStream, leftover: BytesMut) -> Self {
+    pub(crate) fn new(stream: RecvStream, leftover: BytesMut) -> Self {
         Self {
             stream,
             buf: leftover,
@@ -164,7 +164,7 @@ impl<M: ControlMessage> MessageSource for ControlReader<M> {
 /// The pieces of an established QUIC tunnel that both ends send through. Tunnel bytes are
 /// the connection's own UDP counts ([`QuicLink::bytes`]).
 #[derive(Clone)]
-pub struct QuicLink<M> {
+pub(crate) struct QuicLink<M> {
     pub connection: Connection,
     control: ControlSender<M>,
     /// Oversized datagrams in flight, each on its own stream.
@@ -173,7 +173,11 @@ pub struct QuicLink<M> {
 }
 
 impl<M: ControlMessage> QuicLink<M> {
-    pub fn new(connection: Connection, control: ControlSender<M>, tasks: TaskTracker) -> Self {
+    pub(crate) fn new(
+        connection: Connection,
+        control: ControlSender<M>,
+        tasks: TaskTracker,
+    ) -> Self {
         Self {
             connection,
             control,
@@ -184,7 +188,7 @@ impl<M: ControlMessage> QuicLink<M> {
 
     /// Queues a control message. A UDP open also goes as a datagram, which is quick; the
     /// control stream is what makes it reliable.
-    pub fn send_control(&self, message: M) -> bool {
+    pub(crate) fn send_control(&self, message: M) -> bool {
         if let Some(open) = message.udp_open() {
             let _ = self
                 .connection
@@ -194,14 +198,14 @@ impl<M: ControlMessage> QuicLink<M> {
     }
 
     /// UDP bytes received and sent by the connection so far, QUIC overhead included.
-    pub fn bytes(&self) -> (u64, u64) {
+    pub(crate) fn bytes(&self) -> (u64, u64) {
         let stats = self.connection.stats();
         (stats.udp_rx.bytes, stats.udp_tx.bytes)
     }
 
     /// Sends one UDP payload of `session`: as a datagram when it fits, else on a stream of its
     /// own. False when it was dropped (the tunnel is gone, or too many large ones in flight).
-    pub fn send_udp(&self, session: u32, payload: &[u8]) -> bool {
+    pub(crate) fn send_udp(&self, session: u32, payload: &[u8]) -> bool {
         let datagram = encode_datagram(session, payload);
         // quinn's `send_datagram` makes room in a full queue by dropping the oldest datagram,
         // unseen; the waiting variant refuses instead, so the caller counts the new one. Polled
@@ -242,7 +246,7 @@ impl<M: ControlMessage> QuicLink<M> {
 
 /// Receives UDP payloads sent as datagrams until the connection ends, handing each to
 /// `deliver(session, rest)` (the rest may be an open: the caller decides).
-pub async fn receive_datagrams(connection: Connection, mut deliver: impl FnMut(u32, Bytes)) {
+pub(crate) async fn receive_datagrams(connection: Connection, mut deliver: impl FnMut(u32, Bytes)) {
     while let Ok(datagram) = connection.read_datagram().await {
         // Shorter than a session id: nothing to deliver it to.
         if let Ok((session, rest)) = split_datagram(datagram) {
@@ -257,7 +261,7 @@ pub async fn receive_datagrams(connection: Connection, mut deliver: impl FnMut(u
 
 /// Receives UDP payloads too large for a datagram, one per unidirectional stream, until the
 /// connection ends.
-pub async fn receive_oversized(
+pub(crate) async fn receive_oversized(
     connection: Connection,
     tasks: TaskTracker,
     deliver: impl Fn(u32, Bytes) + Clone + Send + 'static,
@@ -277,13 +281,13 @@ pub async fn receive_oversized(
 }
 
 /// Resets both directions of a QUIC connection stream with `reason`.
-pub fn reset_stream(send: &mut SendStream, recv: &mut RecvStream, reason: ResetReason) {
+pub(crate) fn reset_stream(send: &mut SendStream, recv: &mut RecvStream, reason: ResetReason) {
     let _ = send.reset(reset_code(reason));
     let _ = recv.stop(reset_code(reason));
 }
 
 /// The QUIC stream reset code for a reason, and back.
-pub fn reset_code(reason: ResetReason) -> VarInt {
+pub(crate) fn reset_code(reason: ResetReason) -> VarInt {
     VarInt::from_u32(u32::from(reason as u8))
 }
 
@@ -296,26 +300,26 @@ fn reason_of(code: VarInt) -> ResetReason {
 
 /// Counts a tunnel's open relays; each relay holds one `OpenStream` while it runs.
 #[derive(Debug)]
-pub struct StreamCount {
+pub(crate) struct StreamCount {
     open: Arc<AtomicUsize>,
     /// The tunnel's buffer budget, of which the relays share [`relay_reads_budget`].
     budget: u32,
 }
 
-pub struct OpenStream {
+pub(crate) struct OpenStream {
     open: Arc<AtomicUsize>,
     budget: u32,
 }
 
 impl StreamCount {
-    pub fn with_budget(budget: u32) -> Self {
+    pub(crate) fn with_budget(budget: u32) -> Self {
         Self {
             open: Arc::default(),
             budget,
         }
     }
 
-    pub fn open(&self) -> OpenStream {
+    pub(crate) fn open(&self) -> OpenStream {
         self.open.fetch_add(1, Ordering::Relaxed);
         OpenStream {
             open: self.open.clone(),
@@ -323,7 +327,7 @@ impl StreamCount {
         }
     }
 
-    pub fn get(&self) -> usize {
+    pub(crate) fn get(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 }
@@ -331,7 +335,7 @@ impl StreamCount {
 impl OpenStream {
     /// The most this relay reads at once: the open relays' share of the budget for reads in
     /// hand, within [`MIN_RELAY_CHUNK_BYTES`, `RELAY_CHUNK_BYTES`].
-    pub fn read_size(&self) -> usize {
+    pub(crate) fn read_size(&self) -> usize {
         relay_read_size(self.open.load(Ordering::Relaxed), self.budget)
     }
 }
@@ -357,7 +361,7 @@ enum DirectionEnd {
 }
 
 /// Bytes read from and written to the local socket, for per-port metrics.
-pub struct RelayCounters<'a> {
+pub(crate) struct RelayCounters<'a> {
     pub read: &'a AtomicU64,
     pub written: &'a AtomicU64,
 }
@@ -365,7 +369,7 @@ pub struct RelayCounters<'a> {
 /// Moves bytes between a local TCP socket and the QUIC stream that carries it, both ways at
 /// once, until both directions have finished. A half-close passes through as a half-close; a
 /// reset or failure on either side resets the other side (the TCP socket with an RST).
-pub async fn relay(
+pub(crate) async fn relay(
     socket: TcpStream,
     mut send: SendStream,
     mut recv: RecvStream,

@@ -14,7 +14,7 @@ use super::TunnelError;
 /// payload is read straight into its own allocation, so what a stream queues holds no more
 /// memory than its window counts; payloads sliced out of shared read buffers kept them alive
 /// (docs/PERFORMANCE.md, "Clients that never read").
-pub const READ_AHEAD_BYTES: usize = 4 * 1024;
+pub(crate) const READ_AHEAD_BYTES: usize = 4 * 1024;
 
 /// A frame whose payload did not fit in what was read ahead.
 struct PartialFrame {
@@ -23,7 +23,7 @@ struct PartialFrame {
     payload: BytesMut,
 }
 
-pub struct FrameReader<R> {
+pub(crate) struct FrameReader<R> {
     io: R,
     /// Bytes read ahead of the next frame. Payloads are copied out, never sliced, so it stays
     /// this reader's alone and its room is reused.
@@ -34,7 +34,7 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `leftover` is whatever arrived after the handshake line in the same read.
-    pub fn new(io: R, leftover: BytesMut, bytes_in: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(io: R, leftover: BytesMut, bytes_in: Arc<AtomicU64>) -> Self {
         Self {
             io,
             ahead: leftover,
@@ -45,7 +45,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame, or `PeerClosed` at a clean end of stream between frames. Cancel-safe:
     /// what was read stays in the reader.
-    pub async fn next(&mut self) -> Result<Frame, TunnelError> {
+    pub(crate) async fn next(&mut self) -> Result<Frame, TunnelError> {
         loop {
             if let Some(partial) = &mut self.partial {
                 let missing = partial.header.payload_len - partial.payload.len();

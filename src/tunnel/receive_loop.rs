@@ -17,7 +17,7 @@ use super::TunnelError;
 
 /// Where a tunnel's incoming messages come from. `next` must be cancel-safe: the loop drops
 /// it whenever another branch is ready.
-pub trait MessageSource {
+pub(crate) trait MessageSource {
     type Message;
     fn next(&mut self) -> impl Future<Output = Result<Self::Message, TunnelError>> + Send;
 }
@@ -30,7 +30,7 @@ impl<R: AsyncRead + Unpin + Send> MessageSource for FrameReader<R> {
 }
 
 /// When to check that the peer is alive, and whether this end sends the pings.
-pub struct Heartbeat<'a> {
+pub(crate) struct Heartbeat<'a> {
     /// How often silence is checked (and a ping sent, if this end pings).
     pub interval: Duration,
     /// Silence this long ends the tunnel; any message counts as a sign of life.
@@ -41,7 +41,7 @@ pub struct Heartbeat<'a> {
 
 /// Runs until the tunnel ends and returns why. `dispatch` handles each message; an error from it
 /// is a protocol error that ends the tunnel.
-pub async fn run_tunnel_loop<S: MessageSource>(
+pub(crate) async fn run_tunnel_loop<S: MessageSource>(
     mut source: S,
     writer: JoinHandle<Result<(), TunnelError>>,
     cancel: &CancellationToken,

@@ -34,7 +34,7 @@ use super::writer::{frame_channel, run_writer, FrameQueues, FrameSender};
 use super::{deliver, spawn_until, Carrier, TunnelError, Violation};
 
 /// A tunnel whose login is done, before it is served.
-pub enum LoggedIn {
+pub(crate) enum LoggedIn {
     Tls {
         connection: Box<TlsConnection>,
         /// What arrived after the login line.
@@ -55,13 +55,13 @@ pub enum LoggedIn {
 const REFUSAL_DELIVERY: Duration = Duration::from_secs(1);
 
 /// The queue a tunnel's writer task drains: frames, or QUIC control messages.
-pub enum Outgoing<M> {
+pub(crate) enum Outgoing<M> {
     Frames(Box<FrameQueues>),
     Quic(UnboundedReceiver<M>),
 }
 
 impl LoggedIn {
-    pub fn tls(connection: TlsConnection, leftover: BytesMut) -> Self {
+    pub(crate) fn tls(connection: TlsConnection, leftover: BytesMut) -> Self {
         // Best effort: without a round-trip estimate the kernel's autotuning stays.
         let _ = crate::transport::bound_receive_buffer(connection.reader.tcp());
         LoggedIn::Tls {
@@ -72,7 +72,7 @@ impl LoggedIn {
 
     /// Ends a connection whose login was refused, once the answer has been sent (bounded in
     /// time: the peer may not be reading).
-    pub async fn close_refused(self) {
+    pub(crate) async fn close_refused(self) {
         match self {
             LoggedIn::Tls { mut connection, .. } => {
                 use tokio::io::AsyncWriteExt;
@@ -93,14 +93,17 @@ impl LoggedIn {
 
     /// Lets the edge open as many streams, and send as much, as the hub's limits allow (QUIC;
     /// over TCP+TLS the stream table and windows enforce them).
-    pub fn grant_edge_limits(&self, max_streams: u32, tunnel_buffer_bytes: u32) {
+    pub(crate) fn grant_edge_limits(&self, max_streams: u32, tunnel_buffer_bytes: u32) {
         if let LoggedIn::Quic { connection, .. } = self {
             grant_tunnel_limits(connection, max_streams, tunnel_buffer_bytes);
         }
     }
 
     /// The sending half every task of this end uses, and the queue its writer drains.
-    pub fn carrier<M: ControlMessage>(&self, tasks: &TaskTracker) -> (Carrier<M>, Outgoing<M>) {
+    pub(crate) fn carrier<M: ControlMessage>(
+        &self,
+        tasks: &TaskTracker,
+    ) -> (Carrier<M>, Outgoing<M>) {
         match self {
             LoggedIn::Tls { .. } => {
                 let (frames, queues) = frame_channel();
@@ -115,7 +118,7 @@ impl LoggedIn {
     }
 
     /// Where the login answer is written, before the writer task takes over.
-    pub fn login_writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+    pub(crate) fn login_writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
         match self {
             LoggedIn::Tls { connection, .. } => &mut connection.writer,
             LoggedIn::Quic { send, .. } => send,
@@ -124,7 +127,7 @@ impl LoggedIn {
 }
 
 /// What one end does with what its peer sends; the tunnel calls it from its tasks.
-pub trait TunnelEnd: Send + Sync + Sized + 'static {
+pub(crate) trait TunnelEnd: Send + Sync + Sized + 'static {
     /// What this end sends.
     type Sends: ControlMessage;
     /// The frames the peer sends, decoded for their direction.
@@ -151,7 +154,7 @@ pub trait TunnelEnd: Send + Sync + Sized + 'static {
 }
 
 /// A frame as it reaches the handler.
-pub enum Routed<M> {
+pub(crate) enum Routed<M> {
     Open {
         stream: u32,
         addresses: ProxyAddresses,
@@ -165,7 +168,7 @@ pub enum Routed<M> {
 }
 
 /// The frames one end receives: decoded for their direction, then routed.
-pub trait PeerFrame: Sized {
+pub(crate) trait PeerFrame: Sized {
     type Message: ControlMessage;
     fn decode(frame: Frame) -> Result<Self, FrameError>;
     fn route(self) -> Routed<Self::Message>;
@@ -205,7 +208,7 @@ impl PeerFrame for HubFrame {
 }
 
 /// A connection stream the peer opened, before this end admits or refuses it.
-pub struct NewStream {
+pub(crate) struct NewStream {
     pub id: u32,
     pub addresses: ProxyAddresses,
     pending: PendingStream,
@@ -222,13 +225,13 @@ enum PendingStream {
 impl NewStream {
     /// The id when it comes from the counter UDP sessions share (TCP+TLS), which must grow;
     /// a QUIC stream's id is QUIC's own.
-    pub fn shared_counter_id(&self) -> Option<u32> {
+    pub(crate) fn shared_counter_id(&self) -> Option<u32> {
         matches!(self.pending, PendingStream::Frames { .. }).then_some(self.id)
     }
 
     /// Whether the tunnel carries `max` streams already. Over QUIC the stream limit granted
     /// to the peer holds further streams back, so they never get this far.
-    pub fn over_limit(&self, max: usize) -> bool {
+    pub(crate) fn over_limit(&self, max: usize) -> bool {
         match &self.pending {
             PendingStream::Frames { table, .. } => table.len() >= max,
             PendingStream::Quic(_) => false,
@@ -236,7 +239,7 @@ impl NewStream {
     }
 
     /// Admits the stream; `bytes` counts what its target reads and is written.
-    pub fn admit(self, bytes: Arc<SocketBytes>) -> Result<IncomingStream, TunnelError> {
+    pub(crate) fn admit(self, bytes: Arc<SocketBytes>) -> Result<IncomingStream, TunnelError> {
         Ok(match self.pending {
             PendingStream::Frames { frames, table } => {
                 let Some(port) = table.open(self.id, bytes) else {
@@ -254,7 +257,7 @@ impl NewStream {
     }
 
     /// Resets the stream with `reason`.
-    pub fn refuse(self, reason: ResetReason) {
+    pub(crate) fn refuse(self, reason: ResetReason) {
         match self.pending {
             PendingStream::Frames { frames, .. } => {
                 frames.control(reset_frame(self.id, HUB_SIDE, reason));
@@ -265,7 +268,7 @@ impl NewStream {
 }
 
 /// How a tunnel is served.
-pub struct ServeOptions<'a> {
+pub(crate) struct ServeOptions<'a> {
     pub tasks: &'a TaskTracker,
     /// Ends the tunnel; its tasks stop with it.
     pub cancel: &'a CancellationToken,
@@ -284,7 +287,7 @@ pub struct ServeOptions<'a> {
 
 /// Serves a tunnel until it ends and returns why. Over QUIC the connection is closed with
 /// `close_reason(&ended)`, sent before this returns.
-pub async fn serve<E: TunnelEnd>(
+pub(crate) async fn serve<E: TunnelEnd>(
     end: &Arc<E>,
     logged_in: LoggedIn,
     outgoing: Outgoing<E::Sends>,

@@ -35,7 +35,7 @@ const DIRECT_WRITE_MAX_BYTES: usize = 16 * 1024;
 
 /// What the tunnel delivers to one stream.
 #[derive(Debug)]
-pub enum StreamInput {
+pub(crate) enum StreamInput {
     Data(Bytes),
     /// The peer will send no more (FIN); our direction keeps flowing.
     HalfClose,
@@ -45,21 +45,21 @@ pub enum StreamInput {
 
 /// The frame types one end sends for its streams.
 #[derive(Debug, Clone, Copy)]
-pub struct StreamSide {
+pub(crate) struct StreamSide {
     pub data: FrameType,
     pub close: FrameType,
     pub window_update: FrameType,
 }
 
 /// The edge sends client bytes upstream.
-pub const EDGE_SIDE: StreamSide = StreamSide {
+pub(crate) const EDGE_SIDE: StreamSide = StreamSide {
     data: FrameType::Data,
     close: FrameType::Close,
     window_update: FrameType::WindowUpdate,
 };
 
 /// The hub sends target bytes back down.
-pub const HUB_SIDE: StreamSide = StreamSide {
+pub(crate) const HUB_SIDE: StreamSide = StreamSide {
     data: FrameType::DataBack,
     close: FrameType::CloseBack,
     window_update: FrameType::WindowUpdateBack,
@@ -96,7 +96,7 @@ struct DirectWrite {
 
 /// Both windows of one stream and its inbox, shared by the tunnel reader and the stream's pump.
 #[derive(Debug)]
-pub struct StreamFlow {
+pub(crate) struct StreamFlow {
     windows: Mutex<Windows>,
     credit_arrived: Notify,
     input_arrived: Notify,
@@ -146,7 +146,7 @@ impl StreamFlow {
     }
 
     /// A WINDOW_UPDATE from the peer.
-    pub fn grant(&self, credit: u32) -> Result<(), FlowError> {
+    pub(crate) fn grant(&self, credit: u32) -> Result<(), FlowError> {
         self.windows().send.grant(credit)?;
         self.credit_arrived.notify_one();
         Ok(())
@@ -154,7 +154,7 @@ impl StreamFlow {
 
     /// Takes a DATA payload from the peer into the inbox; a peer that overruns its credit
     /// is an error.
-    pub fn on_data(&self, mut payload: Bytes) -> Result<(), FlowError> {
+    pub(crate) fn on_data(&self, mut payload: Bytes) -> Result<(), FlowError> {
         // Payloads are bounded by MAX_FRAME_PAYLOAD, far below u32::MAX.
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         let direct = {
@@ -289,12 +289,12 @@ impl StreamFlow {
 
 /// The reader's handle on a live stream.
 #[derive(Debug, Clone)]
-pub struct StreamHandle {
+pub(crate) struct StreamHandle {
     pub flow: Arc<StreamFlow>,
 }
 
 /// What the pump needs from the other side of the handle.
-pub struct StreamPort {
+pub(crate) struct StreamPort {
     pub flow: Arc<StreamFlow>,
     bytes: Arc<SocketBytes>,
 }
@@ -302,14 +302,14 @@ pub struct StreamPort {
 /// Bytes read from and written to local sockets, shared by the streams of one port for
 /// per-port metrics.
 #[derive(Debug, Default)]
-pub struct SocketBytes {
+pub(crate) struct SocketBytes {
     pub read: AtomicU64,
     pub written: AtomicU64,
 }
 
 /// Live streams of one tunnel by id.
 #[derive(Debug)]
-pub struct StreamTable {
+pub(crate) struct StreamTable {
     streams: Mutex<HashMap<u32, StreamHandle>>,
     /// The number of entries, readable without the lock by every stream's flow control.
     active: Arc<AtomicUsize>,
@@ -325,7 +325,7 @@ impl Default for StreamTable {
 
 impl StreamTable {
     /// A table whose streams' receive windows share `budget` bytes.
-    pub fn with_budget(budget: u32) -> Self {
+    pub(crate) fn with_budget(budget: u32) -> Self {
         Self {
             streams: Mutex::default(),
             active: Arc::default(),
@@ -339,7 +339,7 @@ impl StreamTable {
 
     /// Registers a new stream and returns the pump's end of it; None when the id is taken.
     /// `bytes` counts what the stream's socket reads and writes.
-    pub fn open(&self, id: u32, bytes: Arc<SocketBytes>) -> Option<StreamPort> {
+    pub(crate) fn open(&self, id: u32, bytes: Arc<SocketBytes>) -> Option<StreamPort> {
         use std::collections::hash_map::Entry;
         let mut map = self.map();
         let Entry::Vacant(slot) = map.entry(id) else {
@@ -351,11 +351,11 @@ impl StreamTable {
         Some(StreamPort { flow, bytes })
     }
 
-    pub fn get(&self, id: u32) -> Option<StreamHandle> {
+    pub(crate) fn get(&self, id: u32) -> Option<StreamHandle> {
         self.map().get(&id).cloned()
     }
 
-    pub fn remove(&self, id: u32) {
+    pub(crate) fn remove(&self, id: u32) {
         let mut map = self.map();
         if map.remove(&id).is_some() {
             crate::heap::stream_closed();
@@ -363,26 +363,26 @@ impl StreamTable {
         self.active.store(map.len(), Ordering::Relaxed);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map().len()
     }
 
     /// Delivers a DATA payload to its stream. Frames for a stream that already ended are
     /// dropped: they were in flight when our reset went out.
-    pub fn deliver_data(&self, id: u32, payload: Bytes) -> Result<(), FlowError> {
+    pub(crate) fn deliver_data(&self, id: u32, payload: Bytes) -> Result<(), FlowError> {
         if let Some(stream) = self.get(id) {
             stream.flow.on_data(payload)?;
         }
         Ok(())
     }
 
-    pub fn deliver_close(&self, id: u32, kind: CloseKind) {
+    pub(crate) fn deliver_close(&self, id: u32, kind: CloseKind) {
         if let Some(stream) = self.get(id) {
             stream.flow.on_close(kind);
         }
     }
 
-    pub fn grant(&self, id: u32, credit: u32) -> Result<(), FlowError> {
+    pub(crate) fn grant(&self, id: u32, credit: u32) -> Result<(), FlowError> {
         match self.get(id) {
             Some(stream) => stream.flow.grant(credit),
             None => Ok(()),
@@ -392,7 +392,7 @@ impl StreamTable {
 
 /// How a stream ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// Both directions closed cleanly.
     Finished,
     ResetByPeer(ResetReason),
@@ -410,7 +410,7 @@ enum Abort {
 
 /// Moves bytes between `socket` and the tunnel until both directions are closed, either side
 /// resets, or `cancel` fires.
-pub async fn pump(
+pub(crate) async fn pump(
     socket: TcpStream,
     id: u32,
     side: StreamSide,
@@ -560,7 +560,7 @@ async fn wait_for_reset(flow: &StreamFlow) -> Abort {
     }
 }
 
-pub fn reset_frame(id: u32, side: StreamSide, reason: ResetReason) -> Frame {
+pub(crate) fn reset_frame(id: u32, side: StreamSide, reason: ResetReason) -> Frame {
     Frame::new(id, side.close, close_payload(CloseKind::Reset(reason)))
 }
 

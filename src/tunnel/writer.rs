@@ -19,7 +19,7 @@ use crate::scheduler_turn::runnable_tasks_first;
 use super::TunnelError;
 
 /// Bytes gathered before one write to the TLS stream.
-pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+pub(crate) const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// A batch smaller than this waits one turn before it is written, so the frames of tasks that
 /// are already runnable (other connections whose reads became ready at the same time) share
@@ -31,7 +31,7 @@ const SHARE_A_TURN_BELOW_BYTES: usize = 16 * 1024;
 
 /// UDP payload bytes that may wait in a tunnel's queue. Datagrams have no flow control; past
 /// this the tunnel is congested and new datagrams are dropped (and counted), as a router would.
-pub const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
 
 /// Cloneable handle for queueing frames on a tunnel.
 ///
@@ -43,7 +43,7 @@ pub const MAX_QUEUED_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
 /// datagrams by `MAX_QUEUED_DATAGRAM_BYTES`, control by the protocol (one OPEN per accept,
 /// credit returned in quarter windows).
 #[derive(Clone, Debug)]
-pub struct FrameSender {
+pub(crate) struct FrameSender {
     control: UnboundedSender<Frame>,
     data: UnboundedSender<Frame>,
     queued_datagram_bytes: Arc<AtomicUsize>,
@@ -51,18 +51,18 @@ pub struct FrameSender {
 
 impl FrameSender {
     /// Queues a control frame; false when the tunnel is gone.
-    pub fn control(&self, frame: Frame) -> bool {
+    pub(crate) fn control(&self, frame: Frame) -> bool {
         self.control.send(frame).is_ok()
     }
 
     /// Queues a data-tier frame; false when the tunnel is gone.
-    pub fn data(&self, frame: Frame) -> bool {
+    pub(crate) fn data(&self, frame: Frame) -> bool {
         self.data.send(frame).is_ok()
     }
 
     /// Queues a UDP_DATA / UDP_DATA_BACK frame in the data tier unless the datagram budget is
     /// spent; false means the datagram was dropped.
-    pub fn datagram(&self, frame: Frame) -> bool {
+    pub(crate) fn datagram(&self, frame: Frame) -> bool {
         let len = frame.payload.len();
         let reserved = self
             .queued_datagram_bytes
@@ -82,7 +82,7 @@ impl FrameSender {
     }
 }
 
-pub struct FrameQueues {
+pub(crate) struct FrameQueues {
     control: UnboundedReceiver<Frame>,
     data: UnboundedReceiver<Frame>,
     /// Frames taken off the channels, until it is their turn.
@@ -90,7 +90,7 @@ pub struct FrameQueues {
     queued_datagram_bytes: Arc<AtomicUsize>,
 }
 
-pub fn frame_channel() -> (FrameSender, FrameQueues) {
+pub(crate) fn frame_channel() -> (FrameSender, FrameQueues) {
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (data_tx, data_rx) = mpsc::unbounded_channel();
     let queued_datagram_bytes = Arc::new(AtomicUsize::new(0));
@@ -146,7 +146,7 @@ impl FrameQueues {
 }
 
 /// Writes queued frames until cancelled, every sender is dropped, or the socket fails.
-pub async fn run_writer<W: AsyncWrite + Unpin>(
+pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
     mut io: W,
     mut queues: FrameQueues,
     cancel: CancellationToken,
