@@ -247,7 +247,7 @@ async fn connect_quic(
 
 /// Serves one logged-in tunnel until it fails or the edge stops.
 async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) -> TunnelError {
-    let (carrier, outgoing) = logged_in.carrier(&edge.tasks);
+    let (carrier, tunnel) = logged_in.ready(&edge.tasks);
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
         carrier,
@@ -307,7 +307,7 @@ async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) 
         bytes_out: edge.bytes_out.clone(),
         quic_close_code: CLOSE_STOPPED,
     };
-    let ended = tunnel_serve(&end, logged_in, outgoing, options, |ended| {
+    let ended = tunnel_serve(&end, tunnel, options, |ended| {
         if edge.cancel.is_cancelled() {
             "edge stopped".to_string()
         } else {

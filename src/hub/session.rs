@@ -100,22 +100,22 @@ pub(super) async fn log_in_and_serve(
     peer: SocketAddr,
     cancel: CancellationToken,
     slot: PendingSlot,
-    mut logged_in: LoggedIn,
+    logged_in: LoggedIn,
     line: Bytes,
 ) {
-    let (carrier, outgoing) = logged_in.carrier(&hub.tasks);
+    let (carrier, mut tunnel) = logged_in.ready(&hub.tasks);
     let login = Login {
         hub: &hub,
         peer,
         cancel: &cancel,
         slot,
     };
-    let Some(session) = login.finish(&line, logged_in.login_writer(), carrier).await else {
-        logged_in.close_refused().await;
+    let Some(session) = login.finish(&line, tunnel.login_writer(), carrier).await else {
+        tunnel.close_refused().await;
         return;
     };
     let limits = &hub.options.limits;
-    logged_in.grant_edge_limits(limits.max_streams_per_edge, limits.tunnel_buffer_bytes);
+    tunnel.grant_edge_limits(limits.max_streams_per_edge, limits.tunnel_buffer_bytes);
     run_session(&hub, session.clone(), peer, async {
         let end = Arc::new(SessionEnd {
             hub: hub.clone(),
@@ -132,7 +132,7 @@ pub(super) async fn log_in_and_serve(
             bytes_out: session.bytes_out.clone(),
             quic_close_code: CLOSE_SESSION_ENDED,
         };
-        serve(&end, logged_in, outgoing, options, |ended| {
+        serve(&end, tunnel, options, |ended| {
             session.close_reason().unwrap_or_else(|| ended.to_string())
         })
         .await

@@ -143,6 +143,33 @@ pub(crate) enum IncomingStream {
     },
 }
 
+/// Writes what arrived after the PROXY line to `target`, then relays both ways.
+async fn carry_quic(
+    stream: QuicConnectionStream,
+    bytes: &SocketBytes,
+    mut target: TcpStream,
+    cancel: &CancellationToken,
+) {
+    if target.write_all(&stream.early_data).await.is_err() {
+        stream.reset(ResetReason::Unreachable);
+        return;
+    }
+    let QuicConnectionStream {
+        send,
+        recv,
+        open,
+        early_data,
+    } = stream;
+    bytes
+        .written
+        .fetch_add(early_data.len() as u64, Ordering::Relaxed);
+    let counters = RelayCounters {
+        read: &bytes.read,
+        written: &bytes.written,
+    };
+    relay(target, send, recv, &open, counters, cancel).await;
+}
+
 /// A QUIC connection stream whose PROXY line has been read.
 pub(crate) struct QuicConnectionStream {
     pub send: SendStream,
@@ -163,7 +190,9 @@ impl QuicConnectionStream {
 impl IncomingStream {
     /// Moves bytes between `target` and the stream until both directions are done, either
     /// side resets, or `cancel` fires.
-    pub(crate) async fn carry(self, mut target: TcpStream, cancel: &CancellationToken) {
+    pub(crate) async fn carry(self, target: TcpStream, cancel: &CancellationToken) {
+        // Each transport's future is boxed: inline, the larger (QUIC's) sized every stream's
+        // task, and an idle TCP+TLS connection cost 1 KiB more (docs/PERFORMANCE.md).
         match self {
             IncomingStream::Frames {
                 id,
@@ -173,27 +202,18 @@ impl IncomingStream {
             } => {
                 // Also on a panic.
                 let _left = OnDrop::new(|| table.remove(id));
-                pump(target, id, HUB_SIDE, port, frames, cancel.child_token()).await;
+                Box::pin(pump(
+                    target,
+                    id,
+                    HUB_SIDE,
+                    port,
+                    frames,
+                    cancel.child_token(),
+                ))
+                .await;
             }
             IncomingStream::Quic { stream, bytes } => {
-                if target.write_all(&stream.early_data).await.is_err() {
-                    stream.reset(ResetReason::Unreachable);
-                    return;
-                }
-                let QuicConnectionStream {
-                    send,
-                    recv,
-                    open,
-                    early_data,
-                } = stream;
-                bytes
-                    .written
-                    .fetch_add(early_data.len() as u64, Ordering::Relaxed);
-                let counters = RelayCounters {
-                    read: &bytes.read,
-                    written: &bytes.written,
-                };
-                relay(target, send, recv, &open, counters, cancel).await;
+                Box::pin(carry_quic(stream, &bytes, target, cancel)).await;
             }
         }
     }

@@ -54,10 +54,22 @@ pub(crate) enum LoggedIn {
 /// How long a refused peer gets to receive its answer before the connection closes.
 const REFUSAL_DELIVERY: Duration = Duration::from_secs(1);
 
-/// The queue a tunnel's writer task drains: frames, or QUIC control messages.
-pub(crate) enum Outgoing<M> {
-    Frames(Box<FrameQueues>),
-    Quic(UnboundedReceiver<M>),
+/// A logged-in tunnel with the queue its writer task will drain, of the same transport.
+pub(crate) enum ReadyTunnel<M> {
+    Tls {
+        connection: Box<TlsConnection>,
+        leftover: BytesMut,
+        frames: FrameSender,
+        queues: Box<FrameQueues>,
+    },
+    Quic {
+        connection: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        leftover: BytesMut,
+        endpoint: Option<quinn::Endpoint>,
+        queue: UnboundedReceiver<M>,
+    },
 }
 
 impl LoggedIn {
@@ -70,15 +82,67 @@ impl LoggedIn {
         }
     }
 
+    /// The sending half every task of this end uses (`M` is what this end sends), and the
+    /// tunnel with the queue its writer will drain.
+    pub(crate) fn ready<M: ControlMessage>(
+        self,
+        tasks: &TaskTracker,
+    ) -> (Carrier<M>, ReadyTunnel<M>) {
+        match self {
+            LoggedIn::Tls {
+                connection,
+                leftover,
+            } => {
+                let (frames, queues) = frame_channel();
+                let ready = ReadyTunnel::Tls {
+                    connection,
+                    leftover,
+                    frames: frames.clone(),
+                    queues: Box::new(queues),
+                };
+                (Carrier::Frames(frames), ready)
+            }
+            LoggedIn::Quic {
+                connection,
+                send,
+                recv,
+                leftover,
+                endpoint,
+            } => {
+                let (control, queue) = control_channel();
+                let link = QuicLink::new(connection.clone(), control, tasks.clone());
+                let ready = ReadyTunnel::Quic {
+                    connection,
+                    send,
+                    recv,
+                    leftover,
+                    endpoint,
+                    queue,
+                };
+                (Carrier::Quic(link), ready)
+            }
+        }
+    }
+}
+
+impl<M: ControlMessage> ReadyTunnel<M> {
+    /// Where the login answer is written, before the writer task takes over.
+    pub(crate) fn login_writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+        match self {
+            ReadyTunnel::Tls { connection, .. } => &mut connection.writer,
+            ReadyTunnel::Quic { send, .. } => send,
+        }
+    }
+
     /// Ends a connection whose login was refused, once the answer has been sent (bounded in
     /// time: the peer may not be reading).
     pub(crate) async fn close_refused(self) {
         match self {
-            LoggedIn::Tls { mut connection, .. } => {
+            ReadyTunnel::Tls { mut connection, .. } => {
                 use tokio::io::AsyncWriteExt;
                 let _ = tokio::time::timeout(REFUSAL_DELIVERY, connection.writer.shutdown()).await;
             }
-            LoggedIn::Quic {
+            ReadyTunnel::Quic {
                 connection,
                 mut send,
                 ..
@@ -94,34 +158,8 @@ impl LoggedIn {
     /// Lets the edge open as many streams, and send as much, as the hub's limits allow (QUIC;
     /// over TCP+TLS the stream table and windows enforce them).
     pub(crate) fn grant_edge_limits(&self, max_streams: u32, tunnel_buffer_bytes: u32) {
-        if let LoggedIn::Quic { connection, .. } = self {
+        if let ReadyTunnel::Quic { connection, .. } = self {
             grant_tunnel_limits(connection, max_streams, tunnel_buffer_bytes);
-        }
-    }
-
-    /// The sending half every task of this end uses, and the queue its writer drains.
-    pub(crate) fn carrier<M: ControlMessage>(
-        &self,
-        tasks: &TaskTracker,
-    ) -> (Carrier<M>, Outgoing<M>) {
-        match self {
-            LoggedIn::Tls { .. } => {
-                let (frames, queues) = frame_channel();
-                (Carrier::Frames(frames), Outgoing::Frames(Box::new(queues)))
-            }
-            LoggedIn::Quic { connection, .. } => {
-                let (control, queue) = control_channel();
-                let link = QuicLink::new(connection.clone(), control, tasks.clone());
-                (Carrier::Quic(link), Outgoing::Quic(queue))
-            }
-        }
-    }
-
-    /// Where the login answer is written, before the writer task takes over.
-    pub(crate) fn login_writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
-        match self {
-            LoggedIn::Tls { connection, .. } => &mut connection.writer,
-            LoggedIn::Quic { send, .. } => send,
         }
     }
 }
@@ -289,8 +327,7 @@ pub(crate) struct ServeOptions<'a> {
 /// `close_reason(&ended)`, sent before this returns.
 pub(crate) async fn serve<E: TunnelEnd>(
     end: &Arc<E>,
-    logged_in: LoggedIn,
-    outgoing: Outgoing<E::Sends>,
+    tunnel: ReadyTunnel<E::Sends>,
     options: ServeOptions<'_>,
     close_reason: impl FnOnce(&TunnelError) -> String,
 ) -> TunnelError {
@@ -305,14 +342,13 @@ pub(crate) async fn serve<E: TunnelEnd>(
     // A task that finds the peer broke the protocol ends the tunnel with it.
     let failure = Arc::new(Failure::new(options.cancel));
     let cancel = &failure.cancel;
-    let ended = match (logged_in, outgoing) {
-        (
-            LoggedIn::Tls {
-                connection,
-                leftover,
-            },
-            Outgoing::Frames(queues),
-        ) => {
+    let ended = match tunnel {
+        ReadyTunnel::Tls {
+            connection,
+            leftover,
+            frames,
+            queues,
+        } => {
             let TlsConnection { reader, writer, .. } = *connection;
             let writer = options.tasks.spawn(run_writer(
                 writer,
@@ -321,25 +357,19 @@ pub(crate) async fn serve<E: TunnelEnd>(
                 options.bytes_out.clone(),
             ));
             let reader = FrameReader::new(reader, leftover, options.bytes_in.clone());
-            let frames = match end.carrier() {
-                Carrier::Frames(frames) => frames.clone(),
-                Carrier::Quic(_) => unreachable_carrier(),
-            };
             run_tunnel_loop(reader, writer, cancel, heartbeat, |frame| {
                 on_frame(end, &frames, frame)
             })
             .await
         }
-        (
-            LoggedIn::Quic {
-                connection,
-                send,
-                recv,
-                leftover,
-                endpoint: _endpoint,
-            },
-            Outgoing::Quic(queue),
-        ) => {
+        ReadyTunnel::Quic {
+            connection,
+            send,
+            recv,
+            leftover,
+            endpoint: _endpoint,
+            queue,
+        } => {
             spawn_quic_receivers(end, &connection, &options, &failure);
             let writer = options
                 .tasks
@@ -358,14 +388,8 @@ pub(crate) async fn serve<E: TunnelEnd>(
             close_and_send(&connection, code, close_reason(&ended).as_bytes()).await;
             return ended;
         }
-        _ => unreachable_carrier(),
     };
     failure.take().unwrap_or(ended)
-}
-
-/// The carrier and the queue come from the same [`LoggedIn::carrier`] call.
-fn unreachable_carrier() -> ! {
-    unreachable!("a tunnel's carrier and writer queue are of its own transport")
 }
 
 fn on_frame<E: TunnelEnd>(
