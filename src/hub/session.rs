@@ -24,7 +24,7 @@ use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::protocol::quic_messages::parse_open;
 use crate::transport::quic_endpoint::CLOSE_SESSION_ENDED;
 use crate::transport::tls::ALPN;
-use crate::tunnel::connection::{ConnectionStreams, IncomingStream};
+use crate::tunnel::connection::{CarriedStream, ConnectionStreams, StreamJob};
 use crate::tunnel::serve::{serve, LoggedIn, NewStream, ServeOptions, TunnelEnd};
 use crate::tunnel::stream::SocketBytes;
 use crate::tunnel::{Carrier, LineError, OnDrop, TunnelError, Violation};
@@ -707,27 +707,38 @@ impl EdgeSession {
                 return Ok(());
             }
         };
-        let stream = stream.admit(port_bytes)?;
-        let (session, hub) = (self.clone(), hub.clone());
-        hub.tasks.clone().spawn(async move {
-            session.carry_to_target(&hub, id, addresses, stream).await;
-        });
+        let job = ToTarget {
+            session: self.clone(),
+            hub: hub.clone(),
+            id,
+            addresses,
+        };
+        stream.admit(port_bytes)?.spawn(&hub.tasks, job);
         Ok(())
     }
+}
 
-    /// Connects an admitted stream to the target and carries it.
-    async fn carry_to_target(
-        &self,
-        hub: &HubShared,
-        id: u32,
-        addresses: ProxyAddresses,
-        stream: IncomingStream,
-    ) {
+/// Connects an admitted stream to the target and carries it.
+struct ToTarget {
+    session: Arc<EdgeSession>,
+    hub: Arc<HubShared>,
+    id: u32,
+    addresses: ProxyAddresses,
+}
+
+impl StreamJob for ToTarget {
+    async fn run<S: CarriedStream>(self, stream: S) {
+        let ToTarget {
+            session,
+            hub,
+            id,
+            addresses,
+        } = self;
         // Also on a panic: its end is reported.
-        let _closed = OnDrop::new(|| self.stream_closed(hub, id));
+        let _closed = OnDrop::new(|| session.stream_closed(&hub, id));
         let port = addresses.destination.port();
-        match connect_target(hub, &addresses, port).await {
-            Ok(target) => stream.carry(target, &self.cancel).await,
+        match connect_target(&hub, &addresses, port).await {
+            Ok(target) => stream.carry(target, &session.cancel).await,
             Err(e) => {
                 stream.refuse(ResetReason::Unreachable);
                 hub.warn(

@@ -1,6 +1,7 @@
 //! A tunnel's connection streams, the same to hub and edge code on both transports: frames
 //! through the stream table over TCP+TLS, or a QUIC stream each.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,46 +129,99 @@ impl ConnectionStreams {
 
 /// A connection stream the edge opened and the hub admitted, waiting for its target.
 pub(crate) enum IncomingStream {
-    /// Over TCP+TLS: its end of the stream table, which it leaves when it ends.
-    Frames {
-        id: u32,
-        port: StreamPort,
-        frames: FrameSender,
-        table: Arc<StreamTable>,
-    },
-    /// Over QUIC.
-    Quic {
-        stream: QuicConnectionStream,
-        /// What the target reads and is written.
-        bytes: Arc<SocketBytes>,
-    },
+    Frames(FramesStream),
+    Quic(QuicAdmittedStream),
 }
 
-/// Writes what arrived after the PROXY line to `target`, then relays both ways.
-async fn carry_quic(
-    stream: QuicConnectionStream,
-    bytes: &SocketBytes,
-    mut target: TcpStream,
-    cancel: &CancellationToken,
-) {
-    if target.write_all(&stream.early_data).await.is_err() {
-        stream.reset(ResetReason::Unreachable);
-        return;
+/// What carries an admitted stream once its target is known: connecting it and the carrying
+/// itself. `run` is generic, so each transport's task is a future of its own size.
+pub(crate) trait StreamJob: Send + 'static {
+    fn run<S: CarriedStream>(self, stream: S) -> impl Future<Output = ()> + Send;
+}
+
+/// An admitted stream of one transport.
+pub(crate) trait CarriedStream: Send + 'static {
+    /// Moves bytes between `target` and the stream until both directions are done, either
+    /// side resets, or `cancel` fires.
+    fn carry(
+        self,
+        target: TcpStream,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+    /// Resets the stream with `reason`.
+    fn refuse(self, reason: ResetReason);
+}
+
+impl IncomingStream {
+    /// Runs `job` for this stream as a task of `tasks`.
+    pub(crate) fn spawn(self, tasks: &TaskTracker, job: impl StreamJob) {
+        match self {
+            IncomingStream::Frames(stream) => tasks.spawn(job.run(stream)),
+            IncomingStream::Quic(stream) => tasks.spawn(job.run(stream)),
+        };
     }
-    let QuicConnectionStream {
-        send,
-        recv,
-        open,
-        early_data,
-    } = stream;
-    bytes
-        .written
-        .fetch_add(early_data.len() as u64, Ordering::Relaxed);
-    let counters = RelayCounters {
-        read: &bytes.read,
-        written: &bytes.written,
-    };
-    relay(target, send, recv, &open, counters, cancel).await;
+}
+
+/// Over TCP+TLS: its end of the stream table, which it leaves when it ends.
+pub(crate) struct FramesStream {
+    pub(crate) id: u32,
+    pub(crate) port: StreamPort,
+    pub(crate) frames: FrameSender,
+    pub(crate) table: Arc<StreamTable>,
+}
+
+impl CarriedStream for FramesStream {
+    async fn carry(self, target: TcpStream, cancel: &CancellationToken) {
+        let FramesStream {
+            id,
+            port,
+            frames,
+            table,
+        } = self;
+        // Also on a panic.
+        let _left = OnDrop::new(|| table.remove(id));
+        pump(target, id, HUB_SIDE, port, frames, cancel.child_token()).await;
+    }
+
+    fn refuse(self, reason: ResetReason) {
+        self.table.remove(self.id);
+        self.frames.control(reset_frame(self.id, HUB_SIDE, reason));
+    }
+}
+
+/// Over QUIC: the stream, and what its target reads and is written.
+pub(crate) struct QuicAdmittedStream {
+    pub(crate) stream: QuicConnectionStream,
+    pub(crate) bytes: Arc<SocketBytes>,
+}
+
+impl CarriedStream for QuicAdmittedStream {
+    /// Writes what arrived after the PROXY line to `target` first.
+    async fn carry(self, mut target: TcpStream, cancel: &CancellationToken) {
+        let QuicAdmittedStream { stream, bytes } = self;
+        if target.write_all(&stream.early_data).await.is_err() {
+            stream.reset(ResetReason::Unreachable);
+            return;
+        }
+        let QuicConnectionStream {
+            send,
+            recv,
+            open,
+            early_data,
+        } = stream;
+        bytes
+            .written
+            .fetch_add(early_data.len() as u64, Ordering::Relaxed);
+        let counters = RelayCounters {
+            read: &bytes.read,
+            written: &bytes.written,
+        };
+        relay(target, send, recv, &open, counters, cancel).await;
+    }
+
+    fn refuse(self, reason: ResetReason) {
+        self.stream.reset(reason);
+    }
 }
 
 /// A QUIC connection stream whose PROXY line has been read.
@@ -184,50 +238,5 @@ impl QuicConnectionStream {
     /// Resets both directions with `reason`.
     pub(crate) fn reset(mut self, reason: ResetReason) {
         reset_stream(&mut self.send, &mut self.recv, reason);
-    }
-}
-
-impl IncomingStream {
-    /// Moves bytes between `target` and the stream until both directions are done, either
-    /// side resets, or `cancel` fires.
-    pub(crate) async fn carry(self, target: TcpStream, cancel: &CancellationToken) {
-        // Each transport's future is boxed: inline, the larger (QUIC's) sized every stream's
-        // task, and an idle TCP+TLS connection cost 1 KiB more (docs/PERFORMANCE.md).
-        match self {
-            IncomingStream::Frames {
-                id,
-                port,
-                frames,
-                table,
-            } => {
-                // Also on a panic.
-                let _left = OnDrop::new(|| table.remove(id));
-                Box::pin(pump(
-                    target,
-                    id,
-                    HUB_SIDE,
-                    port,
-                    frames,
-                    cancel.child_token(),
-                ))
-                .await;
-            }
-            IncomingStream::Quic { stream, bytes } => {
-                Box::pin(carry_quic(stream, &bytes, target, cancel)).await;
-            }
-        }
-    }
-
-    /// Resets the stream with `reason`.
-    pub(crate) fn refuse(self, reason: ResetReason) {
-        match self {
-            IncomingStream::Frames {
-                id, frames, table, ..
-            } => {
-                table.remove(id);
-                frames.control(reset_frame(id, HUB_SIDE, reason));
-            }
-            IncomingStream::Quic { stream, .. } => stream.reset(reason),
-        }
     }
 }

@@ -22,7 +22,9 @@ use crate::transport::quic_endpoint::{
 };
 use crate::transport::tls_stream::TlsConnection;
 
-use super::connection::{ConnectionStreams, IncomingStream, QuicConnectionStream};
+use super::connection::{
+    ConnectionStreams, FramesStream, IncomingStream, QuicAdmittedStream, QuicConnectionStream,
+};
 use super::quic_link::{
     control_channel, receive_datagrams, receive_oversized, reset_stream, run_control_writer,
     ControlReader, QuicLink,
@@ -283,14 +285,16 @@ impl NewStream {
                 let Some(port) = table.open(self.id, bytes) else {
                     return Err(Violation::StreamOpenedTwice(self.id).into());
                 };
-                IncomingStream::Frames {
+                IncomingStream::Frames(FramesStream {
                     id: self.id,
                     port,
                     frames,
                     table,
-                }
+                })
             }
-            PendingStream::Quic(stream) => IncomingStream::Quic { stream, bytes },
+            PendingStream::Quic(stream) => {
+                IncomingStream::Quic(QuicAdmittedStream { stream, bytes })
+            }
         })
     }
 
