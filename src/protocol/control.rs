@@ -196,12 +196,13 @@ impl ControlMessage for HubMessage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::protocol::handshake::HandshakeError;
     use std::net::SocketAddr;
 
-    fn addresses() -> ProxyAddresses {
+    /// Client and edge addresses of one UDP session, for tests here and in `quic_messages`.
+    pub(crate) fn addresses() -> ProxyAddresses {
         ProxyAddresses {
             source: "203.0.113.7:5353".parse::<SocketAddr>().unwrap(),
             destination: "198.51.100.1:53".parse::<SocketAddr>().unwrap(),

@@ -459,7 +459,7 @@ pub fn control_frame(message: &impl ControlMessage) -> Frame {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
@@ -487,7 +487,8 @@ mod tests {
         out
     }
 
-    const ALL_TYPES: [FrameType; 14] = [
+    /// Every frame type, for tests here and in `roundtrip_tests`.
+    pub(crate) const ALL_TYPES: [FrameType; 14] = [
         FrameType::Open,
         FrameType::Data,
         FrameType::Close,

@@ -160,17 +160,10 @@ pub fn is_repeated_open(rest: &[u8], header: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::control::tests::addresses;
     use crate::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
     use crate::protocol::handshake::EdgeConfig;
     use crate::protocol::proxy::{encode_v2, ProxyTransport};
-    use std::net::SocketAddr;
-
-    fn addresses() -> ProxyAddresses {
-        ProxyAddresses {
-            source: "203.0.113.7:5353".parse::<SocketAddr>().unwrap(),
-            destination: "198.51.100.1:53".parse::<SocketAddr>().unwrap(),
-        }
-    }
 
     #[test]
     fn control_messages_are_byte_exact() {

@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use crate::protocol::control::{
     parse_open_header, ControlMessage, EdgeMessage, HubMessage, UdpOpen,
 };
+use crate::protocol::frame::tests::ALL_TYPES;
 use crate::protocol::frame::{
     self, close_payload, decode_close, decode_ping, decode_window_credit, CloseKind, Frame,
     FrameType, ResetReason, FRAME_HEADER_LEN,
@@ -35,23 +36,6 @@ use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
 // ---------------------------------------------------------------------------------------------
 // Strategies
 
-const FRAME_TYPES: [FrameType; 14] = [
-    FrameType::Open,
-    FrameType::Data,
-    FrameType::Close,
-    FrameType::DataBack,
-    FrameType::CloseBack,
-    FrameType::Config,
-    FrameType::Ping,
-    FrameType::Pong,
-    FrameType::WindowUpdate,
-    FrameType::WindowUpdateBack,
-    FrameType::UdpOpen,
-    FrameType::UdpData,
-    FrameType::UdpDataBack,
-    FrameType::UdpClose,
-];
-
 fn payload(max: usize) -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..=max).prop_map(Bytes::from)
 }
@@ -59,7 +43,7 @@ fn payload(max: usize) -> impl Strategy<Value = Bytes> {
 fn any_frame() -> impl Strategy<Value = Frame> {
     (
         any::<u32>(),
-        prop::sample::select(&FRAME_TYPES[..]),
+        prop::sample::select(&ALL_TYPES[..]),
         payload(300),
     )
         .prop_map(|(id, kind, payload)| Frame::new(id, kind, payload))
