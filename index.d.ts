@@ -3,6 +3,12 @@ import { EventEmitter } from 'node:events'
 /** The transport a tunnel runs over. */
 export type TransportKind = 'tcpTls' | 'quic'
 
+/**
+ * The protocol the peer speaks: ours ('remoteingress/1'), or the one 4.13 documents ('4.13',
+ * TCP+TLS without ALPN). See the README's Compatibility section.
+ */
+export type ProtocolDialect = 'remoteingress/1' | '4.13'
+
 export interface HubConfig {
   /** Port edges connect to (TLS over TCP). Default 8443; 0 picks a free port (see getStatus). */
   tunnelPort?: number
@@ -26,6 +32,8 @@ export interface HubConfig {
   limits?: HubLimits
   /** Whether edges may connect over QUIC (UDP on the tunnel port) too. Default true. */
   quic?: boolean
+  /** Whether edges speaking the 4.13 protocol (TCP+TLS without ALPN) are served. Default true. */
+  accept413?: boolean
 }
 
 export interface HubLimits {
@@ -72,6 +80,7 @@ export interface ConnectedEdgeStatus {
   edgeId: string
   remoteAddress: string
   transport: TransportKind
+  protocol: ProtocolDialect
   /** Date.now() when the edge connected. */
   connectedAt: number
   activeStreams: number
@@ -123,7 +132,7 @@ export interface WarningEvent<Code extends string = HubWarningCode | EdgeWarning
 }
 
 export interface HubEvents {
-  edgeConnected: [{ edgeId: string; remoteAddress: string; transport: TransportKind }]
+  edgeConnected: [{ edgeId: string; remoteAddress: string; transport: TransportKind; protocol: ProtocolDialect }]
   edgeDisconnected: [{ edgeId: string; reason: string }]
   streamOpened: [{ edgeId: string; streamId: number; clientAddress: string; clientPort: number; port: number }]
   streamClosed: [{ edgeId: string; streamId: number }]
@@ -185,6 +194,8 @@ export interface EdgeStatus {
   listenPorts: number[]
   listenPortsUdp: number[]
   transport: TransportKind | null
+  /** The hub's protocol while connected. */
+  protocol: ProtocolDialect | null
   /** Datagrams lost: no tunnel up, tunnel congested, session limit reached, or a failed send. */
   udpDatagramsDropped: number
 }
@@ -195,7 +206,7 @@ export interface PortsEvent {
 }
 
 export interface EdgeEvents {
-  tunnelConnected: [{ transport: TransportKind }]
+  tunnelConnected: [{ transport: TransportKind; protocol: ProtocolDialect }]
   tunnelDisconnected: [{ reason: string }]
   publicIpDiscovered: [{ ip: string }]
   portsAssigned: [PortsEvent]

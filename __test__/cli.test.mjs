@@ -9,6 +9,7 @@ import dgram from 'node:dgram'
 import fs from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
+import tls from 'node:tls'
 import os from 'node:os'
 import path from 'node:path'
 import {
@@ -224,13 +225,13 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
   }
 })
 
-test('hub --no-quic leaves the UDP twin of the tunnel port alone; pending-handshake flags reach the hub', { timeout: 60_000 }, async () => {
+test('hub --no-quic leaves the UDP twin of the tunnel port alone; pending-handshake flags and --refuse-4-13 reach the hub', { timeout: 60_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ri-cli-'))
   const edgesFile = path.join(dir, 'edges.json')
   fs.writeFileSync(edgesFile, JSON.stringify([{ id: 'cli-edge', secret: SECRET }]))
   let hub
   try {
-    hub = startCli(['hub', '--edges', edgesFile, '--tunnel-port', '0', '--bind', '127.0.0.1', '--no-quic',
+    hub = startCli(['hub', '--edges', edgesFile, '--tunnel-port', '0', '--bind', '127.0.0.1', '--no-quic', '--refuse-4-13',
       '--max-pending-handshakes', '2', '--max-pending-handshakes-per-source', '1', '--metrics-port', '0'])
     const { url: metricsUrl } = await hub.waitForLog((l) => l.event === 'metricsListening', 'metricsListening')
     const { tunnelPort } = await hub.waitForLog((l) => l.event === 'started', 'started')
@@ -253,6 +254,16 @@ test('hub --no-quic leaves the UDP twin of the tunnel port alone; pending-handsh
     second.destroy()
     const metrics = parsePrometheus(await httpGet(metricsUrl))
     assert.equal(metrics.get('remoteingress_hub_handshake_failures_total{reason="evicted"}'), 1)
+    // --refuse-4-13: a TLS connection that offers no ALPN (the 4.13 protocol) is closed unanswered.
+    const legacy = tls.connect({ host: '127.0.0.1', port: tunnelPort, rejectUnauthorized: false })
+    legacy.on('error', () => {})
+    const legacyAnswer = []
+    legacy.on('data', (chunk) => legacyAnswer.push(chunk))
+    const legacyClosed = new Promise((resolve) => legacy.once('close', resolve))
+    legacy.once('secureConnect', () => legacy.write(`EDGE cli-edge ${SECRET}\n`))
+    await hub.waitForLog((l) => l.event === 'warning' && l.code === 'handshakeFailed' && l.message.includes('4.13'), 'the 4.13 refusal')
+    await withTimeout(legacyClosed, 15000, 'the 4.13 connection closed')
+    assert.equal(Buffer.concat(legacyAnswer).length, 0, 'no answer to a refused 4.13 edge')
     hub.child.kill('SIGTERM')
     assert.deepEqual(await withTimeout(hub.exited, 15000, 'the hub to exit'), { code: 0, signal: null })
   } finally {

@@ -222,6 +222,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     assert.equal(entry.edgeId, 'status')
     assert.equal(entry.remoteAddress.replace(/:\d+$/, ''), '127.0.0.1')
     assert.equal(entry.transport, TEST_TRANSPORT)
+    assert.equal(entry.protocol, 'remoteingress/1')
     assert.equal(typeof entry.connectedAt, 'number')
     assert.ok(entry.connectedAt >= before - 1000 && entry.connectedAt <= after + 1000, `connectedAt ${entry.connectedAt} not near ${before}..${after}`)
     assert.equal(entry.activeStreams, 0)
@@ -229,7 +230,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     const edgeStatus = await edge.getStatus()
     assert.deepEqual(
       { ...edgeStatus, activeStreams: undefined },
-      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, udpDatagramsDropped: 0 },
+      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, protocol: 'remoteingress/1', udpDatagramsDropped: 0 },
     )
     assert.equal(edgeStatus.activeStreams, 0)
 

@@ -192,18 +192,34 @@ for (const transportMode of TRANSPORTS) {
       await assertTunnelUnharmed('non-TLS bytes')
     })
 
-    test('TLS without the ALPN protocol: refused before any handshake line is read', async () => {
-      const client = track(await rawClient(tunnel.hubPort, { alpn: null }))
-      const warned = hubWarning((w) => w.message.includes(client.peer))
-      client.socket.write(`EDGE ${RUDE_ID} ${RUDE_SECRET}\n`)
+    test('TLS offering only another ALPN protocol: the TLS handshake fails, no line is read', async () => {
+      const localAddress = nextSource()
+      const warned = hubWarning((w) => w.message.includes(`${localAddress}:`))
+      const socket = tls.connect({ host: '127.0.0.1', port: tunnel.hubPort, localAddress, rejectUnauthorized: false, ALPNProtocols: ['h2'] })
+      track({ socket })
+      const failed = new Promise((resolve) => socket.once('error', resolve))
+      socket.once('secureConnect', () => socket.write(`EDGE ${RUDE_ID} ${RUDE_SECRET}\n`))
+      const error = await withTimeout(failed, GUARD_MS, 'the TLS handshake to fail')
+      assert.ok(error instanceof Error)
+      assert.equal(socket.alpnProtocol ?? false, false, 'no protocol was agreed')
       const warning = await warned
       assert.equal(warning.code, 'handshakeFailed')
-      assert.match(warning.message, /ALPN/)
+      assert.match(warning.message, /TLS/)
+      assert.ok(!hubLog.of('edgeConnected').some((e) => e.remoteAddress.startsWith(`${localAddress}:`)), 'not admitted')
+      await assertTunnelUnharmed('another ALPN protocol')
+    })
+
+    test('TLS without ALPN (the 4.13 protocol) and a wrong secret: closed without an answer', async () => {
+      const client = track(await rawClient(tunnel.hubPort, { alpn: null }))
+      const warned = hubWarning((w) => w.message.includes(client.peer))
+      client.socket.write(`EDGE ${RUDE_ID} not-the-secret\n`)
+      const warning = await warned
+      assert.equal(warning.code, 'authFailed')
       await client.ending
       responses.push(client.received())
-      assert.equal(client.received().length, 0, 'no handshake answer without ALPN')
-      assert.ok(!hubLog.of('edgeConnected').some((e) => e.edgeId === RUDE_ID && e.remoteAddress === client.peer), 'not admitted')
-      await assertTunnelUnharmed('TLS without ALPN')
+      assert.equal(client.received().length, 0, 'a 4.13 edge gets no error answer')
+      assert.ok(!hubLog.of('edgeConnected').some((e) => e.remoteAddress === client.peer), 'not admitted')
+      await assertTunnelUnharmed('a 4.13 login with a wrong secret')
     })
 
     test('TLS, then a handshake line over 1 KiB without a newline: closed with "line too long"', async () => {
@@ -427,7 +443,7 @@ for (const transportMode of TRANSPORTS) {
         { name: 'DATA on stream 0', bytes: encodeFrame(0, FrameType.DATA, Buffer.from('x')), reason: /^protocol error: Data frame on stream 0$/ },
         { name: 'DATA_BACK (a hub frame)', bytes: encodeFrame(1, FrameType.DATA_BACK, Buffer.from('x')), reason: /^protocol error: unexpected DataBack frame$/ },
         { name: 'CONFIG (a hub frame)', bytes: encodeFrame(1, FrameType.CONFIG, Buffer.from('{}')), reason: /^protocol error: unexpected Config frame$/ },
-        { name: 'a 7-byte PING', bytes: encodeFrame(0, FrameType.PING, Buffer.alloc(7)), reason: /^protocol error: ping\/pong payload must be 8 bytes, got 7$/ },
+        { name: 'a 65-byte PING', bytes: encodeFrame(0, FrameType.PING, Buffer.alloc(65)), reason: /^protocol error: ping\/pong payload of 65 bytes exceeds 64 bytes$/ },
       ]
       for (const { name, bytes, reason } of cases) await expectDisconnect(name, { bytes, reason })
       await assertTunnelUnharmed('frames only the hub may send')
@@ -451,9 +467,10 @@ for (const transportMode of TRANSPORTS) {
           c.socket.write('\x16\x03\x01\x00\x05hello, not really TLS\r\n\r\n')
           return c
         },
-        async noAlpn() {
+        async noAlpnWrongSecret() {
+          // The 4.13 protocol (no ALPN) with a wrong secret: refused after the failure delay.
           const c = track(await rawClient(hubPort, { alpn: null }))
-          c.socket.write(`EDGE ${RUDE_ID} ${RUDE_SECRET}\n`)
+          c.socket.write(`EDGE ${RUDE_ID} not-${RUDE_SECRET}\n`)
           return c
         },
         async overlong() {

@@ -34,6 +34,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
                           connections whose login is not decided yet (defaults 512, 8); when
                           full, the oldest that has sent nothing is closed for a newcomer
   --no-quic               do not listen for QUIC on the tunnel port (UDP); TCP+TLS only
+  --refuse-4-13           refuse edges that speak the 4.13 protocol (TCP+TLS without ALPN)
   --tunnel-buffer-bytes N bytes one edge's tunnel buffers for its connections, per direction
                           (default 209715200, 200 MiB)
   --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
@@ -225,6 +226,7 @@ async function runHub(args) {
     'max-pending-handshakes': { type: 'string' },
     'max-pending-handshakes-per-source': { type: 'string' },
     'no-quic': { type: 'boolean' },
+    'refuse-4-13': { type: 'boolean' },
     'tunnel-buffer-bytes': { type: 'string' },
     'metrics-port': { type: 'string' },
     ...LOG_OPTIONS,
@@ -253,6 +255,7 @@ async function runHub(args) {
       tunnelBufferBytes: integer(values['tunnel-buffer-bytes'], 'tunnel-buffer-bytes'),
     },
     quic: values['no-quic'] ? false : undefined,
+    accept413: values['refuse-4-13'] ? false : undefined,
   })
   await hub.updateAllowedEdges(edges)
   if (values['metrics-port'] !== undefined) await serveMetrics(hub, integer(values['metrics-port'], 'metrics-port'), 'hub')

@@ -19,6 +19,16 @@ pub(crate) enum TransportKind {
     Quic,
 }
 
+impl TransportKind {
+    /// The name JavaScript sees, also a metrics label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::TcpTls => "tcpTls",
+            TransportKind::Quic => "quic",
+        }
+    }
+}
+
 /// An enum of codes with their camelCase names: `ALL` lists every code, `as_str` names one, and
 /// each serializes as its name.
 macro_rules! codes {

@@ -15,6 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use remoteingress::fuzzing::frame::{
     close_payload, control_frame, decode, decode_close, decode_ping, decode_window_credit, encode,
     EdgeFrame, Frame, FrameError, FrameType, HubFrame, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD,
+    MAX_PING_PAYLOAD,
 };
 
 /// The typed decoders, each for the direction it reads.
@@ -71,11 +72,14 @@ fn check_payload_helpers(frame: &Frame) {
         }
         Err(other) => panic!("decode_window_credit: unexpected {other:?}"),
     }
-    match decode_ping(payload) {
-        Ok(nonce) => assert_eq!(payload, nonce),
+    match decode_ping(frame.payload.clone()) {
+        Ok(echoed) => {
+            assert_eq!(payload, echoed);
+            assert!(payload.len() <= MAX_PING_PAYLOAD);
+        }
         Err(FrameError::BadPing { len }) => {
             assert_eq!(len, payload.len());
-            assert_ne!(len, 8);
+            assert!(len > MAX_PING_PAYLOAD);
         }
         Err(other) => panic!("decode_ping: unexpected {other:?}"),
     }

@@ -472,6 +472,7 @@ impl NativeEdge {
             let stopped = serde_json::json!({
                 "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
                 "activeUdpSessions": 0, "listenPorts": [], "listenPortsUdp": [], "transport": null,
+                "protocol": null,
                 "udpDatagramsDropped": 0
             });
             life.status(stopped).await

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::events::{ConnectFailureReason, EdgeWarning, EventSink, TransportKind};
 use crate::lock::Locked;
 use crate::protocol::control::EdgeMessage;
+use crate::protocol::dialect::Dialect;
 use crate::transport::tls::TlsSetupError;
 use crate::tunnel::connection::ConnectionStreams;
 use crate::tunnel::stream::SocketBytes;
@@ -42,6 +43,7 @@ use options::EdgeOptions;
 pub(crate) enum EdgeEvent {
     TunnelConnected {
         transport: TransportKind,
+        protocol: Dialect,
     },
     TunnelDisconnected {
         reason: String,
@@ -74,6 +76,8 @@ pub(crate) struct EdgeStatus {
     pub listen_ports: Vec<u16>,
     pub listen_ports_udp: Vec<u16>,
     pub transport: Option<TransportKind>,
+    /// The protocol the hub speaks: ours, or 4.13's.
+    pub protocol: Option<Dialect>,
     /// Datagrams lost: no tunnel up, tunnel congested, session limit, or a failed send.
     pub udp_datagrams_dropped: u64,
 }
@@ -81,6 +85,8 @@ pub(crate) struct EdgeStatus {
 /// The tunnel that is up right now; listeners hand accepted connections to it.
 struct TunnelLink {
     carrier: Carrier<EdgeMessage>,
+    /// The hub's.
+    dialect: Dialect,
     /// Connections carried; their counter also numbers UDP sessions.
     streams: ConnectionStreams,
     udp: udp::UdpSessions,
@@ -278,7 +284,8 @@ impl Edge {
             active_udp_sessions: link.as_ref().map_or(0, |l| l.udp.len()),
             listen_ports,
             listen_ports_udp,
-            transport: link.map(|l| l.carrier.transport()),
+            transport: link.as_ref().map(|l| l.carrier.transport()),
+            protocol: link.map(|l| l.dialect),
             udp_datagrams_dropped: self.shared.udp_dropped.load(Ordering::Relaxed),
         }
     }
@@ -296,6 +303,21 @@ impl Edge {
             .unwrap_or_default();
         let totals = shared.totals();
         let mut m = MetricsText::default();
+        m.family(
+            "remoteingress_edge_tunnel_info",
+            Kind::Gauge,
+            "1 while the tunnel is up, with its transport and protocol.",
+        );
+        if let (Some(transport), Some(protocol)) = (status.transport, status.protocol) {
+            m.sample(
+                "remoteingress_edge_tunnel_info",
+                &[
+                    ("transport", transport.as_str()),
+                    ("protocol", protocol.as_str()),
+                ],
+                1,
+            );
+        }
         let mut single = |name: &str, kind, help: &str, value: u64| {
             m.family(name, kind, help);
             m.sample(name, &[], value);

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::events::{ConnectFailureReason, EdgeWarning};
 use crate::lock::Locked;
 use crate::protocol::control::{EdgeMessage, HubMessage};
+use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{HubFrame, ResetReason};
 use crate::protocol::handshake::{
     encode_auth_line, parse_reply, EdgeConfig, HandshakeError, HubReply, MAX_REPLY_LINE,
@@ -179,9 +180,8 @@ async fn connect_tls(
     let mut tls = tls_stream::connect(tls.clone(), o.hub_server_name.clone(), tcp)
         .await
         .map_err(ConnectError::Tls)?;
-    if tls.alpn.as_deref() != Some(ALPN) {
-        return Err(ConnectError::Alpn);
-    }
+    // A hub that selects no ALPN speaks 4.13's protocol (rustls refuses one we did not offer).
+    let dialect = Dialect::from_alpn(tls.alpn.as_deref()).ok_or(ConnectError::Alpn)?;
     // Only now, with the hub's key checked, does the secret leave the edge.
     tls.writer
         .write_all(&encode_auth_line(&o.edge_id, &o.secret)?)
@@ -194,7 +194,7 @@ async fn connect_tls(
         HubReply::Accepted(config) => {
             // Best effort: without a round-trip estimate the kernel's autotuning stays.
             let _ = crate::transport::bound_receive_buffer(tls.reader.tcp());
-            Ok((LoggedIn::tls(tls, buf), config))
+            Ok((LoggedIn::tls(tls, buf, dialect), config))
         }
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
     }
@@ -247,11 +247,13 @@ async fn connect_quic(
 
 /// Serves one logged-in tunnel until it fails or the edge stops.
 async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) -> TunnelError {
+    let dialect = logged_in.dialect();
     let (carrier, tunnel) = logged_in.ready(&edge.tasks);
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
         carrier,
-        streams: ConnectionStreams::with_budget(edge.options.tunnel_buffer_bytes),
+        dialect,
+        streams: ConnectionStreams::new(edge.options.tunnel_buffer_bytes, dialect),
         udp: super::udp::UdpSessions::new(config.max_udp_sessions),
         cancel: edge.cancel.child_token(),
         stun_interval,
@@ -289,6 +291,7 @@ async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) 
     });
     edge.emit(EdgeEvent::TunnelConnected {
         transport: link.carrier.transport(),
+        protocol: dialect,
     });
 
     let end = Arc::new(LinkEnd {

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::{EventSink, HandshakeFailureReason, HubWarning, TransportKind};
 use crate::lock::{Locked, ReadWriteLocked};
+use crate::protocol::dialect::Dialect;
 use crate::transport::quic_endpoint::{hub_endpoint, QuicSetupError};
 use crate::transport::tls::{HubIdentity, TlsSetupError};
 use crate::tunnel::stream::SocketBytes;
@@ -46,6 +47,7 @@ pub(crate) enum HubEvent {
         edge_id: String,
         remote_address: String,
         transport: TransportKind,
+        protocol: Dialect,
     },
     EdgeDisconnected {
         edge_id: String,
@@ -149,6 +151,8 @@ pub(crate) struct ConnectedEdgeStatus {
     pub edge_id: String,
     pub remote_address: String,
     pub transport: TransportKind,
+    /// The protocol the edge speaks: ours, or 4.13's.
+    pub protocol: Dialect,
     pub connected_at: u64,
     pub active_streams: usize,
     pub active_udp_sessions: usize,
@@ -428,6 +432,22 @@ impl Hub {
             "Whether the edge is connected now.",
             &|e| u64::from(live_of(e).is_some()),
         );
+        m.family(
+            "remoteingress_hub_edge_info",
+            Kind::Gauge,
+            "1 for each connected edge, with its transport and protocol.",
+        );
+        for edge in &live {
+            m.sample(
+                "remoteingress_hub_edge_info",
+                &[
+                    ("edge", &edge.edge_id),
+                    ("transport", edge.transport.as_str()),
+                    ("protocol", edge.protocol.as_str()),
+                ],
+                1,
+            );
+        }
         per_edge(
             &mut m,
             "remoteingress_hub_received_bytes_total",

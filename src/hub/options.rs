@@ -135,6 +135,8 @@ pub(crate) struct HubOptions {
     pub limits: HubLimits,
     /// Whether edges may connect over QUIC (UDP on the tunnel port) as well as TCP+TLS.
     pub quic: bool,
+    /// Whether edges that speak the 4.13 protocol (TCP+TLS without ALPN) are served.
+    pub accept_413: bool,
 }
 
 #[derive(Clone)]
@@ -164,6 +166,7 @@ pub(crate) struct HubConfig {
     udp_idle_timeout_ms: Option<Millis>,
     limits: Option<LimitsConfig>,
     quic: Option<bool>,
+    accept_413: Option<bool>,
 }
 
 /// `tls` as JavaScript gives it.
@@ -215,6 +218,7 @@ impl HubOptions {
                 .map_or(DEFAULT_UDP_IDLE_TIMEOUT, |t| t.0),
             limits: c.limits.map(HubLimits::from).unwrap_or_default(),
             quic: c.quic.unwrap_or(true),
+            accept_413: c.accept_413.unwrap_or(true),
         })
     }
 }
@@ -293,6 +297,9 @@ mod tests {
         assert_eq!(o.target_host, "127.0.0.1");
         assert_eq!(o.proxy_protocol, ProxyProtocol::V1);
         assert_eq!(o.udp_proxy_header, UdpProxyHeader::EveryDatagram);
+        assert!(o.accept_413, "4.13 edges are served by default");
+        let refusing = HubOptions::from_json(&json!({ "accept413": false })).unwrap();
+        assert!(!refusing.accept_413);
     }
 
     #[test]
@@ -319,7 +326,7 @@ mod tests {
                 json!({"tunnelport": 1}),
                 "tunnelport: is not a known option (known: tunnelPort, targetHost, bindAddress, \
                  tls, proxyProtocol, udpProxyHeader, heartbeatIntervalMs, heartbeatTimeoutMs, \
-                 udpIdleTimeoutMs, limits, quic)",
+                 udpIdleTimeoutMs, limits, quic, accept413)",
             ),
             (
                 json!({"tunnelPort": "80"}),

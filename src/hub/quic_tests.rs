@@ -125,12 +125,12 @@ impl Rig {
     /// Returns once the hub has handled every control message sent before: control messages
     /// are handled in order, so its answer to a PING comes after them.
     async fn control_handled(&mut self) {
-        let nonce = *b"handled?";
-        self.send_control(EdgeMessage::Ping(nonce)).await;
+        let nonce = Bytes::from_static(b"handled?");
+        self.send_control(EdgeMessage::Ping(nonce.clone())).await;
         let mut buf = BytesMut::new();
         loop {
             while let Some(message) = decode_control::<HubMessage>(&mut buf).unwrap() {
-                if message == HubMessage::Pong(nonce) {
+                if message == HubMessage::Pong(nonce.clone()) {
                     return;
                 }
             }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{unix_millis, HandshakeFailureReason, HubWarning};
 use crate::lock::{Locked, ReadWriteLocked};
 use crate::protocol::control::{EdgeMessage, HubMessage, UdpOpen};
+use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{EdgeFrame, ResetReason};
 use crate::protocol::handshake::{encode_reply, parse_auth_line, EdgeConfig, HubReply};
 use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
@@ -49,6 +50,10 @@ pub(super) enum HandshakeFailure {
     Quic(#[from] quinn::ConnectionError),
     #[error("the edge did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN))]
     Alpn,
+    #[error(
+        "the edge speaks the 4.13 protocol (no ALPN), which this hub refuses (accept413: false)"
+    )]
+    Refused413,
     #[error("{0}")]
     Line(#[from] LineError),
     #[error("closed before the handshake finished")]
@@ -103,12 +108,14 @@ pub(super) async fn log_in_and_serve(
     logged_in: LoggedIn,
     line: Bytes,
 ) {
+    let dialect = logged_in.dialect();
     let (carrier, mut tunnel) = logged_in.ready(&hub.tasks);
     let login = Login {
         hub: &hub,
         peer,
         cancel: &cancel,
         slot,
+        dialect,
     };
     let Some(session) = login.finish(&line, tunnel.login_writer(), carrier).await else {
         tunnel.close_refused().await;
@@ -182,6 +189,8 @@ pub(super) struct Login<'a> {
     pub cancel: &'a CancellationToken,
     /// Held until the answer is decided, so it bounds handshakes, not failure delays.
     pub slot: PendingSlot,
+    /// The edge's: what the answers may contain.
+    pub dialect: Dialect,
 }
 
 impl Login<'_> {
@@ -199,6 +208,7 @@ impl Login<'_> {
             peer,
             cancel,
             slot,
+            dialect,
         } = self;
         let admitted = match parse_auth_line(line) {
             Ok(auth) => {
@@ -207,7 +217,7 @@ impl Login<'_> {
                     &auth.edge_id,
                     &auth.secret,
                     peer,
-                    carrier,
+                    (carrier, dialect),
                     cancel.clone(),
                 );
                 match admitted {
@@ -240,7 +250,7 @@ impl Login<'_> {
             hub.auth_throttle()
                 .give_back(super::pending::source_key(peer.ip()));
             drop(slot);
-            refuse(reply_to, "edge limit reached").await;
+            refuse(reply_to, "edge limit reached", dialect).await;
             return None;
         }
         let Ok((session, config)) = admitted else {
@@ -251,14 +261,14 @@ impl Login<'_> {
                 _ = cancel.cancelled() => return None,
                 _ = tokio::time::sleep(AUTH_FAILURE_DELAY) => {}
             }
-            refuse(reply_to, "unauthorized").await;
+            refuse(reply_to, "unauthorized", dialect).await;
             return None;
         };
         hub.auth_throttle()
             .record_success(super::pending::source_key(peer.ip()));
         drop(slot);
         // Any CONFIG queued since admission goes out after this answer, once the writer starts.
-        let reply = encode_reply(&HubReply::Accepted(config));
+        let reply = encode_reply(&HubReply::Accepted(dialect.config_for_peer(&config)));
         if let Err(e) = reply_to.write_all(&reply).await.and(reply_to.flush().await) {
             session.close(&format!("handshake failed: {e}"));
         }
@@ -266,8 +276,12 @@ impl Login<'_> {
     }
 }
 
-/// Answers a refused login with its reason, bounded in time: the edge may not be reading.
-async fn refuse<W: AsyncWrite + Unpin + ?Sized>(reply_to: &mut W, error: &str) {
+/// Answers a refused login with its reason, bounded in time: the edge may not be reading. A
+/// 4.13 edge gets no answer (its protocol has none), only the close.
+async fn refuse<W: AsyncWrite + Unpin + ?Sized>(reply_to: &mut W, error: &str, dialect: Dialect) {
+    if !dialect.answers_refusals() {
+        return;
+    }
     let reply = encode_reply(&HubReply::Rejected {
         error: error.into(),
     });
@@ -290,6 +304,7 @@ pub(super) async fn run_session(
         edge_id: session.edge_id.clone(),
         remote_address: peer.to_string(),
         transport: session.carrier.transport(),
+        protocol: session.dialect,
     });
     let mut retirement = Retirement {
         hub,
@@ -353,7 +368,7 @@ fn admit(
     edge_id: &str,
     secret: &str,
     peer: SocketAddr,
-    carrier: Carrier<HubMessage>,
+    (carrier, dialect): (Carrier<HubMessage>, Dialect),
     cancel: CancellationToken,
 ) -> Result<(Arc<EdgeSession>, EdgeConfig), LoginRefusal> {
     let allowed = hub.allowed.read_locked();
@@ -377,10 +392,11 @@ fn admit(
         connected_at: unix_millis(),
         config: Mutex::new(entry.config.clone()),
         carrier,
+        dialect,
         opens: Mutex::new(OpenLedger::with_capacity(
             hub.options.limits.max_udp_sessions_per_edge,
         )),
-        streams: ConnectionStreams::with_budget(hub.options.limits.tunnel_buffer_bytes),
+        streams: ConnectionStreams::new(hub.options.limits.tunnel_buffer_bytes, dialect),
         udp: Arc::default(),
         cancel,
         close_reason: Mutex::new(None),
@@ -467,7 +483,9 @@ pub(super) struct EdgeSession {
     /// The ports this edge is assigned now; OPEN for any other port is refused.
     config: Mutex<EdgeConfig>,
     pub carrier: Carrier<HubMessage>,
-    /// Stream and UDP session ids the edge opened, which must grow.
+    /// The protocol the edge speaks.
+    pub dialect: Dialect,
+    /// Stream and UDP session ids the edge opened, which must grow (in our dialect).
     pub opens: Mutex<OpenLedger>,
     pub streams: ConnectionStreams,
     pub udp: Arc<UdpSessions>,
@@ -507,7 +525,8 @@ impl EdgeSession {
         let mut current = self.config();
         if *current != *config {
             *current = config.clone();
-            self.carrier.send(HubMessage::Config(config.clone()));
+            let config = self.dialect.config_for_peer(config);
+            self.carrier.send(HubMessage::Config(config));
         }
     }
 
@@ -522,6 +541,7 @@ impl EdgeSession {
             edge_id: self.edge_id.clone(),
             remote_address: self.remote_address.to_string(),
             transport: self.carrier.transport(),
+            protocol: self.dialect,
             connected_at: self.connected_at,
             active_streams: self.streams.len(),
             active_udp_sessions: self.udp.len(),
@@ -576,6 +596,11 @@ impl EdgeSession {
                 self.carrier.send(HubMessage::Pong(nonce));
             }
             EdgeMessage::Pong(_) => {}
+            EdgeMessage::UdpOpen(open) if !self.dialect.ids_grow() => {
+                // A 4.13 edge may reuse an id: a new session replaces the one it names.
+                self.udp.close(open.session);
+                self.start_udp(hub, open);
+            }
             EdgeMessage::UdpOpen(open) => {
                 // Held until the session exists: a QUIC datagram that finds it registered must
                 // also find it open, or that datagram is lost.
@@ -684,7 +709,10 @@ impl EdgeSession {
         hub: &Arc<HubShared>,
         stream: NewStream,
     ) -> Result<(), TunnelError> {
-        if let Some(id) = stream.shared_counter_id() {
+        if let Some(id) = stream
+            .shared_counter_id()
+            .filter(|_| self.dialect.ids_grow())
+        {
             self.opens.locked().register_stream(id)?;
         }
         let max_streams = hub.options.limits.max_streams_per_edge as usize;
@@ -801,7 +829,7 @@ mod tests {
             "e",
             "s3cret-s3cret",
             peer,
-            Carrier::Frames(frames),
+            (Carrier::Frames(frames), Dialect::RemoteIngress1),
             CancellationToken::new(),
         )
         .unwrap();

@@ -10,8 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::HubWarning;
+use crate::protocol::dialect::Dialect;
 use crate::protocol::handshake::MAX_HANDSHAKE_LINE;
-use crate::transport::tls::ALPN;
 use crate::transport::tls_stream;
 use crate::tunnel::read_line;
 use crate::tunnel::serve::LoggedIn;
@@ -75,16 +75,17 @@ async fn serve_edge_connection(
             Err(_) => return Err(HandshakeFailure::Silent),
         }
         let mut tls = tls_stream::accept(tls, tcp).await?;
-        if tls.alpn.as_deref() != Some(ALPN) {
-            return Err(HandshakeFailure::Alpn);
+        let dialect = Dialect::from_alpn(tls.alpn.as_deref()).ok_or(HandshakeFailure::Alpn)?;
+        if dialect == Dialect::Upstream413 && !hub.options.accept_413 {
+            return Err(HandshakeFailure::Refused413);
         }
         let mut buf = BytesMut::with_capacity(1024);
         let line = read_line(&mut tls.reader, &mut buf, MAX_HANDSHAKE_LINE).await?;
-        Ok((tls, line, buf))
+        Ok((LoggedIn::tls(tls, buf, dialect), line))
     };
-    let Some((tls, line, leftover)) = until_login_line(&hub, peer, &cancel, &slot, handshake).await
+    let Some((logged_in, line)) = until_login_line(&hub, peer, &cancel, &slot, handshake).await
     else {
         return;
     };
-    log_in_and_serve(hub, peer, cancel, slot, LoggedIn::tls(tls, leftover), line).await;
+    log_in_and_serve(hub, peer, cancel, slot, logged_in, line).await;
 }

@@ -22,6 +22,25 @@ pub(crate) const SUSTAINED_STREAM_WINDOW: u32 = 1024 * 1024;
 /// clients never read costs each end little beyond the budget.
 pub(crate) const INITIAL_STREAM_WINDOW: u32 = MIN_STREAM_WINDOW;
 
+/// A 4.13 peer's window as its documentation gives it, the credit we start each stream with
+/// when we send to one: 200 MB shared out among `active` streams, 4 MB with up to 50 and 1 MB
+/// from 200 on. Read in decimal megabytes, the smaller reading, so what we send fits the
+/// receiver's window however it reads "MB".
+pub(crate) fn upstream_413_window(active: usize) -> u32 {
+    const MB: u32 = 1_000_000;
+    let share = u32::try_from(active.max(1))
+        .map(|n| 200 * MB / n)
+        .unwrap_or(0);
+    share.clamp(MB, 4 * MB)
+}
+
+/// What a 4.13 peer may have outstanding on one stream when it sends to us: the largest window
+/// its documentation allows (4 MB, read as MiB, the larger reading), from the first byte on.
+pub(crate) const UPSTREAM_413_RECEIVE_WINDOW: u32 = MAX_STREAM_WINDOW_TARGET;
+/// A 4.13 peer is given back what we consumed once this much has added up. Far below its
+/// smallest documented window (1 MB), so it never waits for credit we hold back.
+pub(crate) const UPSTREAM_413_GRANT_BATCH: u32 = 64 * 1024;
+
 /// Largest credit a sender may accumulate (h2 uses the same bound). A peer that grants past it
 /// is broken or hostile.
 pub(crate) const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
@@ -132,14 +151,14 @@ impl RecvWindow {
     }
 
     /// Accounts for bytes written to the local socket and returns the credit to grant, if
-    /// any: enough to bring the peer back to `window`, sent once it is a quarter window or
-    /// more, which keeps the pipe full without a frame per write.
-    pub(crate) fn on_consumed(&mut self, len: u32, window: u32) -> Option<u32> {
+    /// any: enough to bring the peer back to `window`, sent once it is `batch` or more, which
+    /// keeps the pipe full without a frame per write.
+    pub(crate) fn on_consumed(&mut self, len: u32, window: u32, batch: u32) -> Option<u32> {
         // Saturating: `len` comes from our own writes of data already counted by `on_data`.
         self.buffered = self.buffered.saturating_sub(len);
         let committed = self.peer_credit.saturating_add(self.buffered);
         let credit = window.saturating_sub(committed);
-        if credit > 0 && credit >= window / 4 {
+        if credit > 0 && credit >= batch {
             self.peer_credit += credit;
             Some(credit)
         } else {
@@ -221,11 +240,11 @@ mod tests {
     fn credit_is_returned_in_quarter_window_batches() {
         let mut r = RecvWindow::new(100);
         r.on_data(100).unwrap();
-        assert_eq!(r.on_consumed(10, 100), None);
-        assert_eq!(r.on_consumed(14, 100), None);
-        assert_eq!(r.on_consumed(1, 100), Some(25));
+        assert_eq!(r.on_consumed(10, 100, 100 / 4), None);
+        assert_eq!(r.on_consumed(14, 100, 100 / 4), None);
+        assert_eq!(r.on_consumed(1, 100, 100 / 4), Some(25));
         assert_eq!(r.remaining(), 25);
-        assert_eq!(r.on_consumed(75, 100), Some(75));
+        assert_eq!(r.on_consumed(75, 100, 100 / 4), Some(75));
         assert_eq!(r.remaining(), 100);
     }
 
@@ -265,21 +284,27 @@ mod tests {
         let window = |active| stream_window(active, TUNNEL_WINDOW_BUDGET);
         // Alone on the tunnel: the first write out brings the peer up to 4 MiB.
         r.on_data(64 * 1024).unwrap();
-        assert_eq!(r.on_consumed(64 * 1024, window(1)), Some(4 * mib));
+        assert_eq!(
+            r.on_consumed(64 * 1024, window(1), window(1) / 4),
+            Some(4 * mib)
+        );
         assert_eq!(r.remaining(), 4 * mib);
         // 400 streams now: no credit until the peer's holdings fall below 512 KiB...
         let crowded = window(400);
         assert_eq!(crowded, mib / 2);
         r.on_data(3 * mib + mib / 2).unwrap();
-        assert_eq!(r.on_consumed(3 * mib + mib / 2, crowded), None);
+        assert_eq!(r.on_consumed(3 * mib + mib / 2, crowded, crowded / 4), None);
         assert_eq!(r.remaining(), mib / 2);
         // ...then only what keeps it at 512 KiB.
         r.on_data(mib / 4).unwrap();
-        assert_eq!(r.on_consumed(mib / 4, crowded), Some(mib / 4));
+        assert_eq!(r.on_consumed(mib / 4, crowded, crowded / 4), Some(mib / 4));
         assert_eq!(r.remaining(), mib / 2);
         // Back to one stream: the window grows again.
         r.on_data(mib / 2).unwrap();
-        assert_eq!(r.on_consumed(mib / 2, window(1)), Some(4 * mib));
+        assert_eq!(
+            r.on_consumed(mib / 2, window(1), window(1) / 4),
+            Some(4 * mib)
+        );
     }
 
     #[test]
@@ -294,7 +319,7 @@ mod tests {
                 r.on_data(chunk).unwrap();
                 delivered += u64::from(chunk);
             }
-            if let Some(credit) = r.on_consumed(chunk, window) {
+            if let Some(credit) = r.on_consumed(chunk, window, window / 4) {
                 s.grant(credit).unwrap();
             }
             assert_eq!(s.available(), r.remaining());
@@ -302,4 +327,69 @@ mod tests {
         }
         assert!(delivered > 100_000_000);
     }
+
+    #[test]
+    fn the_413_window_is_the_documented_table_in_decimal_megabytes() {
+        let mb = 1_000_000;
+        assert_eq!(upstream_413_window(0), 4 * mb);
+        assert_eq!(upstream_413_window(50), 4 * mb);
+        assert_eq!(upstream_413_window(100), 2 * mb);
+        assert!(upstream_413_window(51) < 4 * mb && upstream_413_window(199) > mb);
+        assert_eq!(upstream_413_window(200), mb);
+        assert_eq!(upstream_413_window(65_536), mb);
+        assert_eq!(upstream_413_window(usize::MAX), mb);
+    }
+
+    /// A 4.13 sender holds its documented window from the start and gets back what was
+    /// consumed: whatever window it assumes (1 to 4 MB), it never overruns ours and never
+    /// waits for credit that is not coming.
+    #[test]
+    fn a_413_sender_neither_overruns_nor_stalls() {
+        for sender_window in [1_000_000u32, 1_048_576, 2_500_000, 4_000_000, 4_194_304] {
+            let mut sender = SendWindow::new(sender_window);
+            let mut r = RecvWindow::new(UPSTREAM_413_RECEIVE_WINDOW);
+            let mut delivered = 0u64;
+            for round in 0..2_000u32 {
+                let chunk = sender.take(1 + (round * 7919) % 70_000);
+                assert!(
+                    chunk > 0,
+                    "the sender stalled in round {round} ({sender_window})"
+                );
+                r.on_data(chunk).unwrap();
+                delivered += u64::from(chunk);
+                let granted =
+                    r.on_consumed(chunk, UPSTREAM_413_RECEIVE_WINDOW, UPSTREAM_413_GRANT_BATCH);
+                if let Some(credit) = granted {
+                    sender.grant(credit).unwrap();
+                }
+                // Never more than one batch held back from the sender.
+                assert!(sender.available() + UPSTREAM_413_GRANT_BATCH >= sender_window);
+            }
+            assert!(delivered > 10_000_000);
+        }
+    }
+
+    /// We start with the documented window when sending to a 4.13 receiver, which returns
+    /// what it consumed: we never exceed what it allows.
+    #[test]
+    fn our_sends_to_a_413_receiver_stay_within_its_window() {
+        for active in [1usize, 60, 200, 5_000] {
+            let window = upstream_413_window(active);
+            let mut s = SendWindow::new(window);
+            let mut outstanding = 0u32;
+            for round in 0..1_000u32 {
+                let sent = s.take(MAX_DATA_CHUNK);
+                outstanding += sent;
+                assert!(outstanding <= window);
+                // The receiver consumes some of it and reports it.
+                let consumed = outstanding.min(1 + (round * 104_729) % 300_000);
+                outstanding -= consumed;
+                if consumed > 0 {
+                    s.grant(consumed).unwrap();
+                }
+            }
+        }
+    }
+
+    const MAX_DATA_CHUNK: u32 = 64 * 1024;
 }

@@ -46,6 +46,11 @@ impl FlowMeter {
     pub(crate) fn is_sustained(&self) -> bool {
         self.sustained
     }
+
+    /// Bytes counted so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
 }
 
 /// Decides when the sustained tier may go ahead of normal data: whenever it has received less

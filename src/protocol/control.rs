@@ -5,12 +5,13 @@
 
 use bytes::Bytes;
 
-use super::frame::{decode_ping, FrameError, FrameType, PING_NONCE_LEN};
+use super::frame::{decode_ping, FrameError, FrameType};
 use super::handshake::{encode_config, parse_config, EdgeConfig};
 use super::proxy::{encode_v2, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport};
 
-/// The opaque bytes a PING carries and its PONG echoes.
-pub type PingNonce = [u8; PING_NONCE_LEN];
+/// The opaque bytes a PING carries and its PONG echoes: at most
+/// [`MAX_PING_PAYLOAD`](super::frame::MAX_PING_PAYLOAD).
+pub type PingPayload = Bytes;
 
 /// Which way a message travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +66,8 @@ pub fn parse_open_header(header: &[u8]) -> Option<ProxyAddresses> {
 /// Tunnel-wide messages an edge sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EdgeMessage {
-    Ping(PingNonce),
-    Pong(PingNonce),
+    Ping(PingPayload),
+    Pong(PingPayload),
     UdpOpen(UdpOpen),
     UdpClose { session: u32 },
 }
@@ -76,8 +77,8 @@ pub enum EdgeMessage {
 pub enum HubMessage {
     /// New ports or STUN interval: the same JSON as the handshake answer.
     Config(EdgeConfig),
-    Ping(PingNonce),
-    Pong(PingNonce),
+    Ping(PingPayload),
+    Pong(PingPayload),
     UdpClose {
         session: u32,
     },
@@ -88,7 +89,7 @@ pub enum HubMessage {
 /// is a protocol error.
 pub trait ControlMessage: Clone + std::fmt::Debug + Send + Sync + 'static {
     const DIRECTION: Direction;
-    fn ping(nonce: PingNonce) -> Self;
+    fn ping(payload: PingPayload) -> Self;
     fn kind(&self) -> FrameType;
     /// The UDP session the message is about; 0 for a tunnel-wide one.
     fn session(&self) -> u32;
@@ -105,8 +106,8 @@ pub trait ControlMessage: Clone + std::fmt::Debug + Send + Sync + 'static {
 impl ControlMessage for EdgeMessage {
     const DIRECTION: Direction = Direction::EdgeToHub;
 
-    fn ping(nonce: PingNonce) -> Self {
-        EdgeMessage::Ping(nonce)
+    fn ping(payload: PingPayload) -> Self {
+        EdgeMessage::Ping(payload)
     }
 
     fn kind(&self) -> FrameType {
@@ -128,7 +129,7 @@ impl ControlMessage for EdgeMessage {
 
     fn payload(&self) -> Bytes {
         match self {
-            EdgeMessage::Ping(nonce) | EdgeMessage::Pong(nonce) => Bytes::copy_from_slice(nonce),
+            EdgeMessage::Ping(payload) | EdgeMessage::Pong(payload) => payload.clone(),
             EdgeMessage::UdpOpen(open) => open.header.clone(),
             EdgeMessage::UdpClose { .. } => Bytes::new(),
         }
@@ -143,8 +144,8 @@ impl ControlMessage for EdgeMessage {
 
     fn decode(kind: FrameType, session: u32, payload: Bytes) -> Result<Self, FrameError> {
         Ok(match kind {
-            FrameType::Ping => EdgeMessage::Ping(decode_ping(&payload)?),
-            FrameType::Pong => EdgeMessage::Pong(decode_ping(&payload)?),
+            FrameType::Ping => EdgeMessage::Ping(decode_ping(payload)?),
+            FrameType::Pong => EdgeMessage::Pong(decode_ping(payload)?),
             FrameType::UdpOpen => EdgeMessage::UdpOpen(UdpOpen::decode(session, payload)?),
             // A UDP_CLOSE frame's payload means nothing; the QUIC decoder checks its length.
             FrameType::UdpClose => EdgeMessage::UdpClose { session },
@@ -156,8 +157,8 @@ impl ControlMessage for EdgeMessage {
 impl ControlMessage for HubMessage {
     const DIRECTION: Direction = Direction::HubToEdge;
 
-    fn ping(nonce: PingNonce) -> Self {
-        HubMessage::Ping(nonce)
+    fn ping(payload: PingPayload) -> Self {
+        HubMessage::Ping(payload)
     }
 
     fn kind(&self) -> FrameType {
@@ -179,7 +180,7 @@ impl ControlMessage for HubMessage {
     fn payload(&self) -> Bytes {
         match self {
             HubMessage::Config(config) => Bytes::from(encode_config(config)),
-            HubMessage::Ping(nonce) | HubMessage::Pong(nonce) => Bytes::copy_from_slice(nonce),
+            HubMessage::Ping(payload) | HubMessage::Pong(payload) => payload.clone(),
             HubMessage::UdpClose { .. } => Bytes::new(),
         }
     }
@@ -187,8 +188,8 @@ impl ControlMessage for HubMessage {
     fn decode(kind: FrameType, session: u32, payload: Bytes) -> Result<Self, FrameError> {
         Ok(match kind {
             FrameType::Config => HubMessage::Config(parse_config(&payload)?),
-            FrameType::Ping => HubMessage::Ping(decode_ping(&payload)?),
-            FrameType::Pong => HubMessage::Pong(decode_ping(&payload)?),
+            FrameType::Ping => HubMessage::Ping(decode_ping(payload)?),
+            FrameType::Pong => HubMessage::Pong(decode_ping(payload)?),
             FrameType::UdpClose => HubMessage::UdpClose { session },
             other => return Err(FrameError::Unexpected(other)),
         })
@@ -216,8 +217,8 @@ pub(super) mod tests {
 
     #[test]
     fn every_message_round_trips_in_its_own_direction() {
-        round_trip(EdgeMessage::Ping([1; 8]));
-        round_trip(EdgeMessage::Pong([2; 8]));
+        round_trip(EdgeMessage::Ping(Bytes::from_static(&[1; 8])));
+        round_trip(EdgeMessage::Pong(Bytes::new()));
         round_trip(EdgeMessage::UdpOpen(UdpOpen::new(7, addresses())));
         round_trip(EdgeMessage::UdpClose { session: 9 });
         round_trip(HubMessage::Config(EdgeConfig {
@@ -225,8 +226,8 @@ pub(super) mod tests {
             listen_ports_udp: vec![53],
             ..EdgeConfig::default()
         }));
-        round_trip(HubMessage::Ping([3; 8]));
-        round_trip(HubMessage::Pong([4; 8]));
+        round_trip(HubMessage::Ping(Bytes::from_static(&[3; 4])));
+        round_trip(HubMessage::Pong(Bytes::from_static(&[4; 64])));
         round_trip(HubMessage::UdpClose { session: u32::MAX });
     }
 
@@ -257,12 +258,12 @@ pub(super) mod tests {
     #[test]
     fn payloads_are_checked() {
         assert_eq!(
-            EdgeMessage::decode(FrameType::Ping, 0, Bytes::from_static(&[0; 7])),
-            Err(FrameError::BadPing { len: 7 })
+            EdgeMessage::decode(FrameType::Ping, 0, Bytes::from_static(&[0; 65])),
+            Err(FrameError::BadPing { len: 65 })
         );
         assert_eq!(
-            HubMessage::decode(FrameType::Pong, 0, Bytes::from_static(&[0; 9])),
-            Err(FrameError::BadPing { len: 9 })
+            HubMessage::decode(FrameType::Pong, 0, Bytes::from(vec![0; 1000])),
+            Err(FrameError::BadPing { len: 1000 })
         );
         // A stream header, trailing bytes, or no header at all: not a UDP open.
         let stream = Bytes::from(encode_v2(ProxyTransport::Stream, &addresses()));

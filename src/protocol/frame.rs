@@ -22,8 +22,11 @@ pub const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
 pub const CONTROL_STREAM_ID: u32 = 0;
 /// WINDOW_UPDATE payload: one u32 BE credit.
 pub const WINDOW_CREDIT_LEN: usize = 4;
-/// PING/PONG payload: an opaque 8-byte nonce echoed back by the peer.
+/// The PING payload we send: the time in milliseconds, u64 BE, echoed back by the peer.
 pub const PING_NONCE_LEN: usize = 8;
+/// Longest PING/PONG payload accepted and echoed. Neither dialect fixes a length (4.13
+/// documents none), so any opaque payload up to this is read.
+pub const MAX_PING_PAYLOAD: usize = 64;
 
 /// Frame types. Names ending in `Back` flow hub -> edge; the others
 /// edge -> hub (PING/PONG/CONFIG are control frames on stream 0).
@@ -121,7 +124,7 @@ pub enum FrameError {
     BadWindowUpdate { len: usize },
     #[error("window update with zero credit")]
     ZeroWindowUpdate,
-    #[error("ping/pong payload must be {PING_NONCE_LEN} bytes, got {len}")]
+    #[error("ping/pong payload of {len} bytes exceeds {MAX_PING_PAYLOAD} bytes")]
     BadPing { len: usize },
     /// A frame only the other end sends.
     #[error("unexpected {0:?} frame")]
@@ -269,11 +272,12 @@ pub fn decode_window_credit(payload: &[u8]) -> Result<u32, FrameError> {
     }
 }
 
-/// PING/PONG payload is exactly 8 opaque bytes.
-pub fn decode_ping(payload: &[u8]) -> Result<[u8; PING_NONCE_LEN], FrameError> {
-    payload
-        .try_into()
-        .map_err(|_| FrameError::BadPing { len: payload.len() })
+/// A PING/PONG payload: 0 to [`MAX_PING_PAYLOAD`] opaque bytes.
+pub fn decode_ping(payload: Bytes) -> Result<Bytes, FrameError> {
+    if payload.len() > MAX_PING_PAYLOAD {
+        return Err(FrameError::BadPing { len: payload.len() });
+    }
+    Ok(payload)
 }
 
 /// Why a stream was reset (the single payload byte of a resetting CLOSE).
@@ -733,12 +737,26 @@ pub(super) mod tests {
     #[test]
     fn ping_payload() {
         let nonce = [9, 8, 7, 6, 5, 4, 3, 2];
-        assert_eq!(decode_ping(&Frame::ping(nonce).payload), Ok(nonce));
-        assert_eq!(decode_ping(&Frame::pong(nonce).payload), Ok(nonce));
+        assert_eq!(
+            decode_ping(Frame::ping(nonce).payload),
+            Ok(Bytes::copy_from_slice(&nonce))
+        );
+        assert_eq!(
+            decode_ping(Frame::pong(nonce).payload),
+            Ok(Bytes::copy_from_slice(&nonce))
+        );
         assert_eq!(Frame::ping(nonce).stream_id, CONTROL_STREAM_ID);
         assert_eq!(Frame::pong(nonce).frame_type, FrameType::Pong);
-        for len in [0usize, 7, 9, 16] {
-            assert_eq!(decode_ping(&vec![0; len]), Err(FrameError::BadPing { len }));
+        // Any length up to the limit is read as it is (4.13 fixes none).
+        for len in [0usize, 4, 7, 9, MAX_PING_PAYLOAD] {
+            let payload = Bytes::from(vec![len as u8; len]);
+            assert_eq!(decode_ping(payload.clone()), Ok(payload));
+        }
+        for len in [MAX_PING_PAYLOAD + 1, 1024] {
+            assert_eq!(
+                decode_ping(Bytes::from(vec![0; len])),
+                Err(FrameError::BadPing { len })
+            );
         }
     }
 
@@ -846,9 +864,13 @@ pub(super) mod tests {
         );
         assert_eq!(
             HubFrame::decode(raw(&hex("00000000 07 00000008 0102030405060708"))),
-            Ok(HubFrame::Control(HubMessage::Ping([
+            Ok(HubFrame::Control(HubMessage::Ping(Bytes::from_static(&[
                 1, 2, 3, 4, 5, 6, 7, 8
-            ])))
+            ]))))
+        );
+        assert_eq!(
+            HubFrame::decode(raw(&hex("00000000 07 00000000"))),
+            Ok(HubFrame::Control(HubMessage::Ping(Bytes::new())))
         );
         assert_eq!(
             EdgeFrame::decode(raw(&hex("00000009 0E 00000000"))),
@@ -888,8 +910,8 @@ pub(super) mod tests {
                 FrameError::BadUdpOpen { session: 2 },
             ),
             (
-                "00000000 07 00000007 00000000000000",
-                FrameError::BadPing { len: 7 },
+                &format!("00000000 07 00000041 {}", "00".repeat(65)),
+                FrameError::BadPing { len: 65 },
             ),
         ] {
             assert_eq!(
@@ -934,7 +956,7 @@ pub(super) mod tests {
 
     #[test]
     fn tunnel_wide_messages_become_frames_on_stream_0_or_their_session() {
-        let ping = control_frame(&EdgeMessage::Ping([7; 8]));
+        let ping = control_frame(&EdgeMessage::Ping(Bytes::from_static(&[7; 8])));
         assert_eq!(encoded(&ping), hex("00000000 07 00000008 0707070707070707"));
         let close = control_frame(&HubMessage::UdpClose { session: 4 });
         assert_eq!(encoded(&close), hex("00000004 0E 00000000"));

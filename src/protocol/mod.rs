@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod dialect;
 pub mod frame;
 pub mod handshake;
 pub mod proxy;

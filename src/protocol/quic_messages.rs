@@ -168,7 +168,10 @@ mod tests {
     #[test]
     fn control_messages_are_byte_exact() {
         let mut buf = BytesMut::new();
-        encode_control(&EdgeMessage::Ping([1, 2, 3, 4, 5, 6, 7, 8]), &mut buf);
+        encode_control(
+            &EdgeMessage::Ping(Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8])),
+            &mut buf,
+        );
         encode_control(
             &EdgeMessage::UdpClose {
                 session: 0x0102_0304,
@@ -181,7 +184,7 @@ mod tests {
             header: Bytes::from_static(b"hdr"),
         };
         encode_control(&EdgeMessage::UdpOpen(open), &mut buf);
-        encode_control(&HubMessage::Pong([8; 8]), &mut buf);
+        encode_control(&HubMessage::Pong(Bytes::from_static(&[8; 8])), &mut buf);
         assert_eq!(
             &buf[..],
             &[
@@ -217,20 +220,22 @@ mod tests {
                 listen_ports: vec![80],
                 ..EdgeConfig::default()
             }),
-            HubMessage::Ping([9; 8]),
-            HubMessage::Pong([7; 8]),
+            HubMessage::Ping(Bytes::from_static(&[9; 8])),
+            HubMessage::Pong(Bytes::from_static(&[7; 8])),
             HubMessage::UdpClose { session: u32::MAX },
         ]);
         round_trip_one_byte_at_a_time(&[
-            EdgeMessage::Ping([9; 8]),
+            EdgeMessage::Ping(Bytes::from_static(&[9; 8])),
             EdgeMessage::UdpOpen(UdpOpen::new(3, addresses())),
             EdgeMessage::UdpClose { session: 4 },
-            EdgeMessage::Pong([7; 8]),
+            EdgeMessage::Pong(Bytes::from_static(&[7; 8])),
         ]);
     }
 
     #[test]
     fn control_decoder_refuses_bad_types_lengths_payloads_and_directions() {
+        // A PING of 65 bytes: one more than any PING payload may have.
+        let long_ping: Vec<u8> = [0x07, 0, 0, 0, 65].into_iter().chain([0; 65]).collect();
         let cases: [(&[u8], QuicWireError); 7] = [
             (&[0x42, 0, 0, 0, 0], FrameError::UnknownType(0x42).into()),
             (
@@ -242,10 +247,10 @@ mod tests {
                 FrameError::Oversize { len: 0x0010_0001 }.into(),
             ),
             (
-                &[0x07, 0, 0, 0, 2, 1, 2],
+                &long_ping,
                 QuicWireError::BadPayload {
                     kind: FrameType::Ping,
-                    len: 2,
+                    len: 65,
                 },
             ),
             (

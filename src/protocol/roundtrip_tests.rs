@@ -40,6 +40,10 @@ fn payload(max: usize) -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..=max).prop_map(Bytes::from)
 }
 
+fn ping_payload() -> impl Strategy<Value = Bytes> {
+    payload(crate::protocol::frame::MAX_PING_PAYLOAD)
+}
+
 fn any_frame() -> impl Strategy<Value = Frame> {
     (
         any::<u32>(),
@@ -97,8 +101,8 @@ fn any_config() -> impl Strategy<Value = EdgeConfig> {
 
 fn any_edge_message() -> impl Strategy<Value = EdgeMessage> {
     prop_oneof![
-        any::<[u8; 8]>().prop_map(EdgeMessage::Ping),
-        any::<[u8; 8]>().prop_map(EdgeMessage::Pong),
+        ping_payload().prop_map(EdgeMessage::Ping),
+        ping_payload().prop_map(EdgeMessage::Pong),
         (1..=u32::MAX, any_addresses()).prop_map(|(session, addresses)| {
             EdgeMessage::UdpOpen(UdpOpen::new(session, single_family(&addresses)))
         }),
@@ -109,8 +113,8 @@ fn any_edge_message() -> impl Strategy<Value = EdgeMessage> {
 fn any_hub_message() -> impl Strategy<Value = HubMessage> {
     prop_oneof![
         any_config().prop_map(HubMessage::Config),
-        any::<[u8; 8]>().prop_map(HubMessage::Ping),
-        any::<[u8; 8]>().prop_map(HubMessage::Pong),
+        ping_payload().prop_map(HubMessage::Ping),
+        ping_payload().prop_map(HubMessage::Pong),
         (1..=u32::MAX).prop_map(|session| HubMessage::UdpClose { session }),
     ]
 }
@@ -253,8 +257,9 @@ proptest! {
             let f = Frame::window_update(stream, kind, credit);
             prop_assert_eq!(decode_window_credit(&f.payload), Ok(credit));
         }
-        prop_assert_eq!(decode_ping(&Frame::ping(nonce).payload), Ok(nonce));
-        prop_assert_eq!(decode_ping(&Frame::pong(nonce).payload), Ok(nonce));
+        let echoed = Bytes::copy_from_slice(&nonce);
+        prop_assert_eq!(decode_ping(Frame::ping(nonce).payload), Ok(echoed.clone()));
+        prop_assert_eq!(decode_ping(Frame::pong(nonce).payload), Ok(echoed));
         for kind in [CloseKind::HalfClose, CloseKind::Reset(reason)] {
             prop_assert_eq!(decode_close(&close_payload(kind)), kind);
         }

@@ -12,8 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use thiserror::Error;
 
-/// Application protocol both transports negotiate; a peer that offers anything else is refused.
-pub(crate) const ALPN: &[u8] = b"remoteingress/1";
+pub(crate) use crate::protocol::dialect::ALPN;
 
 /// Name in the generated certificate. Edges that pin or trust a CA check keys, not names.
 const GENERATED_CERT_NAME: &str = "remoteingress-hub";

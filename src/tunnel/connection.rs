@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::protocol::control::EdgeMessage;
+use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
 
@@ -37,10 +38,11 @@ pub(crate) struct ConnectionStreams {
 }
 
 impl ConnectionStreams {
-    /// `budget` is the tunnel's buffer budget per direction, which the streams share.
-    pub(crate) fn with_budget(budget: u32) -> Self {
+    /// `budget` is the tunnel's buffer budget per direction, which the streams share;
+    /// `dialect` is the peer's.
+    pub(crate) fn new(budget: u32, dialect: Dialect) -> Self {
         Self {
-            table: Arc::new(StreamTable::with_budget(budget)),
+            table: Arc::new(StreamTable::new(budget, dialect)),
             quic: StreamCount::with_budget(budget),
             next_id: AtomicU32::new(1),
         }
@@ -185,7 +187,8 @@ impl CarriedStream for FramesStream {
 
     fn refuse(self, reason: ResetReason) {
         self.table.remove(self.id);
-        self.frames.control(reset_frame(self.id, HUB_SIDE, reason));
+        let reset = reset_frame(self.id, HUB_SIDE, reason, self.table.dialect());
+        self.frames.control(reset);
     }
 }
 

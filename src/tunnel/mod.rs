@@ -25,7 +25,9 @@ use tokio::net::TcpStream;
 use crate::events::TransportKind;
 use crate::mux::flow::FlowError;
 use crate::protocol::control::{ControlMessage, Direction};
-use crate::protocol::frame::{control_frame, Frame, FrameError, FrameType, StreamFrame};
+use crate::protocol::frame::{
+    control_frame, Frame, FrameError, FrameType, StreamFrame, PING_NONCE_LEN,
+};
 use crate::protocol::handshake::{take_line_limited, HandshakeError};
 use crate::protocol::quic_messages::QuicWireError;
 
@@ -113,7 +115,8 @@ impl<M: ControlMessage> Carrier<M> {
 
     /// A heartbeat; the nonce is the time, which makes the echo a round-trip measurement.
     pub(crate) fn ping(&self) -> bool {
-        self.send(M::ping(crate::events::unix_millis().to_be_bytes()))
+        let nonce: [u8; PING_NONCE_LEN] = crate::events::unix_millis().to_be_bytes();
+        self.send(M::ping(Bytes::copy_from_slice(&nonce)))
     }
 
     /// One UDP payload of `session`. False when it was dropped (congestion, or the tunnel is

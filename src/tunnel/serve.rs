@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::lock::Locked;
 use crate::protocol::control::{ControlMessage, EdgeMessage, HubMessage};
+use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{EdgeFrame, Frame, FrameError, HubFrame, ResetReason, StreamFrame};
 use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX_LEN};
 use crate::transport::quic_endpoint::{
@@ -41,6 +42,8 @@ pub(crate) enum LoggedIn {
         connection: Box<TlsConnection>,
         /// What arrived after the login line.
         leftover: BytesMut,
+        /// The peer's, by its ALPN.
+        dialect: Dialect,
     },
     Quic {
         connection: Connection,
@@ -75,12 +78,21 @@ pub(crate) enum ReadyTunnel<M> {
 }
 
 impl LoggedIn {
-    pub(crate) fn tls(connection: TlsConnection, leftover: BytesMut) -> Self {
+    pub(crate) fn tls(connection: TlsConnection, leftover: BytesMut, dialect: Dialect) -> Self {
         // Best effort: without a round-trip estimate the kernel's autotuning stays.
         let _ = crate::transport::bound_receive_buffer(connection.reader.tcp());
         LoggedIn::Tls {
             connection: Box::new(connection),
             leftover,
+            dialect,
+        }
+    }
+
+    /// The protocol the peer speaks: over QUIC always ours.
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            LoggedIn::Tls { dialect, .. } => *dialect,
+            LoggedIn::Quic { .. } => Dialect::RemoteIngress1,
         }
     }
 
@@ -94,6 +106,7 @@ impl LoggedIn {
             LoggedIn::Tls {
                 connection,
                 leftover,
+                dialect: _,
             } => {
                 let (frames, queues) = frame_channel();
                 let ready = ReadyTunnel::Tls {
@@ -301,8 +314,8 @@ impl NewStream {
     /// Resets the stream with `reason`.
     pub(crate) fn refuse(self, reason: ResetReason) {
         match self.pending {
-            PendingStream::Frames { frames, .. } => {
-                frames.control(reset_frame(self.id, HUB_SIDE, reason));
+            PendingStream::Frames { frames, table } => {
+                frames.control(reset_frame(self.id, HUB_SIDE, reason, table.dialect()));
             }
             PendingStream::Quic(stream) => stream.reset(reason),
         }

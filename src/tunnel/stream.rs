@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lock::Locked;
 use crate::mux::flow::{
-    stream_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW,
-    SUSTAINED_STREAM_WINDOW, TUNNEL_WINDOW_BUDGET,
+    stream_window, upstream_413_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW,
+    SUSTAINED_STREAM_WINDOW, TUNNEL_WINDOW_BUDGET, UPSTREAM_413_GRANT_BATCH,
+    UPSTREAM_413_RECEIVE_WINDOW,
 };
 use crate::mux::stream_state::{StreamState, Writer};
 use crate::mux::sustained::FlowMeter;
+use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
 };
@@ -103,14 +105,22 @@ pub(crate) struct StreamFlow {
     /// Streams open on the tunnel: the receive window is the tunnel budget shared out.
     active_streams: Arc<AtomicUsize>,
     budget: u32,
+    /// The peer's: how credit starts and is given back.
+    dialect: Dialect,
 }
 
 impl StreamFlow {
-    fn new(active_streams: Arc<AtomicUsize>, budget: u32) -> Self {
+    /// A stream opened as the `active`th on its tunnel.
+    fn new(active_streams: Arc<AtomicUsize>, budget: u32, dialect: Dialect, active: usize) -> Self {
+        let (send, recv) = match dialect {
+            Dialect::RemoteIngress1 => (INITIAL_STREAM_WINDOW, INITIAL_STREAM_WINDOW),
+            // 4.13 peers assume the documented windows from the first byte.
+            Dialect::Upstream413 => (upstream_413_window(active), UPSTREAM_413_RECEIVE_WINDOW),
+        };
         Self {
             windows: Mutex::new(Windows {
-                send: SendWindow::new(INITIAL_STREAM_WINDOW),
-                recv: RecvWindow::new(INITIAL_STREAM_WINDOW),
+                send: SendWindow::new(send),
+                recv: RecvWindow::new(recv),
                 received: FlowMeter::new(Instant::now()),
                 inbox: VecDeque::new(),
                 state: StreamState::new(),
@@ -120,6 +130,7 @@ impl StreamFlow {
             input_arrived: Notify::new(),
             active_streams,
             budget,
+            dialect,
         }
     }
 
@@ -270,6 +281,14 @@ impl StreamFlow {
     }
 
     fn credit_after(&self, windows: &mut Windows, len: u32) -> Option<u32> {
+        if self.dialect == Dialect::Upstream413 {
+            // A 4.13 sender keeps its own window: it gets back what was consumed.
+            return windows.recv.on_consumed(
+                len,
+                UPSTREAM_413_RECEIVE_WINDOW,
+                UPSTREAM_413_GRANT_BATCH,
+            );
+        }
         // Streams share the tunnel budget; an elephant flow gets no more than it needs.
         let share = stream_window(self.active_streams.load(Ordering::Relaxed), self.budget);
         let window = if windows.received.is_sustained() {
@@ -277,7 +296,7 @@ impl StreamFlow {
         } else {
             share
         };
-        windows.recv.on_consumed(len, window)
+        windows.recv.on_consumed(len, window, window / 4)
     }
 
     /// Lets the tunnel reader write small payloads to the socket itself (see
@@ -315,22 +334,30 @@ pub(crate) struct StreamTable {
     active: Arc<AtomicUsize>,
     /// Bytes the streams' receive windows share.
     budget: u32,
+    /// The peer's.
+    dialect: Dialect,
 }
 
 impl Default for StreamTable {
     fn default() -> Self {
-        Self::with_budget(TUNNEL_WINDOW_BUDGET)
+        Self::new(TUNNEL_WINDOW_BUDGET, Dialect::RemoteIngress1)
     }
 }
 
 impl StreamTable {
-    /// A table whose streams' receive windows share `budget` bytes.
-    pub(crate) fn with_budget(budget: u32) -> Self {
+    /// A table whose streams' receive windows share `budget` bytes, towards a peer speaking
+    /// `dialect`.
+    pub(crate) fn new(budget: u32, dialect: Dialect) -> Self {
         Self {
             streams: Mutex::default(),
             active: Arc::default(),
             budget,
+            dialect,
         }
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<u32, StreamHandle>> {
@@ -342,10 +369,16 @@ impl StreamTable {
     pub(crate) fn open(&self, id: u32, bytes: Arc<SocketBytes>) -> Option<StreamPort> {
         use std::collections::hash_map::Entry;
         let mut map = self.map();
+        let active = map.len() + 1;
         let Entry::Vacant(slot) = map.entry(id) else {
             return None;
         };
-        let flow = Arc::new(StreamFlow::new(self.active.clone(), self.budget));
+        let flow = Arc::new(StreamFlow::new(
+            self.active.clone(),
+            self.budget,
+            self.dialect,
+            active,
+        ));
         slot.insert(StreamHandle { flow: flow.clone() });
         self.active.store(map.len(), Ordering::Relaxed);
         Some(StreamPort { flow, bytes })
@@ -439,7 +472,15 @@ pub(crate) async fn pump(
             tokio::select! {
                 done = &mut upload => {
                     done?;
-                    return download.await;
+                    let Some(linger) = flow.dialect.close_linger() else {
+                        return download.await;
+                    };
+                    // A 4.13 peer may take our close for the end of the stream and never close
+                    // its own side: once it has gone quiet that long, the stream is over.
+                    return tokio::select! {
+                        done = download => done,
+                        _ = until_quiet(&flow, linger) => Ok(()),
+                    };
                 }
                 done = &mut download => done?,
             }
@@ -463,7 +504,7 @@ pub(crate) async fn pump(
                 Abort::Peer(reason) => StreamEnd::ResetByPeer(reason),
                 Abort::TunnelGone => StreamEnd::TunnelClosed,
                 Abort::Local(e) => {
-                    frames.control(reset_frame(id, side, ResetReason::Aborted));
+                    frames.control(reset_frame(id, side, ResetReason::Aborted, flow.dialect));
                     flow.on_local_reset();
                     StreamEnd::LocalError(e.kind())
                 }
@@ -545,6 +586,20 @@ async fn download(
     }
 }
 
+/// Returns once the peer has sent nothing for `linger` and everything it sent is written out.
+async fn until_quiet(flow: &StreamFlow, linger: Duration) {
+    let mut seen = flow.windows().received.bytes();
+    loop {
+        tokio::time::sleep(linger).await;
+        let windows = flow.windows();
+        let received = windows.received.bytes();
+        if received == seen && windows.inbox.is_empty() && windows.state.writer().is_none() {
+            return;
+        }
+        seen = received;
+    }
+}
+
 /// After the peer's half-close only a reset matters; stray data after FIN is dropped.
 async fn wait_for_reset(flow: &StreamFlow) -> Abort {
     loop {
@@ -560,8 +615,18 @@ async fn wait_for_reset(flow: &StreamFlow) -> Abort {
     }
 }
 
-pub(crate) fn reset_frame(id: u32, side: StreamSide, reason: ResetReason) -> Frame {
-    Frame::new(id, side.close, close_payload(CloseKind::Reset(reason)))
+/// A reset of stream `id`, as a peer speaking `dialect` is sent it.
+pub(crate) fn reset_frame(
+    id: u32,
+    side: StreamSide,
+    reason: ResetReason,
+    dialect: Dialect,
+) -> Frame {
+    Frame::new(
+        id,
+        side.close,
+        dialect.close_payload(CloseKind::Reset(reason)),
+    )
 }
 
 async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
@@ -651,6 +716,117 @@ mod tests {
         assert!(
             flow.windows().direct.is_none(),
             "detached when the pump ended"
+        );
+    }
+
+    /// A pump whose local client has sent its FIN (so ours is queued for the peer), over a
+    /// table for a peer speaking `dialect`; returns the pump's task and the stream's flow.
+    async fn pump_after_local_fin(
+        dialect: Dialect,
+    ) -> (
+        tokio::task::JoinHandle<StreamEnd>,
+        Arc<StreamFlow>,
+        TcpStream,
+        crate::tunnel::writer::FrameQueues,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let table = StreamTable::new(TUNNEL_WINDOW_BUDGET, dialect);
+        let port = table.open(1, Arc::default()).unwrap();
+        let flow = port.flow.clone();
+        let (frames, queues) = frame_channel();
+        let pump = tokio::spawn(pump(
+            accepted,
+            1,
+            HUB_SIDE,
+            port,
+            frames,
+            CancellationToken::new(),
+        ));
+        client.shutdown().await.unwrap();
+        // Real time: the FIN crosses loopback and the pump queues its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while flow.windows().state.phase() != crate::mux::stream_state::Phase::LocalHalfClosed {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pump never sent its FIN"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (pump, flow, client, queues)
+    }
+
+    /// A 4.13 peer that never answers our close: the stream ends once the peer has been quiet
+    /// for the linger, and not while it keeps sending.
+    #[tokio::test]
+    async fn a_413_stream_ends_when_the_peer_goes_quiet_after_our_close() {
+        let linger = Dialect::Upstream413.close_linger().unwrap();
+        let (pump, flow, mut client, _queues) = pump_after_local_fin(Dialect::Upstream413).await;
+        tokio::time::pause();
+        // Data keeps it open past the linger.
+        for i in 0..3u8 {
+            tokio::time::sleep(linger / 2).await;
+            flow.on_data(Bytes::from(vec![i; 100])).unwrap();
+        }
+        assert!(!pump.is_finished(), "the peer was still sending");
+        let end = tokio::time::timeout(linger * 3, pump)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, StreamEnd::Finished);
+        tokio::time::resume();
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, [[0u8; 100], [1; 100], [2; 100]].concat());
+    }
+
+    /// In our dialect a close is a half-close: the stream waits for the peer's, however long.
+    #[tokio::test]
+    async fn our_peers_stream_waits_for_its_close() {
+        let linger = Dialect::Upstream413.close_linger().unwrap();
+        let (pump, flow, _client, _queues) = pump_after_local_fin(Dialect::RemoteIngress1).await;
+        tokio::time::pause();
+        tokio::time::sleep(linger * 10).await;
+        assert!(!pump.is_finished());
+        flow.on_close(CloseKind::HalfClose);
+        let end = tokio::time::timeout(linger, pump).await.unwrap().unwrap();
+        assert_eq!(end, StreamEnd::Finished);
+    }
+
+    /// A 4.13 peer starts with the documented window and is given back what it sent, from
+    /// the first 64 KiB on; we start with the documented window for the streams open.
+    #[test]
+    fn a_413_stream_starts_with_the_documented_windows() {
+        let table = StreamTable::new(TUNNEL_WINDOW_BUDGET, Dialect::Upstream413);
+        let port = table.open(1, Arc::default()).unwrap();
+        let windows = port.flow.windows();
+        assert_eq!(windows.recv.remaining(), UPSTREAM_413_RECEIVE_WINDOW);
+        assert_eq!(windows.send.available(), upstream_413_window(1));
+        drop(windows);
+        for id in 2..=150 {
+            table.open(id, Arc::default()).unwrap();
+        }
+        let port = table.open(151, Arc::default()).unwrap();
+        assert_eq!(
+            port.flow.windows().send.available(),
+            upstream_413_window(151)
+        );
+        // 3 MiB at once, then its consumption comes back in batches.
+        let flow = &port.flow;
+        flow.on_data(Bytes::from(vec![0; 3 << 20])).unwrap();
+        assert_eq!(
+            flow.windows().recv.remaining(),
+            UPSTREAM_413_RECEIVE_WINDOW - (3 << 20)
+        );
+        let mut windows = flow.windows();
+        windows.inbox.clear();
+        assert_eq!(flow.credit_after(&mut windows, 1000), None);
+        assert_eq!(
+            flow.credit_after(&mut windows, UPSTREAM_413_GRANT_BATCH),
+            Some(UPSTREAM_413_GRANT_BATCH + 1000)
         );
     }
 }
