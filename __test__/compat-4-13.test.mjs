@@ -20,9 +20,11 @@ import {
   parseProxyHeader,
   readUntilEnd,
   recordEvents,
+  remoteingress,
   RemoteIngressEdge,
   SECRET,
   sha256,
+  startConnectedEdge,
   startHub,
   startTarget,
   startUdpClient,
@@ -388,6 +390,30 @@ test('our edge → 4.13 hub: auth line, documented answer; the edge says protoco
     assertClean(ctx.session)
   } finally {
     await ctx.stop()
+  }
+})
+
+test('our edge → 4.13 hub: a pinned key is checked as with our hubs; with another key the secret never leaves', { timeout: 60000 }, async () => {
+  const peerHub = await start413Hub({ answer: () => ({ listenPorts: [], listenPortsUdp: [], stunIntervalSecs: 300 }) })
+  let tlsConnections = 0
+  peerHub.server.on('secureConnection', () => tlsConnections++)
+  const wrong = new RemoteIngressEdge()
+  let right
+  try {
+    const events = recordEvents(wrong, ['warning', 'tunnelConnected'])
+    const otherKey = remoteingress.generateHubCertificate().fingerprint
+    await wrong.start(edgeConfig(peerHub.port, 'pinned-edge', SECRET, { hubFingerprint: otherKey }))
+    await waitFor(() => events.of('warning').filter((w) => w.code === 'connectFailed').length >= 2, { what: 'two refused attempts' })
+    await stopQuietly(wrong)
+    assert.equal(events.of('tunnelConnected').length, 0)
+    assert.equal(tlsConnections, 0, 'no TLS session was completed with a hub of another key')
+    assert.ok(peerHub.sessions.every((s) => s.authLine === undefined), 'no auth line was received')
+
+    ;({ edge: right } = await startConnectedEdge(edgeConfig(peerHub.port, 'pinned-edge', SECRET, { hubFingerprint: peerHub.fingerprint })))
+    assert.equal((await right.getStatus()).protocol, '4.13')
+    assert.equal(peerHub.sessions.at(-1).authLine, `EDGE pinned-edge ${SECRET}\n`)
+  } finally {
+    await stopQuietly(wrong, right, peerHub)
   }
 })
 

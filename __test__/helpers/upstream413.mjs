@@ -301,7 +301,7 @@ export async function connect413Edge(hubPort, edgeId, secret, { answerPings = tr
  * session: a peer with `authLine`, sendConfig(obj) and the common methods.
  */
 export async function start413Hub({ answer, answerPings = false } = {}) {
-  const { certPem, keyPem } = remoteingress.generateHubCertificate()
+  const { certPem, keyPem, fingerprint } = remoteingress.generateHubCertificate()
   const sessions = []
   const sockets = new Set()
   const server = tls.createServer({ cert: certPem, key: keyPem }, (socket) => {
@@ -325,6 +325,8 @@ export async function start413Hub({ answer, answerPings = false } = {}) {
     server,
     sessions,
     port: server.address().port,
+    /** The key's fingerprint, for an edge that pins it. */
+    fingerprint,
     /** All violations seen by any session. */
     violations: () => sessions.flatMap((s) => s.violations),
     async close() {

@@ -720,7 +720,8 @@ mod tests {
     }
 
     /// A pump whose local client has sent its FIN (so ours is queued for the peer), over a
-    /// table for a peer speaking `dialect`; returns the pump's task and the stream's flow.
+    /// table for a peer speaking `dialect`: the pump's task, the stream's flow, the client and
+    /// the queues the frames go to (held, so the tunnel looks alive).
     async fn pump_after_local_fin(
         dialect: Dialect,
     ) -> (
