@@ -476,10 +476,12 @@ pub(crate) async fn pump(
                         return download.await;
                     };
                     // A 4.13 peer may take our close for the end of the stream and never close
-                    // its own side: once it has gone quiet that long, the stream is over.
+                    // its own side: once it has gone quiet that long, the stream is over. Boxed:
+                    // its timer would make every stream's task larger.
+                    let quiet = Box::pin(until_quiet(&flow, linger));
                     return tokio::select! {
                         done = download => done,
-                        _ = until_quiet(&flow, linger) => Ok(()),
+                        _ = quiet => Ok(()),
                     };
                 }
                 done = &mut download => done?,
