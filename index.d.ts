@@ -174,6 +174,12 @@ interface EdgeExtras {
   reconnectMaxMs?: number
   /** Tuning for tests: connect + TLS + handshake limit. Default 10000. */
   connectTimeoutMs?: number
+  /**
+   * A client that connects while no tunnel is up waits this long for one, then is carried (or
+   * reset when none came). 0 resets it at once. Default 10000; at most 1024 clients wait at
+   * once, 64 from one address.
+   */
+  connectWaitMs?: number
   /** A UDP session with no datagram either way for this long ends. Default 60000. */
   udpIdleTimeoutMs?: number
   /** Bytes the tunnel may buffer for its connections, per direction (1 MiB to 2 GiB). Default 200 MiB. */
@@ -198,6 +204,8 @@ export interface EdgeStatus {
   protocol: ProtocolDialect | null
   /** Datagrams lost: no tunnel up, tunnel congested, session limit reached, or a failed send. */
   udpDatagramsDropped: number
+  /** Clients accepted while no tunnel is up, waiting for one (see connectWaitMs). */
+  waitingConnections: number
 }
 
 export interface PortsEvent {

@@ -127,6 +127,22 @@ function httpGet(url) {
   )
 }
 
+/** The status code and body of a GET. */
+function httpStatus(url) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      http.get(url, (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (chunk) => (body += chunk))
+        res.on('end', () => resolve({ status: res.statusCode, body }))
+      }).on('error', reject)
+    }),
+    GUARD_MS,
+    `GET ${url}`,
+  )
+}
+
 /** Parses Prometheus text strictly enough to catch a malformed line: name{labels} -> value. */
 function parsePrometheus(text) {
   const samples = new Map()
@@ -192,6 +208,14 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
     assert.equal(edgeMetrics.get(`remoteingress_edge_listening{protocol="tcp",port="${first.port}"}`), 1)
     assert.ok(edgeMetrics.get('remoteingress_edge_sent_bytes_total') > 'through the CLI tunnel'.length)
     assert.equal(edgeMetrics.get(`remoteingress_edge_port_bytes_total{port="${first.port}",direction="from_clients"}`), toTarget)
+    // Probes on the metrics port: alive, and ready (the hub while it serves, the edge while its
+    // tunnel is up).
+    const probe = (metrics, path) => httpStatus(metrics.replace(/\/metrics$/, path))
+    for (const url of [metricsUrl, edgeMetricsUrl]) {
+      assert.deepEqual(await probe(url, '/healthz'), { status: 200, body: 'ok\n' })
+      assert.deepEqual(await probe(url, '/readyz'), { status: 200, body: 'ready\n' })
+      assert.equal((await probe(url, '/nothing')).status, 404)
+    }
 
     writeEdges([first.port, second.port])
     await hub.waitForLog((l) => l.event === 'edgesReloaded', 'edgesReloaded after a file change')
@@ -209,10 +233,14 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
     await hub.waitForLog((l) => l.event === 'edgesReloaded' && l.why === 'SIGHUP', 'edgesReloaded on SIGHUP')
     await waitFor(async () => (await probeConnect(first.port)) === 'ECONNREFUSED', { what: 'the removed port to refuse' })
 
-    edge.child.kill('SIGTERM')
+    // The hub goes first: the edge, alive, is not ready without its tunnel.
     hub.child.kill('SIGTERM')
-    assert.deepEqual(await withTimeout(edge.exited, GUARD_MS, 'the edge to exit'), { code: 0, signal: null })
     assert.deepEqual(await withTimeout(hub.exited, GUARD_MS, 'the hub to exit'), { code: 0, signal: null })
+    await edge.waitForLog((l) => l.event === 'tunnelDisconnected', 'tunnelDisconnected')
+    assert.deepEqual(await probe(edgeMetricsUrl, '/readyz'), { status: 503, body: 'not ready\n' })
+    assert.equal((await probe(edgeMetricsUrl, '/healthz')).status, 200)
+    edge.child.kill('SIGTERM')
+    assert.deepEqual(await withTimeout(edge.exited, GUARD_MS, 'the edge to exit'), { code: 0, signal: null })
     assert.equal(await probeConnect(second.port), 'ECONNREFUSED', 'the edge freed its port')
     await new Promise((resolve, reject) => {
       const server = net.createServer().once('error', reject)

@@ -230,7 +230,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     const edgeStatus = await edge.getStatus()
     assert.deepEqual(
       { ...edgeStatus, activeStreams: undefined },
-      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, protocol: 'remoteingress/1', udpDatagramsDropped: 0 },
+      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, protocol: 'remoteingress/1', udpDatagramsDropped: 0, waitingConnections: 0 },
     )
     assert.equal(edgeStatus.activeStreams, 0)
 

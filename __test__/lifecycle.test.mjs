@@ -15,6 +15,7 @@ import {
   probeConnect,
   readBytes,
   recordEvents,
+  socketEnding,
   RemoteIngressEdge,
   RemoteIngressHub,
   SECRET,
@@ -95,7 +96,8 @@ test('the edge reconnects when its hub comes back on the same port', { timeout: 
   const target = await startTarget(behaviours.echo)
   let tunnel, secondHub
   try {
-    tunnel = await startTunnel({ ports: [target.port], edgeId: 'comeback' })
+    // connectWaitMs 0: a client that finds no tunnel is reset at once instead of waiting for one.
+    tunnel = await startTunnel({ ports: [target.port], edgeId: 'comeback', edgeOptions: { connectWaitMs: 0 } })
     const disconnected = once(tunnel.edge, 'tunnelDisconnected')
     await tunnel.hub.stop()
     await disconnected
@@ -130,6 +132,91 @@ test('the edge reconnects when its hub comes back on the same port', { timeout: 
     client.destroy()
   } finally {
     await stopQuietly(tunnel, secondHub, target)
+  }
+})
+
+/** The value of one sample in Prometheus text (0 when absent). */
+function metric(text, sample) {
+  const line = text.split('\n').find((l) => l.startsWith(`${sample} `))
+  return line ? Number(line.slice(sample.length + 1)) : 0
+}
+
+test('while its hub is down, clients wait for the tunnel (64 per address; the next is reset) and are carried once it is back', { timeout: 90000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel, secondHub
+  const clients = []
+  try {
+    tunnel = await startTunnel({ ports: [target.port], edgeId: 'parked', edgeOptions: { connectWaitMs: 60000 } })
+    const { edge } = tunnel
+    const disconnected = once(edge, 'tunnelDisconnected')
+    await tunnel.hub.stop()
+    await disconnected
+    const waiting = async () => (await edge.getStatus()).waitingConnections
+
+    // 64 clients from one address wait; each sends its request at once.
+    const open = (localAddress, i) => {
+      const client = net.connect({ port: target.port, host: '127.0.0.2', localAddress })
+      client.on('error', () => {})
+      clients.push(client)
+      const reply = readBytes(client, `parked ${i}`.length, 60000)
+      reply.catch(() => {})
+      client.write(`parked ${i}`)
+      return { client, reply }
+    }
+    const parked = []
+    for (let i = 0; i < 64; i++) parked.push(open('127.0.0.9', i))
+    await waitFor(async () => (await waiting()) === 64, { what: '64 clients waiting' })
+    // The 65th from the same address is reset at once; another address still gets a place.
+    const extra = open('127.0.0.9', 64)
+    await assert.rejects(extra.reply, 'the 65th client from one address is reset')
+    parked.push(open('127.0.0.10', 65))
+    await waitFor(async () => (await waiting()) === 65, { what: 'the client from another address waiting' })
+    const metrics = await edge.getMetrics()
+    assert.equal(metric(metrics, 'remoteingress_edge_connections_waiting'), 65)
+    assert.equal(metric(metrics, 'remoteingress_edge_connections_reset_total{reason="noWait"}'), 1)
+    assert.equal(target.connections.length, 0, 'nothing reached the target while the hub was down')
+
+    const reconnected = once(edge, 'tunnelConnected')
+    secondHub = new RemoteIngressHub()
+    await startOnPort(secondHub, { tunnelPort: tunnel.hubPort, bindAddress: '127.0.0.1' })
+    await secondHub.updateAllowedEdges([{ id: 'parked', secret: SECRET, listenPorts: [target.port] }])
+    await reconnected
+    // Every waiting client is carried, with its own address in the PROXY header.
+    const replies = await Promise.all(parked.map(({ reply }) => reply))
+    assert.deepEqual(
+      replies.map((r) => r.toString()),
+      parked.map((_, i) => `parked ${i === 64 ? 65 : i}`),
+    )
+    await waitFor(() => target.connections.length === 65, { what: '65 connections at the target' })
+    const sources = target.connections.map((c) => c.source?.address).sort()
+    assert.deepEqual(sources, ['127.0.0.10', ...Array(64).fill('127.0.0.9')].sort())
+    assert.equal(await waiting(), 0)
+    const after = await edge.getMetrics()
+    assert.equal(metric(after, 'remoteingress_edge_connections_reset_total{reason="waitTimedOut"}'), 0)
+  } finally {
+    for (const client of clients) client.destroy()
+    await stopQuietly(tunnel, secondHub, target)
+  }
+})
+
+test('a client that waits connectWaitMs without a tunnel is reset; with connectWaitMs 0 at once', { timeout: 60000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel
+  try {
+    tunnel = await startTunnel({ ports: [target.port], edgeId: 'no-comeback', edgeOptions: { connectWaitMs: 2000 } })
+    const { edge } = tunnel
+    const disconnected = once(edge, 'tunnelDisconnected')
+    await tunnel.hub.stop()
+    await disconnected
+    const client = net.connect({ port: target.port, host: '127.0.0.2' })
+    const ending = socketEnding(client)
+    await waitFor(async () => (await edge.getStatus()).waitingConnections === 1, { what: 'the client waiting' })
+    assert.deepEqual(await ending, { how: 'reset', bytes: 0 })
+    assert.equal((await edge.getStatus()).waitingConnections, 0)
+    assert.equal(metric(await edge.getMetrics(), 'remoteingress_edge_connections_reset_total{reason="waitTimedOut"}'), 1)
+    assert.equal(target.connections.length, 0)
+  } finally {
+    await stopQuietly(tunnel, target)
   }
 })
 

@@ -224,7 +224,11 @@ for (const transportMode of TRANSPORTS) {
       const hubPort = firstHub.ready.port
       assert.equal(firstHub.ready.fingerprint, cert.fingerprint, 'the hub process uses the key it was given')
       // Pinned: the edge talks only to a hub with this key, so the new process must reuse it.
-      ;({ edge } = await startConnectedEdge(edgeConfig(hubPort, EDGE_ID, SECRET, { ...edgeKnobs(transportMode), transportMode, hubFingerprint: cert.fingerprint })))
+      // connectWaitMs 0: clients that find no tunnel are reset at once (lifecycle.test.mjs has
+      // them wait for one).
+      ;({ edge } = await startConnectedEdge(
+        edgeConfig(hubPort, EDGE_ID, SECRET, { ...edgeKnobs(transportMode), transportMode, hubFingerprint: cert.fingerprint, connectWaitMs: 0 }),
+      ))
       const edgeEvents = recordEvents(edge, ['tunnelConnected', 'tunnelDisconnected', 'portsAssigned', 'warning'])
 
       for (let i = 0; i < 3; i++) {

@@ -37,7 +37,8 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --refuse-4-13           refuse edges that speak the 4.13 protocol (TCP+TLS without ALPN)
   --tunnel-buffer-bytes N bytes one edge's tunnel buffers for its connections, per direction
                           (default 209715200, 200 MiB)
-  --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
+  --metrics-port N        serve /metrics (Prometheus), /healthz and /readyz on http://127.0.0.1:N
+  --metrics-bind ADDR     address for --metrics-port (default 127.0.0.1; 0.0.0.0 for a pod's probes)
   --log-level debug|info|warn|error   debug adds a line per connection (default info)
   --log-format text|json
   -h, --help`,
@@ -52,7 +53,9 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --ca FILE               accept only a hub with a certificate from this CA (PEM)
   --stun HOST:PORT        STUN server for public-IP discovery (repeatable); --no-stun turns it off
   --tunnel-buffer-bytes N bytes the tunnel buffers for its connections, per direction (default 200 MiB)
-  --metrics-port N        serve Prometheus metrics on http://127.0.0.1:N/metrics
+  --connect-wait-ms N     how long a client waits for a tunnel while none is up (default 10000; 0 = reset)
+  --metrics-port N        serve /metrics (Prometheus), /healthz and /readyz on http://127.0.0.1:N
+  --metrics-bind ADDR     address for --metrics-port (default 127.0.0.1; 0.0.0.0 for a pod's probes)
   --log-level debug|info|warn|error, --log-format text|json
   -h, --help`,
   token: `usage: remoteingress token encode --hub-host H [--hub-port P] --edge-id ID --secret S [--fingerprint F]
@@ -142,26 +145,49 @@ function logEvents(emitter, source, events) {
   }
 }
 
-/** Serves `runner.getMetrics()` on 127.0.0.1:port/metrics (loopback only: no secrets, but no one else's business). */
-function serveMetrics(runner, port, source) {
+/**
+ * Serves, on `bind`:port (127.0.0.1 unless --metrics-bind says otherwise), `runner.getMetrics()` at
+ * /metrics, /healthz (200 while the process serves) and /readyz (200 when `ready()` resolves true,
+ * else 503), for Prometheus and an orchestrator's probes.
+ */
+function serveMetrics(runner, { port, bind = '127.0.0.1' }, source, ready) {
   const http = require('node:http')
-  const server = http.createServer((req, res) => {
-    if (req.method !== 'GET' || req.url !== '/metrics') {
-      res.writeHead(404).end('not found; try /metrics\n')
-      return
-    }
-    runner.getMetrics().then(
-      (text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text),
+  const answer = (res, promise, type = 'text/plain') =>
+    promise.then(
+      ({ status, body }) => res.writeHead(status, { 'content-type': type }).end(body),
       (err) => res.writeHead(500).end(`${err.message}\n`),
     )
+  const server = http.createServer((req, res) => {
+    if (req.method !== 'GET') return res.writeHead(405).end('GET only\n')
+    switch (req.url) {
+      case '/metrics':
+        return answer(res, runner.getMetrics().then((body) => ({ status: 200, body })), 'text/plain; version=0.0.4')
+      case '/healthz':
+        return res.writeHead(200).end('ok\n')
+      case '/readyz':
+        return answer(res, ready().then((isReady) => (isReady ? { status: 200, body: 'ready\n' } : { status: 503, body: 'not ready\n' })))
+      default:
+        return res.writeHead(404).end('not found; try /metrics, /healthz or /readyz\n')
+    }
   })
   return new Promise((resolve, reject) => {
     server.once('error', (err) => reject(new UsageError(`--metrics-port ${port}: ${err.message}`)))
-    server.listen(port, '127.0.0.1', () => {
-      log(source, 'metricsListening', { url: `http://127.0.0.1:${server.address().port}/metrics` })
+    server.listen(port, bind, () => {
+      const { address, port: bound } = server.address()
+      const host = address.includes(':') ? `[${address}]` : address
+      log(source, 'metricsListening', { url: `http://${host}:${bound}/metrics` })
       resolve(server)
     })
   })
+}
+
+/** The --metrics-port and --metrics-bind flags, for serveMetrics; null without a port. */
+function metricsEndpoint(values) {
+  if (values['metrics-port'] === undefined) {
+    if (values['metrics-bind'] !== undefined) throw new UsageError('--metrics-bind needs --metrics-port')
+    return null
+  }
+  return { port: integer(values['metrics-port'], 'metrics-port'), bind: values['metrics-bind'] }
 }
 
 const LOG_OPTIONS = {
@@ -229,6 +255,7 @@ async function runHub(args) {
     'refuse-4-13': { type: 'boolean' },
     'tunnel-buffer-bytes': { type: 'string' },
     'metrics-port': { type: 'string' },
+    'metrics-bind': { type: 'string' },
     ...LOG_OPTIONS,
   })
   configureLogging(values)
@@ -258,7 +285,9 @@ async function runHub(args) {
     accept413: values['refuse-4-13'] ? false : undefined,
   })
   await hub.updateAllowedEdges(edges)
-  if (values['metrics-port'] !== undefined) await serveMetrics(hub, integer(values['metrics-port'], 'metrics-port'), 'hub')
+  const hubMetrics = metricsEndpoint(values)
+  // Ready while it serves edges (a draining hub is not).
+  if (hubMetrics) await serveMetrics(hub, hubMetrics, 'hub', async () => (await hub.getStatus()).running)
   const status = await hub.getStatus()
   log('hub', 'started', { tunnelPort: status.tunnelPort, certFingerprint: status.certFingerprint, edges: edges.length })
   log('hub', 'tokenHint', {
@@ -302,7 +331,9 @@ async function runEdge(args) {
     stun: { type: 'string', multiple: true },
     'no-stun': { type: 'boolean' },
     'tunnel-buffer-bytes': { type: 'string' },
+    'connect-wait-ms': { type: 'string' },
     'metrics-port': { type: 'string' },
+    'metrics-bind': { type: 'string' },
     ...LOG_OPTIONS,
   })
   configureLogging(values)
@@ -325,8 +356,11 @@ async function runEdge(args) {
     caPem: values.ca ? fs.readFileSync(values.ca, 'utf8') : undefined,
     stunServers: values['no-stun'] ? [] : values.stun,
     tunnelBufferBytes: integer(values['tunnel-buffer-bytes'], 'tunnel-buffer-bytes'),
+    connectWaitMs: integer(values['connect-wait-ms'], 'connect-wait-ms'),
   })
-  if (values['metrics-port'] !== undefined) await serveMetrics(edge, integer(values['metrics-port'], 'metrics-port'), 'edge')
+  const edgeMetrics = metricsEndpoint(values)
+  // Ready while a tunnel is up.
+  if (edgeMetrics) await serveMetrics(edge, edgeMetrics, 'edge', async () => (await edge.getStatus()).connected)
   log('edge', 'started', {})
   stopOnSignals(edge, 'edge')
 }

@@ -473,7 +473,7 @@ impl NativeEdge {
                 "running": false, "connected": false, "publicIp": null, "activeStreams": 0,
                 "activeUdpSessions": 0, "listenPorts": [], "listenPortsUdp": [], "transport": null,
                 "protocol": null,
-                "udpDatagramsDropped": 0
+                "udpDatagramsDropped": 0, "waitingConnections": 0
             });
             life.status(stopped).await
         })

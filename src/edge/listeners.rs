@@ -1,19 +1,21 @@
 //! The edge's listeners, one per assigned TCP and UDP port. They outlive a tunnel reconnect;
-//! while no tunnel is up, accepted connections are reset at once and datagrams dropped.
+//! while no tunnel is up, accepted connections wait for one (`parking`) and datagrams are
+//! dropped.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EdgeWarning;
 use crate::protocol::proxy::ProxyAddresses;
 
-use super::EdgeShared;
+use super::parking::{reset, WaitEnd};
+use super::{EdgeShared, ResetBeforeTunnel};
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -154,13 +156,39 @@ async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: Cance
     }
 }
 
-/// Opens a stream for an accepted client, or resets the client when that is not possible.
-/// `bound` is the listener's address when it is not a wildcard.
+/// Opens a stream for an accepted client. Without a tunnel the client waits for one (up to
+/// `connectWaitMs`, while the parking lot has room), else it is reset. `bound` is the
+/// listener's address when it is not a wildcard.
 fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr, bound: Option<SocketAddr>) {
-    if let Err(client) = open_stream(edge, client, peer, bound) {
-        // An abort, so the client does not mistake a refusal for an empty answer.
-        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
-    }
+    let Err(client) = open_stream(edge, client, peer, bound) else {
+        return;
+    };
+    let wait = edge.options.connect_wait;
+    let place = (!wait.is_zero())
+        .then(|| edge.parking.admit(peer.ip()))
+        .flatten();
+    let Some(place) = place else {
+        edge.count_reset(ResetBeforeTunnel::NoWait);
+        return reset(&client);
+    };
+    let edge = edge.clone();
+    edge.tasks.clone().spawn(async move {
+        // Held until the wait ends, whichever way.
+        let _place = place;
+        let waited = tokio::select! {
+            _ = edge.cancel.cancelled() => WaitEnd::TimedOut,
+            waited = edge.parking.wait(wait) => waited,
+        };
+        let client = match waited {
+            WaitEnd::TunnelUp => match open_stream(&edge, client, peer, bound) {
+                Ok(()) => return,
+                Err(client) => client,
+            },
+            WaitEnd::TimedOut => client,
+        };
+        edge.count_reset(ResetBeforeTunnel::WaitTimedOut);
+        reset(&client);
+    });
 }
 
 /// Opens a stream for the client and starts carrying it; hands the client back when no

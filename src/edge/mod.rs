@@ -4,6 +4,7 @@
 mod backoff;
 mod listeners;
 pub(crate) mod options;
+mod parking;
 pub(crate) mod stun;
 mod tunnel;
 mod udp;
@@ -80,6 +81,8 @@ pub(crate) struct EdgeStatus {
     pub protocol: Option<Dialect>,
     /// Datagrams lost: no tunnel up, tunnel congested, session limit, or a failed send.
     pub udp_datagrams_dropped: u64,
+    /// Connections accepted while no tunnel is up, waiting for one now.
+    pub waiting_connections: usize,
 }
 
 /// The tunnel that is up right now; listeners hand accepted connections to it.
@@ -105,6 +108,8 @@ struct EdgeShared {
     tasks: TaskTracker,
     cancel: CancellationToken,
     link: Mutex<Option<Arc<TunnelLink>>>,
+    /// Connections accepted while no tunnel is up, waiting for one.
+    parking: Arc<parking::ParkingLot>,
     listeners: Mutex<ListenerSet>,
     public_ip: Mutex<Option<IpAddr>>,
     udp_dropped: AtomicU64,
@@ -117,10 +122,33 @@ struct EdgeShared {
     totals: Mutex<EdgeTotals>,
 }
 
+/// Why a client was reset because no tunnel was up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ResetBeforeTunnel {
+    /// `connectWaitMs` is 0, or no place to wait was free (in total or for its source).
+    NoWait,
+    /// No tunnel came up within `connectWaitMs` (or the edge stopped meanwhile).
+    WaitTimedOut,
+}
+
+impl ResetBeforeTunnel {
+    const ALL: [ResetBeforeTunnel; 2] =
+        [ResetBeforeTunnel::NoWait, ResetBeforeTunnel::WaitTimedOut];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ResetBeforeTunnel::NoWait => "noWait",
+            ResetBeforeTunnel::WaitTimedOut => "waitTimedOut",
+        }
+    }
+}
+
 /// Counts for `getMetrics` that outlive a tunnel.
 #[derive(Debug, Default)]
 struct EdgeTotals {
     connects: u64,
+    /// Clients reset for want of a tunnel, by reason.
+    resets_before_tunnel: BTreeMap<ResetBeforeTunnel, u64>,
     /// Failed connection attempts by reason.
     connect_failures: BTreeMap<ConnectFailureReason, u64>,
     streams_by_port: BTreeMap<u16, u64>,
@@ -150,12 +178,35 @@ impl EdgeShared {
         self.link().clone()
     }
 
+    /// `link` is the tunnel from now on; connections waiting for one go on.
+    fn set_link(&self, link: &Arc<TunnelLink>) {
+        *self.link() = Some(link.clone());
+        self.parking.set_tunnel_up(true);
+    }
+
+    /// `link` has ended: unless another has taken its place, there is no tunnel.
+    fn clear_link(&self, link: &Arc<TunnelLink>) {
+        let mut current = self.link();
+        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *current = None;
+            self.parking.set_tunnel_up(false);
+        }
+    }
+
     fn totals(&self) -> MutexGuard<'_, EdgeTotals> {
         self.totals.locked()
     }
 
     fn count_udp_drop(&self) {
         self.udp_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_reset(&self, reason: ResetBeforeTunnel) {
+        *self
+            .totals()
+            .resets_before_tunnel
+            .entry(reason)
+            .or_default() += 1;
     }
 
     fn count_udp_eviction(&self) {
@@ -258,6 +309,7 @@ impl Edge {
             tasks: TaskTracker::new(),
             cancel: cancel.clone(),
             link: Mutex::new(None),
+            parking: Arc::default(),
             public_ip: Mutex::new(None),
             udp_dropped: AtomicU64::new(0),
             udp_evicted: AtomicU64::new(0),
@@ -287,6 +339,7 @@ impl Edge {
             transport: link.as_ref().map(|l| l.carrier.transport()),
             protocol: link.map(|l| l.dialect),
             udp_datagrams_dropped: self.shared.udp_dropped.load(Ordering::Relaxed),
+            waiting_connections: self.shared.parking.len(),
         }
     }
 
@@ -370,6 +423,30 @@ impl Edge {
             "UDP sessions ended to make room for a new client: unanswered ones first.",
             shared.udp_evicted.load(Ordering::Relaxed),
         );
+        single(
+            "remoteingress_edge_connections_waiting",
+            Kind::Gauge,
+            "Connections accepted while no tunnel is up, waiting for one.",
+            status.waiting_connections as u64,
+        );
+        m.family(
+            "remoteingress_edge_connections_reset_total",
+            Kind::Counter,
+            "Connections reset for want of a tunnel: noWait (connectWaitMs 0, or no room to \
+             wait) or waitTimedOut.",
+        );
+        for reason in ResetBeforeTunnel::ALL {
+            let count = totals
+                .resets_before_tunnel
+                .get(&reason)
+                .copied()
+                .unwrap_or(0);
+            m.sample(
+                "remoteingress_edge_connections_reset_total",
+                &[("reason", reason.as_str())],
+                count,
+            );
+        }
         m.family(
             "remoteingress_edge_connect_failures_total",
             Kind::Counter,

@@ -30,6 +30,10 @@ pub(crate) const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// TCP connect, TLS handshake and the hub's answer must fit in this.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client accepted while no tunnel is up waits this long for one, by default.
+pub(crate) const DEFAULT_CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// The longest `connectWaitMs`: an hour.
+pub(crate) const MAX_CONNECT_WAIT_MS: u64 = 3_600_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -57,6 +61,8 @@ pub(crate) struct EdgeOptions {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub connect_timeout: Duration,
+    /// How long a client accepted while no tunnel is up waits for one; zero = reset at once.
+    pub connect_wait: Duration,
     pub udp_idle_timeout: Duration,
     /// Bytes a tunnel may buffer for its streams, per direction.
     pub tunnel_buffer_bytes: u32,
@@ -93,6 +99,7 @@ pub(crate) struct EdgeConfig {
     reconnect_min_ms: Option<Millis>,
     reconnect_max_ms: Option<Millis>,
     connect_timeout_ms: Option<Millis>,
+    connect_wait_ms: Option<Int<u64, 0, MAX_CONNECT_WAIT_MS>>,
     udp_idle_timeout_ms: Option<Millis>,
     tunnel_buffer_bytes: Option<BufferBytes>,
 }
@@ -207,6 +214,9 @@ impl EdgeOptions {
             connect_timeout: c
                 .connect_timeout_ms
                 .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.0),
+            connect_wait: c
+                .connect_wait_ms
+                .map_or(DEFAULT_CONNECT_WAIT, |ms| Duration::from_millis(ms.0)),
             udp_idle_timeout: c
                 .udp_idle_timeout_ms
                 .map_or(DEFAULT_UDP_IDLE_TIMEOUT, |t| t.0),
@@ -319,7 +329,7 @@ mod tests {
                 with("hubPrt", json!(1)),
                 "hubPrt: is not a known option (known: token, hubHost, hubPort, edgeId, secret, \
                  transportMode, bindAddress, hubFingerprint, caPem, stunServers, stunTimeoutMs, \
-                 heartbeatTimeoutMs, reconnectMinMs, reconnectMaxMs, connectTimeoutMs, \
+                 heartbeatTimeoutMs, reconnectMinMs, reconnectMaxMs, connectTimeoutMs, connectWaitMs, \
                  udpIdleTimeoutMs, tunnelBufferBytes)"
                     .into(),
             ),

@@ -262,15 +262,12 @@ async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) 
             config.listen_ports_udp.clone(),
         )),
     });
-    *edge.link() = Some(link.clone());
+    edge.set_link(&link);
     // However serving ends, a panic included: the tunnel's tasks stop and listeners stop
     // handing it connections.
     let _retire = OnDrop::new(|| {
         link.cancel.cancel();
-        let mut current = edge.link();
-        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
-            *current = None;
-        }
+        edge.clear_link(&link);
     });
     edge.tasks.spawn(super::udp::sweep_idle(
         link.clone(),
