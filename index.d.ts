@@ -34,11 +34,26 @@ export interface HubConfig {
   quic?: boolean
   /** Whether edges speaking the 4.13 protocol (TCP+TLS without ALPN) are served. Default true. */
   accept413?: boolean
+  /**
+   * This hub process's name in handshake answers (1-64 visible ASCII characters), so an edge
+   * with `connectionsPerHub` > 1 reaches distinct replicas. Default: random at each start.
+   */
+  instanceId?: string
+  /**
+   * The edges allowed from the start, as `updateAllowedEdges` takes them: in place before the
+   * port takes logins, so an edge reconnecting to a restarted hub is never refused meanwhile.
+   */
+  allowedEdges?: AllowedEdge[]
 }
 
 export interface HubLimits {
   /** Edges connected at once; past it a login is answered `edge limit reached`. Default 1024. */
   maxEdges?: number
+  /**
+   * Tunnels one edge id may hold at once: an edge connected through several hub addresses, or
+   * replicas of an edge that share its id and secret. Past it the oldest is closed. Default 16.
+   */
+  maxTunnelsPerEdge?: number
   /**
    * Connections one edge may have open at once. Default 65536. Past it a connection is reset
    * over TCP+TLS, and waits for a free stream over QUIC.
@@ -76,8 +91,11 @@ export interface AllowedEdge {
   stunIntervalSecs?: number
 }
 
+/** One tunnel of a connected edge (an edge id may hold several). */
 export interface ConnectedEdgeStatus {
   edgeId: string
+  /** Tells this tunnel from the others of the edge id; never reused within the hub's life. */
+  tunnelId: number
   remoteAddress: string
   transport: TransportKind
   protocol: ProtocolDialect
@@ -97,6 +115,10 @@ export interface HubStatus {
   tunnelPort: number
   /** `sha256/<base64url>` of the hub key's SubjectPublicKeyInfo; edges can pin it. */
   certFingerprint: string
+  /** This process's `instanceId`. */
+  instanceId: string
+  /** A graceful stop (`stop({ graceMs })`) is under way. */
+  draining: boolean
   connectedEdges: ConnectedEdgeStatus[]
 }
 
@@ -132,16 +154,27 @@ export interface WarningEvent<Code extends string = HubWarningCode | EdgeWarning
 }
 
 export interface HubEvents {
-  edgeConnected: [{ edgeId: string; remoteAddress: string; transport: TransportKind; protocol: ProtocolDialect }]
-  edgeDisconnected: [{ edgeId: string; reason: string }]
-  streamOpened: [{ edgeId: string; streamId: number; clientAddress: string; clientPort: number; port: number }]
-  streamClosed: [{ edgeId: string; streamId: number }]
+  edgeConnected: [{ edgeId: string; tunnelId: number; remoteAddress: string; transport: TransportKind; protocol: ProtocolDialect }]
+  edgeDisconnected: [{ edgeId: string; tunnelId: number; reason: string }]
+  streamOpened: [{ edgeId: string; tunnelId: number; streamId: number; clientAddress: string; clientPort: number; port: number }]
+  streamClosed: [{ edgeId: string; tunnelId: number; streamId: number }]
   warning: [WarningEvent<HubWarningCode>]
+}
+
+export interface HubStopOptions {
+  /**
+   * Drain first, for at most this long (0-3600000 ms): new edge connections are refused, each
+   * edge of our protocol gets GOAWAY (it opens nothing more here and dials another hub at once),
+   * and a tunnel closes once its connections and UDP sessions have ended. `getStatus().draining`
+   * is true meanwhile. What is still open when the grace is over is closed.
+   */
+  graceMs?: number
 }
 
 export class RemoteIngressHub extends EventEmitter<HubEvents> {
   start(config?: HubConfig): Promise<void>
-  stop(): Promise<void>
+  /** Without options: disconnects every edge at once. */
+  stop(options?: HubStopOptions): Promise<void>
   updateAllowedEdges(edges: AllowedEdge[]): Promise<void>
   getStatus(): Promise<HubStatus>
   /** Prometheus text: edges, bytes, streams and UDP sessions per edge and port, drops, failed handshakes. */
@@ -149,7 +182,19 @@ export class RemoteIngressHub extends EventEmitter<HubEvents> {
   readonly running: boolean
 }
 
+/** A hub an edge keeps tunnels to. */
+export interface HubAddress {
+  host: string
+  /** Default 8443. */
+  port?: number
+}
+
 interface EdgeExtras {
+  /**
+   * Tunnels kept through each hub address (1-8), each to a distinct hub process (`instanceId`):
+   * for an address that load-balances across hub replicas. Default 1.
+   */
+  connectionsPerHub?: number
   /**
    * 'tcpTls' (default): one TLS connection, frame-multiplexed. 'quic': QUIC on the hub's
    * tunnel port over UDP, a QUIC stream per connection, UDP as QUIC datagrams.
@@ -186,9 +231,15 @@ interface EdgeExtras {
   tunnelBufferBytes?: number
 }
 
+/**
+ * A token, one hub (`hubHost`/`hubPort`) or several (`hubs`, 1-16): the edge keeps a tunnel to
+ * every address each hub's name resolves to, and new connections go to the live tunnel carrying
+ * the fewest.
+ */
 export type EdgeConfig =
   | ({ token: string } & EdgeExtras)
   | ({ hubHost: string; hubPort?: number; edgeId: string; secret: string } & EdgeExtras)
+  | ({ hubs: HubAddress[]; edgeId: string; secret: string } & EdgeExtras)
 
 export interface EdgeStatus {
   running: boolean
@@ -206,6 +257,32 @@ export interface EdgeStatus {
   udpDatagramsDropped: number
   /** Clients accepted while no tunnel is up, waiting for one (see connectWaitMs). */
   waitingConnections: number
+  /** Every tunnel the edge keeps, up or reconnecting. `connected` is true while any is up. */
+  tunnels: EdgeTunnelStatus[]
+}
+
+export interface EdgeTunnelStatus {
+  /** The hub as configured, `host:port`. */
+  hub: string
+  /** The address this tunnel dials (one of those the hub's name resolves to). */
+  address: string
+  connected: boolean
+  /** The hub drains it (GOAWAY): it carries only what it has, and a replacement is dialed. */
+  draining: boolean
+  /** The hub process at the other end, when the hub says (not 4.13 hubs). */
+  instanceId: string | null
+  transport: TransportKind | null
+  protocol: ProtocolDialect | null
+  activeStreams: number
+  activeUdpSessions: number
+}
+
+/** Which tunnel an edge event is about. */
+export interface TunnelRef {
+  /** The hub as configured, `host:port`. */
+  hub: string
+  /** The address dialed. */
+  address: string
 }
 
 export interface PortsEvent {
@@ -214,8 +291,8 @@ export interface PortsEvent {
 }
 
 export interface EdgeEvents {
-  tunnelConnected: [{ transport: TransportKind; protocol: ProtocolDialect }]
-  tunnelDisconnected: [{ reason: string }]
+  tunnelConnected: [TunnelRef & { transport: TransportKind; protocol: ProtocolDialect; instanceId: string | null }]
+  tunnelDisconnected: [TunnelRef & { reason: string }]
   publicIpDiscovered: [{ ip: string }]
   portsAssigned: [PortsEvent]
   portsUpdated: [PortsEvent]
@@ -232,18 +309,26 @@ export class RemoteIngressEdge extends EventEmitter<EdgeEvents> {
 }
 
 export interface ConnectionTokenData {
-  hubHost: string
-  hubPort: number
+  /** The hub (the first, with several); give this or `hubs`. */
+  hubHost?: string
+  hubPort?: number
+  /** Several hubs (1-16); the first is also readable by edges that know only hubHost/hubPort. */
+  hubs?: HubAddress[]
   edgeId: string
   secret: string
   /** Pins the hub's key (its certFingerprint). */
   hubFingerprint?: string
 }
 
-/** base64url (no padding) of JSON {"h","p","e","s"[,"f"]}. Throws (code ERR_INVALID_CONFIG) on bad fields. */
+/** base64url (no padding) of JSON {"h","p","e","s"[,"f"][,"m"]}. Throws (code ERR_INVALID_CONFIG) on bad fields. */
 export function encodeConnectionToken(data: ConnectionTokenData): string
-/** Throws an Error with code ERR_INVALID_TOKEN and a message saying what is wrong. */
-export function decodeConnectionToken(token: string): ConnectionTokenData
+/**
+ * The token's fields: hubHost/hubPort name the first hub, `hubs` lists every hub. Throws an
+ * Error with code ERR_INVALID_TOKEN and a message saying what is wrong.
+ */
+export function decodeConnectionToken(
+  token: string
+): ConnectionTokenData & { hubHost: string; hubPort: number; hubs: Required<HubAddress>[] }
 
 /** A self-signed hub certificate (ECDSA P-256) and key as PEM, with the fingerprint edges pin. */
 export function generateHubCertificate(): { certPem: string; keyPem: string; fingerprint: string }

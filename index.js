@@ -59,8 +59,8 @@ class NativeRunner extends EventEmitter {
     this.#untilStopped = this.#native.waitForStop().catch(() => {})
   }
 
-  async stop() {
-    await this.#native.stop()
+  async stop(options) {
+    await this.#native.stop(options)
     await this.#untilStopped
     this.#untilStopped = null
   }
@@ -107,6 +107,14 @@ class RemoteIngressHub extends NativeRunner {
   /** Starts listening for edges; resolves once the tunnel port is bound. */
   start(config = {}) {
     return super.start(config)
+  }
+
+  /**
+   * Stops. With `{ graceMs }`, drains first: no new edges, GOAWAY to each edge, and open
+   * connections run until they end or the grace is over.
+   */
+  async stop(options) {
+    return super.stop(options)
   }
 
   /** Replaces the list of edges allowed to connect; connected edges get changes at once. */

@@ -16,9 +16,14 @@ import {
   PACKAGE_ROOT,
   SECRET,
   behaviours,
+  connect,
   echoOnce,
+  echoOver,
+  edgeConfig,
   GUARD_MS,
+  once,
   probeConnect,
+  startConnectedEdge,
   startTarget,
   stopQuietly,
   waitFor,
@@ -56,7 +61,25 @@ test('token encode and decode round-trip; bad input exits non-zero with a messag
   assert.match(token, /^[A-Za-z0-9_-]+$/)
   const decoded = cli(['token', 'decode', token])
   assert.equal(decoded.status, 0, decoded.stderr)
-  assert.deepEqual(JSON.parse(decoded.stdout), { hubHost: 'hub.example.net', hubPort: 9443, edgeId: 'e1', secret: 'top-secret' })
+  assert.deepEqual(JSON.parse(decoded.stdout), {
+    hubHost: 'hub.example.net',
+    hubPort: 9443,
+    hubs: [{ host: 'hub.example.net', port: 9443 }],
+    edgeId: 'e1',
+    secret: 'top-secret',
+  })
+
+  // Several hubs: `--hub HOST[:PORT]`, repeated; IPv6 in brackets.
+  const several = cli(['token', 'encode', '--hub', 'hub-a.example.net', '--hub', '[2001:db8::7]:443', '--edge-id', 'e1', '--secret', 'top-secret'])
+  assert.equal(several.status, 0, several.stderr)
+  const hubs = JSON.parse(cli(['token', 'decode', several.stdout.trim()]).stdout).hubs
+  assert.deepEqual(hubs, [{ host: 'hub-a.example.net', port: 8443 }, { host: '2001:db8::7', port: 443 }])
+  const badPort = cli(['token', 'encode', '--hub', 'hub-a:https', '--edge-id', 'e1', '--secret', 's'])
+  assert.equal(badPort.status, 2)
+  assert.match(badPort.stderr, /--hub hub-a:https: the port must be a whole number/)
+  const both = cli(['token', 'encode', '--hub', 'a', '--hub-host', 'b', '--edge-id', 'e1', '--secret', 's'])
+  assert.equal(both.status, 2)
+  assert.match(both.stderr, /give either --hub or --hub-host\/--hub-port, not both/)
 
   const bad = cli(['token', 'decode', 'not a token'])
   assert.equal(bad.status, 1)
@@ -233,8 +256,17 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
     await hub.waitForLog((l) => l.event === 'edgesReloaded' && l.why === 'SIGHUP', 'edgesReloaded on SIGHUP')
     await waitFor(async () => (await probeConnect(first.port)) === 'ECONNREFUSED', { what: 'the removed port to refuse' })
 
-    // The hub goes first: the edge, alive, is not ready without its tunnel.
+    // The hub goes first, draining: not ready, its open connection still served, and it exits
+    // once that connection is done. The edge, alive, is then not ready without its tunnel.
+    const open = await connect(second.port)
+    assert.equal(await echoOver(open, 'before the drain'), 'before the drain')
     hub.child.kill('SIGTERM')
+    await hub.waitForLog((l) => l.event === 'stopping' && l.graceMs === 30000, 'stopping with the default grace')
+    await waitFor(async () => (await probe(metricsUrl, '/readyz')).status === 503, { what: 'the draining hub to say not ready' })
+    assert.equal((await probe(metricsUrl, '/healthz')).status, 200, 'alive while it drains')
+    assert.equal(await echoOver(open, 'during the drain'), 'during the drain')
+    assert.equal(hub.child.exitCode, null, 'the drain waits for the open connection')
+    open.destroy()
     assert.deepEqual(await withTimeout(hub.exited, GUARD_MS, 'the hub to exit'), { code: 0, signal: null })
     await edge.waitForLog((l) => l.event === 'tunnelDisconnected', 'tunnelDisconnected')
     assert.deepEqual(await probe(edgeMetricsUrl, '/readyz'), { status: 503, body: 'not ready\n' })
@@ -250,6 +282,41 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
     for (const cli of [edge, hub]) if (cli && cli.child.exitCode === null) cli.child.kill('SIGKILL')
     await stopQuietly(first, second)
     fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+test("hub reload sees a Kubernetes Secret update: the mount's ..data symlink swapped to a new directory", { timeout: 60_000 }, async () => {
+  // The layout kubelet writes: edges.json -> ..data/edges.json, ..data -> ..<timestamp>, and an
+  // update makes a new directory and renames a new ..data symlink over the old one.
+  const mount = fs.mkdtempSync(path.join(os.tmpdir(), 'ri-secret-'))
+  const publish = (version, edges) => {
+    const dir = path.join(mount, `..2026_12_07_00_00_0${version}.000000000`)
+    fs.mkdirSync(dir)
+    fs.writeFileSync(path.join(dir, 'edges.json'), JSON.stringify(edges))
+    fs.symlinkSync(path.basename(dir), path.join(mount, '..data_tmp'))
+    fs.renameSync(path.join(mount, '..data_tmp'), path.join(mount, '..data'))
+    return dir
+  }
+  const target = await startTarget(behaviours.echo)
+  const added = await startTarget(behaviours.echo)
+  let hub, edge
+  try {
+    const first = publish(1, [{ id: 'k8s-edge', secret: SECRET, listenPorts: [target.port] }])
+    fs.symlinkSync('..data/edges.json', path.join(mount, 'edges.json'))
+    hub = startCli(['hub', '--edges', path.join(mount, 'edges.json'), '--tunnel-port', '0', '--bind', '127.0.0.1'])
+    const { tunnelPort } = await hub.waitForLog((l) => l.event === 'started', 'started')
+    ;({ edge } = await startConnectedEdge(edgeConfig(tunnelPort, 'k8s-edge')))
+    const updated = once(edge, 'portsUpdated')
+    publish(2, [{ id: 'k8s-edge', secret: SECRET, listenPorts: [target.port, added.port] }])
+    fs.rmSync(first, { recursive: true })
+    await hub.waitForLog((l) => l.event === 'edgesReloaded', 'edgesReloaded after the swap')
+    assert.deepEqual((await updated).listenPorts.sort((a, b) => a - b), [target.port, added.port].sort((a, b) => a - b))
+    assert.ok(await echoes(added.port, 'through the port the new Secret added'))
+  } finally {
+    await stopQuietly(edge)
+    if (hub && hub.child.exitCode === null) hub.child.kill('SIGKILL')
+    await stopQuietly(target, added)
+    fs.rmSync(mount, { recursive: true, force: true })
   }
 })
 

@@ -123,7 +123,7 @@ test('4.13 edge → hub: a login without ALPN gets exactly the documented keys; 
       const status = await hubEdgeStatus(hub, edgeId)
       assert.equal(status.protocol, '4.13')
       assert.equal(status.transport, 'tcpTls')
-      const infoLine = `remoteingress_hub_edge_info{edge="${edgeId}",transport="tcpTls",protocol="4.13"} 1`
+      const infoLine = `remoteingress_hub_edge_info{edge="${edgeId}",tunnel="${connected.tunnelId}",transport="tcpTls",protocol="4.13"} 1`
       await waitFor(async () => hasLine(await hub.getMetrics(), infoLine), { what: infoLine })
 
       // A CONFIG pushed on an allowed-edges change carries the same documented keys only.
@@ -384,7 +384,9 @@ test('our edge → 4.13 hub: auth line, documented answer; the edge says protoco
     const status = await ctx.edge.getStatus()
     assert.equal(status.protocol, '4.13')
     assert.equal(status.transport, 'tcpTls')
-    const infoLine = 'remoteingress_edge_tunnel_info{transport="tcpTls",protocol="4.13"} 1'
+    const hub = `127.0.0.1:${ctx.peerHub.port}`
+    assert.deepEqual(status.tunnels.map((t) => [t.hub, t.connected, t.instanceId, t.protocol]), [[hub, true, null, '4.13']], 'a 4.13 hub names no instance')
+    const infoLine = `remoteingress_edge_tunnel_info{hub="${hub}",address="${hub}",transport="tcpTls",protocol="4.13"} 1`
     await waitFor(async () => hasLine(await ctx.edge.getMetrics(), infoLine), { what: infoLine })
     await assertEdgeTunnelUp(ctx)
     assertClean(ctx.session)

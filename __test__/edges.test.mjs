@@ -212,7 +212,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     const before = Date.now()
     tunnel = await startTunnel({ ports: [target.port], edgeId: 'status' })
     const after = Date.now()
-    const { hub, edge } = tunnel
+    const { hub, edge, hubPort } = tunnel
 
     const hubStatus = await hub.getStatus()
     assert.equal(hubStatus.running, true)
@@ -228,9 +228,12 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     assert.equal(entry.activeStreams, 0)
 
     const edgeStatus = await edge.getStatus()
+    const { instanceId } = await hub.getStatus()
+    assert.match(instanceId, /^[0-9a-f]{16}$/, 'a random instance id by default')
+    const tunnelStatus = { hub: `127.0.0.1:${hubPort}`, address: `127.0.0.1:${hubPort}`, connected: true, draining: false, instanceId, transport: TEST_TRANSPORT, protocol: 'remoteingress/1', activeStreams: 0, activeUdpSessions: 0 }
     assert.deepEqual(
       { ...edgeStatus, activeStreams: undefined },
-      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, protocol: 'remoteingress/1', udpDatagramsDropped: 0, waitingConnections: 0 },
+      { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, protocol: 'remoteingress/1', udpDatagramsDropped: 0, waitingConnections: 0, tunnels: [tunnelStatus] },
     )
     assert.equal(edgeStatus.activeStreams, 0)
 
@@ -358,13 +361,13 @@ test('a CONFIG that changes only the STUN interval is not reported as a port upd
   }
 })
 
-test('an edge id connecting twice: the new connection replaces the old session, which ends cleanly', { timeout: 60000 }, async () => {
+test('an edge id past limits.maxTunnelsPerEdge: the new tunnel replaces the oldest, which ends cleanly', { timeout: 60000 }, async () => {
   const target = await startTarget(behaviours.echo)
   const edges = []
   let hub
   try {
     let hubPort
-    ;({ hub, hubPort } = await startHub([{ id: 'dup', secret: SECRET, listenPorts: [target.port] }]))
+    ;({ hub, hubPort } = await startHub([{ id: 'dup', secret: SECRET, listenPorts: [target.port] }], { limits: { maxTunnelsPerEdge: 1 } }))
     const hubEvents = recordEvents(hub, ['edgeConnected', 'edgeDisconnected'])
     // The first edge does not come back within the test, however slowly it runs, so the
     // replacement is not undone.
@@ -381,9 +384,13 @@ test('an edge id connecting twice: the new connection replaces the old session, 
     await waitFor(() => hubEvents.of('edgeDisconnected').length === 1 && hubEvents.of('edgeConnected').length === 2, {
       what: "the hub's replacement events",
     })
-    assert.deepEqual(hubEvents.of('edgeDisconnected'), [{ edgeId: 'dup', reason: 'replaced by a new connection from the same edge' }])
+    const [firstTunnel, secondTunnel] = hubEvents.of('edgeConnected').map((e) => e.tunnelId)
+    assert.notEqual(firstTunnel, secondTunnel)
+    assert.deepEqual(hubEvents.of('edgeDisconnected'), [
+      { edgeId: 'dup', tunnelId: firstTunnel, reason: 'replaced by a newer tunnel of the same edge (1 at most, limits.maxTunnelsPerEdge)' },
+    ])
     const status = await hub.getStatus()
-    assert.equal(status.connectedEdges.length, 1, 'one session for the id, the old one is gone')
+    assert.deepEqual(status.connectedEdges.map((e) => e.tunnelId), [secondTunnel], 'one tunnel for the id, the old one is gone')
     assert.equal((await first.edge.getStatus()).connected, false)
     // The new session carries traffic.
     const client = await connect(target.port, '127.0.0.3')
@@ -394,5 +401,69 @@ test('an edge id connecting twice: the new connection replaces the old session, 
     }
   } finally {
     await stopQuietly(...edges, hub, target)
+  }
+})
+
+test('two edges with the same id on different addresses serve at once; removing the id disconnects both', { timeout: 60000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  const edges = []
+  let hub
+  try {
+    let hubPort
+    ;({ hub, hubPort } = await startHub([{ id: 'twin', secret: SECRET, listenPorts: [target.port] }]))
+    const hubEvents = recordEvents(hub, ['edgeConnected', 'edgeDisconnected', 'streamOpened'])
+    edges.push((await startConnectedEdge(edgeConfig(hubPort, 'twin', SECRET))).edge)
+    edges.push((await startConnectedEdge(edgeConfig(hubPort, 'twin', SECRET, { bindAddress: '127.0.0.3' }))).edge)
+    await waitFor(() => hubEvents.of('edgeConnected').length === 2, { what: 'both tunnels on the hub' })
+    const tunnels = hubEvents.of('edgeConnected').map((e) => e.tunnelId).sort((a, b) => a - b)
+    const status = await hub.getStatus()
+    assert.deepEqual(status.connectedEdges.map((e) => [e.edgeId, e.tunnelId]), tunnels.map((id) => ['twin', id]))
+
+    // Each carries its own clients, on its own tunnel.
+    for (const address of ['127.0.0.2', '127.0.0.3']) {
+      const client = await connect(target.port, address)
+      try {
+        await assertEchoes(client, `through ${address}`)
+      } finally {
+        client.destroy()
+      }
+    }
+    const usedTunnels = [...new Set(hubEvents.of('streamOpened').map((e) => e.tunnelId))].sort((a, b) => a - b)
+    assert.deepEqual(usedTunnels, tunnels, 'each edge used its own tunnel')
+    const metrics = await hub.getMetrics()
+    assert.match(metrics, /^remoteingress_hub_edges_connected 1$/m, 'one edge id')
+    assert.match(metrics, /^remoteingress_hub_edge_connected\{edge="twin"\} 1$/m)
+
+    await hub.updateAllowedEdges([])
+    await waitFor(() => hubEvents.of('edgeDisconnected').length === 2, { what: 'both tunnels closed' })
+    for (const event of hubEvents.of('edgeDisconnected')) assert.equal(event.reason, 'edge removed from the allowed list')
+    assert.deepEqual(hubEvents.of('edgeDisconnected').map((e) => e.tunnelId).sort((a, b) => a - b), tunnels)
+    assert.deepEqual((await hub.getStatus()).connectedEdges, [])
+  } finally {
+    await stopQuietly(...edges, hub, target)
+  }
+})
+
+test('allowedEdges at start: an edge logs in at once, without updateAllowedEdges; a bad list names its field', { timeout: 60000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let hub, edge
+  try {
+    ;({ hub } = await startHub([], { allowedEdges: [{ id: 'from-start', secret: SECRET, listenPorts: [target.port] }] }))
+    const hubPort = (await hub.getStatus()).tunnelPort
+    ;({ edge } = await startConnectedEdge(edgeConfig(hubPort, 'from-start', SECRET)))
+    const client = await connect(target.port)
+    try {
+      await assertEchoes(client, 'allowed from the start')
+    } finally {
+      client.destroy()
+    }
+    const refused = new remoteingress.RemoteIngressHub()
+    await assert.rejects(
+      refused.start({ tunnelPort: 0, bindAddress: '127.0.0.1', allowedEdges: [{ id: 'x' }] }),
+      (err) => err.code === 'ERR_INVALID_CONFIG' && /^allowedEdges\[0\]\.secret: is required/.test(err.message),
+    )
+    assert.equal(refused.running, false)
+  } finally {
+    await stopQuietly(edge, hub, target)
   }
 })

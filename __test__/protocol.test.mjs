@@ -52,7 +52,8 @@ test('the target receives the exact PROXY v1 line, and the hub reports the strea
     assert.equal(event.port, target.port)
 
     await waitFor(() => hubEvents.of('streamClosed').length > 0, { what: "hub 'streamClosed'" })
-    assert.deepEqual(hubEvents.of('streamClosed')[0], { edgeId: tunnel.edgeId, streamId: event.streamId })
+    assert.equal(typeof event.tunnelId, 'number')
+    assert.deepEqual(hubEvents.of('streamClosed')[0], { edgeId: tunnel.edgeId, tunnelId: event.tunnelId, streamId: event.streamId })
     const order = hubEvents.map((e) => e.event)
     assert.deepEqual(order, ['streamOpened', 'streamClosed'])
   } finally {
@@ -116,7 +117,8 @@ test('raw edge: OPEN for an unassigned port is refused with a reset and a warnin
     const hubPort = (await hub.getStatus()).tunnelPort
     const warning = once(hub, 'warning', GUARD_MS, (w) => w.code === 'portNotAssigned')
     raw = await connectRawEdge(hubPort, 'raw-edge')
-    assert.deepEqual(raw.answer, { listenPorts: [assigned.port], listenPortsUdp: [], stunIntervalSecs: 300 })
+    const { instanceId } = await hub.getStatus()
+    assert.deepEqual(raw.answer, { listenPorts: [assigned.port], listenPortsUdp: [], stunIntervalSecs: 300, instanceId })
 
     raw.send(1, FrameType.OPEN, Buffer.from(`PROXY TCP4 1.2.3.4 127.0.0.2 5555 ${unassigned.port}\r\n`))
     const reset = await raw.nextFrame((f) => f.streamId === 1, GUARD_MS, 'a frame for stream 1')

@@ -66,7 +66,9 @@ test('quicWithFallback: with QUIC unreachable the edge says so and falls back to
     const connected = once(edge, 'tunnelConnected', 30000)
     const hubSaw = once(hub, 'edgeConnected', 30000)
     await edge.start(edgeConfig(forwarder.port, 'edge-fb', SECRET, { transportMode: 'quicWithFallback' }))
-    assert.deepEqual(await connected, { transport: 'tcpTls', protocol: 'remoteingress/1' })
+    const { instanceId } = await hub.getStatus()
+    const through = `127.0.0.1:${forwarder.port}`
+    assert.deepEqual(await connected, { transport: 'tcpTls', protocol: 'remoteingress/1', hub: through, address: through, instanceId })
     assert.equal((await hubSaw).transport, 'tcpTls')
     const fallback = events.of('warning').filter((w) => w.code === 'quicFallback')
     assert.equal(fallback.length, 1, 'one quicFallback warning')

@@ -28,6 +28,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --proxy-protocol v1|v2|none                       header to the target (default v1)
   --udp-proxy-header everyDatagram|firstDatagram|none
   --max-edges N           edges connected at once (default 1024)
+  --max-tunnels-per-edge N  tunnels one edge id may hold at once (default 16)
   --max-streams-per-edge N, --max-udp-sessions-per-edge N   (defaults 65536, 4096)
   --handshake-timeout-ms N  TLS/QUIC handshake plus login (default 10000)
   --max-pending-handshakes N, --max-pending-handshakes-per-source N
@@ -35,6 +36,10 @@ Run 'remoteingress <command> --help' for the options of a command.`,
                           full, the oldest that has sent nothing is closed for a newcomer
   --no-quic               do not listen for QUIC on the tunnel port (UDP); TCP+TLS only
   --refuse-4-13           refuse edges that speak the 4.13 protocol (TCP+TLS without ALPN)
+  --instance-id ID        this process's name to edges (default: random at each start)
+  --grace-period S        on SIGTERM/SIGINT, drain for up to S seconds: GOAWAY to edges, open
+                          connections finish (default 30; 0 = close at once; a second signal
+                          stops at once)
   --tunnel-buffer-bytes N bytes one edge's tunnel buffers for its connections, per direction
                           (default 209715200, 200 MiB)
   --metrics-port N        serve /metrics (Prometheus), /healthz and /readyz on http://127.0.0.1:N
@@ -42,10 +47,12 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --log-level debug|info|warn|error   debug adds a line per connection (default info)
   --log-format text|json
   -h, --help`,
-  edge: `usage: remoteingress edge (--token T | --hub-host H [--hub-port P] --edge-id ID --secret S) [options]
+  edge: `usage: remoteingress edge (--token T | (--hub-host H [--hub-port P] | --hub H[:P]...) --edge-id ID --secret S) [options]
 
   --token T               connection token from the hub operator
   --hub-host H            hub address; --hub-port P (default 8443)
+  --hub HOST[:PORT]       a hub (repeatable: a tunnel to each); [v6]:PORT for IPv6
+  --connections-per-hub N tunnels through each hub address, to distinct hub processes (default 1)
   --edge-id ID --secret S edge credentials
   --transport MODE        tcpTls (default), quic, or quicWithFallback (QUIC, else TCP+TLS after 5 s)
   --bind ADDR             address the edge's listeners bind (default 0.0.0.0)
@@ -58,7 +65,7 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --metrics-bind ADDR     address for --metrics-port (default 127.0.0.1; 0.0.0.0 for a pod's probes)
   --log-level debug|info|warn|error, --log-format text|json
   -h, --help`,
-  token: `usage: remoteingress token encode --hub-host H [--hub-port P] --edge-id ID --secret S [--fingerprint F]
+  token: `usage: remoteingress token encode (--hub-host H [--hub-port P] | --hub H[:P]...) --edge-id ID --secret S [--fingerprint F]
        remoteingress token decode TOKEN`,
   demo: `usage: remoteingress demo [--seconds N]
 
@@ -68,6 +75,9 @@ prints what the target saw, including the client address from the PROXY headers,
 }
 
 class UsageError extends Error {}
+
+/** Seconds a hub drains on SIGTERM unless --grace-period says otherwise. */
+const DEFAULT_GRACE_PERIOD_SECONDS = 30
 
 /** parseArgs with environment twins: REMOTEINGRESS_<FLAG> fills a flag not given. */
 function parseCommand(command, args, options) {
@@ -95,6 +105,32 @@ function integer(value, flag) {
   if (value === undefined) return undefined
   if (!/^\d+$/.test(value)) throw new UsageError(`--${flag} must be a whole number, got ${JSON.stringify(value)}`)
   return Number(value)
+}
+
+/** `host`, `host:port` or `[v6 address]:port` as a hub entry. */
+function hubAddress(text) {
+  const port = (digits) => {
+    if (digits === undefined) return undefined
+    if (!/^\d+$/.test(digits)) throw new UsageError(`--hub ${text}: the port must be a whole number`)
+    return Number(digits)
+  }
+  const bracketed = /^\[([^\]]+)\](?::(.*))?$/.exec(text)
+  if (bracketed) return { host: bracketed[1], port: port(bracketed[2]) }
+  const colon = text.indexOf(':')
+  // More than one colon and no brackets: an IPv6 address without a port.
+  if (colon < 0 || colon !== text.lastIndexOf(':')) return { host: text }
+  return { host: text.slice(0, colon), port: port(text.slice(colon + 1)) }
+}
+
+/** `--hub` entries as `hubs`, or `--hub-host`/`--hub-port`. */
+function hubConnection(values) {
+  if (values.hub === undefined) {
+    return { hubHost: values['hub-host'], hubPort: integer(values['hub-port'], 'hub-port') }
+  }
+  if (values['hub-host'] !== undefined || values['hub-port'] !== undefined) {
+    throw new UsageError('give either --hub or --hub-host/--hub-port, not both')
+  }
+  return { hubs: values.hub.map(hubAddress) }
 }
 
 function required(values, flag) {
@@ -196,13 +232,21 @@ const LOG_OPTIONS = {
 }
 
 /** Stops `stoppable` on SIGINT/SIGTERM and exits 0 once it has stopped. */
-function stopOnSignals(stoppable, source) {
+/**
+ * SIGINT/SIGTERM stop `stoppable` with `stopOptions` (a hub's grace period); a second signal
+ * stops it at once.
+ */
+function stopOnSignals(stoppable, source, stopOptions) {
   let stopping = false
   const stop = (signal) => {
-    if (stopping) return
+    if (stopping) {
+      log(source, 'stoppingNow', { signal })
+      stoppable.stop().catch(() => {})
+      return
+    }
     stopping = true
-    log(source, 'stopping', { signal })
-    stoppable.stop().then(
+    log(source, 'stopping', { signal, ...stopOptions })
+    stoppable.stop(stopOptions).then(
       () => process.exit(0),
       (err) => {
         log(source, 'stopFailed', { message: err.message })
@@ -246,6 +290,7 @@ async function runHub(args) {
     'proxy-protocol': { type: 'string' },
     'udp-proxy-header': { type: 'string' },
     'max-edges': { type: 'string' },
+    'max-tunnels-per-edge': { type: 'string' },
     'max-streams-per-edge': { type: 'string' },
     'max-udp-sessions-per-edge': { type: 'string' },
     'handshake-timeout-ms': { type: 'string' },
@@ -253,12 +298,16 @@ async function runHub(args) {
     'max-pending-handshakes-per-source': { type: 'string' },
     'no-quic': { type: 'boolean' },
     'refuse-4-13': { type: 'boolean' },
+    'instance-id': { type: 'string' },
+    'grace-period': { type: 'string' },
     'tunnel-buffer-bytes': { type: 'string' },
     'metrics-port': { type: 'string' },
     'metrics-bind': { type: 'string' },
     ...LOG_OPTIONS,
   })
   configureLogging(values)
+  const gracePeriod = integer(values['grace-period'], 'grace-period') ?? DEFAULT_GRACE_PERIOD_SECONDS
+  if (gracePeriod > 3600) throw new UsageError('--grace-period must be at most 3600 seconds')
   const edgesFile = required(values, 'edges')
   const api = require('..')
   const readEdges = () => JSON.parse(fs.readFileSync(edgesFile, 'utf8'))
@@ -274,6 +323,7 @@ async function runHub(args) {
     udpProxyHeader: values['udp-proxy-header'],
     limits: {
       maxEdges: integer(values['max-edges'], 'max-edges'),
+      maxTunnelsPerEdge: integer(values['max-tunnels-per-edge'], 'max-tunnels-per-edge'),
       maxStreamsPerEdge: integer(values['max-streams-per-edge'], 'max-streams-per-edge'),
       maxUdpSessionsPerEdge: integer(values['max-udp-sessions-per-edge'], 'max-udp-sessions-per-edge'),
       handshakeTimeoutMs: integer(values['handshake-timeout-ms'], 'handshake-timeout-ms'),
@@ -283,17 +333,24 @@ async function runHub(args) {
     },
     quic: values['no-quic'] ? false : undefined,
     accept413: values['refuse-4-13'] ? false : undefined,
+    instanceId: values['instance-id'],
+    // Before the port takes logins: an edge reconnecting to a restarted hub is never refused.
+    allowedEdges: edges,
   })
-  await hub.updateAllowedEdges(edges)
   const hubMetrics = metricsEndpoint(values)
-  // Ready while it serves edges (a draining hub is not).
-  if (hubMetrics) await serveMetrics(hub, hubMetrics, 'hub', async () => (await hub.getStatus()).running)
+  // Ready while it takes edges: not while it drains.
+  if (hubMetrics) {
+    await serveMetrics(hub, hubMetrics, 'hub', async () => {
+      const { running, draining } = await hub.getStatus()
+      return running && !draining
+    })
+  }
   const status = await hub.getStatus()
   log('hub', 'started', { tunnelPort: status.tunnelPort, certFingerprint: status.certFingerprint, edges: edges.length })
   log('hub', 'tokenHint', {
     command: `remoteingress token encode --hub-host <this host's public name> --hub-port ${status.tunnelPort} --edge-id <id> --secret <secret> --fingerprint ${status.certFingerprint}`,
   })
-  stopOnSignals(hub, 'hub')
+  stopOnSignals(hub, 'hub', { graceMs: gracePeriod * 1000 })
 
   // Reload on SIGHUP and when the file changes; a bad file keeps the last good list.
   const reload = (why) => {
@@ -322,6 +379,8 @@ async function runEdge(args) {
     token: { type: 'string' },
     'hub-host': { type: 'string' },
     'hub-port': { type: 'string' },
+    hub: { type: 'string', multiple: true },
+    'connections-per-hub': { type: 'string' },
     'edge-id': { type: 'string' },
     secret: { type: 'string' },
     transport: { type: 'string' },
@@ -340,12 +399,7 @@ async function runEdge(args) {
   const api = require('..')
   const connection = values.token
     ? { token: values.token }
-    : {
-        hubHost: values['hub-host'],
-        hubPort: integer(values['hub-port'], 'hub-port'),
-        edgeId: values['edge-id'],
-        secret: values.secret,
-      }
+    : { ...hubConnection(values), edgeId: values['edge-id'], secret: values.secret }
   const edge = new api.RemoteIngressEdge()
   logEvents(edge, 'edge', ['tunnelConnected', 'tunnelDisconnected', 'publicIpDiscovered', 'portsAssigned', 'portsUpdated', 'warning'])
   await edge.start({
@@ -357,6 +411,7 @@ async function runEdge(args) {
     stunServers: values['no-stun'] ? [] : values.stun,
     tunnelBufferBytes: integer(values['tunnel-buffer-bytes'], 'tunnel-buffer-bytes'),
     connectWaitMs: integer(values['connect-wait-ms'], 'connect-wait-ms'),
+    connectionsPerHub: integer(values['connections-per-hub'], 'connections-per-hub'),
   })
   const edgeMetrics = metricsEndpoint(values)
   // Ready while a tunnel is up.
@@ -378,14 +433,15 @@ function runToken(args) {
     const { values } = parseCommand('token', rest, {
       'hub-host': { type: 'string' },
       'hub-port': { type: 'string' },
+      hub: { type: 'string', multiple: true },
       'edge-id': { type: 'string' },
       secret: { type: 'string' },
       fingerprint: { type: 'string' },
     })
+    if (values.hub === undefined) required(values, 'hub-host')
     console.log(
       api.encodeConnectionToken({
-        hubHost: required(values, 'hub-host'),
-        hubPort: integer(values['hub-port'], 'hub-port'),
+        ...hubConnection(values),
         edgeId: required(values, 'edge-id'),
         secret: required(values, 'secret'),
         hubFingerprint: values.fingerprint,

@@ -20,6 +20,7 @@ export const FrameType = {
   UDP_DATA: 0x0c,
   UDP_DATA_BACK: 0x0d,
   UDP_CLOSE: 0x0e,
+  GOAWAY: 0x0f,
 }
 
 export const ALPN = 'remoteingress/1'

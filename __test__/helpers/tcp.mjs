@@ -138,6 +138,13 @@ export async function startEndlessServer() {
   return server
 }
 
+/** Sends `text` over an open connection to an echo target; resolves with what came back. */
+export async function echoOver(socket, text, timeoutMs = GUARD_MS) {
+  const echoed = readBytes(socket, Buffer.byteLength(text), timeoutMs)
+  socket.write(text)
+  return (await echoed).toString()
+}
+
 /** Opens a connection to an echo target through the edge, sends `text`, returns what came back. */
 export async function echoOnce(port, text, timeoutMs = GUARD_MS) {
   const client = await connect(port, EDGE_ADDRESS, timeoutMs)

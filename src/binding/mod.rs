@@ -16,10 +16,10 @@ use serde_json::Value;
 use tokio::sync::{watch, Mutex};
 
 use crate::config::{from_value, required, ConfigError, EdgeId, HostName, Port, Secret, Text};
-use crate::edge::options::EdgeOptions;
+use crate::edge::options::{hub_list, EdgeOptions, HubEntryConfig, DEFAULT_HUB_PORT};
 use crate::edge::{Edge, EdgeEvent};
 use crate::events::EventSink;
-use crate::hub::options::{parse_allowed_edges, HubOptions};
+use crate::hub::options::{parse_allowed_edges, parse_stop_options, HubOptions};
 use crate::hub::{Hub, HubEvent, HubStartError};
 use crate::lock::Locked;
 use crate::protocol::token::{decode_token, encode_token, ConnectionToken};
@@ -359,10 +359,30 @@ impl NativeHub {
         })
     }
 
-    #[napi]
-    pub async fn stop(&self) -> Result<()> {
-        self.life.stop().await;
-        Ok(())
+    /// Stops; with `graceMs`, drains first (see `Hub::drain`) while status and metrics stay
+    /// readable.
+    #[napi(
+        ts_args_type = "options?: import('./index').HubStopOptions",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn stop(&self, env: &Env, options: Option<Value>) -> Result<AsyncBlock<()>> {
+        let life = self.life.clone();
+        promise(env, async move {
+            let grace = parse_stop_options(&options.unwrap_or(Value::Null))?;
+            if let Some(grace) = grace {
+                let draining = life
+                    .runtime
+                    .lock()
+                    .await
+                    .as_ref()
+                    .map(|hub| hub.drain(grace));
+                if let Some(draining) = draining {
+                    draining.await;
+                }
+            }
+            life.stop().await;
+            Ok(())
+        })
     }
 
     #[napi(
@@ -515,11 +535,20 @@ pub fn generate_hub_certificate() -> Result<HubCertificate, ErrorCode> {
 
 #[napi(object)]
 pub struct ConnectionTokenData {
+    /// The first hub.
     pub hub_host: String,
     pub hub_port: u32,
+    /// Every hub, the first included.
+    pub hubs: Vec<TokenHub>,
     pub edge_id: String,
     pub secret: String,
     pub hub_fingerprint: Option<String>,
+}
+
+#[napi(object)]
+pub struct TokenHub {
+    pub host: String,
+    pub port: u32,
 }
 
 #[napi(ts_args_type = "data: import('./index').ConnectionTokenData")]
@@ -531,9 +560,16 @@ pub fn encode_connection_token(data: Value) -> Result<String, ErrorCode> {
 #[napi]
 pub fn decode_connection_token(token: String) -> Result<ConnectionTokenData, ErrorCode> {
     let t = decode_token(&token).map_err(|e| js_error(ErrorCode::InvalidToken, e))?;
+    let hub = |host: &str, port: u16| TokenHub {
+        host: host.to_string(),
+        port: u32::from(port),
+    };
+    let mut hubs = vec![hub(&t.hub_host, t.hub_port)];
+    hubs.extend(t.more_hubs.iter().map(|(host, port)| hub(host, *port)));
     Ok(ConnectionTokenData {
         hub_host: t.hub_host,
         hub_port: u32::from(t.hub_port),
+        hubs,
         edge_id: t.edge_id,
         secret: t.secret,
         hub_fingerprint: t.hub_fingerprint,
@@ -548,6 +584,7 @@ pub fn decode_connection_token(token: String) -> Result<ConnectionTokenData, Err
 struct TokenConfig {
     hub_host: Option<HostName>,
     hub_port: Option<Port>,
+    hubs: Option<Vec<HubEntryConfig>>,
     edge_id: Option<EdgeId>,
     secret: Option<Secret>,
     hub_fingerprint: Option<Text>,
@@ -555,7 +592,30 @@ struct TokenConfig {
 
 fn token_from_json(data: &Value) -> std::result::Result<ConnectionToken, ConfigError> {
     let c: TokenConfig = from_value(data, "")?;
-    let hub_host = required(c.hub_host, "hubHost")?.text;
+    // What `decodeConnectionToken` returns encodes again: `hubHost`/`hubPort` beside `hubs`
+    // are accepted when they name its first hub.
+    let first = c
+        .hub_host
+        .as_ref()
+        .map(|h| (h.text.clone(), c.hub_port.map_or(DEFAULT_HUB_PORT, |p| p.0)));
+    let mut hubs = match (c.hubs, first) {
+        (Some(entries), Some(first)) => {
+            let hubs = hub_list(None, None, Some(entries))?;
+            if (hubs[0].host.as_str(), hubs[0].port) != (first.0.as_str(), first.1) {
+                return Err(ConfigError::new(
+                    "hubHost",
+                    "give either hubs or hubHost/hubPort (or both naming the same first hub)",
+                ));
+            }
+            hubs
+        }
+        (hubs, _) => hub_list(c.hub_host, c.hub_port, hubs)?,
+    }
+    .into_iter()
+    .map(|hub| (hub.host, hub.port));
+    let (hub_host, hub_port) = hubs
+        .next()
+        .ok_or_else(|| ConfigError::new("hubs", "is empty"))?;
     let edge_id = required(c.edge_id, "edgeId")?.0;
     let secret = required(c.secret, "secret")?.0;
     let hub_fingerprint = c.hub_fingerprint.map(|t| t.0);
@@ -564,12 +624,11 @@ fn token_from_json(data: &Value) -> std::result::Result<ConnectionToken, ConfigE
     }
     Ok(ConnectionToken {
         hub_host,
-        hub_port: c
-            .hub_port
-            .map_or(crate::edge::options::DEFAULT_HUB_PORT, |p| p.0),
+        hub_port,
         edge_id,
         secret,
         hub_fingerprint,
+        more_hubs: hubs.collect(),
     })
 }
 
@@ -688,6 +747,10 @@ mod tests {
             sorted(serde_names::<hub::TlsConfig>())
         );
         assert_eq!(
+            names_of("HubStopOptions"),
+            sorted(serde_names::<hub::StopConfig>())
+        );
+        assert_eq!(
             names_of("AllowedEdge"),
             sorted(serde_names::<hub::AllowedEdgeConfig>())
         );
@@ -696,24 +759,38 @@ mod tests {
             sorted(serde_names::<TokenConfig>())
         );
 
-        // `EdgeConfig` is a token or the four connection options, each with the extras.
+        // `EdgeConfig` is a token, one hub or a list of hubs, each with the extras.
         let edge_config = declaration("EdgeConfig");
         let branches: Vec<Vec<String>> = edge_config
             .split("({")
             .skip(1)
             .map(|branch| inline_members(&format!("{{{branch}")))
             .collect();
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(
             branches,
             [
-                vec!["token".to_string()],
-                CONNECTION_FIELDS.map(String::from).to_vec()
+                names(&["token"]),
+                names(&["hubHost", "hubPort", "edgeId", "secret"]),
+                names(&["hubs", "edgeId", "secret"]),
             ]
         );
-        assert_eq!(edge_config.matches("& EdgeExtras)").count(), 2);
+        let mut connection_fields = sorted(branches[1..].concat());
+        connection_fields.dedup();
+        assert_eq!(
+            connection_fields,
+            sorted(CONNECTION_FIELDS.map(String::from).to_vec())
+        );
+        assert_eq!(
+            names_of("HubAddress"),
+            sorted(serde_names::<HubEntryConfig>())
+        );
+        assert_eq!(edge_config.matches("& EdgeExtras)").count(), 3);
         let mut declared = names_of("EdgeExtras");
         declared.extend(branches.concat());
-        assert_eq!(sorted(declared), sorted(serde_names::<edge::EdgeConfig>()));
+        let mut declared = sorted(declared);
+        declared.dedup();
+        assert_eq!(declared, sorted(serde_names::<edge::EdgeConfig>()));
 
         for (interface, member, variants) in [
             ("HubConfig", "proxyProtocol", serde_names::<ProxyProtocol>()),

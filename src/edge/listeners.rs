@@ -199,7 +199,7 @@ fn open_stream(
     peer: SocketAddr,
     bound: Option<SocketAddr>,
 ) -> Result<(), TcpStream> {
-    let Some(link) = edge.current_link() else {
+    let Some(link) = edge.pick_link() else {
         return Err(client);
     };
     let Some(local) = bound.or_else(|| client.local_addr().ok()) else {

@@ -1,5 +1,5 @@
-//! The edge: dials the hub, listens on the ports the hub assigns, and carries every accepted
-//! connection through the tunnel.
+//! The edge: keeps tunnels to its hubs, listens on the ports they assign, and carries every
+//! accepted connection through the live tunnel that carries the fewest.
 
 mod backoff;
 mod listeners;
@@ -9,9 +9,9 @@ pub(crate) mod stun;
 mod tunnel;
 mod udp;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use crate::tunnel::Carrier;
 use stun::{discover, PreferFamily};
 
 use listeners::ListenerSet;
-use options::EdgeOptions;
+use options::{EdgeOptions, HubAddress};
 
 /// Everything an edge reports.
 #[derive(Debug, Clone, Serialize)]
@@ -45,9 +45,16 @@ pub(crate) enum EdgeEvent {
     TunnelConnected {
         transport: TransportKind,
         protocol: Dialect,
+        /// The hub as configured (`host:port`), the address dialed, and the hub process
+        /// when it says (`instanceId`).
+        hub: String,
+        address: String,
+        instance_id: Option<String>,
     },
     TunnelDisconnected {
         reason: String,
+        hub: String,
+        address: String,
     },
     PublicIpDiscovered {
         ip: String,
@@ -76,17 +83,57 @@ pub(crate) struct EdgeStatus {
     pub active_udp_sessions: usize,
     pub listen_ports: Vec<u16>,
     pub listen_ports_udp: Vec<u16>,
+    /// The oldest live tunnel's.
     pub transport: Option<TransportKind>,
-    /// The protocol the hub speaks: ours, or 4.13's.
+    /// The protocol the hub speaks: ours, or 4.13's (the oldest live tunnel's).
     pub protocol: Option<Dialect>,
     /// Datagrams lost: no tunnel up, tunnel congested, session limit, or a failed send.
     pub udp_datagrams_dropped: u64,
     /// Connections accepted while no tunnel is up, waiting for one now.
     pub waiting_connections: usize,
+    /// Every tunnel the edge keeps, up or reconnecting.
+    pub tunnels: Vec<TunnelStatus>,
 }
 
-/// The tunnel that is up right now; listeners hand accepted connections to it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TunnelStatus {
+    /// The hub as configured (`host:port`).
+    pub hub: String,
+    /// The address this tunnel dials.
+    pub address: String,
+    pub connected: bool,
+    /// The hub is draining this tunnel (GOAWAY): it carries only what it has, and a
+    /// replacement is dialed.
+    pub draining: bool,
+    /// The hub process at the other end, when the hub says.
+    pub instance_id: Option<String>,
+    pub transport: Option<TransportKind>,
+    pub protocol: Option<Dialect>,
+    pub active_streams: usize,
+    pub active_udp_sessions: usize,
+}
+
+/// One tunnel the edge keeps to a hub address, reconnected on its own with backoff.
+struct TunnelSlot {
+    hub: HubAddress,
+    address: SocketAddr,
+    /// Cancelled when the address no longer resolves: no more reconnects; a live tunnel runs
+    /// on until it ends.
+    retired: CancellationToken,
+}
+
+/// A tunnel that is up; listeners hand accepted connections to the live one with the least
+/// load.
 struct TunnelLink {
+    slot: Arc<TunnelSlot>,
+    /// The hub process, when the hub says (`instanceId`).
+    instance_id: Option<String>,
+    /// The hub sent GOAWAY: nothing new goes to this tunnel; it carries what it has until the
+    /// hub closes it.
+    draining: AtomicBool,
+    /// Cancelled at GOAWAY, so the slot dials a replacement at once.
+    goaway: CancellationToken,
     carrier: Carrier<EdgeMessage>,
     /// The hub's.
     dialect: Dialect,
@@ -107,7 +154,15 @@ struct EdgeShared {
     events: EventSink<EdgeEvent>,
     tasks: TaskTracker,
     cancel: CancellationToken,
-    link: Mutex<Option<Arc<TunnelLink>>>,
+    /// The tunnels up now, oldest first.
+    links: Mutex<Vec<Arc<TunnelLink>>>,
+    /// Every tunnel kept, up or not, in the order they were set up.
+    slots: Mutex<Vec<Arc<TunnelSlot>>>,
+    /// (address, instance) pairs a tunnel holds, so tunnels through one address reach
+    /// distinct hub processes.
+    instances: Mutex<HashSet<(SocketAddr, String)>>,
+    /// Where `pick_link` starts looking, so tunnels that carry as much take turns.
+    next_pick: AtomicUsize,
     /// Connections accepted while no tunnel is up, waiting for one.
     parking: Arc<parking::ParkingLot>,
     listeners: Mutex<ListenerSet>,
@@ -166,31 +221,82 @@ impl EdgeShared {
         self.emit(EdgeEvent::Warning { code, message });
     }
 
-    fn link(&self) -> MutexGuard<'_, Option<Arc<TunnelLink>>> {
-        self.link.locked()
+    fn links(&self) -> MutexGuard<'_, Vec<Arc<TunnelLink>>> {
+        self.links.locked()
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Vec<Arc<TunnelSlot>>> {
+        self.slots.locked()
     }
 
     fn listeners(&self) -> MutexGuard<'_, ListenerSet> {
         self.listeners.locked()
     }
 
-    fn current_link(&self) -> Option<Arc<TunnelLink>> {
-        self.link().clone()
-    }
-
-    /// `link` is the tunnel from now on; connections waiting for one go on.
-    fn set_link(&self, link: &Arc<TunnelLink>) {
-        *self.link() = Some(link.clone());
-        self.parking.set_tunnel_up(true);
-    }
-
-    /// `link` has ended: unless another has taken its place, there is no tunnel.
-    fn clear_link(&self, link: &Arc<TunnelLink>) {
-        let mut current = self.link();
-        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
-            *current = None;
-            self.parking.set_tunnel_up(false);
+    /// The live tunnel a new connection or UDP session goes to: of those not draining, the
+    /// one carrying the fewest, ties taken in turn.
+    fn pick_link(&self) -> Option<Arc<TunnelLink>> {
+        let links = self.links();
+        match links.as_slice() {
+            [] => None,
+            [only] => (!only.is_draining()).then(|| only.clone()),
+            several => {
+                let start = self.next_pick.fetch_add(1, Ordering::Relaxed) % several.len();
+                let (first, second) = several.split_at(start);
+                second
+                    .iter()
+                    .chain(first)
+                    .filter(|link| !link.is_draining())
+                    .min_by_key(|link| link.load())
+                    .cloned()
+            }
         }
+    }
+
+    /// `link` is up: new connections may go to it, and connections waiting for a tunnel go on.
+    fn add_link(&self, link: &Arc<TunnelLink>) {
+        let mut links = self.links();
+        links.push(link.clone());
+        self.update_tunnel_up(&links);
+    }
+
+    /// `link` has ended; when it was the last that takes connections, there is no tunnel.
+    fn remove_link(&self, link: &Arc<TunnelLink>) {
+        let mut links = self.links();
+        links.retain(|l| !Arc::ptr_eq(l, link));
+        self.update_tunnel_up(&links);
+    }
+
+    /// `link` takes nothing new from now on (GOAWAY).
+    fn drain_link(&self, link: &TunnelLink) {
+        let links = self.links();
+        link.draining.store(true, Ordering::Release);
+        self.update_tunnel_up(&links);
+    }
+
+    /// Whether a tunnel takes new connections, for those waiting for one; under the lock.
+    fn update_tunnel_up(&self, links: &[Arc<TunnelLink>]) {
+        self.parking
+            .set_tunnel_up(links.iter().any(|link| !link.is_draining()));
+    }
+
+    /// Holds `instance` through `address` for one tunnel; None when another tunnel through
+    /// that address holds it already. A hub that names no instance is never a duplicate.
+    fn claim_instance(
+        self: &Arc<Self>,
+        address: SocketAddr,
+        instance: Option<&str>,
+    ) -> Option<InstanceClaim> {
+        let key = instance.map(|id| (address, id.to_string()));
+        if let Some(key) = &key {
+            if !self.instances.locked().insert(key.clone()) {
+                return None;
+            }
+        }
+        Some(InstanceClaim {
+            edge: self.clone(),
+            key,
+        })
     }
 
     fn totals(&self) -> MutexGuard<'_, EdgeTotals> {
@@ -199,6 +305,10 @@ impl EdgeShared {
 
     fn count_udp_drop(&self) {
         self.udp_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_connect_failure(&self, reason: ConnectFailureReason) {
+        *self.totals().connect_failures.entry(reason).or_default() += 1;
     }
 
     fn count_reset(&self, reason: ResetBeforeTunnel) {
@@ -243,6 +353,58 @@ impl EdgeShared {
         if *current != Some(ip) {
             *current = Some(ip);
             self.emit(EdgeEvent::PublicIpDiscovered { ip: ip.to_string() });
+        }
+    }
+}
+
+impl TunnelSlot {
+    /// The hub for messages: `host:port`, with the address dialed when the host is a name.
+    fn describe(&self) -> String {
+        let hub = self.hub.to_string();
+        let address = self.address.to_string();
+        if hub == address {
+            hub
+        } else {
+            format!("{hub} ({address})")
+        }
+    }
+}
+
+/// A hub instance held by one tunnel, given back when dropped.
+struct InstanceClaim {
+    edge: Arc<EdgeShared>,
+    key: Option<(SocketAddr, String)>,
+}
+
+impl Drop for InstanceClaim {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            self.edge.instances.locked().remove(key);
+        }
+    }
+}
+
+impl TunnelLink {
+    /// What it carries now: TCP streams and UDP sessions.
+    fn load(&self) -> usize {
+        self.streams.len() + self.udp.len()
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn status(&self) -> TunnelStatus {
+        TunnelStatus {
+            hub: self.slot.hub.to_string(),
+            address: self.slot.address.to_string(),
+            connected: true,
+            draining: self.is_draining(),
+            instance_id: self.instance_id.clone(),
+            transport: Some(self.carrier.transport()),
+            protocol: Some(self.dialect),
+            active_streams: self.streams.len(),
+            active_udp_sessions: self.udp.len(),
         }
     }
 }
@@ -308,7 +470,10 @@ impl Edge {
             events,
             tasks: TaskTracker::new(),
             cancel: cancel.clone(),
-            link: Mutex::new(None),
+            links: Mutex::default(),
+            slots: Mutex::default(),
+            instances: Mutex::default(),
+            next_pick: AtomicUsize::new(0),
             parking: Arc::default(),
             public_ip: Mutex::new(None),
             udp_dropped: AtomicU64::new(0),
@@ -318,28 +483,58 @@ impl Edge {
             bytes_out: Arc::default(),
             totals: Mutex::default(),
         });
-        shared.tasks.spawn(tunnel::supervise(shared.clone(), tls));
+        tunnel::supervise(&shared, &tls);
         Ok(Edge { shared })
     }
 
     pub(crate) fn status(&self) -> EdgeStatus {
-        let link = self.shared.current_link();
+        let links = self.shared.links().clone();
+        let mut slots = self.shared.slots().clone();
+        // In the order the hubs are configured (each hub's addresses in the resolver's).
+        let hubs = &self.shared.options.hubs;
+        slots.sort_by_key(|slot| hubs.iter().position(|hub| *hub == slot.hub));
         let (listen_ports, listen_ports_udp) = {
             let listeners = self.shared.listeners();
             (listeners.tcp_ports(), listeners.udp_ports())
         };
+        let tunnels = slots
+            .iter()
+            .map(|slot| {
+                // A slot whose tunnel drains dials a replacement: the replacement is the one shown.
+                let of_slot = || links.iter().filter(|l| Arc::ptr_eq(&l.slot, slot));
+                let link = of_slot()
+                    .find(|l| !l.is_draining())
+                    .or_else(|| of_slot().next());
+                link.map_or_else(
+                    || TunnelStatus {
+                        hub: slot.hub.to_string(),
+                        address: slot.address.to_string(),
+                        connected: false,
+                        draining: false,
+                        instance_id: None,
+                        transport: None,
+                        protocol: None,
+                        active_streams: 0,
+                        active_udp_sessions: 0,
+                    },
+                    |link| link.status(),
+                )
+            })
+            .collect();
+        let oldest = links.first();
         EdgeStatus {
             running: !self.shared.cancel.is_cancelled(),
-            connected: link.is_some(),
+            connected: !links.is_empty(),
             public_ip: self.shared.public_ip().map(|ip| ip.to_string()),
-            active_streams: link.as_ref().map_or(0, |l| l.streams.len()),
-            active_udp_sessions: link.as_ref().map_or(0, |l| l.udp.len()),
+            active_streams: links.iter().map(|l| l.streams.len()).sum(),
+            active_udp_sessions: links.iter().map(|l| l.udp.len()).sum(),
             listen_ports,
             listen_ports_udp,
-            transport: link.as_ref().map(|l| l.carrier.transport()),
-            protocol: link.map(|l| l.dialect),
+            transport: oldest.map(|l| l.carrier.transport()),
+            protocol: oldest.map(|l| l.dialect),
             udp_datagrams_dropped: self.shared.udp_dropped.load(Ordering::Relaxed),
             waiting_connections: self.shared.parking.len(),
+            tunnels,
         }
     }
 
@@ -351,25 +546,30 @@ impl Edge {
         let shared = &self.shared;
         // A QUIC tunnel's bytes join the totals when it ends; until then they are its own.
         let (live_in, live_out) = shared
-            .current_link()
-            .and_then(|link| link.carrier.counted_bytes())
-            .unwrap_or_default();
+            .links()
+            .iter()
+            .filter_map(|link| link.carrier.counted_bytes())
+            .fold((0, 0), |(i, o), (bi, bo)| (i + bi, o + bo));
         let totals = shared.totals();
         let mut m = MetricsText::default();
         m.family(
             "remoteingress_edge_tunnel_info",
             Kind::Gauge,
-            "1 while the tunnel is up, with its transport and protocol.",
+            "1 for each tunnel up, with its hub, address, transport and protocol.",
         );
-        if let (Some(transport), Some(protocol)) = (status.transport, status.protocol) {
-            m.sample(
-                "remoteingress_edge_tunnel_info",
-                &[
-                    ("transport", transport.as_str()),
-                    ("protocol", protocol.as_str()),
-                ],
-                1,
-            );
+        for tunnel in &status.tunnels {
+            if let (Some(transport), Some(protocol)) = (tunnel.transport, tunnel.protocol) {
+                m.sample(
+                    "remoteingress_edge_tunnel_info",
+                    &[
+                        ("hub", tunnel.hub.as_str()),
+                        ("address", tunnel.address.as_str()),
+                        ("transport", transport.as_str()),
+                        ("protocol", protocol.as_str()),
+                    ],
+                    1,
+                );
+            }
         }
         let mut single = |name: &str, kind, help: &str, value: u64| {
             m.family(name, kind, help);
@@ -378,8 +578,14 @@ impl Edge {
         single(
             "remoteingress_edge_connected",
             Kind::Gauge,
-            "Whether the tunnel is up.",
+            "Whether any tunnel is up.",
             u64::from(status.connected),
+        );
+        single(
+            "remoteingress_edge_tunnels_up",
+            Kind::Gauge,
+            "Tunnels up now.",
+            status.tunnels.iter().filter(|t| t.connected).count() as u64,
         );
         single(
             "remoteingress_edge_connects_total",

@@ -12,7 +12,7 @@ use crate::config::{
     Port, Secret, StunServers, Text,
 };
 use crate::protocol::stun::StunServer;
-use crate::protocol::token::decode_token;
+use crate::protocol::token::{decode_token, MAX_HUBS};
 
 use super::stun::DEFAULT_SERVER_TIMEOUT;
 use crate::transport::tls::{validate_fingerprint, HubTrust};
@@ -34,6 +34,8 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// The longest `connectWaitMs`: an hour.
 pub(crate) const MAX_CONNECT_WAIT_MS: u64 = 3_600_000;
+/// The most tunnels one edge keeps through one hub address (`connectionsPerHub`).
+pub(crate) const MAX_CONNECTIONS_PER_HUB: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,12 +45,80 @@ pub(crate) enum TransportMode {
     QuicWithFallback,
 }
 
+/// A hub the edge keeps tunnels to, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HubAddress {
+    pub host: String,
+    /// `host` as the name the hub's certificate is checked against.
+    pub server_name: ServerName<'static>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for HubAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One entry of `hubs` as JavaScript gives it (index.d.ts `HubAddress`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct HubEntryConfig {
+    host: Option<HostName>,
+    port: Option<Port>,
+}
+
+/// The hubs named by `hubHost`/`hubPort` or by `hubs` (one or the other): at least one, at
+/// most [`MAX_HUBS`], none twice.
+pub(crate) fn hub_list(
+    hub_host: Option<HostName>,
+    hub_port: Option<Port>,
+    hubs: Option<Vec<HubEntryConfig>>,
+) -> Result<Vec<HubAddress>, ConfigError> {
+    let address = |host: HostName, port: Option<Port>| HubAddress {
+        host: host.text,
+        server_name: host.server_name,
+        port: port.map_or(DEFAULT_HUB_PORT, |p| p.0),
+    };
+    let Some(entries) = hubs else {
+        return Ok(vec![address(required(hub_host, "hubHost")?, hub_port)]);
+    };
+    if hub_host.is_some() || hub_port.is_some() {
+        return Err(ConfigError::new(
+            "hubs",
+            "give either hubs or hubHost/hubPort, not both",
+        ));
+    }
+    if entries.is_empty() || entries.len() > MAX_HUBS {
+        return Err(ConfigError::new(
+            "hubs",
+            format!("must list 1 to {MAX_HUBS} hubs"),
+        ));
+    }
+    let mut list: Vec<HubAddress> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let hub = address(required(entry.host, format!("hubs[{i}].host"))?, entry.port);
+        if list.contains(&hub) {
+            return Err(ConfigError::new(
+                format!("hubs[{i}]"),
+                format!("{hub} is listed twice"),
+            ));
+        }
+        list.push(hub);
+    }
+    Ok(list)
+}
+
 #[derive(Clone)]
 pub(crate) struct EdgeOptions {
-    pub hub_host: String,
-    /// `hub_host` as the name the hub's certificate is checked against.
-    pub hub_server_name: ServerName<'static>,
-    pub hub_port: u16,
+    /// The hubs, each kept a tunnel to (one per address it resolves to).
+    pub hubs: Vec<HubAddress>,
+    /// Tunnels kept through each hub address, each to a distinct hub instance.
+    pub connections_per_hub: usize,
     pub edge_id: String,
     pub secret: String,
     pub transport: TransportMode,
@@ -72,8 +142,7 @@ impl std::fmt::Debug for EdgeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The secret stays out of logs and error messages.
         f.debug_struct("EdgeOptions")
-            .field("hub_host", &self.hub_host)
-            .field("hub_port", &self.hub_port)
+            .field("hubs", &self.hubs)
             .field("edge_id", &self.edge_id)
             .field("transport", &self.transport)
             .finish_non_exhaustive()
@@ -87,6 +156,8 @@ pub(crate) struct EdgeConfig {
     token: Option<Text>,
     hub_host: Option<HostName>,
     hub_port: Option<Port>,
+    hubs: Option<Vec<HubEntryConfig>>,
+    connections_per_hub: Option<Int<usize, 1, MAX_CONNECTIONS_PER_HUB>>,
     edge_id: Option<EdgeId>,
     secret: Option<Secret>,
     transport_mode: Option<TransportMode>,
@@ -104,13 +175,12 @@ pub(crate) struct EdgeConfig {
     tunnel_buffer_bytes: Option<BufferBytes>,
 }
 
-/// What a token stands for: these four options, which come from one or the other.
-pub(crate) const CONNECTION_FIELDS: [&str; 4] = ["hubHost", "hubPort", "edgeId", "secret"];
+/// What a token stands for: these options, which come from one or the other.
+pub(crate) const CONNECTION_FIELDS: [&str; 5] = ["hubHost", "hubPort", "hubs", "edgeId", "secret"];
 
-/// The hub, the edge's identity and the token's pin, from the token or the explicit options.
+/// The hubs, the edge's identity and the token's pin, from the token or the explicit options.
 struct Connection {
-    hub: HostName,
-    hub_port: u16,
+    hubs: Vec<HubAddress>,
     edge_id: String,
     secret: String,
     fingerprint: Option<String>,
@@ -120,8 +190,7 @@ impl EdgeConfig {
     fn connection(&mut self) -> Result<Connection, ConfigError> {
         let Some(Text(token)) = self.token.take() else {
             return Ok(Connection {
-                hub: required(self.hub_host.take(), "hubHost")?,
-                hub_port: self.hub_port.map_or(DEFAULT_HUB_PORT, |p| p.0),
+                hubs: hub_list(self.hub_host.take(), self.hub_port.take(), self.hubs.take())?,
                 edge_id: required(self.edge_id.take(), "edgeId")?.0,
                 secret: required(self.secret.take(), "secret")?.0,
                 fingerprint: None,
@@ -130,20 +199,35 @@ impl EdgeConfig {
         let given = [
             self.hub_host.is_some(),
             self.hub_port.is_some(),
+            self.hubs.is_some(),
             self.edge_id.is_some(),
             self.secret.is_some(),
         ];
         if let Some((both, _)) = CONNECTION_FIELDS.iter().zip(given).find(|(_, g)| *g) {
             return Err(ConfigError::new(
                 *both,
-                "give either token or hubHost/hubPort/edgeId/secret, not both",
+                "give either token or hubHost/hubPort/hubs/edgeId/secret, not both",
             ));
         }
         let t = decode_token(&token).map_err(|e| ConfigError::new("token", e.to_string()))?;
+        let hub = |host: &str, port: u16, field: &str| -> Result<HubAddress, ConfigError> {
+            let host = HostName::parse(host).map_err(|reason| ConfigError::new(field, reason))?;
+            Ok(HubAddress {
+                host: host.text,
+                server_name: host.server_name,
+                port,
+            })
+        };
+        let mut hubs = vec![hub(&t.hub_host, t.hub_port, "hubHost")?];
+        for (i, (host, port)) in t.more_hubs.iter().enumerate() {
+            let more = hub(host, *port, &format!("hubs[{}].host", i + 1))?;
+            // A hand-made token may name a hub twice: one tunnel is enough.
+            if !hubs.contains(&more) {
+                hubs.push(more);
+            }
+        }
         Ok(Connection {
-            hub: HostName::parse(&t.hub_host)
-                .map_err(|reason| ConfigError::new("hubHost", reason))?,
-            hub_port: t.hub_port,
+            hubs,
             edge_id: EdgeId::parse(&t.edge_id)
                 .map_err(|reason| ConfigError::new("edgeId", reason))?
                 .0,
@@ -194,9 +278,8 @@ impl EdgeOptions {
             ));
         }
         Ok(Self {
-            hub_host: connection.hub.text,
-            hub_server_name: connection.hub.server_name,
-            hub_port: connection.hub_port,
+            hubs: connection.hubs,
+            connections_per_hub: c.connections_per_hub.map_or(1, |n| n.0),
             edge_id: connection.edge_id,
             secret: connection.secret,
             transport: c.transport_mode.unwrap_or(TransportMode::TcpTls),
@@ -240,6 +323,7 @@ mod tests {
             edge_id: "edge-1".into(),
             secret: "s3cret".into(),
             hub_fingerprint: fingerprint.map(str::to_string),
+            more_hubs: Vec::new(),
         })
     }
 
@@ -251,17 +335,41 @@ mod tests {
         }))
         .unwrap();
         for o in [&from_token, &explicit] {
+            let hubs: Vec<String> = o.hubs.iter().map(|h| h.to_string()).collect();
             assert_eq!(
-                (
-                    o.hub_host.as_str(),
-                    o.hub_port,
-                    o.edge_id.as_str(),
-                    o.secret.as_str()
-                ),
-                ("hub.example.com", 9443, "edge-1", "s3cret")
+                (hubs, o.edge_id.as_str(), o.secret.as_str()),
+                (vec!["hub.example.com:9443".to_string()], "edge-1", "s3cret")
             );
+            assert_eq!(o.connections_per_hub, 1);
             assert!(matches!(o.trust, HubTrust::AnyKey));
         }
+    }
+
+    #[test]
+    fn several_hubs_from_the_list_or_a_token() {
+        let listed = EdgeOptions::from_json(&json!({
+            "hubs": [{"host": "hub-a"}, {"host": "10.0.0.2", "port": 443}, {"host": "::1", "port": 9}],
+            "connectionsPerHub": 2, "edgeId": "e", "secret": "s"
+        }))
+        .unwrap();
+        let hubs: Vec<String> = listed.hubs.iter().map(|h| h.to_string()).collect();
+        assert_eq!(hubs, ["hub-a:8443", "10.0.0.2:443", "[::1]:9"]);
+        assert_eq!(listed.connections_per_hub, 2);
+        assert!(matches!(
+            listed.hubs[1].server_name,
+            ServerName::IpAddress(_)
+        ));
+        let token = encode_token(&ConnectionToken {
+            more_hubs: vec![("hub-b".into(), 443), ("hub.example.com".into(), 9443)],
+            ..crate::protocol::token::decode_token(&token(None)).unwrap()
+        });
+        let o = EdgeOptions::from_json(&json!({ "token": token })).unwrap();
+        let hubs: Vec<String> = o.hubs.iter().map(|h| h.to_string()).collect();
+        assert_eq!(
+            hubs,
+            ["hub.example.com:9443", "hub-b:443"],
+            "a repeated hub is kept once"
+        );
     }
 
     #[test]
@@ -318,7 +426,31 @@ mod tests {
             ),
             (
                 json!({"token": token(None), "secret": "x"}),
-                "secret: give either token or hubHost/hubPort/edgeId/secret, not both".into(),
+                "secret: give either token or hubHost/hubPort/hubs/edgeId/secret, not both".into(),
+            ),
+            (
+                json!({"hubs": [{"host": "a"}], "hubHost": "b", "edgeId": "e", "secret": "s"}),
+                "hubs: give either hubs or hubHost/hubPort, not both".into(),
+            ),
+            (
+                json!({"hubs": [], "edgeId": "e", "secret": "s"}),
+                "hubs: must list 1 to 16 hubs".into(),
+            ),
+            (
+                json!({"hubs": [{"host": "a"}, {"port": 1}], "edgeId": "e", "secret": "s"}),
+                "hubs[1].host: is required".into(),
+            ),
+            (
+                json!({"hubs": [{"host": "a"}, {"host": "a", "port": 8443}], "edgeId": "e", "secret": "s"}),
+                "hubs[1]: a:8443 is listed twice".into(),
+            ),
+            (
+                json!({"hubs": [{"host": "a", "weight": 1}], "edgeId": "e", "secret": "s"}),
+                "hubs[0].weight: is not a known option (known: host, port)".into(),
+            ),
+            (
+                with("connectionsPerHub", json!(0)),
+                "connectionsPerHub: must be an integer from 1 to 8".into(),
             ),
             (
                 json!({"hubHost": "h", "edgeId": "e", "secret": "s", "reconnectMinMs": 5000, "reconnectMaxMs": 1000}),
@@ -327,7 +459,7 @@ mod tests {
             (with("caPem", json!(1)), "caPem: must be a string".into()),
             (
                 with("hubPrt", json!(1)),
-                "hubPrt: is not a known option (known: token, hubHost, hubPort, edgeId, secret, \
+                "hubPrt: is not a known option (known: token, hubHost, hubPort, hubs, connectionsPerHub, edgeId, secret, \
                  transportMode, bindAddress, hubFingerprint, caPem, stunServers, stunTimeoutMs, \
                  heartbeatTimeoutMs, reconnectMinMs, reconnectMaxMs, connectTimeoutMs, connectWaitMs, \
                  udpIdleTimeoutMs, tunnelBufferBytes)"
@@ -346,12 +478,12 @@ mod tests {
     fn the_hub_host_is_read_once_into_the_name_tls_checks() {
         let o = EdgeOptions::from_json(&json!({"token": token(None)})).unwrap();
         assert_eq!(
-            o.hub_server_name,
+            o.hubs[0].server_name,
             ServerName::try_from("hub.example.com").unwrap()
         );
         let ip = json!({"hubHost": "10.0.0.1", "edgeId": "e", "secret": "s"});
         let o = EdgeOptions::from_json(&ip).unwrap();
-        assert!(matches!(o.hub_server_name, ServerName::IpAddress(_)));
+        assert!(matches!(o.hubs[0].server_name, ServerName::IpAddress(_)));
     }
 
     #[test]

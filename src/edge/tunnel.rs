@@ -1,7 +1,10 @@
-//! Keeps a tunnel to the hub up: connect, authenticate, serve frames, and on any failure
-//! report it and reconnect with backoff.
+//! Keeps tunnels to the hubs up: one per slot (each address a hub resolves to, times
+//! `connectionsPerHub`): connect, authenticate, serve, and on any failure report it and
+//! reconnect with backoff; on GOAWAY dial a replacement at once.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +13,7 @@ use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::events::{ConnectFailureReason, EdgeWarning};
 use crate::lock::Locked;
@@ -30,8 +34,9 @@ use crate::tunnel::serve::{serve as tunnel_serve, LoggedIn, NewStream, ServeOpti
 use crate::tunnel::{read_line, Carrier, LineError, OnDrop, TunnelError, Violation};
 
 use super::backoff::{jitter, Backoff};
+use super::options::HubAddress;
 use super::options::TransportMode;
-use super::{EdgeEvent, EdgeShared, TunnelLink};
+use super::{EdgeEvent, EdgeShared, TunnelLink, TunnelSlot};
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
@@ -58,87 +63,212 @@ enum ConnectError {
 /// How long `quicWithFallback` waits for QUIC before it tries TCP+TLS.
 pub(super) const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(5);
 
-/// Runs until the edge is stopped.
-pub(super) async fn supervise(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>) {
-    let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
+/// How often a hub's name is resolved again, so replicas added behind it get tunnels and
+/// removed ones are no longer dialed.
+pub(super) const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Starts keeping tunnels to every hub; returns at once.
+pub(super) fn supervise(edge: &Arc<EdgeShared>, tls: &Arc<ClientConfig>) {
     if matches!(edge.options.trust, HubTrust::AnyKey) {
         edge.warn(
             EdgeWarning::HubNotVerified,
             "the hub's identity is not checked; set hubFingerprint (or caPem) to pin it".into(),
         );
     }
+    for hub in &edge.options.hubs {
+        edge.tasks
+            .spawn(keep_hub(edge.clone(), tls.clone(), hub.clone()));
+    }
+}
+
+/// Keeps `connectionsPerHub` tunnels through every address `hub` resolves to, until the edge
+/// stops. A name is resolved again every [`RESOLVE_INTERVAL`]: a new address gets tunnels, one
+/// that is gone is not dialed again (its live tunnels run on until they end).
+async fn keep_hub(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>, hub: HubAddress) {
+    let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
+    let mut served: HashMap<SocketAddr, CancellationToken> = HashMap::new();
+    let literal = hub.host.parse::<IpAddr>().is_ok();
+    loop {
+        let wait = match resolve(&hub).await {
+            Ok(addresses) => {
+                backoff.reset();
+                served.retain(|address, retired| {
+                    let keep = addresses.contains(address);
+                    if !keep {
+                        retired.cancel();
+                    }
+                    keep
+                });
+                for address in addresses {
+                    served.entry(address).or_insert_with(|| {
+                        let retired = edge.cancel.child_token();
+                        for _ in 0..edge.options.connections_per_hub {
+                            let slot = Arc::new(TunnelSlot {
+                                hub: hub.clone(),
+                                address,
+                                retired: retired.clone(),
+                            });
+                            edge.slots().push(slot.clone());
+                            edge.tasks
+                                .spawn(keep_tunnel(edge.clone(), tls.clone(), slot));
+                        }
+                        retired
+                    });
+                }
+                if literal {
+                    return; // an address never resolves differently
+                }
+                RESOLVE_INTERVAL
+            }
+            Err(e) => {
+                edge.count_connect_failure(ConnectFailureReason::Other);
+                edge.warn(EdgeWarning::ConnectFailed, e.to_string());
+                backoff.next_delay(jitter())
+            }
+        };
+        tokio::select! {
+            _ = edge.cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The addresses `hub` stands for, each once, in the resolver's order.
+async fn resolve(hub: &HubAddress) -> Result<Vec<SocketAddr>, ConnectError> {
+    let unreachable = |e| ConnectError::Unreachable(hub.to_string(), e);
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for address in tokio::net::lookup_host((hub.host.as_str(), hub.port))
+        .await
+        .map_err(unreachable)?
+    {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    if addresses.is_empty() {
+        return Err(unreachable(std::io::ErrorKind::NotFound.into()));
+    }
+    Ok(addresses)
+}
+
+/// Keeps one tunnel up through `slot`'s address: connect, serve, and after any failure report
+/// it and reconnect with backoff; ends when the edge stops or the slot is retired.
+async fn keep_tunnel(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>, slot: Arc<TunnelSlot>) {
+    let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
+    let hub = slot.hub.to_string();
+    let address = slot.address.to_string();
     loop {
         let outcome = tokio::select! {
-            _ = edge.cancel.cancelled() => return,
-            outcome = connect(&edge, &tls) => outcome,
+            _ = edge.cancel.cancelled() => break,
+            _ = slot.retired.cancelled() => break,
+            outcome = connect(&edge, &tls, &slot) => outcome,
         };
         match outcome {
             Ok((established, config)) => {
+                let Some(claim) = edge.claim_instance(slot.address, config.instance_id.as_deref())
+                else {
+                    // Another tunnel through this address reached the same hub process: this
+                    // one closes and tries again later, for a distinct one.
+                    drop(established);
+                    let delay = backoff.next_delay(jitter());
+                    tokio::select! {
+                        _ = edge.cancel.cancelled() => break,
+                        _ = slot.retired.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                };
                 let connected_at = std::time::Instant::now();
                 edge.totals().connects += 1;
+                let goaway = CancellationToken::new();
                 // A task of its own, so a panic while serving costs this tunnel, not the edge.
-                let serving = edge.tasks.spawn({
+                let mut serving = edge.tasks.spawn({
                     let edge = edge.clone();
-                    async move { serve(&edge, established, config).await }
-                });
-                let ended = serving.await;
-                backoff.tunnel_ended(connected_at.elapsed());
-                let reason = match ended {
-                    Ok(ended) => ended.to_string(),
-                    Err(failed) => {
-                        edge.warn(
-                            EdgeWarning::InternalError,
-                            format!("the tunnel's task failed ({failed}); reconnecting"),
-                        );
-                        "internal error".to_string()
+                    let slot = slot.clone();
+                    let goaway = goaway.clone();
+                    async move {
+                        let _claim = claim;
+                        serve(&edge, slot, established, config, goaway).await
                     }
-                };
-                if edge.cancel.is_cancelled() {
-                    edge.emit(EdgeEvent::TunnelDisconnected {
-                        reason: "edge stopped".into(),
-                    });
-                    return;
+                });
+                tokio::select! {
+                    ended = &mut serving => {
+                        backoff.tunnel_ended(connected_at.elapsed());
+                        report_end(&edge, ended, &hub, &address);
+                        if edge.cancel.is_cancelled() {
+                            break;
+                        }
+                    }
+                    _ = goaway.cancelled() => {
+                        // The hub drains this tunnel: it carries what it has until the hub
+                        // closes it, and a replacement is dialed now, without backoff.
+                        let (edge, hub, address) = (edge.clone(), hub.clone(), address.clone());
+                        edge.tasks.clone().spawn(async move {
+                            report_end(&edge, serving.await, &hub, &address);
+                        });
+                        backoff.reset();
+                        continue;
+                    }
                 }
-                edge.emit(EdgeEvent::TunnelDisconnected { reason });
             }
             Err(e @ ConnectError::Rejected(_)) => {
-                *edge
-                    .totals()
-                    .connect_failures
-                    .entry(ConnectFailureReason::Rejected)
-                    .or_default() += 1;
+                edge.count_connect_failure(ConnectFailureReason::Rejected);
                 edge.warn(EdgeWarning::AuthRejected, e.to_string());
             }
             Err(e) => {
-                *edge
-                    .totals()
-                    .connect_failures
-                    .entry(ConnectFailureReason::Other)
-                    .or_default() += 1;
+                edge.count_connect_failure(ConnectFailureReason::Other);
                 edge.warn(EdgeWarning::ConnectFailed, e.to_string());
             }
         }
         let delay = backoff.next_delay(jitter());
         tokio::select! {
-            _ = edge.cancel.cancelled() => return,
+            _ = edge.cancel.cancelled() => break,
+            _ = slot.retired.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
+    edge.slots().retain(|s| !Arc::ptr_eq(s, &slot));
 }
 
-/// One attempt to bring a tunnel up over the configured transport(s), each within the
-/// connect timeout.
+/// `tunnelDisconnected` for a tunnel whose task has ended, with why.
+fn report_end(
+    edge: &EdgeShared,
+    ended: Result<TunnelError, tokio::task::JoinError>,
+    hub: &str,
+    address: &str,
+) {
+    let reason = match ended {
+        _ if edge.cancel.is_cancelled() => "edge stopped".to_string(),
+        Ok(ended) => ended.to_string(),
+        Err(failed) => {
+            edge.warn(
+                EdgeWarning::InternalError,
+                format!("the tunnel's task failed ({failed}); reconnecting"),
+            );
+            "internal error".to_string()
+        }
+    };
+    edge.emit(EdgeEvent::TunnelDisconnected {
+        reason,
+        hub: hub.to_string(),
+        address: address.to_string(),
+    });
+}
+
+/// One attempt to bring a tunnel up through `slot` over the configured transport(s), each
+/// within the connect timeout.
 async fn connect(
     edge: &EdgeShared,
     tls: &Arc<ClientConfig>,
+    slot: &TunnelSlot,
 ) -> Result<(LoggedIn, EdgeConfig), ConnectError> {
     let limit = edge.options.connect_timeout;
     match edge.options.transport {
-        TransportMode::TcpTls => within(edge, limit, connect_tls(edge, tls)).await,
-        TransportMode::Quic => within(edge, limit, connect_quic(edge, tls)).await,
+        TransportMode::TcpTls => within(slot, limit, connect_tls(edge, tls, slot)).await,
+        TransportMode::Quic => within(slot, limit, connect_quic(edge, tls, slot)).await,
         TransportMode::QuicWithFallback => {
             let quic_limit = limit.min(QUIC_FALLBACK_AFTER);
-            match within(edge, quic_limit, connect_quic(edge, tls)).await {
+            match within(slot, quic_limit, connect_quic(edge, tls, slot)).await {
                 Ok(established) => Ok(established),
                 // The hub answered: TCP+TLS would get the same answer.
                 Err(e @ ConnectError::Rejected(_)) => Err(e),
@@ -147,7 +277,7 @@ async fn connect(
                         EdgeWarning::QuicFallback,
                         format!("QUIC did not come up ({e}); trying TCP+TLS"),
                     );
-                    within(edge, limit, connect_tls(edge, tls)).await
+                    within(slot, limit, connect_tls(edge, tls, slot)).await
                 }
             }
         }
@@ -155,29 +285,26 @@ async fn connect(
 }
 
 async fn within<T>(
-    edge: &EdgeShared,
+    slot: &TunnelSlot,
     limit: Duration,
     attempt: impl std::future::Future<Output = Result<T, ConnectError>>,
 ) -> Result<T, ConnectError> {
     tokio::time::timeout(limit, attempt)
         .await
-        .unwrap_or_else(|_| {
-            let hub = format!("{}:{}", edge.options.hub_host, edge.options.hub_port);
-            Err(ConnectError::Timeout(hub, limit))
-        })
+        .unwrap_or_else(|_| Err(ConnectError::Timeout(slot.describe(), limit)))
 }
 
 async fn connect_tls(
     edge: &EdgeShared,
     tls: &Arc<ClientConfig>,
+    slot: &TunnelSlot,
 ) -> Result<(LoggedIn, EdgeConfig), ConnectError> {
     let o = &edge.options;
-    let address = format!("{}:{}", o.hub_host, o.hub_port);
-    let tcp = TcpStream::connect((o.hub_host.as_str(), o.hub_port))
+    let tcp = TcpStream::connect(slot.address)
         .await
-        .map_err(|e| ConnectError::Unreachable(address, e))?;
+        .map_err(|e| ConnectError::Unreachable(slot.describe(), e))?;
     crate::transport::tune_tunnel_socket(&tcp)?;
-    let mut tls = tls_stream::connect(tls.clone(), o.hub_server_name.clone(), tcp)
+    let mut tls = tls_stream::connect(tls.clone(), slot.hub.server_name.clone(), tcp)
         .await
         .map_err(ConnectError::Tls)?;
     // A hub that selects no ALPN speaks 4.13's protocol (rustls refuses one we did not offer).
@@ -203,18 +330,14 @@ async fn connect_tls(
 async fn connect_quic(
     edge: &EdgeShared,
     tls: &Arc<ClientConfig>,
+    slot: &TunnelSlot,
 ) -> Result<(LoggedIn, EdgeConfig), ConnectError> {
     let o = &edge.options;
-    let address = format!("{}:{}", o.hub_host, o.hub_port);
-    let hub = tokio::net::lookup_host((o.hub_host.as_str(), o.hub_port))
-        .await
-        .map_err(|e| ConnectError::Unreachable(address.clone(), e))?
-        .next()
-        .ok_or_else(|| ConnectError::Unreachable(address, std::io::ErrorKind::NotFound.into()))?;
+    let hub = slot.address;
     let quic = |e: &dyn std::fmt::Display| ConnectError::Quic(e.to_string());
     let endpoint = edge_endpoint(hub, tls.clone(), o.heartbeat_timeout).map_err(|e| quic(&e))?;
     let connection = endpoint
-        .connect(hub, &o.hub_host)
+        .connect(hub, &slot.hub.host)
         .map_err(|e| quic(&e))?
         .await
         .map_err(|e| quic(&e))?;
@@ -246,11 +369,21 @@ async fn connect_quic(
 }
 
 /// Serves one logged-in tunnel until it fails or the edge stops.
-async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) -> TunnelError {
+async fn serve(
+    edge: &Arc<EdgeShared>,
+    slot: Arc<TunnelSlot>,
+    logged_in: LoggedIn,
+    config: EdgeConfig,
+    goaway: CancellationToken,
+) -> TunnelError {
     let dialect = logged_in.dialect();
     let (carrier, tunnel) = logged_in.ready(&edge.tasks);
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
     let link = Arc::new(TunnelLink {
+        slot,
+        instance_id: config.instance_id.clone(),
+        draining: AtomicBool::new(false),
+        goaway,
         carrier,
         dialect,
         streams: ConnectionStreams::new(edge.options.tunnel_buffer_bytes, dialect),
@@ -262,12 +395,12 @@ async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) 
             config.listen_ports_udp.clone(),
         )),
     });
-    edge.set_link(&link);
+    edge.add_link(&link);
     // However serving ends, a panic included: the tunnel's tasks stop and listeners stop
     // handing it connections.
     let _retire = OnDrop::new(|| {
         link.cancel.cancel();
-        edge.clear_link(&link);
+        edge.remove_link(&link);
     });
     edge.tasks.spawn(super::udp::sweep_idle(
         link.clone(),
@@ -289,6 +422,9 @@ async fn serve(edge: &Arc<EdgeShared>, logged_in: LoggedIn, config: EdgeConfig) 
     edge.emit(EdgeEvent::TunnelConnected {
         transport: link.carrier.transport(),
         protocol: dialect,
+        hub: link.slot.hub.to_string(),
+        address: link.slot.address.to_string(),
+        instance_id: link.instance_id.clone(),
     });
 
     let end = Arc::new(LinkEnd {
@@ -368,6 +504,15 @@ fn on_control(
         }
         HubMessage::Pong(_) => {}
         HubMessage::UdpClose { session } => link.udp.close(session),
+        HubMessage::GoAway => {
+            if !link.is_draining() {
+                edge.drain_link(link);
+                // Any id handed out before this point may still be opened; none after.
+                let last_id = link.streams.close_ids();
+                link.carrier.send(EdgeMessage::GoAway { last_id });
+                link.goaway.cancel();
+            }
+        }
     }
     Ok(())
 }

@@ -264,6 +264,24 @@ pub(super) async fn listen(
     }
 }
 
+/// The tunnel that carries `client`'s session on `port`, with the session (marked active), or
+/// else the tunnel a new session goes to. A session stays on the tunnel it was opened on.
+fn session_link(
+    edge: &EdgeShared,
+    port: u16,
+    client: SocketAddr,
+) -> Option<(Arc<TunnelLink>, Option<u32>)> {
+    let now = Instant::now();
+    let links = edge.links();
+    for link in links.iter() {
+        if let Some(id) = link.udp.table().touch(port, client, now) {
+            return Some((link.clone(), Some(id)));
+        }
+    }
+    drop(links);
+    Some((edge.pick_link()?, None))
+}
+
 /// Sends one client datagram through the tunnel, opening a session for a new client.
 fn carry(
     edge: &Arc<EdgeShared>,
@@ -272,63 +290,65 @@ fn carry(
     client: SocketAddr,
     datagram: &[u8],
 ) {
-    let Some(link) = edge.current_link() else {
+    let Some((link, known)) = session_link(edge, port, client) else {
         edge.count_udp_drop();
         return;
     };
-    let id = {
-        let mut table = link.udp.table();
-        match table.touch(port, client, Instant::now()) {
-            Some(id) => id,
-            None => {
-                match table.make_room(client) {
-                    Room::Free => link.udp.limit_warned.store(false, Ordering::Relaxed),
-                    Room::Evicted(victim) => {
-                        link.carrier.send(EdgeMessage::UdpClose { session: victim });
-                        edge.count_udp_eviction();
-                        if !link.udp.limit_warned.swap(true, Ordering::Relaxed) {
-                            edge.warn(
+    let id = match known {
+        Some(id) => id,
+        None => {
+            let mut table = link.udp.table();
+            match table.make_room(client) {
+                Room::Free => link.udp.limit_warned.store(false, Ordering::Relaxed),
+                Room::Evicted(victim) => {
+                    link.carrier.send(EdgeMessage::UdpClose { session: victim });
+                    edge.count_udp_eviction();
+                    if !link.udp.limit_warned.swap(true, Ordering::Relaxed) {
+                        edge.warn(
                                 EdgeWarning::UdpSessionLimit,
                                 format!("{} UDP sessions are open; new clients take the places of the oldest unproven ones", table.max_sessions),
                             );
-                        }
                     }
-                    Room::SourceFull => {
-                        let most = table.max_per_source();
-                        drop(table);
-                        edge.warn_throttled(
+                }
+                Room::SourceFull => {
+                    let most = table.max_per_source();
+                    drop(table);
+                    edge.warn_throttled(
                             EdgeWarning::UdpSessionLimit,
                             format!("{} has {most} UDP sessions open; its datagrams for new ones are dropped", client.ip()),
                         );
-                        edge.count_udp_drop();
-                        return;
-                    }
-                }
-                let id = link.streams.next_id();
-                let addresses = ProxyAddresses {
-                    source: client,
-                    destination: SocketAddr::new(destination_ip(edge, socket, client), port),
-                };
-                let open = UdpOpen::new(id, addresses);
-                if !link.carrier.send(EdgeMessage::UdpOpen(open)) {
-                    drop(table);
-                    edge.count_udp_drop(); // the tunnel is going away under us
+                    edge.count_udp_drop();
                     return;
                 }
-                *edge.totals().udp_sessions_by_port.entry(port).or_default() += 1;
-                table.insert(
-                    id,
-                    Session {
-                        socket: socket.clone(),
-                        client,
-                        port,
-                        last_active: Instant::now(),
-                        protected: false,
-                        active_since_passed: false,
-                    },
-                );
-                id
             }
+            let Some(id) = link.streams.next_id() else {
+                drop(table);
+                edge.count_udp_drop(); // the tunnel is draining under us
+                return;
+            };
+            let addresses = ProxyAddresses {
+                source: client,
+                destination: SocketAddr::new(destination_ip(edge, socket, client), port),
+            };
+            let open = UdpOpen::new(id, addresses);
+            if !link.carrier.send(EdgeMessage::UdpOpen(open)) {
+                drop(table);
+                edge.count_udp_drop(); // the tunnel is going away under us
+                return;
+            }
+            *edge.totals().udp_sessions_by_port.entry(port).or_default() += 1;
+            table.insert(
+                id,
+                Session {
+                    socket: socket.clone(),
+                    client,
+                    port,
+                    last_active: Instant::now(),
+                    protected: false,
+                    active_since_passed: false,
+                },
+            );
+            id
         }
     };
     if !link.carrier.udp_from_slice(id, datagram) {

@@ -4,6 +4,7 @@
 pub(crate) mod options;
 mod pending;
 mod quic_accept;
+mod registry;
 mod session;
 mod throttle;
 mod tls_accept;
@@ -16,7 +17,11 @@ mod udp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use tokio::time::Instant;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -33,6 +38,7 @@ use crate::tunnel::stream::SocketBytes;
 
 use options::{AllowedEdge, HubOptions};
 use pending::{EvictedFor, PendingHandshakes, PendingSlot};
+use registry::TunnelRegistry;
 use session::EdgeSession;
 
 /// Everything a hub reports.
@@ -45,16 +51,19 @@ use session::EdgeSession;
 pub(crate) enum HubEvent {
     EdgeConnected {
         edge_id: String,
+        tunnel_id: u64,
         remote_address: String,
         transport: TransportKind,
         protocol: Dialect,
     },
     EdgeDisconnected {
         edge_id: String,
+        tunnel_id: u64,
         reason: String,
     },
     StreamOpened {
         edge_id: String,
+        tunnel_id: u64,
         stream_id: u32,
         client_address: String,
         client_port: u16,
@@ -62,6 +71,7 @@ pub(crate) enum HubEvent {
     },
     StreamClosed {
         edge_id: String,
+        tunnel_id: u64,
         stream_id: u32,
     },
     Warning {
@@ -91,6 +101,18 @@ pub(crate) enum HubStartError {
     },
     #[error("tunnelPort: {0}")]
     Quic(#[from] QuicSetupError),
+}
+
+/// The allowed edges by id, each with the hub's UDP session limit, which the edge applies too.
+fn allowed_by_id(edges: Vec<AllowedEdge>, options: &HubOptions) -> HashMap<String, AllowedEdge> {
+    let max_udp_sessions = options.limits.max_udp_sessions_per_edge;
+    edges
+        .into_iter()
+        .map(|mut e| {
+            e.config.max_udp_sessions = max_udp_sessions;
+            (e.id.clone(), e)
+        })
+        .collect()
 }
 
 /// Tries for a free pair when the port is chosen by the system (0): TCP may get a port whose
@@ -142,6 +164,10 @@ pub(crate) struct HubStatus {
     pub running: bool,
     pub tunnel_port: u16,
     pub cert_fingerprint: String,
+    /// This process's name in handshake answers (`instanceId`).
+    pub instance_id: String,
+    /// A graceful stop is under way: no new edges, tunnels draining.
+    pub draining: bool,
     pub connected_edges: Vec<ConnectedEdgeStatus>,
 }
 
@@ -149,6 +175,8 @@ pub(crate) struct HubStatus {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ConnectedEdgeStatus {
     pub edge_id: String,
+    /// Which of the edge's tunnels this is (an edge id may hold several).
+    pub tunnel_id: u64,
     pub remote_address: String,
     pub transport: TransportKind,
     /// The protocol the edge speaks: ours, or 4.13's.
@@ -193,7 +221,12 @@ struct HubShared {
     totals: Mutex<HubTotals>,
     warning_rate_limit: crate::events::WarningRateLimit<HubWarning>,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
-    sessions: Mutex<HashMap<String, Arc<EdgeSession>>>,
+    /// The edges' tunnels now.
+    sessions: Mutex<TunnelRegistry>,
+    /// Numbers tunnels in status and events; never repeats within the hub's life.
+    next_tunnel_id: AtomicU64,
+    /// Set by a graceful stop: new edge connections are refused and tunnels drain.
+    draining: AtomicBool,
     events: EventSink<HubEvent>,
     tasks: TaskTracker,
 }
@@ -284,8 +317,12 @@ impl HubShared {
         *self.totals().handshake_failures.entry(reason).or_default() += 1;
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<EdgeSession>>> {
+    fn sessions(&self) -> MutexGuard<'_, TunnelRegistry> {
         self.sessions.locked()
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -295,11 +332,20 @@ pub(crate) struct Hub {
     tunnel_port: u16,
     fingerprint: String,
     cancel: CancellationToken,
+    /// Cancelled when a graceful stop begins: the TCP listener closes.
+    accepting: CancellationToken,
 }
+
+/// A drained tunnel (its edge answered GOAWAY) closes once it has carried nothing this long:
+/// a stream the edge opened just before its answer may still be on its way (QUIC streams are
+/// not ordered with the control stream).
+pub(crate) const DRAIN_QUIET: Duration = Duration::from_millis(500);
+/// How often a draining hub looks for tunnels that may close.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 impl Hub {
     pub(crate) async fn start(
-        options: HubOptions,
+        mut options: HubOptions,
         events: EventSink<HubEvent>,
     ) -> Result<Hub, HubStartError> {
         let identity = match &options.tls {
@@ -314,22 +360,28 @@ impl Hub {
             options.limits.max_pending_handshakes,
             options.limits.max_pending_handshakes_per_source,
         );
+        // In place before the port takes logins, so no edge is refused for want of a list.
+        let allowed = allowed_by_id(std::mem::take(&mut options.allowed_edges), &options);
         let shared = Arc::new(HubShared {
             options,
             auth_throttle: Mutex::default(),
             pending,
             warning_rate_limit: Default::default(),
             totals: Mutex::default(),
-            allowed: RwLock::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
+            allowed: RwLock::new(allowed),
+            sessions: Mutex::default(),
+            next_tunnel_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
             events,
             tasks: TaskTracker::new(),
         });
+        let accepting = cancel.child_token();
         shared.tasks.spawn(tls_accept::accept_loop(
             shared.clone(),
             listener,
             server_config,
             cancel.clone(),
+            accepting.clone(),
         ));
         if let Some(endpoint) = endpoint {
             shared.tasks.spawn(quic_accept::accept_loop(
@@ -343,26 +395,19 @@ impl Hub {
             tunnel_port,
             fingerprint: identity.fingerprint,
             cancel,
+            accepting,
         })
     }
 
     /// Replaces the allowed edges. Connected edges get their new ports at once; an edge that
     /// was removed or whose secret changed is disconnected.
     pub(crate) fn update_allowed_edges(&self, edges: Vec<AllowedEdge>) {
-        let max_udp_sessions = self.shared.options.limits.max_udp_sessions_per_edge;
-        let by_id: HashMap<String, AllowedEdge> = edges
-            .into_iter()
-            .map(|mut e| {
-                // The edge applies the hub's UDP session limit too.
-                e.config.max_udp_sessions = max_udp_sessions;
-                (e.id.clone(), e)
-            })
-            .collect();
+        let by_id = allowed_by_id(edges, &self.shared.options);
         // Held while the sessions are read: an edge being admitted right now is either checked
         // against the new list or already registered and reached below.
         let mut allowed = self.shared.allowed.write_locked();
         *allowed = by_id;
-        let sessions: Vec<Arc<EdgeSession>> = self.shared.sessions().values().cloned().collect();
+        let sessions: Vec<Arc<EdgeSession>> = self.shared.sessions().all().cloned().collect();
         for session in sessions {
             match allowed.get(&session.edge_id) {
                 None => session.close("edge removed from the allowed list"),
@@ -375,17 +420,15 @@ impl Hub {
     }
 
     pub(crate) fn status(&self) -> HubStatus {
-        let mut connected_edges: Vec<ConnectedEdgeStatus> = self
-            .shared
-            .sessions()
-            .values()
-            .map(|s| s.status())
-            .collect();
-        connected_edges.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
+        let mut connected_edges: Vec<ConnectedEdgeStatus> =
+            self.shared.sessions().all().map(|s| s.status()).collect();
+        connected_edges.sort_by(|a, b| (&a.edge_id, a.tunnel_id).cmp(&(&b.edge_id, b.tunnel_id)));
         HubStatus {
             running: !self.cancel.is_cancelled(),
             tunnel_port: self.tunnel_port,
             cert_fingerprint: self.fingerprint.clone(),
+            instance_id: self.shared.options.instance_id.clone(),
+            draining: self.shared.is_draining(),
             connected_edges,
         }
     }
@@ -397,19 +440,31 @@ impl Hub {
         // Totals first: a session that ends moves its counts into the totals under this lock, so
         // the two reads below see it exactly once and counters never dip.
         let totals = self.shared.totals();
-        let live: Vec<ConnectedEdgeStatus> = self
-            .shared
-            .sessions()
-            .values()
-            .map(|s| s.status())
-            .collect();
+        let live: Vec<ConnectedEdgeStatus> =
+            self.shared.sessions().all().map(|s| s.status()).collect();
         let mut m = MetricsText::default();
+        m.family(
+            "remoteingress_hub_draining",
+            Kind::Gauge,
+            "1 while a graceful stop drains the hub's tunnels.",
+        );
+        m.sample(
+            "remoteingress_hub_draining",
+            &[],
+            u64::from(self.shared.is_draining()),
+        );
         m.family(
             "remoteingress_hub_edges_connected",
             Kind::Gauge,
-            "Edges connected now.",
+            "Edge ids with at least one tunnel now.",
         );
-        m.sample("remoteingress_hub_edges_connected", &[], live.len() as u64);
+        let connected: std::collections::BTreeSet<&str> =
+            live.iter().map(|s| s.edge_id.as_str()).collect();
+        m.sample(
+            "remoteingress_hub_edges_connected",
+            &[],
+            connected.len() as u64,
+        );
         let per_edge =
             |m: &mut MetricsText, name: &str, kind, help, value: &dyn Fn(&str) -> u64| {
                 m.family(name, kind, help);
@@ -417,7 +472,10 @@ impl Hub {
                     m.sample(name, &[("edge", edge)], value(edge));
                 }
             };
-        let live_of = |edge: &str| live.iter().find(|s| s.edge_id == edge);
+        // An edge's live figures: the sum over its tunnels.
+        let live_sum = |edge: &str, value: fn(&ConnectedEdgeStatus) -> u64| -> u64 {
+            live.iter().filter(|s| s.edge_id == edge).map(value).sum()
+        };
         per_edge(
             &mut m,
             "remoteingress_hub_edge_connects_total",
@@ -430,18 +488,19 @@ impl Hub {
             "remoteingress_hub_edge_connected",
             Kind::Gauge,
             "Whether the edge is connected now.",
-            &|e| u64::from(live_of(e).is_some()),
+            &|e| u64::from(connected.contains(e)),
         );
         m.family(
             "remoteingress_hub_edge_info",
             Kind::Gauge,
-            "1 for each connected edge, with its transport and protocol.",
+            "1 for each tunnel of a connected edge, with its transport and protocol.",
         );
         for edge in &live {
             m.sample(
                 "remoteingress_hub_edge_info",
                 &[
                     ("edge", &edge.edge_id),
+                    ("tunnel", &edge.tunnel_id.to_string()),
                     ("transport", edge.transport.as_str()),
                     ("protocol", edge.protocol.as_str()),
                 ],
@@ -453,35 +512,35 @@ impl Hub {
             "remoteingress_hub_received_bytes_total",
             Kind::Counter,
             "Tunnel bytes received from the edge.",
-            &|e| totals.edges[e].bytes_in + live_of(e).map_or(0, |s| s.bytes_in),
+            &|e| totals.edges[e].bytes_in + live_sum(e, |s| s.bytes_in),
         );
         per_edge(
             &mut m,
             "remoteingress_hub_sent_bytes_total",
             Kind::Counter,
             "Tunnel bytes sent to the edge.",
-            &|e| totals.edges[e].bytes_out + live_of(e).map_or(0, |s| s.bytes_out),
+            &|e| totals.edges[e].bytes_out + live_sum(e, |s| s.bytes_out),
         );
         per_edge(
             &mut m,
             "remoteingress_hub_streams_active",
             Kind::Gauge,
             "TCP connections open now.",
-            &|e| live_of(e).map_or(0, |s| s.active_streams as u64),
+            &|e| live_sum(e, |s| s.active_streams as u64),
         );
         per_edge(
             &mut m,
             "remoteingress_hub_udp_sessions_active",
             Kind::Gauge,
             "UDP sessions open now.",
-            &|e| live_of(e).map_or(0, |s| s.active_udp_sessions as u64),
+            &|e| live_sum(e, |s| s.active_udp_sessions as u64),
         );
         per_edge(
             &mut m,
             "remoteingress_hub_udp_datagrams_dropped_total",
             Kind::Counter,
             "Datagrams lost to congestion, a full session queue or a failed send.",
-            &|e| totals.edges[e].udp_dropped + live_of(e).map_or(0, |s| s.udp_datagrams_dropped),
+            &|e| totals.edges[e].udp_dropped + live_sum(e, |s| s.udp_datagrams_dropped),
         );
         for (name, help, by_port) in [
             (
@@ -551,9 +610,47 @@ impl Hub {
         self.tunnel_port
     }
 
+    /// Starts a graceful stop: new edge connections are refused (the TCP listener closes, QUIC
+    /// connections are refused) and every tunnel drains: GOAWAY to edges of our dialect, which
+    /// open nothing more and dial another hub; a tunnel closes once its edge has answered and
+    /// it has carried nothing for [`DRAIN_QUIET`]. The future ends when every tunnel is closed
+    /// or `grace` has passed; `stop()` then closes what is left.
+    pub(crate) fn drain(&self, grace: Duration) -> impl std::future::Future<Output = ()> + 'static {
+        self.shared.draining.store(true, Ordering::Release);
+        self.accepting.cancel();
+        let (shared, cancel) = (self.shared.clone(), self.cancel.clone());
+        async move {
+            let deadline = Instant::now() + grace;
+            let mut idle_since: HashMap<u64, Instant> = HashMap::new();
+            loop {
+                let sessions: Vec<Arc<EdgeSession>> = shared.sessions().all().cloned().collect();
+                let now = Instant::now();
+                if sessions.is_empty() || now >= deadline {
+                    return;
+                }
+                for session in &sessions {
+                    // Again each round: an edge that was logging in as draining began drains too.
+                    session.drain();
+                    if session.is_drained() {
+                        let since = *idle_since.entry(session.tunnel_id).or_insert(now);
+                        if now.duration_since(since) >= DRAIN_QUIET {
+                            session.close("hub draining: its connections ended");
+                        }
+                    } else {
+                        idle_since.remove(&session.tunnel_id);
+                    }
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(DRAIN_POLL.min(deadline - now)) => {}
+                }
+            }
+        }
+    }
+
     /// Disconnects every edge, stops listening and waits until every task has ended.
     pub(crate) async fn stop(self) {
-        for session in self.shared.sessions().values() {
+        for session in self.shared.sessions().all() {
             session.close("hub stopped");
         }
         self.cancel.cancel();

@@ -8,9 +8,11 @@ use serde_json::Value;
 
 use crate::config::{
     from_value, join_path, required, BindAddress, BufferBytes, ConfigError, EdgeId, Int, Millis,
-    NonEmpty, PortList, Secret,
+    NonEmpty, PortList, Secret, Text,
 };
-use crate::protocol::handshake::{EdgeConfig, DEFAULT_STUN_INTERVAL_SECS, MAX_UDP_SESSIONS_LIMIT};
+use crate::protocol::handshake::{
+    validate_instance_id, EdgeConfig, DEFAULT_STUN_INTERVAL_SECS, MAX_UDP_SESSIONS_LIMIT,
+};
 
 pub(crate) const DEFAULT_TUNNEL_PORT: u16 = 8443;
 pub(crate) const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
@@ -44,6 +46,8 @@ pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 8;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HubLimits {
     pub max_edges: usize,
+    /// Tunnels one edge id may hold at once (an edge on several hubs' addresses, or replicas).
+    pub max_tunnels_per_edge: usize,
     pub max_streams_per_edge: u32,
     pub max_udp_sessions_per_edge: usize,
     pub handshake_timeout: Duration,
@@ -57,6 +61,7 @@ impl Default for HubLimits {
     fn default() -> Self {
         Self {
             max_edges: DEFAULT_MAX_EDGES,
+            max_tunnels_per_edge: super::registry::DEFAULT_MAX_TUNNELS_PER_EDGE,
             max_streams_per_edge: DEFAULT_MAX_STREAMS_PER_EDGE,
             max_udp_sessions_per_edge: DEFAULT_MAX_UDP_SESSIONS_PER_EDGE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -72,6 +77,7 @@ impl Default for HubLimits {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct LimitsConfig {
     max_edges: Option<Int<usize, 1, 1_000_000>>,
+    max_tunnels_per_edge: Option<Int<usize, 1, 1024>>,
     max_streams_per_edge: Option<Int<u32, 1, { 1 << 20 }>>,
     max_udp_sessions_per_edge: Option<Int<usize, 1, { MAX_UDP_SESSIONS_LIMIT as u64 }>>,
     handshake_timeout_ms: Option<Millis>,
@@ -85,6 +91,9 @@ impl From<LimitsConfig> for HubLimits {
         let d = Self::default();
         Self {
             max_edges: c.max_edges.map_or(d.max_edges, |n| n.0),
+            max_tunnels_per_edge: c
+                .max_tunnels_per_edge
+                .map_or(d.max_tunnels_per_edge, |n| n.0),
             max_streams_per_edge: c
                 .max_streams_per_edge
                 .map_or(d.max_streams_per_edge, |n| n.0),
@@ -137,6 +146,10 @@ pub(crate) struct HubOptions {
     pub quic: bool,
     /// Whether edges that speak the 4.13 protocol (TCP+TLS without ALPN) are served.
     pub accept_413: bool,
+    /// Names this hub process to edges, so replicas behind one address can be told apart.
+    pub instance_id: String,
+    /// The edges allowed from the start (`allowedEdges`); `updateAllowedEdges` replaces them.
+    pub allowed_edges: Vec<AllowedEdge>,
 }
 
 #[derive(Clone)]
@@ -167,6 +180,8 @@ pub(crate) struct HubConfig {
     limits: Option<LimitsConfig>,
     quic: Option<bool>,
     accept_413: Option<bool>,
+    instance_id: Option<Text>,
+    allowed_edges: Option<Value>,
 }
 
 /// `tls` as JavaScript gives it.
@@ -202,7 +217,20 @@ impl HubOptions {
                 "must be longer than heartbeatIntervalMs",
             ));
         }
+        let instance_id = match c.instance_id {
+            Some(Text(id)) => {
+                validate_instance_id(&id).map_err(|e| ConfigError::new("instanceId", e))?;
+                id
+            }
+            None => random_instance_id(),
+        };
+        let allowed_edges = match &c.allowed_edges {
+            Some(list) => parse_allowed_edges_at(list, "allowedEdges")?,
+            None => Vec::new(),
+        };
         Ok(Self {
+            instance_id,
+            allowed_edges,
             tunnel_port: c.tunnel_port.map_or(DEFAULT_TUNNEL_PORT, |p| p.0),
             target_host: c
                 .target_host
@@ -221,6 +249,37 @@ impl HubOptions {
             accept_413: c.accept_413.unwrap_or(true),
         })
     }
+}
+
+/// The longest grace a graceful stop may be given: an hour.
+pub(crate) const MAX_GRACE_MS: u64 = 3_600_000;
+
+/// `stop()`'s options as JavaScript gives them (index.d.ts `HubStopOptions`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct StopConfig {
+    grace_ms: Option<Int<u64, 0, MAX_GRACE_MS>>,
+}
+
+/// The grace of a graceful stop, or None for an immediate one.
+pub(crate) fn parse_stop_options(value: &Value) -> Result<Option<Duration>, ConfigError> {
+    let c: StopConfig = from_value(value, "")?;
+    Ok(c.grace_ms.map(|ms| Duration::from_millis(ms.0)))
+}
+
+/// 16 hex digits from the system's random source: a process restarted is a new instance.
+fn random_instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    if random.fill(&mut bytes).is_err() {
+        // No randomness: the clock still tells processes apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        bytes = (nanos ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One entry of `updateAllowedEdges` as JavaScript gives it (index.d.ts `AllowedEdge`).
@@ -254,15 +313,20 @@ impl std::fmt::Debug for AllowedEdge {
 
 /// Reads the array `updateAllowedEdges` takes. Duplicate ids are an error.
 pub(crate) fn parse_allowed_edges(value: &Value) -> Result<Vec<AllowedEdge>, ConfigError> {
+    parse_allowed_edges_at(value, "edges")
+}
+
+/// The list at config path `at` (`edges` for `updateAllowedEdges`, `allowedEdges` in `start`).
+fn parse_allowed_edges_at(value: &Value, at: &str) -> Result<Vec<AllowedEdge>, ConfigError> {
     if !value.is_array() {
-        return Err(ConfigError::new("edges", "must be an array"));
+        return Err(ConfigError::new(at, "must be an array"));
     }
-    let entries: Vec<Option<AllowedEdgeConfig>> = from_value(value, "edges")?;
+    let entries: Vec<Option<AllowedEdgeConfig>> = from_value(value, at)?;
     let mut edges: Vec<AllowedEdge> = Vec::with_capacity(entries.len());
     for (i, entry) in entries.into_iter().enumerate() {
         // `null` reads as an empty entry, whose id is missing.
         let entry = entry.unwrap_or_default();
-        let path = format!("edges[{i}]");
+        let path = format!("{at}[{i}]");
         let id = required(entry.id, join_path(&path, "id"))?.0;
         let secret = required(entry.secret, join_path(&path, "secret"))?.0;
         if edges.iter().any(|e| e.id == id) {
@@ -326,7 +390,8 @@ mod tests {
                 json!({"tunnelport": 1}),
                 "tunnelport: is not a known option (known: tunnelPort, targetHost, bindAddress, \
                  tls, proxyProtocol, udpProxyHeader, heartbeatIntervalMs, heartbeatTimeoutMs, \
-                 udpIdleTimeoutMs, limits, quic, accept413)",
+                 udpIdleTimeoutMs, limits, quic, accept413, instanceId, \
+                 allowedEdges)",
             ),
             (
                 json!({"tunnelPort": "80"}),

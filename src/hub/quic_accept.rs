@@ -30,6 +30,11 @@ pub(super) async fn accept_loop(
                 None => break,
             },
         };
+        // A draining hub takes no new edges; the endpoint stays for the tunnels it has.
+        if hub.is_draining() {
+            incoming.refuse();
+            continue;
+        }
         // An unvalidated source is answered with a Retry, which holds no state here: its
         // address is proven when it comes back with the token, and only then does a
         // connection (and its cost) exist. A forged source never comes back.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -268,7 +268,11 @@ impl Login<'_> {
             .record_success(super::pending::source_key(peer.ip()));
         drop(slot);
         // Any CONFIG queued since admission goes out after this answer, once the writer starts.
-        let reply = encode_reply(&HubReply::Accepted(dialect.config_for_peer(&config)));
+        let answer = EdgeConfig {
+            instance_id: Some(hub.options.instance_id.clone()),
+            ..config
+        };
+        let reply = encode_reply(&HubReply::Accepted(dialect.config_for_peer(&answer)));
         if let Err(e) = reply_to.write_all(&reply).await.and(reply_to.flush().await) {
             session.close(&format!("handshake failed: {e}"));
         }
@@ -302,6 +306,7 @@ pub(super) async fn run_session(
 ) {
     hub.emit(HubEvent::EdgeConnected {
         edge_id: session.edge_id.clone(),
+        tunnel_id: session.tunnel_id,
         remote_address: peer.to_string(),
         transport: session.carrier.transport(),
         protocol: session.dialect,
@@ -337,13 +342,7 @@ impl Drop for Retirement<'_> {
             edge.bytes_in += status.bytes_in;
             edge.bytes_out += status.bytes_out;
             edge.udp_dropped += status.udp_datagrams_dropped;
-            let mut sessions = hub.sessions();
-            if sessions
-                .get(&edge_id)
-                .is_some_and(|current| Arc::ptr_eq(current, session))
-            {
-                sessions.remove(&edge_id);
-            }
+            hub.sessions().remove(session);
         }
         let reason = match (session.take_close_reason(), self.ended.take()) {
             (Some(reason), _) => reason,
@@ -356,7 +355,11 @@ impl Drop for Retirement<'_> {
                 "internal error".to_string()
             }
         };
-        hub.emit(HubEvent::EdgeDisconnected { edge_id, reason });
+        hub.emit(HubEvent::EdgeDisconnected {
+            edge_id,
+            tunnel_id: session.tunnel_id,
+            reason,
+        });
     }
 }
 
@@ -378,15 +381,16 @@ fn admit(
     let entry = entry
         .filter(|_| matches)
         .ok_or(LoginRefusal::Unauthorized)?;
-    {
-        // A reconnecting edge replaces its own session, so it never counts against the limit.
-        let sessions = hub.sessions();
-        if sessions.len() >= hub.options.limits.max_edges && !sessions.contains_key(edge_id) {
-            return Err(LoginRefusal::EdgeLimit);
-        }
+    // Under the registry's lock from the limit check to the registration, so concurrent
+    // logins cannot pass the limit together. An edge id with tunnels already never counts
+    // against it.
+    let mut sessions = hub.sessions();
+    if sessions.edges() >= hub.options.limits.max_edges && !sessions.has_edge(edge_id) {
+        return Err(LoginRefusal::EdgeLimit);
     }
     let session = Arc::new(EdgeSession {
         edge_id: edge_id.to_string(),
+        tunnel_id: hub.next_tunnel_id.fetch_add(1, Ordering::Relaxed),
         secret: entry.secret.clone(),
         remote_address: peer,
         connected_at: unix_millis(),
@@ -400,12 +404,18 @@ fn admit(
         udp: Arc::default(),
         cancel,
         close_reason: Mutex::new(None),
+        draining: AtomicBool::new(false),
+        last_edge_id: AtomicU64::new(NO_LAST_ID),
         bytes_in: Arc::new(AtomicU64::new(0)),
         bytes_out: Arc::new(AtomicU64::new(0)),
     });
-    if let Some(old) = hub.sessions().insert(edge_id.to_string(), session.clone()) {
-        old.close("replaced by a new connection from the same edge");
+    let max_tunnels = hub.options.limits.max_tunnels_per_edge;
+    if let Some(oldest) = sessions.add(session.clone(), max_tunnels) {
+        oldest.close(&format!(
+            "replaced by a newer tunnel of the same edge ({max_tunnels} at most, limits.maxTunnelsPerEdge)"
+        ));
     }
+    drop(sessions);
     hub.update_edge_totals(edge_id, |edge| edge.connects += 1);
     Ok((session, entry.config.clone()))
 }
@@ -477,6 +487,8 @@ enum LoginRefusal {
 /// A connected, authenticated edge.
 pub(super) struct EdgeSession {
     pub edge_id: String,
+    /// Tells this tunnel from the edge id's others.
+    pub tunnel_id: u64,
     secret: String,
     remote_address: SocketAddr,
     connected_at: u64,
@@ -493,7 +505,15 @@ pub(super) struct EdgeSession {
     close_reason: Mutex<Option<String>>,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
+    /// The hub is draining this tunnel (GOAWAY sent, to an edge of our dialect).
+    draining: AtomicBool,
+    /// The last stream or UDP session id the edge may open, from its answer to GOAWAY;
+    /// [`NO_LAST_ID`] until it answers.
+    last_edge_id: AtomicU64,
 }
+
+/// `last_edge_id` before the edge has answered GOAWAY: every id is still its to open.
+const NO_LAST_ID: u64 = u64::MAX;
 
 impl EdgeSession {
     /// Ends the session; the first reason given is the one reported.
@@ -502,6 +522,28 @@ impl EdgeSession {
             .locked()
             .get_or_insert_with(|| reason.to_string());
         self.cancel.cancel();
+    }
+
+    /// Tells the edge to open nothing more here (GOAWAY, in our dialect; a 4.13 edge has no
+    /// such message and is closed when the hub stops).
+    pub(super) fn drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) && self.dialect.drains() {
+            self.carrier.send(HubMessage::GoAway);
+        }
+    }
+
+    /// The edge has answered GOAWAY and nothing is carried now: the tunnel may close.
+    pub(super) fn is_drained(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+            && self.last_edge_id.load(Ordering::Acquire) != NO_LAST_ID
+            && self.streams.len() == 0
+            && self.udp.len() == 0
+    }
+
+    /// Whether `id` (of the counter TCP+TLS streams and UDP sessions share) comes after the
+    /// last one the edge said it would open.
+    fn opened_after_goaway(&self, id: u32) -> bool {
+        u64::from(id) > self.last_edge_id.load(Ordering::Acquire)
     }
 
     pub(super) fn close_reason(&self) -> Option<String> {
@@ -539,6 +581,7 @@ impl EdgeSession {
         });
         ConnectedEdgeStatus {
             edge_id: self.edge_id.clone(),
+            tunnel_id: self.tunnel_id,
             remote_address: self.remote_address.to_string(),
             transport: self.carrier.transport(),
             protocol: self.dialect,
@@ -596,6 +639,15 @@ impl EdgeSession {
                 self.carrier.send(HubMessage::Pong(nonce));
             }
             EdgeMessage::Pong(_) => {}
+            EdgeMessage::GoAway { last_id } => {
+                self.last_edge_id
+                    .store(u64::from(last_id), Ordering::Release);
+            }
+            EdgeMessage::UdpOpen(open) if self.opened_after_goaway(open.session) => {
+                self.carrier.send(HubMessage::UdpClose {
+                    session: open.session,
+                });
+            }
             EdgeMessage::UdpOpen(open) if !self.dialect.ids_grow() => {
                 // A 4.13 edge may reuse an id: a new session replaces the one it names.
                 self.udp.close(open.session);
@@ -688,6 +740,7 @@ impl EdgeSession {
         });
         hub.emit(HubEvent::StreamOpened {
             edge_id: self.edge_id.clone(),
+            tunnel_id: self.tunnel_id,
             stream_id: id,
             client_address: addresses.source.ip().to_string(),
             client_port: addresses.source.port(),
@@ -699,6 +752,7 @@ impl EdgeSession {
     pub(super) fn stream_closed(&self, hub: &HubShared, id: u32) {
         hub.emit(HubEvent::StreamClosed {
             edge_id: self.edge_id.clone(),
+            tunnel_id: self.tunnel_id,
             stream_id: id,
         });
     }
@@ -709,11 +763,14 @@ impl EdgeSession {
         hub: &Arc<HubShared>,
         stream: NewStream,
     ) -> Result<(), TunnelError> {
-        if let Some(id) = stream
-            .shared_counter_id()
-            .filter(|_| self.dialect.ids_grow())
-        {
-            self.opens.locked().register_stream(id)?;
+        if let Some(id) = stream.shared_counter_id() {
+            if self.opened_after_goaway(id) {
+                stream.refuse(ResetReason::Refused);
+                return Ok(());
+            }
+            if self.dialect.ids_grow() {
+                self.opens.locked().register_stream(id)?;
+            }
         }
         let max_streams = hub.options.limits.max_streams_per_edge as usize;
         if stream.over_limit(max_streams) {
@@ -851,8 +908,75 @@ mod tests {
         )));
         assert!(events.iter().any(|e| matches!(
             e,
-            HubEvent::EdgeDisconnected { edge_id, reason } if edge_id == "e" && reason == "internal error"
+            HubEvent::EdgeDisconnected { edge_id, reason, .. } if edge_id == "e" && reason == "internal error"
         )));
+        hub.stop().await;
+    }
+
+    /// An edge id holds up to `maxTunnelsPerEdge` tunnels; one more closes the oldest, and
+    /// other ids are not touched. The limit of edges counts ids, not tunnels.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edge_id_holds_up_to_its_tunnel_limit_and_the_oldest_makes_room() {
+        let options = HubOptions::from_json(&json!({
+            "tunnelPort": 0, "bindAddress": "127.0.0.1",
+            "limits": { "maxTunnelsPerEdge": 2, "maxEdges": 2 }
+        }))
+        .unwrap();
+        let hub = Hub::start(options, Arc::new(|_| {})).await.unwrap();
+        hub.update_allowed_edges(
+            parse_allowed_edges(&json!([
+                { "id": "a", "secret": "secret-a" },
+                { "id": "b", "secret": "secret-b" },
+                { "id": "c", "secret": "secret-c" },
+            ]))
+            .unwrap(),
+        );
+        let shared = hub.shared.clone();
+        // Each tunnel's queue, held so its carrier stays open for the test.
+        let queues = std::cell::RefCell::new(Vec::new());
+        let log_in = |id: &str, secret: &str| {
+            let (frames, queue) = crate::tunnel::writer::frame_channel();
+            queues.borrow_mut().push(queue);
+            admit(
+                &shared,
+                id,
+                secret,
+                ([127, 0, 0, 1], 40000).into(),
+                (Carrier::Frames(frames), Dialect::RemoteIngress1),
+                CancellationToken::new(),
+            )
+            .map(|(session, _)| session)
+        };
+        let a1 = log_in("a", "secret-a").unwrap();
+        let a2 = log_in("a", "secret-a").unwrap();
+        let b1 = log_in("b", "secret-b").unwrap();
+        assert!(a1.close_reason().is_none() && a2.close_reason().is_none());
+        assert_ne!(a1.tunnel_id, a2.tunnel_id);
+        // A third tunnel for "a": the oldest goes.
+        let a3 = log_in("a", "secret-a").unwrap();
+        assert_eq!(
+            a1.close_reason().as_deref(),
+            Some(
+                "replaced by a newer tunnel of the same edge (2 at most, limits.maxTunnelsPerEdge)"
+            )
+        );
+        let ids = |edge: &str| -> Vec<u64> {
+            shared
+                .sessions()
+                .of(edge)
+                .iter()
+                .map(|s| s.tunnel_id)
+                .collect()
+        };
+        assert_eq!(ids("a"), [a2.tunnel_id, a3.tunnel_id]);
+        assert_eq!(ids("b"), [b1.tunnel_id]);
+        // Two ids connected: a third id is past maxEdges, another tunnel of a known id is not.
+        assert_eq!(log_in("c", "secret-c").err(), Some(LoginRefusal::EdgeLimit));
+        assert!(log_in("b", "secret-b").is_ok());
+        // A retired tunnel leaves its id's others in place.
+        assert!(shared.sessions().remove(&a2));
+        assert!(!shared.sessions().remove(&a2), "removed once");
+        assert_eq!(ids("a"), [a3.tunnel_id]);
         hub.stop().await;
     }
 }

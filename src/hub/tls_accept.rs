@@ -29,10 +29,12 @@ pub(super) async fn accept_loop(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     cancel: CancellationToken,
+    accepting: CancellationToken,
 ) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
+            // Returning drops the listener: a balancer in front sees refusals and goes elsewhere.
+            _ = accepting.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {

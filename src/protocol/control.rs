@@ -63,13 +63,22 @@ pub fn parse_open_header(header: &[u8]) -> Option<ProxyAddresses> {
     }
 }
 
+/// The length of an edge's GOAWAY payload: the last id it opened.
+pub const GOAWAY_ANSWER_LEN: usize = 4;
+
 /// Tunnel-wide messages an edge sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EdgeMessage {
     Ping(PingPayload),
     Pong(PingPayload),
     UdpOpen(UdpOpen),
-    UdpClose { session: u32 },
+    UdpClose {
+        session: u32,
+    },
+    /// The answer to the hub's GOAWAY: no stream or UDP session past `last_id` will come.
+    GoAway {
+        last_id: u32,
+    },
 }
 
 /// Tunnel-wide messages a hub sends.
@@ -82,6 +91,8 @@ pub enum HubMessage {
     UdpClose {
         session: u32,
     },
+    /// The hub is draining: open nothing more on this tunnel.
+    GoAway,
 }
 
 /// What the messages of both directions share, so the tunnel code is written once for both
@@ -116,12 +127,13 @@ impl ControlMessage for EdgeMessage {
             EdgeMessage::Pong(_) => FrameType::Pong,
             EdgeMessage::UdpOpen(_) => FrameType::UdpOpen,
             EdgeMessage::UdpClose { .. } => FrameType::UdpClose,
+            EdgeMessage::GoAway { .. } => FrameType::GoAway,
         }
     }
 
     fn session(&self) -> u32 {
         match self {
-            EdgeMessage::Ping(_) | EdgeMessage::Pong(_) => 0,
+            EdgeMessage::Ping(_) | EdgeMessage::Pong(_) | EdgeMessage::GoAway { .. } => 0,
             EdgeMessage::UdpOpen(open) => open.session,
             EdgeMessage::UdpClose { session } => *session,
         }
@@ -132,6 +144,7 @@ impl ControlMessage for EdgeMessage {
             EdgeMessage::Ping(payload) | EdgeMessage::Pong(payload) => payload.clone(),
             EdgeMessage::UdpOpen(open) => open.header.clone(),
             EdgeMessage::UdpClose { .. } => Bytes::new(),
+            EdgeMessage::GoAway { last_id } => Bytes::copy_from_slice(&last_id.to_be_bytes()),
         }
     }
 
@@ -149,6 +162,18 @@ impl ControlMessage for EdgeMessage {
             FrameType::UdpOpen => EdgeMessage::UdpOpen(UdpOpen::decode(session, payload)?),
             // A UDP_CLOSE frame's payload means nothing; the QUIC decoder checks its length.
             FrameType::UdpClose => EdgeMessage::UdpClose { session },
+            FrameType::GoAway => {
+                let last_id = payload
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| FrameError::BadGoAway {
+                        expected: GOAWAY_ANSWER_LEN,
+                        len: payload.len(),
+                    })?;
+                EdgeMessage::GoAway {
+                    last_id: u32::from_be_bytes(last_id),
+                }
+            }
             other => return Err(FrameError::Unexpected(other)),
         })
     }
@@ -167,12 +192,16 @@ impl ControlMessage for HubMessage {
             HubMessage::Ping(_) => FrameType::Ping,
             HubMessage::Pong(_) => FrameType::Pong,
             HubMessage::UdpClose { .. } => FrameType::UdpClose,
+            HubMessage::GoAway => FrameType::GoAway,
         }
     }
 
     fn session(&self) -> u32 {
         match self {
-            HubMessage::Config(_) | HubMessage::Ping(_) | HubMessage::Pong(_) => 0,
+            HubMessage::Config(_)
+            | HubMessage::Ping(_)
+            | HubMessage::Pong(_)
+            | HubMessage::GoAway => 0,
             HubMessage::UdpClose { session } => *session,
         }
     }
@@ -181,7 +210,7 @@ impl ControlMessage for HubMessage {
         match self {
             HubMessage::Config(config) => Bytes::from(encode_config(config)),
             HubMessage::Ping(payload) | HubMessage::Pong(payload) => payload.clone(),
-            HubMessage::UdpClose { .. } => Bytes::new(),
+            HubMessage::UdpClose { .. } | HubMessage::GoAway => Bytes::new(),
         }
     }
 
@@ -191,6 +220,13 @@ impl ControlMessage for HubMessage {
             FrameType::Ping => HubMessage::Ping(decode_ping(payload)?),
             FrameType::Pong => HubMessage::Pong(decode_ping(payload)?),
             FrameType::UdpClose => HubMessage::UdpClose { session },
+            FrameType::GoAway if payload.is_empty() => HubMessage::GoAway,
+            FrameType::GoAway => {
+                return Err(FrameError::BadGoAway {
+                    expected: 0,
+                    len: payload.len(),
+                })
+            }
             other => return Err(FrameError::Unexpected(other)),
         })
     }
@@ -229,6 +265,37 @@ pub(super) mod tests {
         round_trip(HubMessage::Ping(Bytes::from_static(&[3; 4])));
         round_trip(HubMessage::Pong(Bytes::from_static(&[4; 64])));
         round_trip(HubMessage::UdpClose { session: u32::MAX });
+        round_trip(HubMessage::GoAway);
+        round_trip(EdgeMessage::GoAway { last_id: 0 });
+        round_trip(EdgeMessage::GoAway {
+            last_id: 0x0102_0304,
+        });
+    }
+
+    #[test]
+    fn goaway_payloads_are_exact() {
+        assert_eq!(
+            &EdgeMessage::GoAway {
+                last_id: 0x0102_0304
+            }
+            .payload()[..],
+            [1, 2, 3, 4]
+        );
+        assert!(HubMessage::GoAway.payload().is_empty());
+        assert_eq!(
+            EdgeMessage::decode(FrameType::GoAway, 0, Bytes::from_static(&[1, 2, 3])),
+            Err(FrameError::BadGoAway {
+                expected: 4,
+                len: 3
+            })
+        );
+        assert_eq!(
+            HubMessage::decode(FrameType::GoAway, 0, Bytes::from_static(&[0])),
+            Err(FrameError::BadGoAway {
+                expected: 0,
+                len: 1
+            })
+        );
     }
 
     #[test]

@@ -65,6 +65,7 @@ impl Dialect {
             Dialect::RemoteIngress1 => config.clone(),
             Dialect::Upstream413 => EdgeConfig {
                 max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+                instance_id: None,
                 ..config.clone()
             },
         }
@@ -84,6 +85,12 @@ impl Dialect {
             Dialect::RemoteIngress1 => None,
             Dialect::Upstream413 => Some(UPSTREAM_413_CLOSE_LINGER),
         }
+    }
+
+    /// Whether a draining hub tells the edge so (GOAWAY); 4.13 has no such message, so a 4.13
+    /// edge only sees the close at the end.
+    pub fn drains(self) -> bool {
+        self == Dialect::RemoteIngress1
     }
 
     /// Whether stream and UDP session ids come from one growing counter. 4.13 documents no
@@ -139,6 +146,7 @@ mod tests {
             listen_ports_udp: vec![53],
             stun_interval_secs: 300,
             max_udp_sessions: 100,
+            instance_id: Some("hub-a".into()),
         };
         let answer =
             |dialect: Dialect| encode_reply(&HubReply::Accepted(dialect.config_for_peer(&config)));
@@ -148,7 +156,7 @@ mod tests {
         );
         assert_eq!(
             answer(Dialect::RemoteIngress1),
-            b"{\"listenPorts\":[80,443],\"listenPortsUdp\":[53],\"stunIntervalSecs\":300,\"maxUdpSessions\":100}\n"
+            b"{\"listenPorts\":[80,443],\"listenPortsUdp\":[53],\"stunIntervalSecs\":300,\"maxUdpSessions\":100,\"instanceId\":\"hub-a\"}\n"
         );
     }
 }

@@ -47,6 +47,9 @@ pub enum FrameType {
     UdpData = 0x0C,
     UdpDataBack = 0x0D,
     UdpClose = 0x0E,
+    /// Drain (`remoteingress/1` only): from the hub, open nothing more on this tunnel; the
+    /// edge's answer gives the last id it opened.
+    GoAway = 0x0F,
 }
 
 impl TryFrom<u8> for FrameType {
@@ -68,6 +71,7 @@ impl TryFrom<u8> for FrameType {
             0x0C => FrameType::UdpData,
             0x0D => FrameType::UdpDataBack,
             0x0E => FrameType::UdpClose,
+            0x0F => FrameType::GoAway,
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -89,14 +93,17 @@ impl FrameType {
             | FrameType::WindowUpdateBack
             | FrameType::Config
             | FrameType::UdpDataBack => Some(Direction::HubToEdge),
-            FrameType::Ping | FrameType::Pong | FrameType::UdpClose => None,
+            FrameType::Ping | FrameType::Pong | FrameType::UdpClose | FrameType::GoAway => None,
         }
     }
 
     /// Whether frames of this type are about the whole tunnel rather than one stream or
     /// UDP session (and so ride stream 0).
     pub fn is_tunnel_wide(self) -> bool {
-        matches!(self, FrameType::Config | FrameType::Ping | FrameType::Pong)
+        matches!(
+            self,
+            FrameType::Config | FrameType::Ping | FrameType::Pong | FrameType::GoAway
+        )
     }
 }
 
@@ -137,6 +144,8 @@ pub enum FrameError {
     BadUdpOpen { session: u32 },
     #[error("bad CONFIG: {0}")]
     BadConfig(#[from] HandshakeError),
+    #[error("GOAWAY payload must be {expected} bytes, got {len}")]
+    BadGoAway { expected: usize, len: usize },
 }
 
 /// A frame's fixed header, checked: a known type and a length within [`MAX_FRAME_PAYLOAD`].
@@ -592,7 +601,7 @@ pub(super) mod tests {
 
     #[test]
     fn unknown_types_rejected_from_header_alone() {
-        for byte in [0x00u8, 0x0F, 0xFF] {
+        for byte in [0x00u8, 0x10, 0xFF] {
             assert_eq!(
                 FrameType::try_from(byte),
                 Err(FrameError::UnknownType(byte))

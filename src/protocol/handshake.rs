@@ -222,6 +222,22 @@ pub struct EdgeConfig {
         skip_serializing_if = "is_default_max_udp_sessions"
     )]
     pub max_udp_sessions: usize,
+    /// Which hub process answered (handshake answer only, `remoteingress/1` only): an edge
+    /// that keeps several tunnels through one load-balanced address tells replicas apart by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+/// The longest instance id a hub may report.
+pub const MAX_INSTANCE_ID_LEN: usize = 64;
+
+/// An instance id is 1 to [`MAX_INSTANCE_ID_LEN`] characters of visible ASCII.
+pub fn validate_instance_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err("instanceId must be 1 to 64 characters of visible ASCII");
+    }
+    Ok(())
 }
 
 impl Default for EdgeConfig {
@@ -231,6 +247,7 @@ impl Default for EdgeConfig {
             listen_ports_udp: Vec::new(),
             stun_interval_secs: DEFAULT_STUN_INTERVAL_SECS,
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+            instance_id: None,
         }
     }
 }
@@ -259,6 +276,9 @@ impl EdgeConfig {
             return Err(HandshakeError::InvalidConfig(
                 "maxUdpSessions must be from 1 to 1048576",
             ));
+        }
+        if let Some(id) = &self.instance_id {
+            validate_instance_id(id).map_err(HandshakeError::InvalidConfig)?;
         }
         Ok(())
     }
@@ -293,6 +313,10 @@ fn push_config(out: &mut Vec<u8>, config: &EdgeConfig) {
     if config.max_udp_sessions != DEFAULT_MAX_UDP_SESSIONS {
         out.extend_from_slice(b",\"maxUdpSessions\":");
         out.extend_from_slice(config.max_udp_sessions.to_string().as_bytes());
+    }
+    if let Some(id) = &config.instance_id {
+        out.extend_from_slice(b",\"instanceId\":");
+        out.extend_from_slice(serde_json::Value::String(id.clone()).to_string().as_bytes());
     }
     out.push(b'}');
 }
@@ -576,6 +600,12 @@ mod tests {
             encode_config(&limited),
             serde_json::to_vec(&limited).unwrap()
         );
+        let named = EdgeConfig {
+            instance_id: Some("hub-\"7\\".into()),
+            ..limited
+        };
+        assert_eq!(encode_config(&named), serde_json::to_vec(&named).unwrap());
+        assert_eq!(parse_config(&encode_config(&named)), Ok(named));
     }
 
     #[test]
@@ -694,5 +724,13 @@ mod tests {
         assert_eq!(config(&[], &[], MAX_STUN_INTERVAL_SECS).validate(), Ok(()));
         assert!(config(&[], &[], 0).validate().is_err());
         assert!(config(&[0], &[], 300).validate().is_err());
+        let named = |id: &str| EdgeConfig {
+            instance_id: Some(id.into()),
+            ..config(&[], &[], 300)
+        };
+        assert_eq!(named(&"i".repeat(MAX_INSTANCE_ID_LEN)).validate(), Ok(()));
+        for bad in ["", "has space", &"i".repeat(MAX_INSTANCE_ID_LEN + 1)] {
+            assert!(named(bad).validate().is_err(), "{bad:?}");
+        }
     }
 }

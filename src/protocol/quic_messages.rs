@@ -84,6 +84,7 @@ pub fn decode_control<M: ControlMessage>(buf: &mut BytesMut) -> Result<Option<M>
             | FrameType::Pong
             | FrameType::UdpOpen
             | FrameType::UdpClose
+            | FrameType::GoAway
     ) {
         return Err(QuicWireError::NotControl(kind));
     }

@@ -88,13 +88,23 @@ fn any_config() -> impl Strategy<Value = EdgeConfig> {
         prop::collection::vec(port(), 0..40),
         MIN_STUN_INTERVAL_SECS..=MAX_STUN_INTERVAL_SECS,
         prop_oneof![Just(DEFAULT_MAX_UDP_SESSIONS), 1..=MAX_UDP_SESSIONS_LIMIT],
+        prop::option::of("[!-~]{1,64}"),
     )
         .prop_map(
-            |(listen_ports, listen_ports_udp, stun_interval_secs, max_udp_sessions)| EdgeConfig {
+            |(
                 listen_ports,
                 listen_ports_udp,
                 stun_interval_secs,
                 max_udp_sessions,
+                instance_id,
+            )| {
+                EdgeConfig {
+                    listen_ports,
+                    listen_ports_udp,
+                    stun_interval_secs,
+                    max_udp_sessions,
+                    instance_id,
+                }
             },
         )
 }
@@ -314,14 +324,16 @@ fn any_token() -> impl Strategy<Value = ConnectionToken> {
         identity(),
         identity(),
         prop::option::of(".{1,80}"),
+        prop::collection::vec((".{1,60}", port()), 0..4),
     )
         .prop_map(
-            |(hub_host, hub_port, edge_id, secret, hub_fingerprint)| ConnectionToken {
+            |(hub_host, hub_port, edge_id, secret, hub_fingerprint, more_hubs)| ConnectionToken {
                 hub_host,
                 hub_port,
                 edge_id,
                 secret,
                 hub_fingerprint,
+                more_hubs,
             },
         )
 }

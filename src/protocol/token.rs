@@ -2,7 +2,8 @@
 //! hub is and how to authenticate.
 //!
 //! Format: base64url without padding of the JSON object
-//! `{"h":hubHost,"p":hubPort,"e":edgeId,"s":secret[,"f":hubFingerprint]}`.
+//! `{"h":hubHost,"p":hubPort,"e":edgeId,"s":secret[,"f":hubFingerprint][,"m":[[host,port],..]]}`:
+//! `m` lists the hubs after the first, so an edge that knows only `h` and `p` still reads it.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -14,6 +15,9 @@ use super::handshake::{validate_edge_id, validate_secret};
 /// hundred characters; this bounds decoding work on pasted garbage.
 pub const MAX_TOKEN_LEN: usize = 8192;
 
+/// The most hubs one edge (and so one token) names.
+pub const MAX_HUBS: usize = 16;
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectionToken {
     pub hub_host: String,
@@ -21,6 +25,8 @@ pub struct ConnectionToken {
     pub edge_id: String,
     pub secret: String,
     pub hub_fingerprint: Option<String>,
+    /// The hubs after the first (`hub_host`, `hub_port`), in order.
+    pub more_hubs: Vec<(String, u16)>,
 }
 
 // Hand-written so a stray `{:?}` in a log line never leaks the secret.
@@ -32,6 +38,7 @@ impl std::fmt::Debug for ConnectionToken {
             .field("edge_id", &self.edge_id)
             .field("secret", &"<redacted>")
             .field("hub_fingerprint", &self.hub_fingerprint)
+            .field("more_hubs", &self.more_hubs)
             .finish()
     }
 }
@@ -102,6 +109,8 @@ pub enum TokenError {
     BadPort,
     #[error("token field {0} must be at most 256 characters of visible ASCII, without spaces")]
     BadIdentity(TokenField),
+    #[error("token field \"m\" (hubs) must be a list of at most {} [host, port] pairs", MAX_HUBS - 1)]
+    BadHubs,
 }
 
 /// Base64url (no padding) of `{"h":..,"p":..,"e":..,"s":..[,"f":..]}`, keys
@@ -120,6 +129,16 @@ pub fn encode_token(token: &ConnectionToken) -> String {
     if let Some(fingerprint) = &token.hub_fingerprint {
         json.push_str(",\"f\":");
         json.push_str(&quote(fingerprint));
+    }
+    if !token.more_hubs.is_empty() {
+        let pairs: Vec<String> = token
+            .more_hubs
+            .iter()
+            .map(|(host, port)| format!("[{},{port}]", quote(host)))
+            .collect();
+        json.push_str(",\"m\":[");
+        json.push_str(&pairs.join(","));
+        json.push(']');
     }
     json.push('}');
     URL_SAFE_NO_PAD.encode(json)
@@ -181,13 +200,35 @@ pub fn decode_token(text: &str) -> Result<ConnectionToken, TokenError> {
         Some(_) => return Err(TokenError::NotString(TokenField::HubFingerprint)),
     };
 
+    let more_hubs = match map.remove("m") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(pairs)) if pairs.len() < MAX_HUBS => pairs
+            .iter()
+            .map(hub_pair)
+            .collect::<Option<Vec<_>>>()
+            .ok_or(TokenError::BadHubs)?,
+        Some(_) => return Err(TokenError::BadHubs),
+    };
+
     Ok(ConnectionToken {
         hub_host,
         hub_port,
         edge_id,
         secret,
         hub_fingerprint,
+        more_hubs,
     })
+}
+
+/// `[host, port]`: a non-empty host and a port from 1 to 65535.
+fn hub_pair(pair: &Value) -> Option<(String, u16)> {
+    match pair.as_array()?.as_slice() {
+        [Value::String(host), port] if !host.is_empty() => {
+            let port = u16::try_from(port.as_u64()?).ok().filter(|&p| p != 0)?;
+            Some((host.clone(), port))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +242,7 @@ mod tests {
             edge_id: "edge-1".into(),
             secret: "s3cret".into(),
             hub_fingerprint: fingerprint.map(str::to_owned),
+            more_hubs: Vec::new(),
         }
     }
 
@@ -232,6 +274,7 @@ mod tests {
                 edge_id: "~".repeat(256),
                 secret: "!\"#$%&'()*+,-./\\".into(),
                 hub_fingerprint: Some("h\u{e9}llo \"quoted\"".into()),
+                more_hubs: vec![("2001:db8::2".into(), 2), ("hub-\"c\"".into(), 65535)],
             },
             ConnectionToken {
                 hub_host: "x".into(),
@@ -239,6 +282,7 @@ mod tests {
                 edge_id: "e".into(),
                 secret: "s".into(),
                 hub_fingerprint: None,
+                more_hubs: Vec::new(),
             },
         ] {
             let text = encode_token(&token);
@@ -272,8 +316,45 @@ mod tests {
                 edge_id: "b".into(),
                 secret: "c".into(),
                 hub_fingerprint: None,
+                more_hubs: Vec::new(),
             })
         );
+    }
+
+    /// Several hubs: the first in `h`/`p`, where an edge that knows no `m` finds it, the rest
+    /// in `m`.
+    #[test]
+    fn several_hubs() {
+        let token = ConnectionToken {
+            more_hubs: vec![("hub-b".into(), 443), ("10.0.0.3".into(), 8443)],
+            ..sample(None)
+        };
+        let json = r#"{"h":"hub.example.com","p":8443,"e":"edge-1","s":"s3cret","m":[["hub-b",443],["10.0.0.3",8443]]}"#;
+        assert_eq!(encode_token(&token), tok(json));
+        assert_eq!(decode_token(&tok(json)), Ok(token));
+        let null = r#"{"h":"h","p":1,"e":"e","s":"s","m":null}"#;
+        assert_eq!(decode_token(&tok(null)).unwrap().more_hubs, []);
+        let most = format!(
+            r#"{{"h":"h","p":1,"e":"e","s":"s","m":[{}]}}"#,
+            vec![r#"["h",2]"#; MAX_HUBS - 1].join(",")
+        );
+        assert_eq!(
+            decode_token(&tok(&most)).unwrap().more_hubs.len(),
+            MAX_HUBS - 1
+        );
+        let too_many = most.replace("[[", r#"[["h",3],["#);
+        for bad in [
+            too_many.as_str(),
+            r#"{"h":"h","p":1,"e":"e","s":"s","m":"hub-b:443"}"#,
+            r#"{"h":"h","p":1,"e":"e","s":"s","m":[["hub-b"]]}"#,
+            r#"{"h":"h","p":1,"e":"e","s":"s","m":[["",443]]}"#,
+            r#"{"h":"h","p":1,"e":"e","s":"s","m":[["hub-b",0]]}"#,
+            r#"{"h":"h","p":1,"e":"e","s":"s","m":[["hub-b",65536]]}"#,
+            r#"{"h":"h","p":1,"e":"e","s":"s","m":[["hub-b",443,1]]}"#,
+            r#"{"h":"h","p":1,"e":"e","s":"s","m":[{"host":"hub-b","port":443}]}"#,
+        ] {
+            assert_eq!(decode_token(&tok(bad)), Err(TokenError::BadHubs), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! through the stream table over TCP+TLS, or a QUIC stream each.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +33,14 @@ pub(crate) struct ConnectionStreams {
     table: Arc<StreamTable>,
     /// Streams over QUIC.
     quic: StreamCount,
-    /// The edge's next stream id (TCP+TLS); ids never repeat within a tunnel.
-    next_id: AtomicU32,
+    /// The edge's next stream id in the low 32 bits (ids never repeat within a tunnel), and
+    /// [`IDS_CLOSED`] once the tunnel takes no more (GOAWAY).
+    next_id: AtomicU64,
 }
+
+/// Set in `next_id` once no more ids are handed out (above any id, and above the count past
+/// the last one).
+const IDS_CLOSED: u64 = 1 << 40;
 
 impl ConnectionStreams {
     /// `budget` is the tunnel's buffer budget per direction, which the streams share;
@@ -44,7 +49,7 @@ impl ConnectionStreams {
         Self {
             table: Arc::new(StreamTable::new(budget, dialect)),
             quic: StreamCount::with_budget(budget),
-            next_id: AtomicU32::new(1),
+            next_id: AtomicU64::new(1),
         }
     }
 
@@ -78,7 +83,9 @@ impl ConnectionStreams {
     ) -> Result<(), TcpStream> {
         match carrier {
             Carrier::Frames(frames) => {
-                let id = self.next_id();
+                let Some(id) = self.next_id() else {
+                    return Err(client);
+                };
                 let Some(port) = self.table.open(id, bytes) else {
                     return Err(client);
                 };
@@ -94,6 +101,10 @@ impl ConnectionStreams {
                 });
             }
             Carrier::Quic(quic) => {
+                // QUIC numbers its own streams; the id only says the tunnel still takes them.
+                if self.next_id().is_none() {
+                    return Err(client);
+                }
                 let connection = quic.connection.clone();
                 let open = self.quic.open();
                 tasks.spawn(async move {
@@ -123,9 +134,22 @@ impl ConnectionStreams {
         Ok(())
     }
 
-    /// The id for a new stream or UDP session opened by the edge.
-    pub(crate) fn next_id(&self) -> u32 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    /// The id for a new stream or UDP session opened by the edge; None once closed.
+    pub(crate) fn next_id(&self) -> Option<u32> {
+        self.next_id
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
+                // Past u32::MAX ids would repeat: the tunnel takes no more.
+                (next & IDS_CLOSED == 0 && next <= u64::from(u32::MAX)).then_some(next + 1)
+            })
+            .ok()
+            .map(|id| id as u32)
+    }
+
+    /// Hands out no more ids, atomically with `next_id`; returns the last one handed out (0
+    /// for none).
+    pub(crate) fn close_ids(&self) -> u32 {
+        let next = self.next_id.fetch_or(IDS_CLOSED, Ordering::AcqRel) & !IDS_CLOSED;
+        next.saturating_sub(1).min(u64::from(u32::MAX)) as u32
     }
 }
 
@@ -241,5 +265,23 @@ impl QuicConnectionStream {
     /// Resets both directions with `reason`.
     pub(crate) fn reset(mut self, reason: ResetReason) {
         reset_stream(&mut self.send, &mut self.recv, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_id_is_handed_out_once_closed_and_the_last_one_is_known() {
+        let streams = ConnectionStreams::new(1 << 20, Dialect::RemoteIngress1);
+        assert_eq!(streams.next_id(), Some(1));
+        assert_eq!(streams.next_id(), Some(2));
+        assert_eq!(streams.close_ids(), 2);
+        assert_eq!(streams.next_id(), None);
+        assert_eq!(streams.close_ids(), 2, "closing again changes nothing");
+        let unused = ConnectionStreams::new(1 << 20, Dialect::RemoteIngress1);
+        assert_eq!(unused.close_ids(), 0);
+        assert_eq!(unused.next_id(), None);
     }
 }
