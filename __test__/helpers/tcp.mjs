@@ -140,6 +140,8 @@ export async function startEndlessServer() {
 
 /** Sends `text` over an open connection to an echo target; resolves with what came back. */
 export async function echoOver(socket, text, timeoutMs = GUARD_MS) {
+  // A socket that ended or died between two exchanges would never answer.
+  if (socket.destroyed || socket.readableEnded) throw new Error('the connection is closed')
   const echoed = readBytes(socket, Buffer.byteLength(text), timeoutMs)
   socket.write(text)
   return (await echoed).toString()
