@@ -40,6 +40,8 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --grace-period S        on SIGTERM/SIGINT, drain for up to S seconds: GOAWAY to edges, open
                           connections finish (default 30; 0 = close at once; a second signal
                           stops at once)
+  --heartbeat-interval-ms N  how often the hub pings each edge (default 15000)
+  --heartbeat-timeout-ms N   an edge silent this long is dropped (default 45000)
   --tunnel-buffer-bytes N bytes one edge's tunnel buffers for its connections, per direction
                           (default 209715200, 200 MiB)
   --metrics-port N        serve /metrics (Prometheus), /healthz and /readyz on http://127.0.0.1:N
@@ -60,6 +62,8 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --ca FILE               accept only a hub with a certificate from this CA (PEM)
   --stun HOST:PORT        STUN server for public-IP discovery (repeatable); --no-stun turns it off
   --tunnel-buffer-bytes N bytes the tunnel buffers for its connections, per direction (default 200 MiB)
+  --heartbeat-timeout-ms N  reconnect after hearing nothing from the hub this long (default 45000;
+                          keep it above the hub's ping interval)
   --connect-wait-ms N     how long a client waits for a tunnel while none is up (default 10000; 0 = reset)
   --metrics-port N        serve /metrics (Prometheus), /healthz and /readyz on http://127.0.0.1:N
   --metrics-bind ADDR     address for --metrics-port (default 127.0.0.1; 0.0.0.0 for a pod's probes)
@@ -300,6 +304,8 @@ async function runHub(args) {
     'refuse-4-13': { type: 'boolean' },
     'instance-id': { type: 'string' },
     'grace-period': { type: 'string' },
+    'heartbeat-interval-ms': { type: 'string' },
+    'heartbeat-timeout-ms': { type: 'string' },
     'tunnel-buffer-bytes': { type: 'string' },
     'metrics-port': { type: 'string' },
     'metrics-bind': { type: 'string' },
@@ -334,6 +340,8 @@ async function runHub(args) {
     quic: values['no-quic'] ? false : undefined,
     accept413: values['refuse-4-13'] ? false : undefined,
     instanceId: values['instance-id'],
+    heartbeatIntervalMs: integer(values['heartbeat-interval-ms'], 'heartbeat-interval-ms'),
+    heartbeatTimeoutMs: integer(values['heartbeat-timeout-ms'], 'heartbeat-timeout-ms'),
     // Before the port takes logins: an edge reconnecting to a restarted hub is never refused.
     allowedEdges: edges,
   })
@@ -389,6 +397,7 @@ async function runEdge(args) {
     ca: { type: 'string' },
     stun: { type: 'string', multiple: true },
     'no-stun': { type: 'boolean' },
+    'heartbeat-timeout-ms': { type: 'string' },
     'tunnel-buffer-bytes': { type: 'string' },
     'connect-wait-ms': { type: 'string' },
     'metrics-port': { type: 'string' },
@@ -412,6 +421,7 @@ async function runEdge(args) {
     tunnelBufferBytes: integer(values['tunnel-buffer-bytes'], 'tunnel-buffer-bytes'),
     connectWaitMs: integer(values['connect-wait-ms'], 'connect-wait-ms'),
     connectionsPerHub: integer(values['connections-per-hub'], 'connections-per-hub'),
+    heartbeatTimeoutMs: integer(values['heartbeat-timeout-ms'], 'heartbeat-timeout-ms'),
   })
   const edgeMetrics = metricsEndpoint(values)
   // Ready while a tunnel is up.
