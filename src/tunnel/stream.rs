@@ -655,26 +655,12 @@ mod tests {
     /// stream.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn payloads_written_directly_and_by_the_pump_arrive_in_order() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        SockRef::from(&accepted).set_send_buffer_size(8192).unwrap();
-        SockRef::from(&client).set_recv_buffer_size(8192).unwrap();
-
         let table = StreamTable::default();
-        let port = table.open(1, Arc::default()).unwrap();
-        let flow = port.flow.clone();
-        let (frames, _queues) = frame_channel();
-        let pump = tokio::spawn(pump(
-            accepted,
-            1,
-            HUB_SIDE,
-            port,
-            frames,
-            CancellationToken::new(),
-        ));
+        let (pump, flow, mut client, _queues) = spawn_hub_pump(&table, |accepted, client| {
+            SockRef::from(accepted).set_send_buffer_size(8192).unwrap();
+            SockRef::from(client).set_recv_buffer_size(8192).unwrap();
+        })
+        .await;
         // The pump hands the socket to the flow when it starts.
         let started = tokio::time::Instant::now() + Duration::from_secs(30);
         while flow.windows().direct.is_none() {
@@ -721,11 +707,12 @@ mod tests {
         );
     }
 
-    /// A pump whose local client has sent its FIN (so ours is queued for the peer), over a
-    /// table for a peer speaking `dialect`: the pump's task, the stream's flow, the client and
-    /// the queues the frames go to (held, so the tunnel looks alive).
-    async fn pump_after_local_fin(
-        dialect: Dialect,
+    /// A loopback connection, both sockets set up by `tune(accepted, client)`, and a hub-side
+    /// pump for stream 1 of `table` over the accepted end: the pump's task, the stream's flow,
+    /// the client and the queues the frames go to (held, so the tunnel looks alive).
+    async fn spawn_hub_pump(
+        table: &StreamTable,
+        tune: impl FnOnce(&TcpStream, &TcpStream),
     ) -> (
         tokio::task::JoinHandle<StreamEnd>,
         Arc<StreamFlow>,
@@ -733,11 +720,11 @@ mod tests {
         crate::tunnel::writer::FrameQueues,
     ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        let table = StreamTable::new(TUNNEL_WINDOW_BUDGET, dialect);
+        tune(&accepted, &client);
         let port = table.open(1, Arc::default()).unwrap();
         let flow = port.flow.clone();
         let (frames, queues) = frame_channel();
@@ -749,6 +736,22 @@ mod tests {
             frames,
             CancellationToken::new(),
         ));
+        (pump, flow, client, queues)
+    }
+
+    /// A pump whose local client has sent its FIN (so ours is queued for the peer), over a
+    /// table for a peer speaking `dialect`: the pump's task, the stream's flow, the client and
+    /// the queues the frames go to (held, so the tunnel looks alive).
+    async fn pump_after_local_fin(
+        dialect: Dialect,
+    ) -> (
+        tokio::task::JoinHandle<StreamEnd>,
+        Arc<StreamFlow>,
+        TcpStream,
+        crate::tunnel::writer::FrameQueues,
+    ) {
+        let table = StreamTable::new(TUNNEL_WINDOW_BUDGET, dialect);
+        let (pump, flow, mut client, queues) = spawn_hub_pump(&table, |_, _| {}).await;
         client.shutdown().await.unwrap();
         // Real time: the FIN crosses loopback and the pump queues its own.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
