@@ -135,21 +135,6 @@ function startCli(args) {
   }
 }
 
-function httpGet(url) {
-  return withTimeout(
-    new Promise((resolve, reject) => {
-      http.get(url, (res) => {
-        let body = ''
-        res.setEncoding('utf8')
-        res.on('data', (chunk) => (body += chunk))
-        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`${url}: HTTP ${res.statusCode}`))))
-      }).on('error', reject)
-    }),
-    GUARD_MS,
-    `GET ${url}`,
-  )
-}
-
 /** The status code and body of a GET. */
 function httpStatus(url) {
   return withTimeout(
@@ -164,6 +149,13 @@ function httpStatus(url) {
     GUARD_MS,
     `GET ${url}`,
   )
+}
+
+/** The body of a GET that must answer 200. */
+async function httpGet(url) {
+  const { status, body } = await httpStatus(url)
+  if (status !== 200) throw new Error(`${url}: HTTP ${status}`)
+  return body
 }
 
 /** Parses Prometheus text strictly enough to catch a malformed line: name{labels} -> value. */

@@ -13,7 +13,6 @@ import { spawn } from 'node:child_process'
 import {
   behaviours,
   connect,
-  EDGE_ADDRESS,
   echoOnce,
   echoOver,
   edgeConfig,
@@ -21,6 +20,7 @@ import {
   once,
   findExecutable,
   PACKAGE_ROOT,
+  probeConnect,
   RemoteIngressEdge,
   SECRET,
   startTarget,
@@ -67,6 +67,11 @@ async function freePortOnAll() {
   throw new Error('no port free on every hub address')
 }
 
+/** Whether a TCP connection to `host:port` is accepted now. */
+async function accepts(host, port) {
+  return (await probeConnect(port, host)) === 'connected'
+}
+
 /**
  * A CLI hub on `address:port` with the edges in `edgesFile`. Resolves once it listens; returns
  * { child, address, instanceId, exited, lines }.
@@ -95,17 +100,7 @@ async function startCliHub(address, port, edgesFile, { grace = 10, args = [] } =
   })
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))).finally(() => children.delete(child))
   // --log-level warn keeps `started` out; listening shows as a TCP connect that succeeds.
-  await waitFor(
-    async () =>
-      new Promise((resolve) => {
-        const socket = net.connect({ host: address, port }, () => {
-          socket.destroy()
-          resolve(true)
-        })
-        socket.once('error', () => resolve(false))
-      }),
-    { what: `the hub on ${address}:${port} to listen` },
-  )
+  await waitFor(() => accepts(address, port), { what: `the hub on ${address}:${port} to listen` })
   return { child, address, instanceId, exited, lines }
 }
 
@@ -114,32 +109,6 @@ async function startCliHub(address, port, edgesFile, { grace = 10, args = [] } =
  * 64 connections per source while no tunnel is up.
  */
 const CLIENT_SOURCES = Array.from({ length: 50 }, (_, i) => `127.0.1.${i + 1}`)
-
-/** Connects to the edge from `localAddress`, sends `text`, resolves with what came back. */
-async function echoFrom(localAddress, port, text, timeoutMs) {
-  let socket
-  try {
-    return await withTimeout(
-      new Promise((resolve, reject) => {
-        socket = net.connect({ host: EDGE_ADDRESS, port, localAddress })
-        const chunks = []
-        let total = 0
-        socket.once('connect', () => socket.write(text))
-        socket.on('data', (chunk) => {
-          chunks.push(chunk)
-          total += chunk.length
-          if (total >= Buffer.byteLength(text)) resolve(Buffer.concat(chunks).toString())
-        })
-        socket.once('error', reject)
-        socket.once('close', () => reject(new Error(`closed after ${total} bytes`)))
-      }),
-      timeoutMs,
-      `an echo from ${localAddress}`,
-    )
-  } finally {
-    socket?.destroy()
-  }
-}
 
 /**
  * A steady load through the edge to an echo target on `port`: RATE short requests a second, each
@@ -156,7 +125,7 @@ function startLoad(port, { longStreams = 3, longMs = 3000 } = {}) {
     const start = Date.now()
     const text = `request ${id} ${'x'.repeat(40)}`
     try {
-      const echoed = await echoFrom(CLIENT_SOURCES[id % CLIENT_SOURCES.length], port, text, 30_000)
+      const echoed = await echoOnce(port, text, 30_000, { localAddress: CLIENT_SOURCES[id % CLIENT_SOURCES.length] })
       if (echoed !== text) throw new Error(`echo mismatch: ${JSON.stringify(echoed.slice(0, 60))}`)
       results.ok++
       results.slowestMs = Math.max(results.slowestMs, Date.now() - start)
@@ -360,17 +329,7 @@ test('connectionsPerHub: 2 through HAProxy in front of three hubs: two tunnels, 
         balancer = spawn(haproxy, ['-f', config, '-db'], { stdio: ['ignore', 'ignore', 'pipe'] })
         children.add(balancer)
         balancer.once('exit', () => children.delete(balancer))
-        await waitFor(
-          () =>
-            new Promise((resolve) => {
-              const socket = net.connect({ host: '127.0.0.5', port: lbPort }, () => {
-                socket.destroy()
-                resolve(true)
-              })
-              socket.once('error', () => resolve(false))
-            }),
-          { what: 'HAProxy to listen' },
-        )
+        await waitFor(() => accepts('127.0.0.5', lbPort), { what: 'HAProxy to listen' })
         return { lbPort }
       },
       edgeHubs: (addresses, port, { lbPort }) => [{ host: '127.0.0.5', port: lbPort }],

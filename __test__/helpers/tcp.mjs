@@ -103,12 +103,13 @@ export async function startTarget(behaviour = behaviours.echo, { proxy = 'v1', p
 
 /**
  * Connects to host:port; resolves with the socket once connected, rejects on error.
- * `allowHalfOpen: true` keeps our side writable after a FIN, so a FIN and a reset differ.
+ * `allowHalfOpen: true` keeps our side writable after a FIN, so a FIN and a reset differ;
+ * `localAddress` is the client's own address (any 127.x.y.z, to be one of many sources).
  */
-export function connect(port, host = EDGE_ADDRESS, timeoutMs = GUARD_MS, { allowHalfOpen = false } = {}) {
+export function connect(port, host = EDGE_ADDRESS, timeoutMs = GUARD_MS, { allowHalfOpen = false, localAddress } = {}) {
   return withTimeout(
     new Promise((resolve, reject) => {
-      const socket = net.connect({ port, host, allowHalfOpen })
+      const socket = net.connect({ port, host, allowHalfOpen, localAddress })
       socket.once('connect', () => {
         socket.off('error', reject)
         resolve(socket)
@@ -147,13 +148,14 @@ export async function echoOver(socket, text, timeoutMs = GUARD_MS) {
   return (await echoed).toString()
 }
 
-/** Opens a connection to an echo target through the edge, sends `text`, returns what came back. */
-export async function echoOnce(port, text, timeoutMs = GUARD_MS) {
-  const client = await connect(port, EDGE_ADDRESS, timeoutMs)
+/**
+ * Opens a connection to an echo target through the edge (from `localAddress` when given), sends
+ * `text`, returns what came back.
+ */
+export async function echoOnce(port, text, timeoutMs = GUARD_MS, { localAddress } = {}) {
+  const client = await connect(port, EDGE_ADDRESS, timeoutMs, { localAddress })
   try {
-    const echoed = readBytes(client, Buffer.byteLength(text), timeoutMs)
-    client.write(text)
-    return (await echoed).toString()
+    return await echoOver(client, text, timeoutMs)
   } finally {
     client.destroy()
   }
