@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import crypto from 'node:crypto'
 import net from 'node:net'
 import {
+  behaviours,
   connect,
   EDGE_ADDRESS,
   edgeConfig,
@@ -14,10 +15,15 @@ import {
   GUARD_MS,
   once,
   probeConnect,
+  readBytes,
   readUntilEnd,
+  RemoteIngressEdge,
   SECRET,
+  socketEnding,
   startConnectedEdge,
+  startHub,
   startRawHub,
+  startTarget,
   stopQuietly,
   waitFor,
   withTimeout,
@@ -202,3 +208,72 @@ test('edge wire: an edge that hears nothing for heartbeatTimeoutMs reconnects', 
     await stopQuietly(edge, rawHub)
   }
 })
+
+/** The edge's count of connections carried again on another tunnel. */
+async function carriedAgain(edge) {
+  const line = (await edge.getMetrics()).split('\n').find((l) => l.startsWith('remoteingress_edge_connections_carried_again_total '))
+  assert.ok(line, 'the metric is reported')
+  return Number(line.split(' ')[1])
+}
+
+// A client whose stream is on a hub that dies before acknowledging it (OPEN_ACK) has reached no
+// target: the edge carries it to its other hub, request bytes first. One the hub acknowledged
+// may have reached a target, so it is lost with the tunnel.
+for (const acknowledged of [false, true]) {
+  const title = acknowledged
+    ? 'edge wire: a stream the hub acknowledged is reset when its tunnel ends'
+    : 'edge wire: a stream the hub never acknowledged goes to another hub, bytes and all, when its tunnel ends'
+  test(title, { timeout: 60000 }, async () => {
+    const target = await startTarget(behaviours.echo)
+    const rawHub = await startRawHub({ answer: answerWith({ listenPorts: [target.port] }), answerPings: true })
+    const edge = new RemoteIngressEdge()
+    let realHub, client
+    try {
+      // The second hub's port is taken by the hub only later: until then this tunnel retries.
+      const reserved = await startHub()
+      const realHubPort = reserved.hubPort
+      await reserved.hub.stop()
+      const { hubHost, hubPort, ...config } = edgeConfig(0, 'recarry-edge', SECRET, { reconnectMinMs: 20, reconnectMaxMs: 200 })
+      await edge.start({ ...config, hubs: [{ host: '127.0.0.1', port: rawHub.port }, { host: '127.0.0.1', port: realHubPort }] })
+      await waitFor(() => rawHub.sessions[0]?.authLine, { what: 'the edge to log in at the hand-driven hub' })
+      const session = rawHub.sessions[0]
+      // Not probed: a probe would be a stream of its own, unanswered.
+      await waitFor(async () => (await edge.getStatus()).listenPorts.includes(target.port), { what: 'the edge listener' })
+
+      client = await connect(target.port)
+      client.on('error', () => {})
+      const request = 'a request that must reach the target exactly once\n'
+      client.write(request)
+      const open = await session.nextFrame(
+        (f) => f.type === FrameType.OPEN && f.payload.toString().includes(` ${client.localPort} `),
+        GUARD_MS,
+        "the client's OPEN",
+      )
+      const data = await session.nextFrame((f) => f.type === FrameType.DATA && f.streamId === open.streamId, GUARD_MS, "the client's DATA")
+      assert.equal(data.payload.toString(), request)
+      if (acknowledged) session.send(open.streamId, FrameType.OPEN_ACK)
+
+      ;({ hub: realHub } = await startHub([{ id: 'recarry-edge', secret: SECRET, listenPorts: [target.port] }], { tunnelPort: realHubPort }))
+      await waitFor(async () => (await edge.getStatus()).tunnels.filter((t) => t.connected).length === 2, { what: 'both tunnels up' })
+      const ending = acknowledged ? socketEnding(client) : null
+      // The hand-driven hub dies: its connection just closes.
+      session.close()
+
+      if (acknowledged) {
+        assert.equal((await ending).how, 'reset', 'the client sees an abort')
+        assert.equal(await carriedAgain(edge), 0)
+        assert.equal(target.connections.length, 0)
+      } else {
+        assert.equal((await readBytes(client, Buffer.byteLength(request))).toString(), request, 'the echo came back through the other hub')
+        assert.equal(await carriedAgain(edge), 1)
+        assert.equal(target.connections.length, 1, 'the target saw the connection once')
+        assert.equal(target.connections[0].source.port, client.localPort, 'with the real client in its PROXY header')
+        client.end('and the connection goes on\n')
+        assert.equal((await readUntilEnd(client)).toString(), 'and the connection goes on\n')
+      }
+    } finally {
+      client?.destroy()
+      await stopQuietly(edge, realHub, rawHub, target)
+    }
+  })
+}

@@ -266,7 +266,7 @@ for (const transportMode of TRANSPORTS) {
     })
 
     test('after login, unknown frame types: the edge is dropped with a protocol error', async () => {
-      for (const type of [0x00, 0x10, 0x42, 0xff]) {
+      for (const type of [0x00, 0x11, 0x42, 0xff]) {
         const hex = type.toString(16).padStart(2, '0')
         await expectDisconnect(`type 0x${hex}`, {
           bytes: encodeFrame(0, type, Buffer.from('??')),
@@ -443,6 +443,7 @@ for (const transportMode of TRANSPORTS) {
         { name: 'DATA on stream 0', bytes: encodeFrame(0, FrameType.DATA, Buffer.from('x')), reason: /^protocol error: Data frame on stream 0$/ },
         { name: 'DATA_BACK (a hub frame)', bytes: encodeFrame(1, FrameType.DATA_BACK, Buffer.from('x')), reason: /^protocol error: unexpected DataBack frame$/ },
         { name: 'CONFIG (a hub frame)', bytes: encodeFrame(1, FrameType.CONFIG, Buffer.from('{}')), reason: /^protocol error: unexpected Config frame$/ },
+        { name: 'OPEN_ACK (a hub frame)', bytes: encodeFrame(1, FrameType.OPEN_ACK), reason: /^protocol error: unexpected OpenAck frame$/ },
         { name: 'a 65-byte PING', bytes: encodeFrame(0, FrameType.PING, Buffer.alloc(65)), reason: /^protocol error: ping\/pong payload of 65 bytes exceeds 64 bytes$/ },
       ]
       for (const { name, bytes, reason } of cases) await expectDisconnect(name, { bytes, reason })

@@ -130,6 +130,8 @@ test('raw edge: OPEN for an unassigned port is refused with a reset and a warnin
     // The tunnel stays usable: a later OPEN to the assigned port reaches its target. By then
     // a wrongly made connection to the unassigned port would have arrived too.
     raw.send(3, FrameType.OPEN, Buffer.from(`PROXY TCP4 1.2.3.4 127.0.0.2 5556 ${assigned.port}\r\n`))
+    const ack = await raw.nextFrame((f) => f.streamId === 3, GUARD_MS, 'a frame for stream 3')
+    assert.equal(ack.type, FrameType.OPEN_ACK, 'an admitted stream is acknowledged, a refused one only reset')
     await waitFor(() => assigned.connections[0]?.raw, { what: 'the OPEN after the refusal to reach the assigned target' })
     assert.equal(assigned.connections[0].source.port, 5556)
     assert.equal(unassigned.connections.length, 0, 'no connection reached the unassigned port')
@@ -152,6 +154,10 @@ test('raw edge: OPEN, DATA, CLOSE on an assigned port; the reply comes back as D
     raw.send(1, FrameType.DATA, Buffer.from('request-bytes'))
     raw.send(1, FrameType.CLOSE, Buffer.alloc(0))
 
+    // The hub acknowledges the stream before anything else about it.
+    const ack = await raw.nextFrame((f) => f.streamId === 1, GUARD_MS, 'the first frame for stream 1')
+    assert.equal(ack.type, FrameType.OPEN_ACK, `frame type 0x${ack.type.toString(16)}`)
+    assert.equal(ack.payload.length, 0)
     const streamFrames = []
     for (let i = 0; i < 50; i++) {
       const frame = await raw.nextFrame((f) => f.streamId === 1, GUARD_MS, `frame ${i} for stream 1`)

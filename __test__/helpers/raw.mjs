@@ -21,6 +21,7 @@ export const FrameType = {
   UDP_DATA_BACK: 0x0d,
   UDP_CLOSE: 0x0e,
   GOAWAY: 0x0f,
+  OPEN_ACK: 0x10,
 }
 
 export const ALPN = 'remoteingress/1'

@@ -4,15 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EdgeWarning;
 use crate::protocol::proxy::ProxyAddresses;
+use crate::tunnel::retry::{ClientConnection, MAX_RECARRIES};
 
 use super::parking::{reset, WaitEnd};
 use super::{EdgeShared, ResetBeforeTunnel};
@@ -145,7 +147,7 @@ async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: Cance
         tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => carry(&edge, client, peer, bound),
+                Ok((client, peer)) => carry(&edge, ClientConnection::new(client), peer, bound),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     edge.warn(EdgeWarning::AcceptFailed, format!("accepting a client failed: {e}"));
@@ -156,11 +158,20 @@ async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: Cance
     }
 }
 
-/// Opens a stream for an accepted client. Without a tunnel the client waits for one (up to
+/// Opens a stream for a client. Without a tunnel the client waits for one (up to
 /// `connectWaitMs`, while the parking lot has room), else it is reset. `bound` is the
 /// listener's address when it is not a wildcard.
-fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr, bound: Option<SocketAddr>) {
+fn carry(
+    edge: &Arc<EdgeShared>,
+    client: ClientConnection,
+    peer: SocketAddr,
+    bound: Option<SocketAddr>,
+) {
     let Err(client) = open_stream(edge, client, peer, bound) else {
+        return;
+    };
+    // A client that is gone already needs no wait.
+    let Some(local) = bound.or_else(|| client.socket.local_addr().ok()) else {
         return;
     };
     let wait = edge.options.connect_wait;
@@ -169,25 +180,34 @@ fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr, bound: Opt
         .flatten();
     let Some(place) = place else {
         edge.count_reset(ResetBeforeTunnel::NoWait);
-        return reset(&client);
+        return reset(&client.socket);
     };
     let edge = edge.clone();
     edge.tasks.clone().spawn(async move {
         // Held until the wait ends, whichever way.
         let _place = place;
-        let waited = tokio::select! {
-            _ = edge.cancel.cancelled() => WaitEnd::TimedOut,
-            waited = edge.parking.wait(wait) => waited,
-        };
-        let client = match waited {
-            WaitEnd::TunnelUp => match open_stream(&edge, client, peer, bound) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut client = client;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let waited = tokio::select! {
+                _ = edge.cancel.cancelled() => WaitEnd::TimedOut,
+                waited = edge.parking.wait(left) => waited,
+            };
+            if waited == WaitEnd::TimedOut {
+                break;
+            }
+            // The tunnel may have gone again before this client's turn: then wait on.
+            match open_stream(&edge, client, peer, Some(local)) {
                 Ok(()) => return,
-                Err(client) => client,
-            },
-            WaitEnd::TimedOut => client,
-        };
+                Err(handed_back) => client = handed_back,
+            }
+        }
         edge.count_reset(ResetBeforeTunnel::WaitTimedOut);
-        reset(&client);
+        reset(&client.socket);
     });
 }
 
@@ -195,17 +215,20 @@ fn carry(edge: &Arc<EdgeShared>, client: TcpStream, peer: SocketAddr, bound: Opt
 /// stream could be opened (no tunnel up, or the tunnel going away).
 fn open_stream(
     edge: &Arc<EdgeShared>,
-    client: TcpStream,
+    client: ClientConnection,
     peer: SocketAddr,
     bound: Option<SocketAddr>,
-) -> Result<(), TcpStream> {
+) -> Result<(), ClientConnection> {
     let Some(link) = edge.pick_link() else {
         return Err(client);
     };
-    let Some(local) = bound.or_else(|| client.local_addr().ok()) else {
+    let Some(local) = bound.or_else(|| client.socket.local_addr().ok()) else {
         return Err(client);
     };
-    let _ = client.set_nodelay(true);
+    let first_carry = client.carries == 0;
+    if first_carry {
+        let _ = client.socket.set_nodelay(true);
+    }
     let addresses = ProxyAddresses {
         source: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
         destination: SocketAddr::new(edge.destination_ip(local.ip()), local.port()),
@@ -217,6 +240,10 @@ fn open_stream(
         .or_default()
         .clone();
     let cancel = link.cancel.child_token();
+    let unacked = {
+        let edge = edge.clone();
+        move |client| carry_again(&edge, client)
+    };
     link.streams.carry_client(
         &link.carrier,
         &edge.tasks,
@@ -224,11 +251,30 @@ fn open_stream(
         addresses,
         port_bytes,
         cancel,
+        unacked,
     )?;
-    *edge
-        .totals()
-        .streams_by_port
-        .entry(local.port())
-        .or_default() += 1;
+    if first_carry {
+        *edge
+            .totals()
+            .streams_by_port
+            .entry(local.port())
+            .or_default() += 1;
+    }
     Ok(())
+}
+
+/// A client whose tunnel ended before the hub acknowledged its stream: no target saw it, so
+/// it goes to another tunnel (or waits for one) with what it sent, unless the edge is
+/// stopping or it has lost tunnels too often.
+fn carry_again(edge: &Arc<EdgeShared>, client: ClientConnection) {
+    // A client that has gone meanwhile is simply dropped.
+    let Ok(peer) = client.socket.peer_addr() else {
+        return;
+    };
+    if edge.cancel.is_cancelled() || client.carries > MAX_RECARRIES {
+        return reset(&client.socket);
+    }
+    edge.connections_carried_again
+        .fetch_add(1, Ordering::Relaxed);
+    carry(edge, client, peer, None);
 }

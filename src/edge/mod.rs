@@ -170,6 +170,8 @@ struct EdgeShared {
     udp_dropped: AtomicU64,
     /// UDP sessions ended to make room for new clients in a full table.
     udp_evicted: AtomicU64,
+    /// Connections carried again because their tunnel ended before the hub acknowledged them.
+    connections_carried_again: AtomicU64,
     warning_rate_limit: crate::events::WarningRateLimit<EdgeWarning>,
     /// Tunnel bytes over the edge's life, all tunnels together.
     bytes_in: Arc<AtomicU64>,
@@ -236,7 +238,13 @@ impl EdgeShared {
     /// The live tunnel a new connection or UDP session goes to: of those not draining, the
     /// one carrying the fewest, ties taken in turn.
     fn pick_link(&self) -> Option<Arc<TunnelLink>> {
-        let links = self.links();
+        let mut links = self.links();
+        // A tunnel that has just ended leaves at once, so that what it lost is carried
+        // elsewhere and waiting connections do not see it as up.
+        if links.iter().any(|link| link.is_closed()) {
+            links.retain(|link| !link.is_closed());
+            self.update_tunnel_up(&links);
+        }
         match links.as_slice() {
             [] => None,
             [only] => (!only.is_draining()).then(|| only.clone()),
@@ -394,6 +402,11 @@ impl TunnelLink {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The tunnel has ended, though its task may not have retired it yet.
+    fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled() || self.carrier.is_closed()
+    }
+
     fn status(&self) -> TunnelStatus {
         TunnelStatus {
             hub: self.slot.hub.to_string(),
@@ -478,6 +491,7 @@ impl Edge {
             public_ip: Mutex::new(None),
             udp_dropped: AtomicU64::new(0),
             udp_evicted: AtomicU64::new(0),
+            connections_carried_again: AtomicU64::new(0),
             warning_rate_limit: Default::default(),
             bytes_in: Arc::default(),
             bytes_out: Arc::default(),
@@ -628,6 +642,13 @@ impl Edge {
             Kind::Counter,
             "UDP sessions ended to make room for a new client: unanswered ones first.",
             shared.udp_evicted.load(Ordering::Relaxed),
+        );
+        single(
+            "remoteingress_edge_connections_carried_again_total",
+            Kind::Counter,
+            "Connections carried again on another tunnel: theirs ended before the hub \
+             acknowledged them, so no target had seen them.",
+            shared.connections_carried_again.load(Ordering::Relaxed),
         );
         single(
             "remoteingress_edge_connections_waiting",

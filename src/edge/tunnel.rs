@@ -504,6 +504,7 @@ fn on_control(
         }
         HubMessage::Pong(_) => {}
         HubMessage::UdpClose { session } => link.udp.close(session),
+        HubMessage::OpenAck { stream } => link.streams.acknowledged(stream),
         HubMessage::GoAway => {
             if !link.is_draining() {
                 edge.drain_link(link);

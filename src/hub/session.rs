@@ -798,7 +798,13 @@ impl EdgeSession {
             id,
             addresses,
         };
-        stream.admit(port_bytes)?.spawn(&hub.tasks, job);
+        let stream = stream.admit(port_bytes)?;
+        if self.dialect.acknowledges_opens() {
+            // Before the target sees a byte: until this arrives, the edge may carry the
+            // connection again elsewhere should the tunnel end.
+            self.carrier.send(HubMessage::OpenAck { stream: id });
+        }
+        stream.spawn(&hub.tasks, job);
         Ok(())
     }
 }

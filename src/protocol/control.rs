@@ -93,6 +93,11 @@ pub enum HubMessage {
     },
     /// The hub is draining: open nothing more on this tunnel.
     GoAway,
+    /// The hub has taken the edge's connection stream `stream` (over QUIC, the QUIC stream's
+    /// index), before connecting its target.
+    OpenAck {
+        stream: u32,
+    },
 }
 
 /// What the messages of both directions share, so the tunnel code is written once for both
@@ -102,7 +107,7 @@ pub trait ControlMessage: Clone + std::fmt::Debug + Send + Sync + 'static {
     const DIRECTION: Direction;
     fn ping(payload: PingPayload) -> Self;
     fn kind(&self) -> FrameType;
-    /// The UDP session the message is about; 0 for a tunnel-wide one.
+    /// The UDP session or connection stream the message is about; 0 for a tunnel-wide one.
     fn session(&self) -> u32;
     /// The payload, without the session id.
     fn payload(&self) -> Bytes;
@@ -193,6 +198,7 @@ impl ControlMessage for HubMessage {
             HubMessage::Pong(_) => FrameType::Pong,
             HubMessage::UdpClose { .. } => FrameType::UdpClose,
             HubMessage::GoAway => FrameType::GoAway,
+            HubMessage::OpenAck { .. } => FrameType::OpenAck,
         }
     }
 
@@ -203,6 +209,7 @@ impl ControlMessage for HubMessage {
             | HubMessage::Pong(_)
             | HubMessage::GoAway => 0,
             HubMessage::UdpClose { session } => *session,
+            HubMessage::OpenAck { stream } => *stream,
         }
     }
 
@@ -210,7 +217,9 @@ impl ControlMessage for HubMessage {
         match self {
             HubMessage::Config(config) => Bytes::from(encode_config(config)),
             HubMessage::Ping(payload) | HubMessage::Pong(payload) => payload.clone(),
-            HubMessage::UdpClose { .. } | HubMessage::GoAway => Bytes::new(),
+            HubMessage::UdpClose { .. } | HubMessage::GoAway | HubMessage::OpenAck { .. } => {
+                Bytes::new()
+            }
         }
     }
 
@@ -227,6 +236,8 @@ impl ControlMessage for HubMessage {
                     len: payload.len(),
                 })
             }
+            FrameType::OpenAck if payload.is_empty() => HubMessage::OpenAck { stream: session },
+            FrameType::OpenAck => return Err(FrameError::BadOpenAck { len: payload.len() }),
             other => return Err(FrameError::Unexpected(other)),
         })
     }

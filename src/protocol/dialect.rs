@@ -93,6 +93,12 @@ impl Dialect {
         self == Dialect::RemoteIngress1
     }
 
+    /// Whether the hub acknowledges each connection stream it takes (OPEN_ACK), so the edge
+    /// can carry one its tunnel lost before that on another; 4.13 has no such message.
+    pub fn acknowledges_opens(self) -> bool {
+        self == Dialect::RemoteIngress1
+    }
+
     /// Whether stream and UDP session ids come from one growing counter. 4.13 documents no
     /// rule for ids, so a 4.13 edge may use any id not open at the moment.
     pub fn ids_grow(self) -> bool {

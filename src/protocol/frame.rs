@@ -50,6 +50,9 @@ pub enum FrameType {
     /// Drain (`remoteingress/1` only): from the hub, open nothing more on this tunnel; the
     /// edge's answer gives the last id it opened.
     GoAway = 0x0F,
+    /// (`remoteingress/1` only) The hub has taken stream `id`, before it reaches the target:
+    /// from then on the edge no longer keeps what it sent there to carry it again.
+    OpenAck = 0x10,
 }
 
 impl TryFrom<u8> for FrameType {
@@ -72,6 +75,7 @@ impl TryFrom<u8> for FrameType {
             0x0D => FrameType::UdpDataBack,
             0x0E => FrameType::UdpClose,
             0x0F => FrameType::GoAway,
+            0x10 => FrameType::OpenAck,
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -92,7 +96,8 @@ impl FrameType {
             | FrameType::CloseBack
             | FrameType::WindowUpdateBack
             | FrameType::Config
-            | FrameType::UdpDataBack => Some(Direction::HubToEdge),
+            | FrameType::UdpDataBack
+            | FrameType::OpenAck => Some(Direction::HubToEdge),
             FrameType::Ping | FrameType::Pong | FrameType::UdpClose | FrameType::GoAway => None,
         }
     }
@@ -146,6 +151,8 @@ pub enum FrameError {
     BadConfig(#[from] HandshakeError),
     #[error("GOAWAY payload must be {expected} bytes, got {len}")]
     BadGoAway { expected: usize, len: usize },
+    #[error("OPEN_ACK payload must be empty, got {len} bytes")]
+    BadOpenAck { len: usize },
 }
 
 /// A frame's fixed header, checked: a known type and a length within [`MAX_FRAME_PAYLOAD`].
@@ -501,7 +508,7 @@ pub(super) mod tests {
     }
 
     /// Every frame type, for tests here and in `roundtrip_tests`.
-    pub(crate) const ALL_TYPES: [FrameType; 14] = [
+    pub(crate) const ALL_TYPES: [FrameType; 16] = [
         FrameType::Open,
         FrameType::Data,
         FrameType::Close,
@@ -516,6 +523,8 @@ pub(super) mod tests {
         FrameType::UdpData,
         FrameType::UdpDataBack,
         FrameType::UdpClose,
+        FrameType::GoAway,
+        FrameType::OpenAck,
     ];
 
     #[test]
@@ -581,6 +590,14 @@ pub(super) mod tests {
                 Frame::new(11, FrameType::UdpClose, Bytes::new()),
                 "0000000b 0e 00000000",
             ),
+            (
+                Frame::new(0, FrameType::GoAway, Bytes::from_static(&[0, 0, 0, 9])),
+                "00000000 0f 00000004 00000009",
+            ),
+            (
+                Frame::new(9, FrameType::OpenAck, Bytes::new()),
+                "00000009 10 00000000",
+            ),
         ];
         assert_eq!(cases.len(), ALL_TYPES.len());
         for (frame, wire) in cases {
@@ -596,12 +613,12 @@ pub(super) mod tests {
             assert_eq!(FrameType::try_from(u8::from(t)), Ok(t));
         }
         let known: Vec<u8> = ALL_TYPES.iter().map(|&t| t.into()).collect();
-        assert_eq!(known, (1..=14).collect::<Vec<u8>>());
+        assert_eq!(known, (1..=16).collect::<Vec<u8>>());
     }
 
     #[test]
     fn unknown_types_rejected_from_header_alone() {
-        for byte in [0x00u8, 0x10, 0xFF] {
+        for byte in [0x00u8, 0x11, 0xFF] {
             assert_eq!(
                 FrameType::try_from(byte),
                 Err(FrameError::UnknownType(byte))
@@ -885,6 +902,10 @@ pub(super) mod tests {
             EdgeFrame::decode(raw(&hex("00000009 0E 00000000"))),
             Ok(EdgeFrame::Control(EdgeMessage::UdpClose { session: 9 }))
         );
+        assert_eq!(
+            HubFrame::decode(raw(&hex("00000005 10 00000000"))),
+            Ok(HubFrame::Control(HubMessage::OpenAck { stream: 5 }))
+        );
     }
 
     #[test]
@@ -901,6 +922,10 @@ pub(super) mod tests {
             (
                 "00000001 0D 00000000",
                 FrameError::Unexpected(FrameType::UdpDataBack),
+            ),
+            (
+                "00000001 10 00000000",
+                FrameError::Unexpected(FrameType::OpenAck),
             ),
             (
                 "00000000 02 00000001 78",
@@ -950,6 +975,11 @@ pub(super) mod tests {
                 "00000001 0A 00000004 00000000",
                 FrameError::ZeroWindowUpdate,
             ),
+            (
+                "00000000 10 00000000",
+                FrameError::OnControlStream(FrameType::OpenAck),
+            ),
+            ("00000005 10 00000001 00", FrameError::BadOpenAck { len: 1 }),
         ] {
             assert_eq!(HubFrame::decode(raw(&hex(bytes))), Err(expected), "{bytes}");
         }
@@ -969,5 +999,7 @@ pub(super) mod tests {
         assert_eq!(encoded(&ping), hex("00000000 07 00000008 0707070707070707"));
         let close = control_frame(&HubMessage::UdpClose { session: 4 });
         assert_eq!(encoded(&close), hex("00000004 0E 00000000"));
+        let ack = control_frame(&HubMessage::OpenAck { stream: 5 });
+        assert_eq!(encoded(&ack), hex("00000005 10 00000000"));
     }
 }

@@ -39,9 +39,13 @@ pub enum QuicWireError {
     ShortDatagram(usize),
 }
 
-/// Whether a message of this type names a UDP session at the front of its payload.
+/// Whether a message of this type names a UDP session (or, OPEN_ACK, a connection stream) at
+/// the front of its payload.
 fn carries_session(kind: FrameType) -> bool {
-    matches!(kind, FrameType::UdpOpen | FrameType::UdpClose)
+    matches!(
+        kind,
+        FrameType::UdpOpen | FrameType::UdpClose | FrameType::OpenAck
+    )
 }
 
 /// Appends `message` as the control stream carries it: `[type][len][session?][payload]`.
@@ -85,6 +89,7 @@ pub fn decode_control<M: ControlMessage>(buf: &mut BytesMut) -> Result<Option<M>
             | FrameType::UdpOpen
             | FrameType::UdpClose
             | FrameType::GoAway
+            | FrameType::OpenAck
     ) {
         return Err(QuicWireError::NotControl(kind));
     }
@@ -105,7 +110,7 @@ pub fn decode_control<M: ControlMessage>(buf: &mut BytesMut) -> Result<Option<M>
     } else {
         0
     };
-    if kind == FrameType::UdpClose && !payload.is_empty() {
+    if matches!(kind, FrameType::UdpClose | FrameType::OpenAck) && !payload.is_empty() {
         return Err(bad());
     }
     Ok(Some(M::decode(kind, session, payload).map_err(
@@ -186,13 +191,15 @@ mod tests {
         };
         encode_control(&EdgeMessage::UdpOpen(open), &mut buf);
         encode_control(&HubMessage::Pong(Bytes::from_static(&[8; 8])), &mut buf);
+        encode_control(&HubMessage::OpenAck { stream: 0x0506 }, &mut buf);
         assert_eq!(
             &buf[..],
             &[
                 0x07, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, //
                 0x0E, 0, 0, 0, 4, 1, 2, 3, 4, //
                 0x0B, 0, 0, 0, 7, 0, 0, 0, 9, b'h', b'd', b'r', //
-                0x08, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 8,
+                0x08, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 8, //
+                0x10, 0, 0, 0, 4, 0, 0, 5, 6,
             ][..]
         );
     }
@@ -224,6 +231,7 @@ mod tests {
             HubMessage::Ping(Bytes::from_static(&[9; 8])),
             HubMessage::Pong(Bytes::from_static(&[7; 8])),
             HubMessage::UdpClose { session: u32::MAX },
+            HubMessage::OpenAck { stream: 7 },
         ]);
         round_trip_one_byte_at_a_time(&[
             EdgeMessage::Ping(Bytes::from_static(&[9; 8])),
@@ -282,6 +290,20 @@ mod tests {
                 "{bytes:?}"
             );
         }
+        // OPEN_ACK names a stream and nothing more, and travels from the hub only.
+        let mut long_ack = BytesMut::from(&[0x10, 0, 0, 0, 5, 0, 0, 0, 1, 0][..]);
+        assert_eq!(
+            decode_control::<HubMessage>(&mut long_ack),
+            Err(QuicWireError::BadPayload {
+                kind: FrameType::OpenAck,
+                len: 5,
+            })
+        );
+        let mut ack = BytesMut::from(&[0x10, 0, 0, 0, 4, 0, 0, 0, 1][..]);
+        assert_eq!(
+            decode_control::<EdgeMessage>(&mut ack),
+            Err(FrameError::Unexpected(FrameType::OpenAck).into())
+        );
         // UDP_OPEN travels from the edge only.
         let mut open = BytesMut::new();
         encode_control(

@@ -4,10 +4,8 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +21,10 @@ use tokio::io::AsyncWriteExt;
 use crate::protocol::frame::ResetReason;
 
 use super::quic_link::{relay, reset_stream, OpenStream, RelayCounters, StreamCount};
-use super::stream::{pump, reset_frame, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE};
+use super::retry::{ClientConnection, Unacked, UnackedStream, UnackedStreams};
+use super::stream::{
+    pump, reset_frame, Resend, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE,
+};
 use super::writer::FrameSender;
 use super::{Carrier, OnDrop};
 
@@ -33,6 +34,8 @@ pub(crate) struct ConnectionStreams {
     table: Arc<StreamTable>,
     /// Streams over QUIC.
     quic: StreamCount,
+    /// Streams the hub has not acknowledged yet (edge).
+    unacked: Arc<UnackedStreams>,
     /// The edge's next stream id in the low 32 bits (ids never repeat within a tunnel), and
     /// [`IDS_CLOSED`] once the tunnel takes no more (GOAWAY).
     next_id: AtomicU64,
@@ -49,6 +52,7 @@ impl ConnectionStreams {
         Self {
             table: Arc::new(StreamTable::new(budget, dialect)),
             quic: StreamCount::with_budget(budget),
+            unacked: Arc::default(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -69,18 +73,21 @@ impl ConnectionStreams {
     }
 
     /// Carries a client's connection to the hub on a stream of its own (edge): an OPEN frame
-    /// and a pump, or a QUIC stream announced by its PROXY line and a relay. The id of a UDP
-    /// session comes from the same counter (`next_id`). Hands the client back when no stream
-    /// could be opened (the tunnel is going away).
+    /// and a pump, or a QUIC stream announced by its PROXY line and a relay, what it sent on an
+    /// earlier tunnel first. The id of a UDP session comes from the same counter (`next_id`).
+    /// Hands the client back when no stream could be opened (the tunnel is going away), and to
+    /// `unacked` when the tunnel ends before the hub acknowledged the stream.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn carry_client(
         &self,
         carrier: &Carrier<EdgeMessage>,
         tasks: &TaskTracker,
-        client: TcpStream,
+        client: ClientConnection,
         addresses: ProxyAddresses,
         bytes: Arc<SocketBytes>,
         cancel: CancellationToken,
-    ) -> Result<(), TcpStream> {
+        unacked: impl FnOnce(ClientConnection) + Send + 'static,
+    ) -> Result<(), ClientConnection> {
         match carrier {
             Carrier::Frames(frames) => {
                 let Some(id) = self.next_id() else {
@@ -89,6 +96,11 @@ impl ConnectionStreams {
                 let Some(port) = self.table.open(id, bytes) else {
                     return Err(client);
                 };
+                let tracked = self
+                    .table
+                    .dialect()
+                    .acknowledges_opens()
+                    .then(|| UnackedStream::track(&self.unacked, id));
                 let open = Frame::new(id, FrameType::Open, Bytes::from(encode_v1(&addresses)));
                 if !frames.control(open) {
                     self.table.remove(id);
@@ -96,8 +108,20 @@ impl ConnectionStreams {
                 }
                 let (frames, table) = (frames.clone(), self.table.clone());
                 tasks.spawn(async move {
-                    pump(client, id, EDGE_SIDE, port, frames, cancel).await;
+                    let ClientConnection {
+                        socket,
+                        resend,
+                        carries,
+                    } = client;
+                    let resend = Resend {
+                        sent: resend,
+                        unacked: tracked,
+                    };
+                    let end = pump(socket, id, EDGE_SIDE, port, frames, cancel, resend).await;
                     table.remove(id);
+                    if let Err(lost) = end {
+                        unacked(lost.into_client(carries));
+                    }
                 });
             }
             Carrier::Quic(quic) => {
@@ -107,31 +131,56 @@ impl ConnectionStreams {
                 }
                 let connection = quic.connection.clone();
                 let open = self.quic.open();
+                let unacked_streams = self.unacked.clone();
                 tasks.spawn(async move {
-                    // A stream of its own, announced by its first bytes: the PROXY line.
+                    let ClientConnection {
+                        socket,
+                        resend,
+                        carries,
+                    } = client;
+                    // A stream of its own, announced by its first bytes: the PROXY line. The
+                    // hub acknowledges it by its index, like an id over TCP+TLS.
                     let stream = async {
                         let (mut send, recv) = connection.open_bi().await.ok()?;
+                        let index = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
+                        let tracked = UnackedStream::track(&unacked_streams, index);
                         send.write_all(&encode_v1(&addresses)).await.ok()?;
-                        Some((send, recv))
+                        Some((send, recv, tracked))
                     };
                     let stream = tokio::select! {
                         _ = cancel.cancelled() => None,
                         stream = stream => stream,
                     };
-                    let Some((send, recv)) = stream else {
-                        // An abort, so the client does not mistake it for an empty answer.
-                        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
-                        return;
+                    let Some((send, recv, tracked)) = stream else {
+                        // The tunnel ended before the stream was announced: the hub has none
+                        // of it.
+                        let lost = Unacked {
+                            socket,
+                            sent: resend,
+                        };
+                        return unacked(lost.into_client(carries));
                     };
                     let counters = RelayCounters {
                         read: &bytes.read,
                         written: &bytes.written,
                     };
-                    relay(client, send, recv, &open, counters, &cancel).await;
+                    let resend = Resend {
+                        sent: resend,
+                        unacked: Some(tracked),
+                    };
+                    let end = relay(socket, send, recv, &open, counters, &cancel, resend).await;
+                    if let Some(lost) = end {
+                        unacked(lost.into_client(carries));
+                    }
                 });
             }
         }
         Ok(())
+    }
+
+    /// The hub acknowledged the edge's stream `id` (over QUIC, the stream's index).
+    pub(crate) fn acknowledged(&self, id: u32) {
+        self.unacked.acknowledged(id);
     }
 
     /// The id for a new stream or UDP session opened by the edge; None once closed.
@@ -206,7 +255,17 @@ impl CarriedStream for FramesStream {
         } = self;
         // Also on a panic.
         let _left = OnDrop::new(|| table.remove(id));
-        pump(target, id, HUB_SIDE, port, frames, cancel.child_token()).await;
+        // The hub's side keeps nothing to send again: it never gets Err.
+        let _ = pump(
+            target,
+            id,
+            HUB_SIDE,
+            port,
+            frames,
+            cancel.child_token(),
+            Resend::default(),
+        )
+        .await;
     }
 
     fn refuse(self, reason: ResetReason) {
@@ -243,7 +302,16 @@ impl CarriedStream for QuicAdmittedStream {
             read: &bytes.read,
             written: &bytes.written,
         };
-        relay(target, send, recv, &open, counters, cancel).await;
+        relay(
+            target,
+            send,
+            recv,
+            &open,
+            counters,
+            cancel,
+            Resend::default(),
+        )
+        .await;
     }
 
     fn refuse(self, reason: ResetReason) {

@@ -6,6 +6,7 @@ pub(crate) mod connection;
 pub(crate) mod quic_link;
 pub(crate) mod reader;
 pub(crate) mod receive_loop;
+pub(crate) mod retry;
 pub(crate) mod serve;
 pub(crate) mod stream;
 pub(crate) mod writer;
@@ -102,6 +103,14 @@ impl<M: ControlMessage> Carrier<M> {
         match self {
             Carrier::Frames(_) => TransportKind::TcpTls,
             Carrier::Quic(_) => TransportKind::Quic,
+        }
+    }
+
+    /// Whether the tunnel is gone: its writer or its QUIC connection has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Carrier::Frames(frames) => frames.is_closed(),
+            Carrier::Quic(quic) => quic.connection.close_reason().is_some(),
         }
     }
 

@@ -31,6 +31,8 @@ use crate::protocol::quic_messages::{
 use crate::transport::quic_endpoint::{relay_reads_budget, MAX_OVERSIZED_DATAGRAM_STREAMS};
 
 use super::receive_loop::MessageSource;
+use super::retry::{SentBytes, Unacked, UnackedStream};
+use super::stream::Resend;
 use super::{try_read_chunk, TunnelError, Violation};
 
 /// The most a relay reads from its socket or its QUIC stream at once.
@@ -356,8 +358,16 @@ impl Drop for OpenStream {
 enum DirectionEnd {
     /// EOF passed on as a half-close.
     Finished,
-    /// The connection is over: the peer reset it, a socket failed, or the tunnel went away.
+    /// The connection is over: the peer reset it or a socket failed.
     Aborted(ResetReason),
+    /// The tunnel went away.
+    TunnelGone,
+}
+
+impl DirectionEnd {
+    fn is_finished(&self) -> bool {
+        matches!(self, DirectionEnd::Finished)
+    }
 }
 
 /// Bytes read from and written to the local socket, for per-port metrics.
@@ -369,6 +379,8 @@ pub(crate) struct RelayCounters<'a> {
 /// Moves bytes between a local TCP socket and the QUIC stream that carries it, both ways at
 /// once, until both directions have finished. A half-close passes through as a half-close; a
 /// reset or failure on either side resets the other side (the TCP socket with an RST).
+/// `resend` (edge) goes first; when the tunnel ends before the hub acknowledged the stream,
+/// the socket comes back untouched with what it sent.
 pub(crate) async fn relay(
     socket: TcpStream,
     mut send: SendStream,
@@ -376,33 +388,64 @@ pub(crate) async fn relay(
     stream: &OpenStream,
     counters: RelayCounters<'_>,
     cancel: &CancellationToken,
-) {
+    resend: Resend,
+) -> Option<Unacked> {
+    let Resend { sent, unacked } = resend;
+    let unacked = unacked.as_ref();
     let abort = cancel.child_token();
     let (up, down) = tokio::join!(
         async {
-            let end = socket_to_stream(&socket, &mut send, stream, counters.read, &abort).await;
-            if matches!(end, DirectionEnd::Aborted(_)) {
+            let end = socket_to_stream(
+                &socket,
+                &mut send,
+                stream,
+                counters.read,
+                &abort,
+                sent,
+                unacked,
+            )
+            .await;
+            if !end.is_finished() {
                 abort.cancel();
             }
             end
         },
         async {
-            let end = stream_to_socket(&mut recv, &socket, stream, counters.written, &abort).await;
-            if matches!(end, DirectionEnd::Aborted(_)) {
+            let end = stream_to_socket(
+                &mut recv,
+                &socket,
+                stream,
+                counters.written,
+                &abort,
+                unacked,
+            )
+            .await;
+            if !end.is_finished() {
                 abort.cancel();
             }
             end
         }
     );
+    let tunnel_gone = matches!(up, DirectionEnd::TunnelGone)
+        || matches!(down, DirectionEnd::TunnelGone)
+        || cancel.is_cancelled();
     let reason = match (up, down) {
-        (DirectionEnd::Finished, DirectionEnd::Finished) => return,
+        (DirectionEnd::Finished, DirectionEnd::Finished) => return None,
+        _ if tunnel_gone => {
+            if let Some(sent) = unacked.and_then(UnackedStream::take) {
+                return Some(Unacked { socket, sent });
+            }
+            ResetReason::Aborted
+        }
         (DirectionEnd::Aborted(reason), _) | (_, DirectionEnd::Aborted(reason)) => reason,
+        _ => ResetReason::Aborted,
     };
     let code = reset_code(reason);
     let _ = send.reset(code);
     let _ = recv.stop(code);
     // An abort, so the local peer does not mistake it for a complete answer.
     let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+    None
 }
 
 async fn socket_to_stream(
@@ -411,36 +454,74 @@ async fn socket_to_stream(
     stream: &OpenStream,
     read: &AtomicU64,
     abort: &CancellationToken,
+    resend: SentBytes,
+    unacked: Option<&UnackedStream>,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
+    let written = |result: Result<(), WriteError>| match result {
+        Ok(()) => None,
+        Err(WriteError::ConnectionLost(_)) => Some(DirectionEnd::TunnelGone),
+        Err(_) => Some(DirectionEnd::Aborted(ResetReason::Aborted)),
+    };
+    let finish = |send: &mut SendStream| {
+        if let Some(unacked) = unacked {
+            unacked.record_fin();
+        }
+        match send.finish() {
+            Ok(()) => DirectionEnd::Finished,
+            Err(_) => DirectionEnd::Aborted(ResetReason::Aborted),
+        }
+    };
     // The peer's STOP_SENDING must end this direction wherever it waits. A write blocked by
     // flow control never reports it (quinn-proto checks the connection's limits before the
     // stream's state), and while stopped streams keep their unsent data, the send window
     // stays full: with a thousand non-reading clients, dozens of streams never ended.
     let stopped = send.stopped();
     tokio::pin!(stopped);
+    let stopped_end = |stop: Result<Option<VarInt>, quinn::StoppedError>| match stop {
+        Err(quinn::StoppedError::ConnectionLost(_)) => DirectionEnd::TunnelGone,
+        _ => DirectionEnd::Aborted(ResetReason::Aborted),
+    };
+    let (chunks, fin) = resend.into_parts();
+    for chunk in chunks {
+        if let Some(unacked) = unacked {
+            unacked.record(&chunk);
+        }
+        let result = tokio::select! {
+            _ = abort.cancelled() => return aborted,
+            stop = &mut stopped => return stopped_end(stop),
+            result = send.write_chunk(chunk) => result,
+        };
+        if let Some(end) = written(result) {
+            return end;
+        }
+    }
+    if fin {
+        return finish(send);
+    }
     loop {
         tokio::select! {
             _ = abort.cancelled() => return aborted,
-            _ = &mut stopped => return aborted,
+            stop = &mut stopped => return stopped_end(stop),
             ready = socket.readable() => if ready.is_err() { return aborted },
         }
         let chunk = match try_read_chunk(socket, stream.read_size()) {
-            Ok(chunk) if chunk.is_empty() => {
-                return match send.finish() {
-                    Ok(()) => DirectionEnd::Finished,
-                    Err(_) => aborted,
-                };
-            }
+            Ok(chunk) if chunk.is_empty() => return finish(send),
             Ok(chunk) => chunk,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return aborted,
         };
         read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        tokio::select! {
+        if let Some(unacked) = unacked {
+            unacked.record(&chunk);
+        }
+        let result = tokio::select! {
             _ = abort.cancelled() => return aborted,
-            _ = &mut stopped => return aborted,
-            written = send.write_chunk(chunk) => if written.is_err() { return aborted },
+            stop = &mut stopped => return stopped_end(stop),
+            result = send.write_chunk(chunk) => result,
+        };
+        if let Some(end) = written(result) {
+            return end;
         }
     }
 }
@@ -451,6 +532,7 @@ async fn stream_to_socket(
     stream: &OpenStream,
     written: &AtomicU64,
     abort: &CancellationToken,
+    unacked: Option<&UnackedStream>,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
     loop {
@@ -458,6 +540,13 @@ async fn stream_to_socket(
             _ = abort.cancelled() => return aborted,
             chunk = recv.read_chunk(stream.read_size(), true) => chunk,
         };
+        if let Err(ReadError::ConnectionLost(_)) = chunk {
+            return DirectionEnd::TunnelGone;
+        }
+        // Anything else comes from the hub, which therefore has the stream.
+        if let Some(unacked) = unacked {
+            unacked.answered();
+        }
         let mut bytes = match chunk {
             Ok(Some(chunk)) => chunk.bytes,
             Ok(None) => {

@@ -26,8 +26,17 @@ use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
 };
 
+use super::retry::{SentBytes, Unacked, UnackedStream};
 use super::try_read_chunk;
 use super::writer::FrameSender;
+
+/// What the edge sends first on a stream carried again, and the stream's entry among those the
+/// hub has not acknowledged (none towards a 4.13 hub, and on the hub's side).
+#[derive(Debug, Default)]
+pub(crate) struct Resend {
+    pub sent: SentBytes,
+    pub unacked: Option<UnackedStream>,
+}
 
 /// DATA payloads up to this size are written to the stream's socket by the tunnel reader
 /// itself when nothing of the stream is waiting to be written: a request or a response then
@@ -84,6 +93,8 @@ struct Windows {
     state: StreamState,
     /// Set while the pump runs: how the reader writes small payloads itself.
     direct: Option<Arc<DirectWrite>>,
+    /// The peer sent data, a close or credit for this stream: it has the stream.
+    peer_spoke: bool,
 }
 
 /// What the tunnel reader needs to write a stream's data to its socket and return the credit.
@@ -125,6 +136,7 @@ impl StreamFlow {
                 inbox: VecDeque::new(),
                 state: StreamState::new(),
                 direct: None,
+                peer_spoke: false,
             }),
             credit_arrived: Notify::new(),
             input_arrived: Notify::new(),
@@ -158,7 +170,11 @@ impl StreamFlow {
 
     /// A WINDOW_UPDATE from the peer.
     pub(crate) fn grant(&self, credit: u32) -> Result<(), FlowError> {
-        self.windows().send.grant(credit)?;
+        {
+            let mut windows = self.windows();
+            windows.send.grant(credit)?;
+            windows.peer_spoke = true;
+        }
         self.credit_arrived.notify_one();
         Ok(())
     }
@@ -171,6 +187,7 @@ impl StreamFlow {
         let direct = {
             let mut windows = self.windows();
             windows.recv.on_data(len)?;
+            windows.peer_spoke = true;
             windows.received.record(len as usize, Instant::now());
             if windows.state.on_remote_data().is_err() {
                 // After the peer's FIN or a reset: the pump would drop it unwritten.
@@ -226,6 +243,7 @@ impl StreamFlow {
     fn on_close(&self, kind: CloseKind) {
         {
             let mut windows = self.windows();
+            windows.peer_spoke = true;
             if windows.state.on_remote_close(kind).is_err() {
                 // A repeated close, or a FIN after a reset: nothing left for it to end.
                 return;
@@ -297,6 +315,11 @@ impl StreamFlow {
             share
         };
         windows.recv.on_consumed(len, window, window / 4)
+    }
+
+    /// Whether the peer has sent anything for this stream.
+    fn peer_spoke(&self) -> bool {
+        self.windows().peer_spoke
     }
 
     /// Lets the tunnel reader write small payloads to the socket itself (see
@@ -442,7 +465,9 @@ enum Abort {
 }
 
 /// Moves bytes between `socket` and the tunnel until both directions are closed, either side
-/// resets, or `cancel` fires.
+/// resets, or `cancel` fires. `resend` (edge) goes first and, with `unacked`, is kept with
+/// what follows until the hub acknowledges the stream; `Err` when the tunnel ended before
+/// that, with the socket untouched to carry it again elsewhere.
 pub(crate) async fn pump(
     socket: TcpStream,
     id: u32,
@@ -450,11 +475,13 @@ pub(crate) async fn pump(
     port: StreamPort,
     frames: FrameSender,
     cancel: CancellationToken,
-) -> StreamEnd {
+    resend: Resend,
+) -> Result<StreamEnd, Unacked> {
     let StreamPort { flow, bytes } = port;
-    let socket = Arc::new(socket);
+    let Resend { sent, unacked } = resend;
+    let shared_socket = Arc::new(socket);
     flow.set_direct(Some(Arc::new(DirectWrite {
-        socket: socket.clone(),
+        socket: shared_socket.clone(),
         frames: frames.clone(),
         id,
         window_update: side.window_update,
@@ -462,9 +489,10 @@ pub(crate) async fn pump(
     })));
     // However the pump ends, the reader must not write to the socket after it.
     let _detach = super::OnDrop::new(|| flow.set_direct(None));
-    let socket = &*socket;
+    let socket = &*shared_socket;
+    let unacked = unacked.as_ref();
     let both_directions = async {
-        let upload = upload(socket, id, side, &flow, &frames, &bytes.read);
+        let upload = upload(socket, id, side, &flow, &frames, &bytes.read, sent, unacked);
         tokio::pin!(upload);
         {
             let download = download(socket, id, side, &flow, &frames, &bytes.written);
@@ -497,7 +525,17 @@ pub(crate) async fn pump(
         _ = cancel.cancelled() => Err(Abort::TunnelGone),
         done = both_directions => done,
     };
-    match outcome {
+    if let (Err(Abort::TunnelGone), Some(unacked)) = (&outcome, unacked) {
+        if let Some(sent) = unacked.take().filter(|_| !flow.peer_spoke()) {
+            flow.set_direct(None);
+            match Arc::try_unwrap(shared_socket) {
+                Ok(socket) => return Err(Unacked { socket, sent }),
+                // The reader is writing to it: the peer spoke after all.
+                Err(shared) => return Ok(reset_on_tunnel_end(&shared)),
+            }
+        }
+    }
+    Ok(match outcome {
         Ok(()) => StreamEnd::Finished,
         Err(abort) => {
             // An aborted connection must look aborted to the local client, not like a clean EOF.
@@ -512,11 +550,18 @@ pub(crate) async fn pump(
                 }
             }
         }
-    }
+    })
 }
 
-/// Local socket to tunnel. Reads only with credit in hand, through `try_read_chunk`, so an
-/// idle connection holds no buffer.
+/// Aborts `socket` for a stream whose tunnel ended.
+fn reset_on_tunnel_end(socket: &TcpStream) -> StreamEnd {
+    let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
+    StreamEnd::TunnelClosed
+}
+
+/// Local socket to tunnel, after `resend`. Reads only with credit in hand, through
+/// `try_read_chunk`, so an idle connection holds no buffer. What is sent is kept in `unacked`.
+#[allow(clippy::too_many_arguments)]
 async fn upload(
     socket: &TcpStream,
     id: u32,
@@ -524,7 +569,39 @@ async fn upload(
     flow: &StreamFlow,
     frames: &FrameSender,
     bytes_read: &AtomicU64,
+    resend: SentBytes,
+    unacked: Option<&UnackedStream>,
 ) -> Result<(), Abort> {
+    let send_fin = || {
+        if let Some(unacked) = unacked {
+            unacked.record_fin();
+        }
+        let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
+        if frames.data(fin) {
+            flow.on_local_half_close();
+            Ok(())
+        } else {
+            Err(Abort::TunnelGone)
+        }
+    };
+    let (chunks, fin) = resend.into_parts();
+    for mut chunk in chunks {
+        while !chunk.is_empty() {
+            // A chunk is at most RESEND_LIMIT_BYTES, which fits a u32.
+            let credit = flow.acquire_send(chunk.len() as u32).await;
+            let part = chunk.split_to(credit as usize);
+            flow.settle(credit, credit);
+            if let Some(unacked) = unacked {
+                unacked.record(&part);
+            }
+            if !frames.data(Frame::new(id, side.data, part)) {
+                return Err(Abort::TunnelGone);
+            }
+        }
+    }
+    if fin {
+        return send_fin();
+    }
     loop {
         // MAX_DATA_PAYLOAD is 64 KiB and fits a u32.
         let credit = flow.acquire_send(MAX_DATA_PAYLOAD as u32).await;
@@ -539,17 +616,14 @@ async fn upload(
         let read = chunk.len();
         if read == 0 {
             flow.settle(credit, 0);
-            let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
-            return if frames.data(fin) {
-                flow.on_local_half_close();
-                Ok(())
-            } else {
-                Err(Abort::TunnelGone)
-            };
+            return send_fin();
         }
         bytes_read.fetch_add(read as u64, Ordering::Relaxed);
         // `read` is at most `credit`, a u32.
         flow.settle(credit, read as u32);
+        if let Some(unacked) = unacked {
+            unacked.record(&chunk);
+        }
         if !frames.data(Frame::new(id, side.data, chunk)) {
             return Err(Abort::TunnelGone);
         }
@@ -646,6 +720,7 @@ async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tunnel::retry::UnackedStreams;
     use crate::tunnel::writer::frame_channel;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -707,6 +782,98 @@ mod tests {
         );
     }
 
+    /// The edge's pump over a tunnel that ends before the hub spoke on the stream hands the
+    /// socket back, untouched, with all the client sent (what an earlier tunnel had first);
+    /// once the hub has acknowledged the stream or granted it credit, the stream is lost with
+    /// its tunnel instead.
+    #[tokio::test]
+    async fn an_unacknowledged_stream_comes_back_whole_when_its_tunnel_ends() {
+        const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for hub in ["silent", "acknowledged", "granted credit"] {
+            let table = StreamTable::default();
+            let unacked = Arc::new(UnackedStreams::default());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            // What an earlier tunnel carried before it ended.
+            let earlier = {
+                let streams = Arc::new(UnackedStreams::default());
+                let stream = UnackedStream::track(&streams, 7);
+                stream.record(&Bytes::from_static(&REQUEST[..16]));
+                stream.take().unwrap()
+            };
+            let port = table.open(1, Arc::default()).unwrap();
+            let (frames, mut queues) = frame_channel();
+            let tunnel = CancellationToken::new();
+            let resend = Resend {
+                sent: earlier,
+                unacked: Some(UnackedStream::track(&unacked, 1)),
+            };
+            let pump = tokio::spawn(pump(
+                accepted,
+                1,
+                EDGE_SIDE,
+                port,
+                frames,
+                tunnel.clone(),
+                resend,
+            ));
+            client.write_all(&REQUEST[16..]).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut carried = Vec::new();
+            loop {
+                let frame = tokio::time::timeout(Duration::from_secs(30), queues.next())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                match frame.frame_type {
+                    FrameType::Data => carried.extend_from_slice(&frame.payload),
+                    FrameType::Close => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(carried, REQUEST, "{hub}: the earlier bytes first");
+            match hub {
+                "acknowledged" => unacked.acknowledged(1),
+                "granted credit" => table.grant(1, 1024).unwrap(),
+                _ => {}
+            }
+            tunnel.cancel();
+            let end = tokio::time::timeout(Duration::from_secs(30), pump)
+                .await
+                .unwrap()
+                .unwrap();
+            match (hub, end) {
+                ("silent", Err(Unacked { socket, sent })) => {
+                    let (chunks, fin) = sent.into_parts();
+                    assert_eq!(chunks.concat(), REQUEST);
+                    assert!(fin, "the client's FIN is kept too");
+                    // Still the client's connection, untouched.
+                    write_all(&socket, b"HTTP/1.1 204 No Content\r\n\r\n")
+                        .await
+                        .unwrap();
+                    drop(socket);
+                    let mut answer = Vec::new();
+                    client.read_to_end(&mut answer).await.unwrap();
+                    assert_eq!(answer, b"HTTP/1.1 204 No Content\r\n\r\n");
+                }
+                ("acknowledged" | "granted credit", Ok(StreamEnd::TunnelClosed)) => {
+                    let mut answer = Vec::new();
+                    let read = client.read_to_end(&mut answer).await;
+                    assert_eq!(
+                        read.map_err(|e| e.kind()),
+                        Err(io::ErrorKind::ConnectionReset),
+                        "{hub}: the client sees an abort"
+                    );
+                }
+                (hub, end) => panic!("{hub}: {end:?}"),
+            }
+            assert_eq!(unacked.len(), 0, "{hub}: nothing kept after the stream");
+        }
+    }
+
     /// A loopback connection, both sockets set up by `tune(accepted, client)`, and a hub-side
     /// pump for stream 1 of `table` over the accepted end: the pump's task, the stream's flow,
     /// the client and the queues the frames go to (held, so the tunnel looks alive).
@@ -728,14 +895,19 @@ mod tests {
         let port = table.open(1, Arc::default()).unwrap();
         let flow = port.flow.clone();
         let (frames, queues) = frame_channel();
-        let pump = tokio::spawn(pump(
-            accepted,
-            1,
-            HUB_SIDE,
-            port,
-            frames,
-            CancellationToken::new(),
-        ));
+        let pump = tokio::spawn(async move {
+            let end = pump(
+                accepted,
+                1,
+                HUB_SIDE,
+                port,
+                frames,
+                CancellationToken::new(),
+                Resend::default(),
+            );
+            end.await
+                .expect("the hub's side keeps nothing to send again")
+        });
         (pump, flow, client, queues)
     }
 

@@ -50,6 +50,11 @@ pub(crate) struct FrameSender {
 }
 
 impl FrameSender {
+    /// Whether the writer has ended: nothing queued from now on is sent.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.control.is_closed()
+    }
+
     /// Queues a control frame; false when the tunnel is gone.
     pub(crate) fn control(&self, frame: Frame) -> bool {
         self.control.send(frame).is_ok()
@@ -125,7 +130,7 @@ impl FrameQueues {
     }
 
     /// Waits for the next frame; None once every sender is gone and nothing is left.
-    async fn next(&mut self) -> Option<Frame> {
+    pub(super) async fn next(&mut self) -> Option<Frame> {
         if let Some(frame) = self.try_next() {
             return Some(frame);
         }
