@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use crate::protocol::frame::ResetReason;
 
 use super::quic_link::{relay, reset_stream, OpenStream, RelayCounters, StreamCount};
-use super::retry::{ClientConnection, Unacked, UnackedStream, UnackedStreams};
+use super::retry::{ClientConnection, UnackedStream, UnackedStreams};
 use super::stream::{
     pump, reset_frame, Resend, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE,
 };
@@ -154,11 +154,11 @@ impl ConnectionStreams {
                     let Some((send, recv, tracked)) = stream else {
                         // The tunnel ended before the stream was announced: the hub has none
                         // of it.
-                        let lost = Unacked {
+                        return unacked(ClientConnection {
                             socket,
-                            sent: resend,
-                        };
-                        return unacked(lost.into_client(carries));
+                            resend,
+                            carries: carries.saturating_add(1),
+                        });
                     };
                     let counters = RelayCounters {
                         read: &bytes.read,

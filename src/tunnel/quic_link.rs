@@ -454,51 +454,22 @@ async fn socket_to_stream(
     stream: &OpenStream,
     read: &AtomicU64,
     abort: &CancellationToken,
-    resend: SentBytes,
+    resend: Option<Box<SentBytes>>,
     unacked: Option<&UnackedStream>,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
-    let written = |result: Result<(), WriteError>| match result {
-        Ok(()) => None,
-        Err(WriteError::ConnectionLost(_)) => Some(DirectionEnd::TunnelGone),
-        Err(_) => Some(DirectionEnd::Aborted(ResetReason::Aborted)),
-    };
-    let finish = |send: &mut SendStream| {
-        if let Some(unacked) = unacked {
-            unacked.record_fin();
+    if let Some(resend) = resend {
+        // Boxed: its state would make every relay's task larger.
+        if let Some(end) = Box::pin(write_first(send, *resend, abort, unacked)).await {
+            return end;
         }
-        match send.finish() {
-            Ok(()) => DirectionEnd::Finished,
-            Err(_) => DirectionEnd::Aborted(ResetReason::Aborted),
-        }
-    };
+    }
     // The peer's STOP_SENDING must end this direction wherever it waits. A write blocked by
     // flow control never reports it (quinn-proto checks the connection's limits before the
     // stream's state), and while stopped streams keep their unsent data, the send window
     // stays full: with a thousand non-reading clients, dozens of streams never ended.
     let stopped = send.stopped();
     tokio::pin!(stopped);
-    let stopped_end = |stop: Result<Option<VarInt>, quinn::StoppedError>| match stop {
-        Err(quinn::StoppedError::ConnectionLost(_)) => DirectionEnd::TunnelGone,
-        _ => DirectionEnd::Aborted(ResetReason::Aborted),
-    };
-    let (chunks, fin) = resend.into_parts();
-    for chunk in chunks {
-        if let Some(unacked) = unacked {
-            unacked.record(&chunk);
-        }
-        let result = tokio::select! {
-            _ = abort.cancelled() => return aborted,
-            stop = &mut stopped => return stopped_end(stop),
-            result = send.write_chunk(chunk) => result,
-        };
-        if let Some(end) = written(result) {
-            return end;
-        }
-    }
-    if fin {
-        return finish(send);
-    }
     loop {
         tokio::select! {
             _ = abort.cancelled() => return aborted,
@@ -506,7 +477,7 @@ async fn socket_to_stream(
             ready = socket.readable() => if ready.is_err() { return aborted },
         }
         let chunk = match try_read_chunk(socket, stream.read_size()) {
-            Ok(chunk) if chunk.is_empty() => return finish(send),
+            Ok(chunk) if chunk.is_empty() => return finish(send, unacked),
             Ok(chunk) => chunk,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return aborted,
@@ -515,14 +486,66 @@ async fn socket_to_stream(
         if let Some(unacked) = unacked {
             unacked.record(&chunk);
         }
-        let result = tokio::select! {
+        let written = tokio::select! {
             _ = abort.cancelled() => return aborted,
             stop = &mut stopped => return stopped_end(stop),
-            result = send.write_chunk(chunk) => result,
+            written = send.write_chunk(chunk) => written,
         };
-        if let Some(end) = written(result) {
+        if let Some(end) = write_failed(written) {
             return end;
         }
+    }
+}
+
+/// Writes what the client sent on an earlier tunnel; `Some` when this direction has ended
+/// (it included the client's FIN, or the write failed).
+async fn write_first(
+    send: &mut SendStream,
+    resend: SentBytes,
+    abort: &CancellationToken,
+    unacked: Option<&UnackedStream>,
+) -> Option<DirectionEnd> {
+    let (chunks, fin) = resend.into_parts();
+    for chunk in chunks {
+        if let Some(unacked) = unacked {
+            unacked.record(&chunk);
+        }
+        let written = tokio::select! {
+            _ = abort.cancelled() => return Some(DirectionEnd::Aborted(ResetReason::Aborted)),
+            written = send.write_chunk(chunk) => written,
+        };
+        if let Some(end) = write_failed(written) {
+            return Some(end);
+        }
+    }
+    fin.then(|| finish(send, unacked))
+}
+
+/// How a failed write ends the direction; None if it did not fail.
+fn write_failed(written: Result<(), WriteError>) -> Option<DirectionEnd> {
+    match written {
+        Ok(()) => None,
+        Err(WriteError::ConnectionLost(_)) => Some(DirectionEnd::TunnelGone),
+        Err(_) => Some(DirectionEnd::Aborted(ResetReason::Aborted)),
+    }
+}
+
+/// How the peer's STOP_SENDING (or the connection's end) ends the direction.
+fn stopped_end(stop: Result<Option<VarInt>, quinn::StoppedError>) -> DirectionEnd {
+    match stop {
+        Err(quinn::StoppedError::ConnectionLost(_)) => DirectionEnd::TunnelGone,
+        _ => DirectionEnd::Aborted(ResetReason::Aborted),
+    }
+}
+
+/// Passes the local client's FIN on.
+fn finish(send: &mut SendStream, unacked: Option<&UnackedStream>) -> DirectionEnd {
+    if let Some(unacked) = unacked {
+        unacked.record_fin();
+    }
+    match send.finish() {
+        Ok(()) => DirectionEnd::Finished,
+        Err(_) => DirectionEnd::Aborted(ResetReason::Aborted),
     }
 }
 

@@ -52,7 +52,8 @@ impl SentBytes {
 #[derive(Debug)]
 pub(crate) struct ClientConnection {
     pub socket: TcpStream,
-    pub resend: SentBytes,
+    /// Boxed: only a connection carried again has any.
+    pub resend: Option<Box<SentBytes>>,
     /// Tunnels it was carried on before.
     pub carries: u8,
 }
@@ -61,7 +62,7 @@ impl ClientConnection {
     pub(crate) fn new(socket: TcpStream) -> Self {
         Self {
             socket,
-            resend: SentBytes::default(),
+            resend: None,
             carries: 0,
         }
     }
@@ -72,7 +73,7 @@ impl ClientConnection {
 #[derive(Debug)]
 pub(crate) struct Unacked {
     pub socket: TcpStream,
-    pub sent: SentBytes,
+    pub sent: Box<SentBytes>,
 }
 
 impl Unacked {
@@ -80,7 +81,7 @@ impl Unacked {
     pub(crate) fn into_client(self, carries: u8) -> ClientConnection {
         ClientConnection {
             socket: self.socket,
-            resend: self.sent,
+            resend: Some(self.sent),
             carries: carries.saturating_add(1),
         }
     }
@@ -147,11 +148,11 @@ impl UnackedStream {
 
     /// What the client sent, unless the hub acknowledged the stream or it sent too much. For
     /// when the tunnel has ended.
-    pub(crate) fn take(&self) -> Option<SentBytes> {
+    pub(crate) fn take(&self) -> Option<Box<SentBytes>> {
         if !self.tracked.swap(false, Ordering::Relaxed) {
             return None;
         }
-        self.streams.streams.locked().remove(&self.id)
+        self.streams.streams.locked().remove(&self.id).map(Box::new)
     }
 
     /// Applies `change` to the entry while there is one; a false answer removes it.

@@ -34,7 +34,7 @@ use super::writer::FrameSender;
 /// hub has not acknowledged (none towards a 4.13 hub, and on the hub's side).
 #[derive(Debug, Default)]
 pub(crate) struct Resend {
-    pub sent: SentBytes,
+    pub sent: Option<Box<SentBytes>>,
     pub unacked: Option<UnackedStream>,
 }
 
@@ -569,21 +569,53 @@ async fn upload(
     flow: &StreamFlow,
     frames: &FrameSender,
     bytes_read: &AtomicU64,
-    resend: SentBytes,
+    resend: Option<Box<SentBytes>>,
     unacked: Option<&UnackedStream>,
 ) -> Result<(), Abort> {
-    let send_fin = || {
+    if let Some(resend) = resend {
+        // Boxed: its state would make every stream's task larger.
+        if Box::pin(send_first(*resend, id, side, flow, frames, unacked)).await? {
+            return Ok(());
+        }
+    }
+    loop {
+        // MAX_DATA_PAYLOAD is 64 KiB and fits a u32.
+        let credit = flow.acquire_send(MAX_DATA_PAYLOAD as u32).await;
+        let chunk = loop {
+            socket.readable().await.map_err(Abort::Local)?;
+            match try_read_chunk(socket, credit as usize) {
+                Ok(chunk) => break chunk,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Abort::Local(e)),
+            }
+        };
+        let read = chunk.len();
+        if read == 0 {
+            flow.settle(credit, 0);
+            return send_fin(id, side, flow, frames, unacked);
+        }
+        bytes_read.fetch_add(read as u64, Ordering::Relaxed);
+        // `read` is at most `credit`, a u32.
+        flow.settle(credit, read as u32);
         if let Some(unacked) = unacked {
-            unacked.record_fin();
+            unacked.record(&chunk);
         }
-        let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
-        if frames.data(fin) {
-            flow.on_local_half_close();
-            Ok(())
-        } else {
-            Err(Abort::TunnelGone)
+        if !frames.data(Frame::new(id, side.data, chunk)) {
+            return Err(Abort::TunnelGone);
         }
-    };
+    }
+}
+
+/// Sends what the client sent on an earlier tunnel, within credit; true when that included
+/// its FIN.
+async fn send_first(
+    resend: SentBytes,
+    id: u32,
+    side: StreamSide,
+    flow: &StreamFlow,
+    frames: &FrameSender,
+    unacked: Option<&UnackedStream>,
+) -> Result<bool, Abort> {
     let (chunks, fin) = resend.into_parts();
     for mut chunk in chunks {
         while !chunk.is_empty() {
@@ -600,34 +632,28 @@ async fn upload(
         }
     }
     if fin {
-        return send_fin();
+        send_fin(id, side, flow, frames, unacked)?;
     }
-    loop {
-        // MAX_DATA_PAYLOAD is 64 KiB and fits a u32.
-        let credit = flow.acquire_send(MAX_DATA_PAYLOAD as u32).await;
-        let chunk = loop {
-            socket.readable().await.map_err(Abort::Local)?;
-            match try_read_chunk(socket, credit as usize) {
-                Ok(chunk) => break chunk,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(Abort::Local(e)),
-            }
-        };
-        let read = chunk.len();
-        if read == 0 {
-            flow.settle(credit, 0);
-            return send_fin();
-        }
-        bytes_read.fetch_add(read as u64, Ordering::Relaxed);
-        // `read` is at most `credit`, a u32.
-        flow.settle(credit, read as u32);
-        if let Some(unacked) = unacked {
-            unacked.record(&chunk);
-        }
-        if !frames.data(Frame::new(id, side.data, chunk)) {
-            return Err(Abort::TunnelGone);
-        }
+    Ok(fin)
+}
+
+/// Passes the local client's FIN on.
+fn send_fin(
+    id: u32,
+    side: StreamSide,
+    flow: &StreamFlow,
+    frames: &FrameSender,
+    unacked: Option<&UnackedStream>,
+) -> Result<(), Abort> {
+    if let Some(unacked) = unacked {
+        unacked.record_fin();
     }
+    let fin = Frame::new(id, side.close, close_payload(CloseKind::HalfClose));
+    if !frames.data(fin) {
+        return Err(Abort::TunnelGone);
+    }
+    flow.on_local_half_close();
+    Ok(())
 }
 
 /// Tunnel to local socket, until the peer half-closes.
@@ -808,7 +834,7 @@ mod tests {
             let (frames, mut queues) = frame_channel();
             let tunnel = CancellationToken::new();
             let resend = Resend {
-                sent: earlier,
+                sent: Some(earlier),
                 unacked: Some(UnackedStream::track(&unacked, 1)),
             };
             let pump = tokio::spawn(pump(
