@@ -1,7 +1,6 @@
-//! What the edge keeps of a connection until the hub acknowledges its stream (OPEN_ACK). A
-//! tunnel that ends before that ends on a hub that never reached a target with the stream, so
-//! the edge carries the connection again on another tunnel, those bytes first: a hub killed
-//! under load costs only the connections it had taken.
+//! What the edge keeps of a connection until the hub acknowledges its stream (OPEN_ACK). If the
+//! tunnel ends before that, no target has seen the connection, so the edge carries it on another
+//! tunnel, those bytes first: a hub killed under load costs only the connections it had taken.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,7 +47,7 @@ impl SentBytes {
 }
 
 /// A client connection on its way to a tunnel, with what it sent on an earlier tunnel that
-/// ended before the hub acknowledged it (empty for a new one).
+/// ended before the hub acknowledged it (none for a new one).
 #[derive(Debug)]
 pub(crate) struct ClientConnection {
     pub socket: TcpStream,
