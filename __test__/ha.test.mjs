@@ -16,9 +16,10 @@ import {
   echoOnce,
   echoOver,
   edgeConfig,
-  GUARD_MS,
-  once,
   findExecutable,
+  GUARD_MS,
+  metric,
+  once,
   PACKAGE_ROOT,
   probeConnect,
   RemoteIngressEdge,
@@ -65,12 +66,6 @@ async function freePortOnAll() {
     if (free.every(Boolean)) return port
   }
   throw new Error('no port free on every hub address')
-}
-
-/** The edge's count of connections carried again because their tunnel ended unacknowledged. */
-async function carriedAgain(edge) {
-  const line = (await edge.getMetrics()).split('\n').find((l) => l.startsWith('remoteingress_edge_connections_carried_again_total '))
-  return Number(line.split(' ')[1])
 }
 
 /** Whether a TCP connection to `host:port` is accepted now. */
@@ -281,7 +276,7 @@ test('kill -9 of one of two hubs: only what was in flight on it fails; every req
     const seenAt = Date.now()
     await new Promise((resolve) => setTimeout(resolve, 2000))
     const results = await load.stop()
-    const carried = await carriedAgain(edge)
+    const carried = metric(await edge.getMetrics(), 'remoteingress_edge_connections_carried_again_total')
     const afterKill = results.failures.filter((f) => f.at >= goneAt)
     const longAfterKill = results.long.failures.filter((f) => f.at >= goneAt)
     console.log(

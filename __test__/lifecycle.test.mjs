@@ -10,15 +10,16 @@ import {
   connect,
   edgeConfig,
   GUARD_MS,
+  metric,
   once,
   PACKAGE_ROOT,
   probeConnect,
   readBytes,
   recordEvents,
-  socketEnding,
   RemoteIngressEdge,
   RemoteIngressHub,
   SECRET,
+  socketEnding,
   startTarget,
   startTunnel,
   stopQuietly,
@@ -134,12 +135,6 @@ test('the edge reconnects when its hub comes back on the same port', { timeout: 
     await stopQuietly(tunnel, secondHub, target)
   }
 })
-
-/** The value of one sample in Prometheus text (0 when absent). */
-function metric(text, sample) {
-  const line = text.split('\n').find((l) => l.startsWith(`${sample} `))
-  return line ? Number(line.slice(sample.length + 1)) : 0
-}
 
 test('while its hub is down, clients wait for the tunnel (64 per address; the next is reset) and are carried once it is back', { timeout: 90000 }, async () => {
   const target = await startTarget(behaviours.echo)

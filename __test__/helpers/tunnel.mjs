@@ -103,3 +103,10 @@ export async function stopQuietly(...things) {
     }
   }
 }
+
+/** The value of one sample (name and labels) in Prometheus text; throws when it is absent. */
+export function metric(text, sample) {
+  const line = text.split('\n').find((l) => l.startsWith(`${sample} `))
+  if (!line) throw new Error(`no sample ${sample} in the metrics`)
+  return Number(line.slice(sample.length + 1))
+}

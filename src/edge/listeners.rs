@@ -167,11 +167,11 @@ fn carry(
     peer: SocketAddr,
     bound: Option<SocketAddr>,
 ) {
-    let Err(client) = open_stream(edge, client, peer, bound) else {
+    // A client that is gone already needs no stream and no wait.
+    let Some(local) = bound.or_else(|| client.socket.local_addr().ok()) else {
         return;
     };
-    // A client that is gone already needs no wait.
-    let Some(local) = bound.or_else(|| client.socket.local_addr().ok()) else {
+    let Err(client) = open_stream(edge, client, peer, local) else {
         return;
     };
     let wait = edge.options.connect_wait;
@@ -201,7 +201,7 @@ fn carry(
                 break;
             }
             // The tunnel may have gone again before this client's turn: then wait on.
-            match open_stream(&edge, client, peer, Some(local)) {
+            match open_stream(&edge, client, peer, local) {
                 Ok(()) => return,
                 Err(handed_back) => client = handed_back,
             }
@@ -211,18 +211,15 @@ fn carry(
     });
 }
 
-/// Opens a stream for the client and starts carrying it; hands the client back when no
-/// stream could be opened (no tunnel up, or the tunnel going away).
+/// Opens a stream for the client, which reached `local`, and starts carrying it; hands the
+/// client back when no stream could be opened (no tunnel up, or the tunnel going away).
 fn open_stream(
     edge: &Arc<EdgeShared>,
     client: ClientConnection,
     peer: SocketAddr,
-    bound: Option<SocketAddr>,
+    local: SocketAddr,
 ) -> Result<(), ClientConnection> {
     let Some(link) = edge.pick_link() else {
-        return Err(client);
-    };
-    let Some(local) = bound.or_else(|| client.socket.local_addr().ok()) else {
         return Err(client);
     };
     let first_carry = client.carries == 0;

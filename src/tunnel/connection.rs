@@ -154,11 +154,9 @@ impl ConnectionStreams {
                     let Some((send, recv, tracked)) = stream else {
                         // The tunnel ended before the stream was announced: the hub has none
                         // of it.
-                        return unacked(ClientConnection {
-                            socket,
-                            resend,
-                            carries: carries.saturating_add(1),
-                        });
+                        return unacked(ClientConnection::after_lost_tunnel(
+                            socket, resend, carries,
+                        ));
                     };
                     let counters = RelayCounters {
                         read: &bytes.read,

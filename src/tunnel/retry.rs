@@ -65,6 +65,20 @@ impl ClientConnection {
             carries: 0,
         }
     }
+
+    /// The connection to carry again after its tunnel (which had `carries` before it) ended
+    /// before the hub acknowledged it; `resend` is what it sent there.
+    pub(crate) fn after_lost_tunnel(
+        socket: TcpStream,
+        resend: Option<Box<SentBytes>>,
+        carries: u8,
+    ) -> Self {
+        Self {
+            socket,
+            resend,
+            carries: carries.saturating_add(1),
+        }
+    }
 }
 
 /// A connection whose tunnel ended before the hub acknowledged its stream: the socket,
@@ -78,11 +92,7 @@ pub(crate) struct Unacked {
 impl Unacked {
     /// The connection to carry again, which has now lost `carries` + 1 tunnels.
     pub(crate) fn into_client(self, carries: u8) -> ClientConnection {
-        ClientConnection {
-            socket: self.socket,
-            resend: Some(self.sent),
-            carries: carries.saturating_add(1),
-        }
+        ClientConnection::after_lost_tunnel(self.socket, Some(self.sent), carries)
     }
 }
 
