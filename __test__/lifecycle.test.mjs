@@ -20,29 +20,13 @@ import {
   RemoteIngressHub,
   SECRET,
   socketEnding,
+  startOnPort,
   startTarget,
   startTunnel,
   stopQuietly,
   waitFor,
   withTimeout,
 } from './helpers.mjs'
-
-/**
- * Starts `hub` on the port a stopped hub had. The port was ours a moment ago, but over QUIC
- * the edge's connect attempts bind UDP ports of their own, and one may hold it for a moment:
- * a taken port is retried for a bounded time.
- */
-async function startOnPort(hub, config) {
-  const giveUpAt = Date.now() + 10_000
-  for (;;) {
-    try {
-      return await hub.start(config)
-    } catch (err) {
-      if (err.code !== 'ERR_LISTEN' || Date.now() >= giveUpAt) throw err
-      await new Promise((resolve) => setTimeout(resolve, 20))
-    }
-  }
-}
 
 /** Resolves when the socket is finished for good: 'close' (after end or error). */
 function closed(socket) {

@@ -7,12 +7,14 @@ import { GUARD_MS, withTimeout, once } from './timing.mjs'
 export const SECRET = 'test-secret-7f3a9c'
 
 /**
- * Starts a hub on a free loopback tunnel port; `edges` is the allowed-edges list (may be empty).
+ * Starts a hub on a free loopback tunnel port, or on `hubOptions.tunnelPort`, the port a stopped
+ * hub had (see startOnPort); `edges` is the allowed-edges list (may be empty).
  * Returns { hub, hubPort }.
  */
 export async function startHub(edges = [], hubOptions = {}) {
   const hub = new RemoteIngressHub()
-  await hub.start({ tunnelPort: 0, bindAddress: '127.0.0.1', ...hubOptions })
+  const config = { tunnelPort: 0, bindAddress: '127.0.0.1', ...hubOptions }
+  await (config.tunnelPort === 0 ? hub.start(config) : startOnPort(hub, config))
   try {
     if (edges.length > 0) await hub.updateAllowedEdges(edges)
     const hubPort = (await hub.getStatus()).tunnelPort
@@ -109,4 +111,21 @@ export function metric(text, sample) {
   const line = text.split('\n').find((l) => l.startsWith(`${sample} `))
   if (!line) throw new Error(`no sample ${sample} in the metrics`)
   return Number(line.slice(sample.length + 1))
+}
+
+/**
+ * Starts `hub` on the port a stopped hub had. The port was ours a moment ago, but over QUIC
+ * the edge's connect attempts bind UDP ports of their own, and one may hold it for a moment:
+ * a taken port is retried for a bounded time.
+ */
+export async function startOnPort(hub, config) {
+  const giveUpAt = Date.now() + 10_000
+  for (;;) {
+    try {
+      return await hub.start(config)
+    } catch (err) {
+      if (err.code !== 'ERR_LISTEN' || Date.now() >= giveUpAt) throw err
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
 }
