@@ -13,7 +13,7 @@ use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::protocol::quic_messages::{
     decode_control, encode_control, encode_datagram, encode_open_datagram,
 };
-use crate::transport::quic_congestion::{BoundedCubic, MIN_WINDOW_BOUND};
+use crate::transport::quic_congestion::{Bounded, MIN_WINDOW_BOUND};
 use crate::transport::quic_endpoint::edge_endpoint;
 use crate::transport::tls::HubTrust;
 use bytes::{Bytes, BytesMut};
@@ -367,15 +367,15 @@ async fn on_loopback_a_bulk_transfer_keeps_its_window_at_the_short_path_bound() 
     rig.sessions_open(1).await;
     rig.send_and_receive(11, b"first").await;
     // Datagrams are congestion controlled like stream data. Sent faster than they are
-    // acknowledged, CUBIC alone keeps growing its window while nothing is lost, and loopback
-    // loses nothing. The bound follows the shortest round trip measured, which a loaded
-    // machine makes longer: the controller's own bound is what the window is held to.
+    // acknowledged, the controller's own window reaches the bound on loopback. The bound
+    // follows the shortest round trip measured, which a loaded machine makes longer: the
+    // controller's own bound is what the window is held to.
     let payload = Bytes::from(vec![b'x'; 1200]);
     let send = || async {
         let datagram = encode_datagram(11, &payload);
         rig.connection.send_datagram_wait(datagram).await.unwrap();
         let controller = rig.connection.congestion_state().into_any();
-        let controller = controller.downcast::<BoundedCubic>().unwrap();
+        let controller = controller.downcast::<Bounded>().unwrap();
         (controller.window(), controller.bound())
     };
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -1,5 +1,7 @@
-//! CUBIC with its window bounded on short paths. A loss-based controller grows its window
-//! until a queue overflows; on loopback or a LAN the queue is the peer's UDP receive buffer
+//! BBR with its window bounded on short paths. BBR paces to the bottleneck it measures and does
+//! not read random loss as congestion, so one lost packet in a thousand on a long path does not
+//! halve a tunnel's window (quinn's CUBIC never recovered from it: docs/PERFORMANCE.md, "The
+//! WAN bench"). On loopback or a LAN the queue a window fills is the peer's UDP receive buffer
 //! (megabytes, so bursts are not lost), and every other connection's packets wait behind a
 //! bulk transfer's whole window there. The TCP+TLS transport bounds its receive buffer by the
 //! same rule (`transport::short_path_bound`): no more than the fastest rate we size for
@@ -9,7 +11,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
+use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
 /// The smallest bound: what the TCP+TLS tunnel's smallest receive buffer holds (the kernel
@@ -26,45 +28,45 @@ pub(crate) fn window_bound(min_rtt: Duration) -> Option<u64> {
     super::short_path_bound(min_rtt, MIN_WINDOW_BOUND)
 }
 
-/// Builds [`BoundedCubic`] controllers.
-pub(crate) struct BoundedCubicConfig {
-    pub cubic: Arc<CubicConfig>,
+/// Builds [`Bounded`] controllers around the controllers `inner` builds.
+pub(crate) struct BoundedConfig {
+    pub inner: Arc<dyn ControllerFactory + Send + Sync>,
 }
 
-impl ControllerFactory for BoundedCubicConfig {
+impl ControllerFactory for BoundedConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(BoundedCubic {
-            cubic: self.cubic.clone().build(now, current_mtu),
+        Box::new(Bounded {
+            inner: self.inner.clone().build(now, current_mtu),
             bound: None,
         })
     }
 }
 
-/// CUBIC, with a window of at most [`window_bound`] of the shortest round trip seen.
-pub(crate) struct BoundedCubic {
-    cubic: Box<dyn Controller>,
+/// A controller whose window is at most [`window_bound`] of the shortest round trip seen.
+pub(crate) struct Bounded {
+    inner: Box<dyn Controller>,
     /// None until the first round trip is measured, and on long paths.
     bound: Option<u64>,
 }
 
-impl BoundedCubic {
+impl Bounded {
     /// The bound in force: None until a round trip is measured, and on long paths.
     #[cfg(test)]
     pub fn bound(&self) -> Option<u64> {
         self.bound
     }
 
-    /// Whether CUBIC's own window already reaches the bound. Acknowledgements then do not
+    /// Whether the controller's own window already reaches the bound. Acknowledgements then do not
     /// grow it: a window that is never used would only make a later loss halve it from far
     /// above the bound, which would not slow the sender at all.
     fn at_bound(&self) -> bool {
-        self.bound.is_some_and(|bound| self.cubic.window() >= bound)
+        self.bound.is_some_and(|bound| self.inner.window() >= bound)
     }
 }
 
-impl Controller for BoundedCubic {
+impl Controller for Bounded {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
-        self.cubic.on_sent(now, bytes, last_packet_number);
+        self.inner.on_sent(now, bytes, last_packet_number);
     }
 
     fn on_ack(
@@ -77,7 +79,7 @@ impl Controller for BoundedCubic {
     ) {
         self.bound = window_bound(rtt.min());
         let app_limited = app_limited || self.at_bound();
-        self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
+        self.inner.on_ack(now, sent, bytes, app_limited, rtt);
     }
 
     fn on_end_acks(
@@ -87,7 +89,7 @@ impl Controller for BoundedCubic {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
-        self.cubic
+        self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
     }
 
@@ -98,34 +100,34 @@ impl Controller for BoundedCubic {
         is_persistent_congestion: bool,
         lost_bytes: u64,
     ) {
-        self.cubic
+        self.inner
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
-        self.cubic.on_mtu_update(new_mtu);
+        self.inner.on_mtu_update(new_mtu);
     }
 
     fn window(&self) -> u64 {
-        let window = self.cubic.window();
+        let window = self.inner.window();
         self.bound.map_or(window, |bound| window.min(bound))
     }
 
     fn metrics(&self) -> ControllerMetrics {
-        let mut metrics = self.cubic.metrics();
+        let mut metrics = self.inner.metrics();
         metrics.congestion_window = self.window();
         metrics
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(Self {
-            cubic: self.cubic.clone_box(),
+            inner: self.inner.clone_box(),
             bound: self.bound,
         })
     }
 
     fn initial_window(&self) -> u64 {
-        self.cubic.initial_window()
+        self.inner.initial_window()
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {

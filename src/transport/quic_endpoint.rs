@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::congestion::CubicConfig;
+use quinn::congestion::BbrConfig;
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use rustls::{ClientConfig, ServerConfig};
 
-use super::quic_congestion::BoundedCubicConfig;
+use super::quic_congestion::BoundedConfig;
 use super::quic_runtime::TurnSharingRuntime;
 use super::tls::{TlsSetupError, ALPN};
 
@@ -90,10 +90,10 @@ fn transport_config(
     // period, the close is never sent and the peer gets a stateless reset instead of the
     // reason. Ten packets of our largest size, as RFC 9002 counts the initial window, leaves
     // room for it.
-    let mut cubic = CubicConfig::default();
-    cubic.initial_window(10 * u64::from(QUIC_MAX_UDP_PAYLOAD));
-    transport.congestion_controller_factory(Arc::new(BoundedCubicConfig {
-        cubic: Arc::new(cubic),
+    let mut bbr = BbrConfig::default();
+    bbr.initial_window(10 * u64::from(QUIC_MAX_UDP_PAYLOAD));
+    transport.congestion_controller_factory(Arc::new(BoundedConfig {
+        inner: Arc::new(bbr),
     }));
     transport
 }
