@@ -54,6 +54,22 @@ pub(crate) fn stream_window(active: usize, budget: u32) -> u32 {
     share.clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW_TARGET)
 }
 
+/// The receive window of a stream with `active` streams open: [`stream_window`], held to
+/// [`SUSTAINED_STREAM_WINDOW`] for an elephant flow, raised to `tuned` (what the stream's reader
+/// calls for over the round trip, `autotune`) within the stream's share of the budget.
+pub(crate) fn receive_window(active: usize, budget: u32, sustained: bool, tuned: u32) -> u32 {
+    let share = stream_window(active, budget);
+    let floor = if sustained {
+        share.min(SUSTAINED_STREAM_WINDOW)
+    } else {
+        share
+    };
+    let budget_share = u32::try_from(active.max(1))
+        .map(|n| budget / n)
+        .unwrap_or(0);
+    floor.max(tuned.min(budget_share))
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub(crate) enum FlowError {
     #[error("window update of {credit} bytes overflows the send window ({available} available)")]
@@ -275,6 +291,28 @@ mod tests {
                 "{active} streams hold {held}"
             );
         }
+    }
+
+    #[test]
+    fn a_tuned_window_raises_the_share_but_stays_within_the_budget() {
+        let mib = 1024 * 1024;
+        let budget = TUNNEL_WINDOW_BUDGET;
+        // Nothing tuned: the share, an elephant flow held to its floor.
+        assert_eq!(receive_window(1, budget, false, 0), 4 * mib);
+        assert_eq!(receive_window(1, budget, true, 0), SUSTAINED_STREAM_WINDOW);
+        // A long path calls for more, for elephants too.
+        assert_eq!(receive_window(1, budget, false, 24 * mib), 24 * mib);
+        assert_eq!(receive_window(1, budget, true, 24 * mib), 24 * mib);
+        // Less than the share changes nothing.
+        assert_eq!(receive_window(1, budget, false, mib), 4 * mib);
+        // 40 streams share 200 MiB: 5 MiB each at most, whatever is called for.
+        assert_eq!(receive_window(40, budget, false, 24 * mib), 5 * mib);
+        assert_eq!(receive_window(40, budget, true, 24 * mib), 5 * mib);
+        // Past 3,200 streams the floor is above the share, as before.
+        assert_eq!(
+            receive_window(10_000, budget, false, 24 * mib),
+            MIN_STREAM_WINDOW
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod autotune;
 pub(crate) mod flow;
 pub(crate) mod round_robin;
 pub(crate) mod stream_state;

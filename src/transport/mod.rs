@@ -92,7 +92,7 @@ pub(crate) fn short_path_bound(rtt: Duration, floor: u64) -> Option<u64> {
 
 /// The kernel's smoothed round-trip estimate for a connected TCP socket (TCP_INFO).
 #[cfg(target_os = "linux")]
-fn smoothed_rtt(tcp: &TcpStream) -> io::Result<Duration> {
+pub(crate) fn smoothed_rtt(tcp: &TcpStream) -> io::Result<Duration> {
     use std::os::fd::AsRawFd;
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -116,7 +116,7 @@ fn smoothed_rtt(tcp: &TcpStream) -> io::Result<Duration> {
 
 /// Elsewhere there is no estimate to size by; autotuning stays.
 #[cfg(not(target_os = "linux"))]
-fn smoothed_rtt(_: &TcpStream) -> io::Result<Duration> {
+pub(crate) fn smoothed_rtt(_: &TcpStream) -> io::Result<Duration> {
     Ok(Duration::MAX)
 }
 

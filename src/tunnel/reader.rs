@@ -43,6 +43,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// What the frames are read from.
+    pub(crate) fn io(&self) -> &R {
+        &self.io
+    }
+
     /// The next frame, or `PeerClosed` at a clean end of stream between frames. Cancel-safe:
     /// what was read stays in the reader.
     pub(crate) async fn next(&mut self) -> Result<Frame, TunnelError> {

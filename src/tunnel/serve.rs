@@ -2,9 +2,10 @@
 //! task, the reader with its heartbeat, and (over QUIC) the datagram, oversized-datagram and
 //! connection-stream tasks. What arrives goes to the end's [`TunnelEnd`] handler.
 
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
@@ -21,7 +22,7 @@ use crate::protocol::proxy::{parse_v1, ProxyAddresses, ProxyHeader, PROXY_V1_MAX
 use crate::transport::quic_endpoint::{
     close_and_send, grant_tunnel_limits, CLOSE_PROTOCOL_ERROR, CLOSE_SESSION_ENDED,
 };
-use crate::transport::tls_stream::TlsConnection;
+use crate::transport::tls_stream::{TlsConnection, TlsReader};
 
 use super::connection::{
     ConnectionStreams, FramesStream, IncomingStream, QuicAdmittedStream, QuicConnectionStream,
@@ -31,7 +32,7 @@ use super::quic_link::{
     ControlReader, QuicLink,
 };
 use super::reader::FrameReader;
-use super::receive_loop::{run_tunnel_loop, Heartbeat};
+use super::receive_loop::{run_tunnel_loop, Heartbeat, MessageSource};
 use super::stream::{reset_frame, SocketBytes, StreamTable, HUB_SIDE};
 use super::writer::{frame_channel, run_writer, FrameQueues, FrameSender};
 use super::{deliver, spawn_until, Carrier, TunnelError, Violation};
@@ -373,7 +374,11 @@ pub(crate) async fn serve<E: TunnelEnd>(
                 cancel.clone(),
                 options.bytes_out.clone(),
             ));
-            let reader = FrameReader::new(reader, leftover, options.bytes_in.clone());
+            let reader = TlsFrames {
+                reader: FrameReader::new(reader, leftover, options.bytes_in.clone()),
+                table: end.streams().table().clone(),
+                sample_at: Instant::now(),
+            };
             run_tunnel_loop(reader, writer, cancel, heartbeat, |frame| {
                 on_frame(end, &frames, frame)
             })
@@ -407,6 +412,32 @@ pub(crate) async fn serve<E: TunnelEnd>(
         }
     };
     failure.take().unwrap_or(ended)
+}
+
+/// How often a TCP+TLS tunnel passes the kernel's round-trip estimate to its streams.
+const ROUND_TRIP_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The frames of a TCP+TLS tunnel. While they arrive, the kernel's round-trip estimate for
+/// the socket is passed to the stream table, whose receive windows grow with it.
+struct TlsFrames {
+    reader: FrameReader<TlsReader>,
+    table: Arc<StreamTable>,
+    sample_at: Instant,
+}
+
+impl MessageSource for TlsFrames {
+    type Message = Frame;
+    fn next(&mut self) -> impl Future<Output = Result<Frame, TunnelError>> + Send {
+        let now = Instant::now();
+        if now >= self.sample_at {
+            self.sample_at = now + ROUND_TRIP_SAMPLE_INTERVAL;
+            // Best effort: without an estimate windows keep their share of the budget.
+            if let Ok(rtt) = crate::transport::smoothed_rtt(self.reader.io().tcp()) {
+                self.table.round_trip().set(rtt);
+            }
+        }
+        self.reader.next()
+    }
 }
 
 fn on_frame<E: TunnelEnd>(

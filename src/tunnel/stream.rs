@@ -14,10 +14,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::lock::Locked;
+use crate::mux::autotune::{RoundTrip, WindowTuner};
 use crate::mux::flow::{
-    stream_window, upstream_413_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW,
-    SUSTAINED_STREAM_WINDOW, TUNNEL_WINDOW_BUDGET, UPSTREAM_413_GRANT_BATCH,
-    UPSTREAM_413_RECEIVE_WINDOW,
+    receive_window, upstream_413_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW,
+    TUNNEL_WINDOW_BUDGET, UPSTREAM_413_GRANT_BATCH, UPSTREAM_413_RECEIVE_WINDOW,
 };
 use crate::mux::stream_state::{StreamState, Writer};
 use crate::mux::sustained::FlowMeter;
@@ -83,6 +83,8 @@ struct Windows {
     recv: RecvWindow,
     /// Incoming bytes over time, to lock an elephant flow's window to the floor.
     received: FlowMeter,
+    /// The window the stream's reader calls for over the tunnel's round trip.
+    tuner: WindowTuner,
     /// Delivered by the tunnel reader, not yet taken by the pump. Bounded by the receive
     /// window; unlike a channel it allocates nothing until the first item, so an idle stream
     /// holds no buffer.
@@ -113,8 +115,8 @@ pub(crate) struct StreamFlow {
     windows: Mutex<Windows>,
     credit_arrived: Notify,
     input_arrived: Notify,
-    /// Streams open on the tunnel: the receive window is the tunnel budget shared out.
-    active_streams: Arc<AtomicUsize>,
+    /// The table's streams and round trip: the receive window is the tunnel budget shared out.
+    table: Arc<TableShared>,
     budget: u32,
     /// The peer's: how credit starts and is given back.
     dialect: Dialect,
@@ -122,7 +124,7 @@ pub(crate) struct StreamFlow {
 
 impl StreamFlow {
     /// A stream opened as the `active`th on its tunnel.
-    fn new(active_streams: Arc<AtomicUsize>, budget: u32, dialect: Dialect, active: usize) -> Self {
+    fn new(table: Arc<TableShared>, budget: u32, dialect: Dialect, active: usize) -> Self {
         let (send, recv) = match dialect {
             Dialect::RemoteIngress1 => (INITIAL_STREAM_WINDOW, INITIAL_STREAM_WINDOW),
             // 4.13 peers assume the documented windows from the first byte.
@@ -133,6 +135,7 @@ impl StreamFlow {
                 send: SendWindow::new(send),
                 recv: RecvWindow::new(recv),
                 received: FlowMeter::new(Instant::now()),
+                tuner: WindowTuner::new(Instant::now()),
                 inbox: VecDeque::new(),
                 state: StreamState::new(),
                 direct: None,
@@ -140,7 +143,7 @@ impl StreamFlow {
             }),
             credit_arrived: Notify::new(),
             input_arrived: Notify::new(),
-            active_streams,
+            table,
             budget,
             dialect,
         }
@@ -307,13 +310,16 @@ impl StreamFlow {
                 UPSTREAM_413_GRANT_BATCH,
             );
         }
-        // Streams share the tunnel budget; an elephant flow gets no more than it needs.
-        let share = stream_window(self.active_streams.load(Ordering::Relaxed), self.budget);
-        let window = if windows.received.is_sustained() {
-            share.min(SUSTAINED_STREAM_WINDOW)
-        } else {
-            share
-        };
+        // Streams share the tunnel budget; an elephant flow gets no more than it needs, which
+        // on a long path is what it consumes per round trip.
+        let round_trip = self.table.round_trip.get();
+        let tuned = windows.tuner.on_consumed(len, Instant::now(), round_trip);
+        let window = receive_window(
+            self.table.active.load(Ordering::Relaxed),
+            self.budget,
+            windows.received.is_sustained(),
+            tuned,
+        );
         windows.recv.on_consumed(len, window, window / 4)
     }
 
@@ -349,12 +355,20 @@ pub(crate) struct SocketBytes {
     pub written: AtomicU64,
 }
 
+/// What every stream's flow control reads without the table's lock.
+#[derive(Debug, Default)]
+struct TableShared {
+    /// The number of entries.
+    active: AtomicUsize,
+    round_trip: RoundTrip,
+}
+
 /// Live streams of one tunnel by id.
 #[derive(Debug)]
 pub(crate) struct StreamTable {
     streams: Mutex<HashMap<u32, StreamHandle>>,
-    /// The number of entries, readable without the lock by every stream's flow control.
-    active: Arc<AtomicUsize>,
+    /// Read without the lock by every stream's flow control.
+    shared: Arc<TableShared>,
     /// Bytes the streams' receive windows share.
     budget: u32,
     /// The peer's.
@@ -373,7 +387,7 @@ impl StreamTable {
     pub(crate) fn new(budget: u32, dialect: Dialect) -> Self {
         Self {
             streams: Mutex::default(),
-            active: Arc::default(),
+            shared: Arc::default(),
             budget,
             dialect,
         }
@@ -381,6 +395,11 @@ impl StreamTable {
 
     pub(crate) fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Where the transport puts its round-trip estimate, which receive windows grow with.
+    pub(crate) fn round_trip(&self) -> &RoundTrip {
+        &self.shared.round_trip
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<u32, StreamHandle>> {
@@ -397,13 +416,13 @@ impl StreamTable {
             return None;
         };
         let flow = Arc::new(StreamFlow::new(
-            self.active.clone(),
+            self.shared.clone(),
             self.budget,
             self.dialect,
             active,
         ));
         slot.insert(StreamHandle { flow: flow.clone() });
-        self.active.store(map.len(), Ordering::Relaxed);
+        self.shared.active.store(map.len(), Ordering::Relaxed);
         Some(StreamPort { flow, bytes })
     }
 
@@ -416,7 +435,7 @@ impl StreamTable {
         if map.remove(&id).is_some() {
             crate::heap::stream_closed();
         }
-        self.active.store(map.len(), Ordering::Relaxed);
+        self.shared.active.store(map.len(), Ordering::Relaxed);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -746,6 +765,8 @@ async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mux::autotune::MAX_TUNED_STREAM_WINDOW;
+    use crate::mux::flow::MAX_STREAM_WINDOW_TARGET;
     use crate::tunnel::retry::UnackedStreams;
     use crate::tunnel::writer::frame_channel;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -998,6 +1019,40 @@ mod tests {
         flow.on_close(CloseKind::HalfClose);
         let end = tokio::time::timeout(linger, pump).await.unwrap().unwrap();
         assert_eq!(end, StreamEnd::Finished);
+    }
+
+    /// On a long path a stream's window grows past its share of the budget (4 MiB) to twice
+    /// what its reader consumed in a round trip.
+    #[test]
+    fn a_stream_whose_reader_keeps_up_grows_its_window_with_the_round_trip() {
+        let table = StreamTable::new(TUNNEL_WINDOW_BUDGET, Dialect::RemoteIngress1);
+        // Long enough that the test's own pauses on a loaded machine do not matter.
+        let rtt = Duration::from_millis(500);
+        table.round_trip().set(rtt);
+        let port = table.open(1, Arc::default()).unwrap();
+        let flow = &port.flow;
+        // The peer sends all it may; the reader writes each payload out at once.
+        let send_and_consume = |len: usize| {
+            flow.on_data(Bytes::from(vec![0; len])).unwrap();
+            let mut windows = flow.windows();
+            windows.inbox.clear();
+            flow.credit_after(&mut windows, len as u32)
+        };
+        let mib = 1 << 20;
+        let first = send_and_consume(INITIAL_STREAM_WINDOW as usize).unwrap();
+        assert_eq!(first, MAX_STREAM_WINDOW_TARGET);
+        // Within the first round trip the window is the share.
+        assert_eq!(
+            send_and_consume(first as usize),
+            Some(MAX_STREAM_WINDOW_TARGET)
+        );
+        std::thread::sleep(rtt);
+        // 8 MiB consumed in about one round trip call for about 16 MiB; a delay of up to
+        // another round trip still leaves more than 8.
+        let grown = send_and_consume(MAX_STREAM_WINDOW_TARGET as usize).unwrap();
+        assert!(grown > 8 * mib, "{grown}");
+        assert!(grown <= MAX_TUNED_STREAM_WINDOW, "{grown}");
+        assert_eq!(flow.windows().recv.remaining(), grown);
     }
 
     /// A 4.13 peer starts with the documented window and is given back what it sent, from
