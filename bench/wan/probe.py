@@ -7,10 +7,15 @@
   probe.py ttfb HOST PORT [--count N]            N new connections, one after the other, each
                                                  sends 64 bytes: prints the median and p90 time
                                                  from connect() to the first byte back, in ms
+  probe.py requests HOST PORT [--count N] [--concurrency C]
+                                                 N requests, each on a new connection (64 bytes
+                                                 there and back, then close), C at a time: prints
+                                                 the requests that failed and the seconds taken
 Every mode stops by itself (the server after --max-seconds, default 900)."""
 import asyncio
 import socket
 import sys
+import threading
 import time
 
 MESSAGE = b"x" * 64
@@ -75,6 +80,33 @@ def ttfb(host, port, count):
     print(round(percentile(samples, 0.5), 2), round(percentile(samples, 0.9), 2), len(samples))
 
 
+def requests(host, port, count, concurrency):
+    lock = threading.Lock()
+    left, failed = [count], [0]
+
+    def worker():
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            try:
+                with socket.create_connection((host, port), timeout=30) as sock:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    exchange(sock)
+            except OSError:
+                with lock:
+                    failed[0] += 1
+
+    start = time.monotonic()
+    workers = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    print(failed[0], round(time.monotonic() - start, 2))
+
+
 def option(args, name, default):
     return float(args[args.index(name) + 1]) if name in args else default
 
@@ -87,6 +119,9 @@ def main(args):
             latency(args[1], int(args[2]), option(args, "--seconds", 5))
         elif args[0] == "ttfb":
             ttfb(args[1], int(args[2]), int(option(args, "--count", 20)))
+        elif args[0] == "requests":
+            requests(args[1], int(args[2]), int(option(args, "--count", 2000)),
+                     int(option(args, "--concurrency", 20)))
         else:
             raise IndexError
     except (IndexError, ValueError):
