@@ -12,7 +12,8 @@
 //           3 s, while new clients ask the target (an echo) one question each.
 // downloads 1,000 clients start a download that never ends and never read, over TCP+TLS and
 //           QUIC: the peak memory of hub and edge (each in its own process, default budget),
-//           and their memory 10 s after the clients closed.
+//           and their memory 10 s after the clients closed; meanwhile a new client asks an
+//           echo target through the same edge every 500 ms: how many are answered within 5 s.
 // uploads   the same with 1,000 clients that upload without end to a target that never reads
 //           (memory after: once the clients and the target closed).
 //
@@ -302,6 +303,34 @@ async function udp() {
   target.close()
 }
 
+/**
+ * A new client every 500 ms for `ms` connects to 127.0.0.2:`port` (an echo) and sends 64
+ * bytes: how many got them back within 5 s, of how many asked.
+ */
+async function askNewClients(port, ms) {
+  const ask = () =>
+    new Promise((resolve) => {
+      const client = net.connect({ host: '127.0.0.2', port }, () => client.write(Buffer.alloc(64, 7)))
+      let got = 0
+      const done = (answered) => {
+        clearTimeout(timer)
+        client.destroy()
+        resolve(answered)
+      }
+      const timer = setTimeout(() => done(false), 5000)
+      client.on('data', (chunk) => (got += chunk.length) >= 64 && done(true))
+      client.on('error', () => done(false))
+    })
+  const asked = []
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    asked.push(ask())
+    await sleep(500)
+  }
+  const answers = await Promise.all(asked)
+  return { answered: answers.filter(Boolean).length, asked: answers.length }
+}
+
 /** Peak RSS of each pid, sampled every 250 ms for `ms`. */
 async function peakRss(pids, ms) {
   const peaks = pids.map(() => 0)
@@ -341,8 +370,10 @@ async function neverReading(direction) {
         })
   if (direction === 'uploads') await new Promise((resolve) => target.listen(0, '127.0.0.1', resolve))
   const port = target.address().port
+  const echo = await echoServer()
+  const echoPort = echo.address().port
   for (const transportMode of ['tcpTls', 'quic']) {
-    const hub = await startHub({ tunnelPort: 0, bindAddress: '127.0.0.1' }, [{ id: 'bench', secret: SECRET, listenPorts: [port] }])
+    const hub = await startHub({ tunnelPort: 0, bindAddress: '127.0.0.1' }, [{ id: 'bench', secret: SECRET, listenPorts: [port, echoPort] }])
     const edge = await startChild(EDGE_FIXTURE, { REMOTEINGRESS_TEST_EDGE: JSON.stringify({ start: edgeConfig(hub.port, { transportMode }) }) }, 'portsAssigned')
     await sleep(1000)
     const baseline = [usage(hub.pid).rssMiB, usage(edge.pid).rssMiB]
@@ -354,18 +385,22 @@ async function neverReading(direction) {
       else writeEndlessly(client)
       clients.push(client)
     }
-    const peak = await peakRss([hub.pid, edge.pid], 15000)
+    const [peak, asked] = await Promise.all([peakRss([hub.pid, edge.pid], 15000), askNewClients(echoPort, 15000)])
     for (const client of clients) client.destroy()
     for (const socket of accepted) socket.destroy()
     await sleep(10000)
     const after = [usage(hub.pid).rssMiB, usage(edge.pid).rssMiB]
     const row = (name, i) => `${name} ${baseline[i].toFixed(0)} -> peak ${peak[i].toFixed(0)} -> ${after[i].toFixed(0)} MiB 10 s after`
     const who = direction === 'downloads' ? 'clients that never read' : 'uploads to a target that never reads'
-    console.log(`${direction}: ${transportMode}: 1,000 ${who}: ${row('hub', 0)}; ${row('edge', 1)}`)
+    console.log(
+      `${direction}: ${transportMode}: 1,000 ${who}: ${row('hub', 0)}; ${row('edge', 1)}; ` +
+        `new clients meanwhile answered within 5 s: ${asked.answered} of ${asked.asked}`,
+    )
     await edge.stop()
     await hub.stop()
   }
   target.close()
+  echo.close()
 }
 
 const downloads = () => neverReading('downloads')
