@@ -48,10 +48,14 @@ pub(crate) const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
 /// The window each stream gets with `active` streams open: `budget` shared out, within
 /// [64 KiB, 4 MiB].
 pub(crate) fn stream_window(active: usize, budget: u32) -> u32 {
-    let share = u32::try_from(active.max(1))
+    budget_share(active, budget).clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW_TARGET)
+}
+
+/// `budget` divided among `active` streams (at least one).
+fn budget_share(active: usize, budget: u32) -> u32 {
+    u32::try_from(active.max(1))
         .map(|n| budget / n)
-        .unwrap_or(0);
-    share.clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW_TARGET)
+        .unwrap_or(0)
 }
 
 /// The receive window of a stream with `active` streams open: [`stream_window`], held to
@@ -64,10 +68,7 @@ pub(crate) fn receive_window(active: usize, budget: u32, sustained: bool, tuned:
     } else {
         share
     };
-    let budget_share = u32::try_from(active.max(1))
-        .map(|n| budget / n)
-        .unwrap_or(0);
-    floor.max(tuned.min(budget_share))
+    floor.max(tuned.min(budget_share(active, budget)))
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

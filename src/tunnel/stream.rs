@@ -130,12 +130,13 @@ impl StreamFlow {
             // 4.13 peers assume the documented windows from the first byte.
             Dialect::Upstream413 => (upstream_413_window(active), UPSTREAM_413_RECEIVE_WINDOW),
         };
+        let now = Instant::now();
         Self {
             windows: Mutex::new(Windows {
                 send: SendWindow::new(send),
                 recv: RecvWindow::new(recv),
-                received: FlowMeter::new(Instant::now()),
-                tuner: WindowTuner::new(Instant::now()),
+                received: FlowMeter::new(now),
+                tuner: WindowTuner::new(now),
                 inbox: VecDeque::new(),
                 state: StreamState::new(),
                 direct: None,
