@@ -26,7 +26,7 @@ import { createRequire } from 'node:module'
 import net from 'node:net'
 import path from 'node:path'
 import readline from 'node:readline'
-import { startEndlessServer } from '../__test__/helpers.mjs'
+import { echoOnce, startEndlessServer } from '../__test__/helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
@@ -305,22 +305,11 @@ async function udp() {
 
 /**
  * A new client every 500 ms for `ms` connects to 127.0.0.2:`port` (an echo) and sends 64
- * bytes: how many got them back within 5 s, of how many asked.
+ * bytes: how many got them back within 5 s of connecting, of how many asked.
  */
 async function askNewClients(port, ms) {
-  const ask = () =>
-    new Promise((resolve) => {
-      const client = net.connect({ host: '127.0.0.2', port }, () => client.write(Buffer.alloc(64, 7)))
-      let got = 0
-      const done = (answered) => {
-        clearTimeout(timer)
-        client.destroy()
-        resolve(answered)
-      }
-      const timer = setTimeout(() => done(false), 5000)
-      client.on('data', (chunk) => (got += chunk.length) >= 64 && done(true))
-      client.on('error', () => done(false))
-    })
+  const question = 'q'.repeat(64)
+  const ask = () => echoOnce(port, question, 5000).then((answer) => answer === question, () => false)
   const asked = []
   const end = Date.now() + ms
   while (Date.now() < end) {
@@ -373,7 +362,9 @@ async function neverReading(direction) {
   const echo = await echoServer()
   const echoPort = echo.address().port
   for (const transportMode of ['tcpTls', 'quic']) {
-    const hub = await startHub({ tunnelPort: 0, bindAddress: '127.0.0.1' }, [{ id: 'bench', secret: SECRET, listenPorts: [port, echoPort] }])
+    // No PROXY header, so the echo answers a new client with exactly its question.
+    const start = { tunnelPort: 0, bindAddress: '127.0.0.1', proxyProtocol: 'none' }
+    const hub = await startHub(start, [{ id: 'bench', secret: SECRET, listenPorts: [port, echoPort] }])
     const edge = await startChild(EDGE_FIXTURE, { REMOTEINGRESS_TEST_EDGE: JSON.stringify({ start: edgeConfig(hub.port, { transportMode }) }) }, 'portsAssigned')
     await sleep(1000)
     const baseline = [usage(hub.pid).rssMiB, usage(edge.pid).rssMiB]
