@@ -10,11 +10,15 @@ import tls from 'node:tls'
 import {
   ALPN,
   EDGE_ADDRESS,
+  GUARD_MS,
   SECRET,
+  behaviours,
+  echoOnce,
   edgeConfig,
   startConnectedEdge,
   startEndlessServer,
   startHub,
+  startTarget,
   startTunnel,
   startUdpClient,
   startUdpTarget,
@@ -210,6 +214,47 @@ test('a UDP flood from thousands of addresses keeps neither new clients out nor 
   } finally {
     for (const client of clients) await client.close()
     await stopQuietly(tunnel, target)
+  }
+})
+
+test('connections whose clients stopped reading leave the tunnel to everyone else', { timeout: 180000 }, async () => {
+  // Each stuck download holds its own window and no more. Over QUIC each once held a whole
+  // 4 MiB stream window unread inside quinn, counted against the connection's window (three
+  // quarters of the budget): a few of them stopped every other connection's downloads.
+  const STUCK = 12
+  const endless = await startEndlessServer()
+  const echo = await startTarget(behaviours.echo)
+  const stuckPort = endless.address().port
+  let tunnel
+  const clients = []
+  try {
+    tunnel = await startTunnel({ ports: [stuckPort, echo.port], edgeOptions: { tunnelBufferBytes: 32 * 1024 * 1024 } })
+    for (let i = 0; i < STUCK; i++) {
+      const client = net.connect({ host: EDGE_ADDRESS, port: stuckPort })
+      client.on('error', () => {})
+      client.pause() // never reads
+      clients.push(client)
+    }
+    const bytesOut = async () => (await tunnel.hub.getStatus()).connectedEdges[0]?.bytesOut ?? 0
+    await waitFor(async () => (await tunnel.hub.getStatus()).connectedEdges[0]?.activeStreams === STUCK, {
+      what: 'every stuck connection open at the hub',
+    })
+    // Until nothing more moves: every stuck download holds all its windows and buffers allow.
+    let before = -1
+    await waitFor(
+      async () => {
+        const now = await bytesOut()
+        const still = now === before && now > 0
+        before = now
+        return still
+      },
+      { timeoutMs: 120000, intervalMs: 1000, what: 'the stuck downloads to fill what they may hold' },
+    )
+    assert.equal(await echoOnce(echo.port, 'still served', GUARD_MS), 'still served')
+  } finally {
+    for (const client of clients) client.destroy()
+    await stopQuietly(tunnel, echo)
+    endless.close()
   }
 })
 

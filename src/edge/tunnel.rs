@@ -379,6 +379,7 @@ async fn serve(
     let dialect = logged_in.dialect();
     let (carrier, tunnel) = logged_in.ready(&edge.tasks);
     let (stun_interval, stun_interval_changes) = watch::channel(stun_interval(&config));
+    let streams = ConnectionStreams::new(edge.options.tunnel_buffer_bytes, dialect, &carrier);
     let link = Arc::new(TunnelLink {
         slot,
         instance_id: config.instance_id.clone(),
@@ -386,7 +387,7 @@ async fn serve(
         goaway,
         carrier,
         dialect,
-        streams: ConnectionStreams::new(edge.options.tunnel_buffer_bytes, dialect),
+        streams,
         udp: super::udp::UdpSessions::new(config.max_udp_sessions),
         cancel: edge.cancel.child_token(),
         stun_interval,
@@ -505,6 +506,7 @@ fn on_control(
         HubMessage::Pong(_) => {}
         HubMessage::UdpClose { session } => link.udp.close(session),
         HubMessage::OpenAck { stream } => link.streams.acknowledged(stream),
+        HubMessage::WindowUpdate { stream, credit } => link.streams.quic().grant(stream, credit)?,
         HubMessage::GoAway => {
             if !link.is_draining() {
                 edge.drain_link(link);

@@ -171,6 +171,23 @@ impl Rig {
         self.hub.status().connected_edges[0].udp_datagrams_dropped
     }
 
+    /// The reason the hub's `EdgeDisconnected` event gives.
+    async fn reported_disconnect(&self) -> String {
+        let disconnected = async {
+            loop {
+                let found = self.events.lock().unwrap().iter().find_map(|e| match e {
+                    HubEvent::EdgeDisconnected { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                });
+                if let Some(reason) = found {
+                    return reason;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        timeout(WAIT, disconnected).await.unwrap()
+    }
+
     async fn disconnect_reason(&self) -> String {
         let closed = timeout(WAIT, self.connection.closed()).await.unwrap();
         match closed {
@@ -340,19 +357,7 @@ async fn a_connection_stream_without_a_proxy_line_closes_the_tunnel_with_a_reaso
         .unwrap();
     let reason = rig.disconnect_reason().await;
     assert!(reason.contains("PROXY v1"), "{reason}");
-    let disconnected = async {
-        loop {
-            let found = rig.events.lock().unwrap().iter().find_map(|e| match e {
-                HubEvent::EdgeDisconnected { reason, .. } => Some(reason.clone()),
-                _ => None,
-            });
-            if let Some(reason) = found {
-                return reason;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let reported = timeout(WAIT, disconnected).await.unwrap();
+    let reported = rig.reported_disconnect().await;
     assert!(reported.starts_with("protocol error"), "{reported}");
     rig.hub.stop().await;
 }
@@ -397,5 +402,103 @@ async fn on_loopback_a_bulk_transfer_keeps_its_window_at_the_short_path_bound() 
         }
     }
     assert!(above.is_empty(), "above the bound: {above:?}");
+    rig.hub.stop().await;
+}
+
+/// A TCP target on an assigned port: returns the listener's port.
+async fn tcp_target(
+    rig: &Rig,
+    serve: impl FnOnce(tokio::net::TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static,
+) -> u16 {
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    let udp = rig.target.local_addr().unwrap().port();
+    let allowed = json!([{ "id": "e", "secret": "s3cret-s3cret", "listenPorts": [port], "listenPortsUdp": [udp] }]);
+    rig.hub
+        .update_allowed_edges(parse_allowed_edges(&allowed).unwrap());
+    tokio::spawn(async move {
+        if let Ok((socket, _)) = target.accept().await {
+            let _ = serve(socket).await;
+        }
+    });
+    port
+}
+
+/// A connection stream to `port`, announced by its PROXY line.
+async fn open_connection_stream(rig: &Rig, port: u16) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = rig.connection.open_bi().await.unwrap();
+    let line = format!("PROXY TCP4 203.0.113.9 198.51.100.1 4321 {port}\r\n");
+    send.write_all(line.as_bytes()).await.unwrap();
+    (send, recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_sends_a_connection_only_what_the_edge_granted() {
+    use tokio::io::AsyncWriteExt;
+    const RESPONSE: usize = 1 << 20;
+    const STEP: u32 = 100_000;
+    let mut rig = Rig::start().await;
+    let port = tcp_target(&rig, |mut socket| {
+        tokio::spawn(async move {
+            socket.write_all(&vec![b'r'; RESPONSE]).await.unwrap();
+            socket.shutdown().await.unwrap();
+            // Held open until the hub has sent everything on.
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut Vec::new()).await;
+        })
+    })
+    .await;
+    let (_send, mut recv) = open_connection_stream(&rig, port).await;
+    let stream = u32::try_from(recv.id().index()).unwrap();
+    let mut granted = crate::mux::flow::INITIAL_STREAM_WINDOW as usize;
+    let mut received = 0;
+    loop {
+        if received == granted {
+            rig.send_control(EdgeMessage::WindowUpdate {
+                stream,
+                credit: STEP,
+            })
+            .await;
+            granted += STEP as usize;
+        }
+        let chunk = timeout(WAIT, recv.read_chunk(usize::MAX, true))
+            .await
+            .expect("the target's bytes within the credit")
+            .unwrap();
+        let Some(chunk) = chunk else { break };
+        received += chunk.bytes.len();
+        assert!(
+            received <= granted,
+            "{received} bytes received, {granted} granted"
+        );
+    }
+    assert_eq!(received, RESPONSE);
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stream_past_its_credit_closes_the_tunnel_with_a_reason() {
+    // The target takes the connection and never reads, so the hub grants no more than its
+    // socket buffers took and the stream's window: far less than the edge sends.
+    let rig = Rig::start().await;
+    let port = tcp_target(&rig, |socket| {
+        tokio::spawn(async move {
+            let _held = socket;
+            std::future::pending::<()>().await;
+        })
+    })
+    .await;
+    let (mut send, _recv) = open_connection_stream(&rig, port).await;
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'u'; 1 << 20]);
+        for _ in 0..128 {
+            if send.write_chunk(chunk.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let reason = rig.disconnect_reason().await;
+    assert!(reason.contains("window left"), "{reason}");
+    let reported = rig.reported_disconnect().await;
+    assert!(reported.starts_with("protocol error"), "{reported}");
     rig.hub.stop().await;
 }

@@ -388,6 +388,7 @@ fn admit(
     if sessions.edges() >= hub.options.limits.max_edges && !sessions.has_edge(edge_id) {
         return Err(LoginRefusal::EdgeLimit);
     }
+    let streams = ConnectionStreams::new(hub.options.limits.tunnel_buffer_bytes, dialect, &carrier);
     let session = Arc::new(EdgeSession {
         edge_id: edge_id.to_string(),
         tunnel_id: hub.next_tunnel_id.fetch_add(1, Ordering::Relaxed),
@@ -400,7 +401,7 @@ fn admit(
         opens: Mutex::new(OpenLedger::with_capacity(
             hub.options.limits.max_udp_sessions_per_edge,
         )),
-        streams: ConnectionStreams::new(hub.options.limits.tunnel_buffer_bytes, dialect),
+        streams,
         udp: Arc::default(),
         cancel,
         close_reason: Mutex::new(None),
@@ -662,6 +663,9 @@ impl EdgeSession {
                 }
             }
             EdgeMessage::UdpClose { session } => self.udp.close(session),
+            EdgeMessage::WindowUpdate { stream, credit } => {
+                self.streams.quic().grant(stream, credit)?;
+            }
         }
         Ok(())
     }

@@ -4,7 +4,12 @@
 //! back (WINDOW_UPDATE) as its socket drains, so a stream never buffers more than its window
 //! however slow the reader at the far end is.
 
+use std::time::{Duration, Instant};
+
 use thiserror::Error;
+
+use super::autotune::WindowTuner;
+use super::sustained::FlowMeter;
 
 /// Bytes all streams of one tunnel may have in flight or buffered, per direction, by default.
 pub(crate) const TUNNEL_WINDOW_BUDGET: u32 = 200 * 1024 * 1024;
@@ -187,6 +192,66 @@ impl RecvWindow {
     #[cfg(test)]
     pub fn remaining(&self) -> u32 {
         self.peer_credit
+    }
+}
+
+/// What a `remoteingress/1` stream's receive window is sized from: the tunnel's open streams,
+/// its buffer budget and its round trip (None until measured).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TunnelShare {
+    pub active: usize,
+    pub budget: u32,
+    pub round_trip: Option<Duration>,
+}
+
+/// One stream's credit in both directions, whichever transport carries it: what we may send,
+/// what the peer may send, and what sizes the window we give it.
+#[derive(Debug)]
+pub(crate) struct StreamCredit {
+    pub send: SendWindow,
+    pub recv: RecvWindow,
+    /// Incoming bytes over time, to lock an elephant flow's window to the floor.
+    pub received: FlowMeter,
+    /// The window the stream's reader calls for over the tunnel's round trip.
+    tuner: WindowTuner,
+}
+
+impl StreamCredit {
+    /// A stream whose sender starts with `send` bytes of credit and whose peer with `recv`.
+    pub(crate) fn new(send: u32, recv: u32, now: Instant) -> Self {
+        Self {
+            send: SendWindow::new(send),
+            recv: RecvWindow::new(recv),
+            received: FlowMeter::new(now),
+            tuner: WindowTuner::new(now),
+        }
+    }
+
+    /// `len` bytes of data from the peer arrived at `now`; a peer that overruns its credit is
+    /// an error.
+    pub(crate) fn on_data(&mut self, len: u32, now: Instant) -> Result<(), FlowError> {
+        self.recv.on_data(len)?;
+        self.received.record(len as usize, now);
+        Ok(())
+    }
+
+    /// `len` bytes reached the local socket at `now`; returns the credit to grant the peer, if
+    /// due. The streams share the tunnel's budget; an elephant flow gets no more than it
+    /// needs, which on a long path is what it consumes per round trip.
+    pub(crate) fn on_consumed(
+        &mut self,
+        len: u32,
+        now: Instant,
+        tunnel: TunnelShare,
+    ) -> Option<u32> {
+        let tuned = self.tuner.on_consumed(len, now, tunnel.round_trip);
+        let window = receive_window(
+            tunnel.active,
+            tunnel.budget,
+            self.received.is_sustained(),
+            tuned,
+        );
+        self.recv.on_consumed(len, window, window / 4)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::frame::{decode_ping, FrameError, FrameType};
+use super::frame::{decode_ping, decode_window_credit, FrameError, FrameType};
 use super::handshake::{encode_config, parse_config, EdgeConfig};
 use super::proxy::{encode_v2, parse_v2, ProxyAddresses, ProxyHeader, ProxyTransport};
 
@@ -79,6 +79,12 @@ pub enum EdgeMessage {
     GoAway {
         last_id: u32,
     },
+    /// Credit for the hub to send `credit` more bytes on connection stream `stream` (QUIC: the
+    /// stream's index; over TCP+TLS the frame reader decodes it as a stream frame).
+    WindowUpdate {
+        stream: u32,
+        credit: u32,
+    },
 }
 
 /// Tunnel-wide messages a hub sends.
@@ -98,6 +104,11 @@ pub enum HubMessage {
     OpenAck {
         stream: u32,
     },
+    /// Credit for the edge to send `credit` more bytes on connection stream `stream`.
+    WindowUpdate {
+        stream: u32,
+        credit: u32,
+    },
 }
 
 /// What the messages of both directions share, so the tunnel code is written once for both
@@ -106,6 +117,8 @@ pub enum HubMessage {
 pub trait ControlMessage: Clone + std::fmt::Debug + Send + Sync + 'static {
     const DIRECTION: Direction;
     fn ping(payload: PingPayload) -> Self;
+    /// Credit for the peer's side of connection stream `stream`.
+    fn window_update(stream: u32, credit: u32) -> Self;
     fn kind(&self) -> FrameType;
     /// The UDP session or connection stream the message is about; 0 for a tunnel-wide one.
     fn session(&self) -> u32;
@@ -126,6 +139,10 @@ impl ControlMessage for EdgeMessage {
         EdgeMessage::Ping(payload)
     }
 
+    fn window_update(stream: u32, credit: u32) -> Self {
+        EdgeMessage::WindowUpdate { stream, credit }
+    }
+
     fn kind(&self) -> FrameType {
         match self {
             EdgeMessage::Ping(_) => FrameType::Ping,
@@ -133,6 +150,7 @@ impl ControlMessage for EdgeMessage {
             EdgeMessage::UdpOpen(_) => FrameType::UdpOpen,
             EdgeMessage::UdpClose { .. } => FrameType::UdpClose,
             EdgeMessage::GoAway { .. } => FrameType::GoAway,
+            EdgeMessage::WindowUpdate { .. } => FrameType::WindowUpdate,
         }
     }
 
@@ -141,6 +159,7 @@ impl ControlMessage for EdgeMessage {
             EdgeMessage::Ping(_) | EdgeMessage::Pong(_) | EdgeMessage::GoAway { .. } => 0,
             EdgeMessage::UdpOpen(open) => open.session,
             EdgeMessage::UdpClose { session } => *session,
+            EdgeMessage::WindowUpdate { stream, .. } => *stream,
         }
     }
 
@@ -150,6 +169,9 @@ impl ControlMessage for EdgeMessage {
             EdgeMessage::UdpOpen(open) => open.header.clone(),
             EdgeMessage::UdpClose { .. } => Bytes::new(),
             EdgeMessage::GoAway { last_id } => Bytes::copy_from_slice(&last_id.to_be_bytes()),
+            EdgeMessage::WindowUpdate { credit, .. } => {
+                Bytes::copy_from_slice(&credit.to_be_bytes())
+            }
         }
     }
 
@@ -179,6 +201,10 @@ impl ControlMessage for EdgeMessage {
                     last_id: u32::from_be_bytes(last_id),
                 }
             }
+            FrameType::WindowUpdate => EdgeMessage::WindowUpdate {
+                stream: session,
+                credit: decode_window_credit(&payload)?,
+            },
             other => return Err(FrameError::Unexpected(other)),
         })
     }
@@ -191,6 +217,10 @@ impl ControlMessage for HubMessage {
         HubMessage::Ping(payload)
     }
 
+    fn window_update(stream: u32, credit: u32) -> Self {
+        HubMessage::WindowUpdate { stream, credit }
+    }
+
     fn kind(&self) -> FrameType {
         match self {
             HubMessage::Config(_) => FrameType::Config,
@@ -199,6 +229,7 @@ impl ControlMessage for HubMessage {
             HubMessage::UdpClose { .. } => FrameType::UdpClose,
             HubMessage::GoAway => FrameType::GoAway,
             HubMessage::OpenAck { .. } => FrameType::OpenAck,
+            HubMessage::WindowUpdate { .. } => FrameType::WindowUpdateBack,
         }
     }
 
@@ -209,7 +240,7 @@ impl ControlMessage for HubMessage {
             | HubMessage::Pong(_)
             | HubMessage::GoAway => 0,
             HubMessage::UdpClose { session } => *session,
-            HubMessage::OpenAck { stream } => *stream,
+            HubMessage::OpenAck { stream } | HubMessage::WindowUpdate { stream, .. } => *stream,
         }
     }
 
@@ -219,6 +250,9 @@ impl ControlMessage for HubMessage {
             HubMessage::Ping(payload) | HubMessage::Pong(payload) => payload.clone(),
             HubMessage::UdpClose { .. } | HubMessage::GoAway | HubMessage::OpenAck { .. } => {
                 Bytes::new()
+            }
+            HubMessage::WindowUpdate { credit, .. } => {
+                Bytes::copy_from_slice(&credit.to_be_bytes())
             }
         }
     }
@@ -238,6 +272,10 @@ impl ControlMessage for HubMessage {
             }
             FrameType::OpenAck if payload.is_empty() => HubMessage::OpenAck { stream: session },
             FrameType::OpenAck => return Err(FrameError::BadOpenAck { len: payload.len() }),
+            FrameType::WindowUpdateBack => HubMessage::WindowUpdate {
+                stream: session,
+                credit: decode_window_credit(&payload)?,
+            },
             other => return Err(FrameError::Unexpected(other)),
         })
     }
@@ -281,6 +319,35 @@ pub(super) mod tests {
         round_trip(EdgeMessage::GoAway {
             last_id: 0x0102_0304,
         });
+        round_trip(EdgeMessage::WindowUpdate {
+            stream: 4,
+            credit: 1,
+        });
+        round_trip(HubMessage::WindowUpdate {
+            stream: u32::MAX,
+            credit: 0x7fff_ffff,
+        });
+    }
+
+    #[test]
+    fn window_update_payloads_are_a_nonzero_credit() {
+        let update = HubMessage::WindowUpdate {
+            stream: 9,
+            credit: 0x0102_0304,
+        };
+        assert_eq!(update.kind(), FrameType::WindowUpdateBack);
+        assert_eq!(
+            (update.session(), &update.payload()[..]),
+            (9, &[1, 2, 3, 4][..])
+        );
+        assert_eq!(
+            EdgeMessage::decode(FrameType::WindowUpdate, 1, Bytes::from_static(&[0; 4])),
+            Err(FrameError::ZeroWindowUpdate)
+        );
+        assert_eq!(
+            HubMessage::decode(FrameType::WindowUpdateBack, 1, Bytes::from_static(&[0, 1])),
+            Err(FrameError::BadWindowUpdate { len: 2 })
+        );
     }
 
     #[test]
@@ -321,16 +388,23 @@ pub(super) mod tests {
             HubMessage::decode(FrameType::UdpOpen, 1, open),
             Err(FrameError::Unexpected(FrameType::UdpOpen))
         );
-        for kind in [FrameType::Open, FrameType::Data, FrameType::WindowUpdate] {
+        let credit = Bytes::from_static(&[0, 1, 0, 0]);
+        for kind in [
+            FrameType::Open,
+            FrameType::Data,
+            FrameType::WindowUpdateBack,
+        ] {
             assert_eq!(
-                EdgeMessage::decode(kind, 1, Bytes::new()),
+                EdgeMessage::decode(kind, 1, credit.clone()),
                 Err(FrameError::Unexpected(kind))
             );
         }
-        assert_eq!(
-            HubMessage::decode(FrameType::DataBack, 1, Bytes::new()),
-            Err(FrameError::Unexpected(FrameType::DataBack))
-        );
+        for kind in [FrameType::DataBack, FrameType::WindowUpdate] {
+            assert_eq!(
+                HubMessage::decode(kind, 1, credit.clone()),
+                Err(FrameError::Unexpected(kind))
+            );
+        }
     }
 
     #[test]

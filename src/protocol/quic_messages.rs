@@ -3,7 +3,9 @@
 //!
 //! - Control stream (the first bidirectional stream the edge opens), after the handshake lines:
 //!   `[type u8][len u32 BE][payload]`, types as in [`FrameType`]: CONFIG, PING and PONG as in
-//!   the frame protocol, UDP_OPEN `[session u32][PROXY v2]` and UDP_CLOSE `[session u32]`.
+//!   the frame protocol, UDP_OPEN `[session u32][PROXY v2]` and UDP_CLOSE `[session u32]`,
+//!   OPEN_ACK `[stream u32]`, WINDOW_UPDATE (edge) and WINDOW_UPDATE_BACK (hub)
+//!   `[stream u32][credit u32]`, a stream named by its QUIC stream index.
 //! - Datagram: `[session u32][payload]`. A session opens with `[session u32][0xFF][PROXY v2]`;
 //!   the edge also registers every open on the control stream, so an open survives the loss
 //!   of its datagram. A datagram for a known session is data whatever its first byte, except
@@ -39,12 +41,16 @@ pub enum QuicWireError {
     ShortDatagram(usize),
 }
 
-/// Whether a message of this type names a UDP session (or, OPEN_ACK, a connection stream) at
-/// the front of its payload.
+/// Whether a message of this type names a UDP session (or, OPEN_ACK and the window updates, a
+/// connection stream) at the front of its payload.
 fn carries_session(kind: FrameType) -> bool {
     matches!(
         kind,
-        FrameType::UdpOpen | FrameType::UdpClose | FrameType::OpenAck
+        FrameType::UdpOpen
+            | FrameType::UdpClose
+            | FrameType::OpenAck
+            | FrameType::WindowUpdate
+            | FrameType::WindowUpdateBack
     )
 }
 
@@ -90,6 +96,8 @@ pub fn decode_control<M: ControlMessage>(buf: &mut BytesMut) -> Result<Option<M>
             | FrameType::UdpClose
             | FrameType::GoAway
             | FrameType::OpenAck
+            | FrameType::WindowUpdate
+            | FrameType::WindowUpdateBack
     ) {
         return Err(QuicWireError::NotControl(kind));
     }
@@ -192,6 +200,20 @@ mod tests {
         encode_control(&EdgeMessage::UdpOpen(open), &mut buf);
         encode_control(&HubMessage::Pong(Bytes::from_static(&[8; 8])), &mut buf);
         encode_control(&HubMessage::OpenAck { stream: 0x0506 }, &mut buf);
+        encode_control(
+            &EdgeMessage::WindowUpdate {
+                stream: 0x0506,
+                credit: 0x0001_0000,
+            },
+            &mut buf,
+        );
+        encode_control(
+            &HubMessage::WindowUpdate {
+                stream: 1,
+                credit: 0x0A0B_0C0D,
+            },
+            &mut buf,
+        );
         assert_eq!(
             &buf[..],
             &[
@@ -199,7 +221,9 @@ mod tests {
                 0x0E, 0, 0, 0, 4, 1, 2, 3, 4, //
                 0x0B, 0, 0, 0, 7, 0, 0, 0, 9, b'h', b'd', b'r', //
                 0x08, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 8, //
-                0x10, 0, 0, 0, 4, 0, 0, 5, 6,
+                0x10, 0, 0, 0, 4, 0, 0, 5, 6, //
+                0x09, 0, 0, 0, 8, 0, 0, 5, 6, 0, 1, 0, 0, //
+                0x0A, 0, 0, 0, 8, 0, 0, 0, 1, 0x0A, 0x0B, 0x0C, 0x0D,
             ][..]
         );
     }
@@ -232,12 +256,20 @@ mod tests {
             HubMessage::Pong(Bytes::from_static(&[7; 8])),
             HubMessage::UdpClose { session: u32::MAX },
             HubMessage::OpenAck { stream: 7 },
+            HubMessage::WindowUpdate {
+                stream: 7,
+                credit: 65_536,
+            },
         ]);
         round_trip_one_byte_at_a_time(&[
             EdgeMessage::Ping(Bytes::from_static(&[9; 8])),
             EdgeMessage::UdpOpen(UdpOpen::new(3, addresses())),
             EdgeMessage::UdpClose { session: 4 },
             EdgeMessage::Pong(Bytes::from_static(&[7; 8])),
+            EdgeMessage::WindowUpdate {
+                stream: 1,
+                credit: u32::MAX,
+            },
         ]);
     }
 
@@ -304,6 +336,36 @@ mod tests {
             decode_control::<EdgeMessage>(&mut ack),
             Err(FrameError::Unexpected(FrameType::OpenAck).into())
         );
+        // A window update names a stream and grants a nonzero credit, in its own direction.
+        let window_updates: [(&[u8], QuicWireError); 4] = [
+            (
+                &[0x0A, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0],
+                FrameError::ZeroWindowUpdate.into(),
+            ),
+            (
+                &[0x0A, 0, 0, 0, 6, 0, 0, 0, 1, 0, 1],
+                FrameError::BadWindowUpdate { len: 2 }.into(),
+            ),
+            (
+                &[0x0A, 0, 0, 0, 3, 0, 0, 1],
+                QuicWireError::BadPayload {
+                    kind: FrameType::WindowUpdateBack,
+                    len: 3,
+                },
+            ),
+            (
+                &[0x09, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 1],
+                FrameError::Unexpected(FrameType::WindowUpdate).into(),
+            ),
+        ];
+        for (bytes, expected) in window_updates {
+            let mut buf = BytesMut::from(bytes);
+            assert_eq!(
+                decode_control::<HubMessage>(&mut buf),
+                Err(expected),
+                "{bytes:?}"
+            );
+        }
         // UDP_OPEN travels from the edge only.
         let mut open = BytesMut::new();
         encode_control(

@@ -13,14 +13,19 @@ use rustls::{ClientConfig, ServerConfig};
 use super::quic_congestion::BoundedConfig;
 use super::quic_runtime::TurnSharingRuntime;
 use super::tls::{TlsSetupError, ALPN};
+use crate::mux::autotune::MAX_TUNED_STREAM_WINDOW;
+use crate::mux::flow::MAX_STREAM_WINDOW_TARGET;
 
 /// Kernel buffers asked for each QUIC socket: the default ~200 KiB loses thousands of packets
 /// in a loopback burst (the kernel caps it at net.core.rmem_max / wmem_max).
 pub(crate) const QUIC_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Oversized datagrams in flight at once, each on its own unidirectional stream.
 pub(crate) const MAX_OVERSIZED_DATAGRAM_STREAMS: u32 = 256;
-/// Bytes one tunneled connection may have in flight unread, per direction.
-pub(crate) const QUIC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// quinn's window for each stream. A connection stream's window is the credit its relays
+/// grant (`tunnel::quic_flow`), and this is above any such window, so a peer that keeps to its
+/// credit never meets it; it bounds one that does not.
+pub(crate) const QUIC_STREAM_WINDOW: u32 = MAX_TUNED_STREAM_WINDOW;
+const _: () = assert!(QUIC_STREAM_WINDOW >= MAX_STREAM_WINDOW_TARGET);
 /// Bytes all connections of one tunnel may have in flight unread, per direction: the same
 /// budget as the TLS transport's windows.
 pub(crate) const QUIC_CONNECTION_WINDOW: u32 = crate::mux::flow::TUNNEL_WINDOW_BUDGET;
@@ -234,25 +239,27 @@ pub(crate) fn grant_tunnel_limits(
     apply_buffer_budget(connection, budget);
 }
 
-/// Bounds what a connection buffers to `budget` bytes per direction: quinn's windows (what
-/// the peer may send unread, and what this side queues unsent or unacknowledged) get
-/// [`quic_window`], the relays' reads in hand the rest.
+/// Bounds what quinn buffers for a connection: what the peer may send before the relays take
+/// it (they read as soon as data arrives) and what this side queues unsent or unacknowledged,
+/// [`quic_window`] each. The streams' own windows share `budget` as over TCP+TLS.
 pub(crate) fn apply_buffer_budget(connection: &quinn::Connection, budget: u32) {
     let window = quic_window(budget);
     connection.set_receive_window(VarInt::from_u32(window));
     connection.set_send_window(u64::from(window));
 }
 
-/// What a tunnel's relays may hold together in reads outside quinn's windows: a relay reads
-/// before it knows its stream can take the bytes, or has taken them from a stream before its
-/// socket can. As much again is kept for quinn holding a partly acknowledged read whole.
+/// What a tunnel's relays may hold together in reads in hand: a relay reads its socket before
+/// quinn takes the bytes, and quinn keeps a read whole until its last byte is acknowledged.
 pub(crate) fn relay_reads_budget(budget: u32) -> u32 {
     budget / 8
 }
 
-/// quinn's send and receive windows for a tunnel with buffer budget `budget`.
+/// quinn's send and receive windows for a tunnel with buffer budget `budget`. The relays read
+/// as soon as data arrives and send only within credit, so what quinn holds is what is in
+/// flight (an eighth of the default budget is 25 MiB: 1 Gbit/s over a 200 ms round trip);
+/// what waits for a slow reader is in the streams' windows, which share the budget.
 pub(crate) fn quic_window(budget: u32) -> u32 {
-    budget - 2 * relay_reads_budget(budget)
+    budget / 8
 }
 
 /// How long a closing side waits for its CONNECTION_CLOSE to leave, for a peer that is gone.

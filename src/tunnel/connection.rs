@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::protocol::control::EdgeMessage;
+use crate::protocol::control::{ControlMessage, EdgeMessage};
 use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
@@ -20,7 +20,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::protocol::frame::ResetReason;
 
-use super::quic_link::{relay, reset_stream, OpenStream, RelayCounters, StreamCount};
+use super::quic_flow::{OpenStream, QuicStreams};
+use super::quic_link::{relay, reset_stream, RelayCounters};
 use super::retry::{ClientConnection, UnackedStream, UnackedStreams};
 use super::stream::{
     pump, reset_frame, Resend, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE,
@@ -33,7 +34,7 @@ pub(crate) struct ConnectionStreams {
     /// Streams over TCP+TLS.
     table: Arc<StreamTable>,
     /// Streams over QUIC.
-    quic: StreamCount,
+    quic: QuicStreams,
     /// Streams the hub has not acknowledged yet (edge).
     unacked: Arc<UnackedStreams>,
     /// The edge's next stream id in the low 32 bits (ids never repeat within a tunnel), and
@@ -47,11 +48,19 @@ const IDS_CLOSED: u64 = 1 << 40;
 
 impl ConnectionStreams {
     /// `budget` is the tunnel's buffer budget per direction, which the streams share;
-    /// `dialect` is the peer's.
-    pub(crate) fn new(budget: u32, dialect: Dialect) -> Self {
+    /// `dialect` is the peer's; `carrier` the tunnel's transport.
+    pub(crate) fn new<M: ControlMessage>(
+        budget: u32,
+        dialect: Dialect,
+        carrier: &Carrier<M>,
+    ) -> Self {
+        let quic_peer = match carrier {
+            Carrier::Frames(_) => None,
+            Carrier::Quic(link) => Some(link.peer()),
+        };
         Self {
             table: Arc::new(StreamTable::new(budget, dialect)),
-            quic: StreamCount::with_budget(budget),
+            quic: QuicStreams::new(budget, quic_peer),
             unacked: Arc::default(),
             next_id: AtomicU64::new(1),
         }
@@ -67,8 +76,8 @@ impl ConnectionStreams {
         &self.table
     }
 
-    /// The count QUIC relays hold their share of the budget by.
-    pub(crate) fn quic(&self) -> &StreamCount {
+    /// The QUIC relays: how many, and each one's credit.
+    pub(crate) fn quic(&self) -> &QuicStreams {
         &self.quic
     }
 
@@ -130,7 +139,7 @@ impl ConnectionStreams {
                     return Err(client);
                 }
                 let connection = quic.connection.clone();
-                let open = self.quic.open();
+                let mut open = self.quic.open();
                 let unacked_streams = self.unacked.clone();
                 tasks.spawn(async move {
                     let ClientConnection {
@@ -143,6 +152,7 @@ impl ConnectionStreams {
                     let stream = async {
                         let (mut send, recv) = connection.open_bi().await.ok()?;
                         let index = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
+                        open.attach(index);
                         let tracked = UnackedStream::track(&unacked_streams, index);
                         send.write_all(&encode_v1(&addresses)).await.ok()?;
                         Some((send, recv, tracked))
@@ -288,14 +298,22 @@ impl CarriedStream for QuicAdmittedStream {
             return;
         }
         let QuicConnectionStream {
-            send,
-            recv,
+            mut send,
+            mut recv,
             open,
             early_data,
         } = stream;
         bytes
             .written
             .fetch_add(early_data.len() as u64, Ordering::Relaxed);
+        // The edge sent it within the stream's credit (its PROXY line is outside that); less
+        // than a line, so within the credit every stream starts with.
+        if let Err(overrun) = open.on_data(early_data.len()) {
+            open.overrun(overrun);
+            reset_stream(&mut send, &mut recv, ResetReason::Aborted);
+            return;
+        }
+        open.on_consumed(early_data.len());
         let counters = RelayCounters {
             read: &bytes.read,
             written: &bytes.written,
@@ -340,13 +358,15 @@ mod tests {
 
     #[test]
     fn no_id_is_handed_out_once_closed_and_the_last_one_is_known() {
-        let streams = ConnectionStreams::new(1 << 20, Dialect::RemoteIngress1);
+        let (frames, _queues) = super::super::writer::frame_channel();
+        let carrier = Carrier::<EdgeMessage>::Frames(frames);
+        let streams = ConnectionStreams::new(1 << 20, Dialect::RemoteIngress1, &carrier);
         assert_eq!(streams.next_id(), Some(1));
         assert_eq!(streams.next_id(), Some(2));
         assert_eq!(streams.close_ids(), 2);
         assert_eq!(streams.next_id(), None);
         assert_eq!(streams.close_ids(), 2, "closing again changes nothing");
-        let unused = ConnectionStreams::new(1 << 20, Dialect::RemoteIngress1);
+        let unused = ConnectionStreams::new(1 << 20, Dialect::RemoteIngress1, &carrier);
         assert_eq!(unused.close_ids(), 0);
         assert_eq!(unused.next_id(), None);
     }

@@ -3,6 +3,7 @@
 //! QUIC the control stream, datagrams and the relay (`quic_link`); and the receive loop of both.
 
 pub(crate) mod connection;
+pub(crate) mod quic_flow;
 pub(crate) mod quic_link;
 pub(crate) mod reader;
 pub(crate) mod receive_loop;

@@ -2,10 +2,11 @@
 //! and reader, UDP datagrams (with a stream for those too large for a datagram), and the relay
 //! between a TCP socket and the QUIC stream that carries it.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -22,23 +23,21 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::mux::flow::FlowError;
 use crate::protocol::control::ControlMessage;
 use crate::protocol::frame::ResetReason;
 use crate::protocol::quic_messages::{
     decode_control, encode_control, encode_datagram, encode_open_datagram, split_datagram,
     MAX_UDP_PAYLOAD, SESSION_ID_LEN,
 };
-use crate::transport::quic_endpoint::{relay_reads_budget, MAX_OVERSIZED_DATAGRAM_STREAMS};
+use crate::transport::quic_endpoint::MAX_OVERSIZED_DATAGRAM_STREAMS;
 
+use super::quic_flow::{OpenStream, QuicPeer};
 use super::receive_loop::MessageSource;
 use super::retry::{SentBytes, Unacked, UnackedStream};
 use super::stream::Resend;
 use super::{try_read_chunk, TunnelError, Violation};
 
-/// The most a relay reads from its socket or its QUIC stream at once.
-const RELAY_CHUNK_BYTES: usize = 64 * 1024;
-/// The least, however many relays share the budget for reads in hand.
-const MIN_RELAY_CHUNK_BYTES: usize = 4 * 1024;
 /// Bytes the control writer gathers into one write.
 const CONTROL_BATCH_BYTES: usize = 64 * 1024;
 /// Room made in the control reader's buffer before each read.
@@ -199,6 +198,15 @@ impl<M: ControlMessage> QuicLink<M> {
         self.control.send(message)
     }
 
+    /// The connection, and how its streams' relays grant the peer credit.
+    pub(crate) fn peer(&self) -> QuicPeer {
+        let control = self.control.clone();
+        QuicPeer {
+            connection: self.connection.clone(),
+            grant: Box::new(move |stream, credit| control.send(M::window_update(stream, credit))),
+        }
+    }
+
     /// UDP bytes received and sent by the connection so far, QUIC overhead included.
     pub(crate) fn bytes(&self) -> (u64, u64) {
         let stats = self.connection.stats();
@@ -300,60 +308,6 @@ fn reason_of(code: VarInt) -> ResetReason {
         .unwrap_or(ResetReason::Aborted)
 }
 
-/// Counts a tunnel's open relays; each relay holds one `OpenStream` while it runs.
-#[derive(Debug)]
-pub(crate) struct StreamCount {
-    open: Arc<AtomicUsize>,
-    /// The tunnel's buffer budget, of which the relays share [`relay_reads_budget`].
-    budget: u32,
-}
-
-pub(crate) struct OpenStream {
-    open: Arc<AtomicUsize>,
-    budget: u32,
-}
-
-impl StreamCount {
-    pub(crate) fn with_budget(budget: u32) -> Self {
-        Self {
-            open: Arc::default(),
-            budget,
-        }
-    }
-
-    pub(crate) fn open(&self) -> OpenStream {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        OpenStream {
-            open: self.open.clone(),
-            budget: self.budget,
-        }
-    }
-
-    pub(crate) fn get(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-}
-
-impl OpenStream {
-    /// The most this relay reads at once: the open relays' share of the budget for reads in
-    /// hand, within [`MIN_RELAY_CHUNK_BYTES`, `RELAY_CHUNK_BYTES`].
-    pub(crate) fn read_size(&self) -> usize {
-        relay_read_size(self.open.load(Ordering::Relaxed), self.budget)
-    }
-}
-
-fn relay_read_size(open_relays: usize, budget: u32) -> usize {
-    let share = relay_reads_budget(budget) as usize / open_relays.max(1);
-    share.clamp(MIN_RELAY_CHUNK_BYTES, RELAY_CHUNK_BYTES)
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        crate::heap::stream_closed();
-    }
-}
-
 /// How one direction of a relay ended.
 enum DirectionEnd {
     /// EOF passed on as a half-close.
@@ -362,6 +316,8 @@ enum DirectionEnd {
     Aborted(ResetReason),
     /// The tunnel went away.
     TunnelGone,
+    /// The peer sent past its credit.
+    Overrun(FlowError),
 }
 
 impl DirectionEnd {
@@ -377,10 +333,11 @@ pub(crate) struct RelayCounters<'a> {
 }
 
 /// Moves bytes between a local TCP socket and the QUIC stream that carries it, both ways at
-/// once, until both directions have finished. A half-close passes through as a half-close; a
-/// reset or failure on either side resets the other side (the TCP socket with an RST).
-/// `resend` (edge) goes first; when the tunnel ends before the hub acknowledged the stream,
-/// the socket comes back untouched with what it sent.
+/// once, until both directions have finished, each within the credit the receiving end grants
+/// (`quic_flow`). A half-close passes through as a half-close; a reset or failure on either
+/// side resets the other side (the TCP socket with an RST). `resend` (edge) goes first; when
+/// the tunnel ends before the hub acknowledged the stream, the socket comes back untouched
+/// with what it sent.
 pub(crate) async fn relay(
     socket: TcpStream,
     mut send: SendStream,
@@ -431,6 +388,10 @@ pub(crate) async fn relay(
         || cancel.is_cancelled();
     let reason = match (up, down) {
         (DirectionEnd::Finished, DirectionEnd::Finished) => return None,
+        (_, DirectionEnd::Overrun(error)) => {
+            stream.overrun(error);
+            ResetReason::Aborted
+        }
         _ if tunnel_gone => {
             if let Some(sent) = unacked.and_then(UnackedStream::take) {
                 return Some(Unacked { socket, sent });
@@ -458,30 +419,48 @@ async fn socket_to_stream(
     unacked: Option<&UnackedStream>,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
+    // The peer's STOP_SENDING must end this direction wherever it waits. A write blocked by
+    // flow control never reports it (quinn-proto checks the connection's limits before the
+    // stream's state), nor does a wait for credit.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
     if let Some(resend) = resend {
         // Boxed: its state would make every relay's task larger.
-        if let Some(end) = Box::pin(write_first(send, *resend, abort, unacked)).await {
+        let first = Box::pin(write_first(send, stream, *resend, unacked));
+        let end = tokio::select! {
+            _ = abort.cancelled() => Some(DirectionEnd::Aborted(ResetReason::Aborted)),
+            stop = &mut stopped => Some(stopped_end(stop)),
+            end = first => end,
+        };
+        if let Some(end) = end {
             return end;
         }
     }
-    // The peer's STOP_SENDING must end this direction wherever it waits. A write blocked by
-    // flow control never reports it (quinn-proto checks the connection's limits before the
-    // stream's state), and while stopped streams keep their unsent data, the send window
-    // stays full: with a thousand non-reading clients, dozens of streams never ended.
-    let stopped = send.stopped();
-    tokio::pin!(stopped);
     loop {
-        tokio::select! {
+        // Reads only with credit in hand, so the peer's relay never holds more than it granted.
+        // The read size fits a u32 (at most RELAY_CHUNK_BYTES).
+        let credit = tokio::select! {
             _ = abort.cancelled() => return aborted,
             stop = &mut stopped => return stopped_end(stop),
-            ready = socket.readable() => if ready.is_err() { return aborted },
-        }
-        let chunk = match try_read_chunk(socket, stream.read_size()) {
-            Ok(chunk) if chunk.is_empty() => return finish(send, unacked),
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return aborted,
+            credit = stream.acquire_send(stream.read_size() as u32) => credit,
         };
+        let chunk = loop {
+            tokio::select! {
+                _ = abort.cancelled() => return aborted,
+                stop = &mut stopped => return stopped_end(stop),
+                ready = socket.readable() => if ready.is_err() { return aborted },
+            }
+            match try_read_chunk(socket, credit as usize) {
+                Ok(chunk) => break chunk,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return aborted,
+            }
+        };
+        // At most `credit`, a u32.
+        stream.settle(credit, chunk.len() as u32);
+        if chunk.is_empty() {
+            return finish(send, unacked);
+        }
         read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if let Some(unacked) = unacked {
             unacked.record(&chunk);
@@ -497,25 +476,27 @@ async fn socket_to_stream(
     }
 }
 
-/// Writes what the client sent on an earlier tunnel; `Some` when this direction has ended
-/// (it included the client's FIN, or the write failed).
+/// Writes what the client sent on an earlier tunnel, within credit; `Some` when this direction
+/// has ended (it included the client's FIN, or the write failed).
 async fn write_first(
     send: &mut SendStream,
+    stream: &OpenStream,
     resend: SentBytes,
-    abort: &CancellationToken,
     unacked: Option<&UnackedStream>,
 ) -> Option<DirectionEnd> {
     let (chunks, fin) = resend.into_parts();
-    for chunk in chunks {
-        if let Some(unacked) = unacked {
-            unacked.record(&chunk);
-        }
-        let written = tokio::select! {
-            _ = abort.cancelled() => return Some(DirectionEnd::Aborted(ResetReason::Aborted)),
-            written = send.write_chunk(chunk) => written,
-        };
-        if let Some(end) = write_failed(written) {
-            return Some(end);
+    for mut chunk in chunks {
+        while !chunk.is_empty() {
+            // A chunk is at most RESEND_LIMIT_BYTES, which fits a u32.
+            let credit = stream.acquire_send(chunk.len() as u32).await;
+            stream.settle(credit, credit);
+            let part = chunk.split_to(credit as usize);
+            if let Some(unacked) = unacked {
+                unacked.record(&part);
+            }
+            if let Some(end) = write_failed(send.write_chunk(part).await) {
+                return Some(end);
+            }
         }
     }
     fin.then(|| finish(send, unacked))
@@ -549,6 +530,9 @@ fn finish(send: &mut SendStream, unacked: Option<&UnackedStream>) -> DirectionEn
     }
 }
 
+/// QUIC stream to local socket. The stream is read as soon as data arrives, whether or not
+/// the socket takes it, so quinn's connection window never fills with one stream's unread
+/// bytes; what waits for the socket is bounded by the credit this end granted.
 async fn stream_to_socket(
     recv: &mut RecvStream,
     socket: &TcpStream,
@@ -558,73 +542,91 @@ async fn stream_to_socket(
     unacked: Option<&UnackedStream>,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
+    let mut waiting: VecDeque<Bytes> = VecDeque::new();
+    let mut finished = false;
     loop {
-        let chunk = tokio::select! {
+        if finished && waiting.is_empty() {
+            return match SockRef::from(socket).shutdown(std::net::Shutdown::Write) {
+                Ok(()) => DirectionEnd::Finished,
+                Err(_) => aborted,
+            };
+        }
+        tokio::select! {
             _ = abort.cancelled() => return aborted,
-            chunk = recv.read_chunk(stream.read_size(), true) => chunk,
-        };
-        if let Err(ReadError::ConnectionLost(_)) = chunk {
-            return DirectionEnd::TunnelGone;
-        }
-        // Anything else comes from the hub, which therefore has the stream.
-        if let Some(unacked) = unacked {
-            unacked.answered();
-        }
-        let mut bytes = match chunk {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) => {
-                return match SockRef::from(socket).shutdown(std::net::Shutdown::Write) {
-                    Ok(()) => DirectionEnd::Finished,
-                    Err(_) => aborted,
-                };
-            }
-            Err(ReadError::Reset(code)) => return DirectionEnd::Aborted(reason_of(code)),
-            Err(_) => return aborted,
-        };
-        while !bytes.is_empty() {
-            tokio::select! {
-                _ = abort.cancelled() => return aborted,
-                ready = socket.writable() => if ready.is_err() { return aborted },
-            }
-            match socket.try_write(&bytes) {
-                Ok(n) => {
-                    written.fetch_add(n as u64, Ordering::Relaxed);
-                    let _ = bytes.split_to(n);
+            chunk = recv.read_chunk(stream.read_size(), true), if !finished => {
+                if let Err(ReadError::ConnectionLost(_)) = chunk {
+                    return DirectionEnd::TunnelGone;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return aborted,
+                // Anything else comes from the hub, which therefore has the stream.
+                if let Some(unacked) = unacked {
+                    unacked.answered();
+                }
+                match chunk {
+                    Ok(Some(chunk)) => {
+                        if let Err(error) = stream.on_data(chunk.bytes.len()) {
+                            return DirectionEnd::Overrun(error);
+                        }
+                        let arrived = Some(chunk.bytes);
+                        if let Err(end) = write_or_keep(socket, &mut waiting, arrived, stream, written) {
+                            return end;
+                        }
+                        continue;
+                    }
+                    Ok(None) => finished = true,
+                    Err(ReadError::Reset(code)) => return DirectionEnd::Aborted(reason_of(code)),
+                    Err(_) => return aborted,
+                }
             }
+            ready = socket.writable(), if !waiting.is_empty() => {
+                if ready.is_err() {
+                    return aborted;
+                }
+            }
+        }
+        if let Err(end) = write_or_keep(socket, &mut waiting, None, stream, written) {
+            return end;
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mux::flow::TUNNEL_WINDOW_BUDGET;
-    use crate::transport::quic_endpoint::quic_window;
-
-    #[test]
-    fn relays_reads_in_hand_stay_within_their_share_of_the_budget() {
-        let budget = TUNNEL_WINDOW_BUDGET;
-        let share = relay_reads_budget(budget) as usize;
-        // Windows and reads (in hand, and kept whole by quinn) add up to the budget.
-        assert_eq!(quic_window(budget) as usize + 2 * share, budget as usize);
-        // A few relays read whole chunks.
-        assert_eq!(relay_read_size(0, budget), RELAY_CHUNK_BYTES);
-        assert_eq!(relay_read_size(1, budget), RELAY_CHUNK_BYTES);
-        assert_eq!(
-            relay_read_size(share / RELAY_CHUNK_BYTES, budget),
-            RELAY_CHUNK_BYTES
-        );
-        // Many share the budget, down to the smallest read.
-        for open in [1_000, 3_000, share / MIN_RELAY_CHUNK_BYTES] {
-            let size = relay_read_size(open, budget);
-            assert!((MIN_RELAY_CHUNK_BYTES..RELAY_CHUNK_BYTES).contains(&size));
-            assert!(open * size <= share, "{open} relays reading {size}");
+/// Writes what the socket takes now from `waiting`, then `arrived`, and grants the credit
+/// that frees. What of `arrived` is left waiting is copied into an allocation of its own
+/// length: quinn's chunks are slices of whole receive batches, and a few bytes kept of each
+/// would keep every batch alive.
+fn write_or_keep(
+    socket: &TcpStream,
+    waiting: &mut VecDeque<Bytes>,
+    arrived: Option<Bytes>,
+    stream: &OpenStream,
+    written: &AtomicU64,
+) -> Result<(), DirectionEnd> {
+    let keep_arrived = arrived.is_some();
+    waiting.extend(arrived);
+    let mut total = 0;
+    let outcome = loop {
+        let Some(front) = waiting.front_mut() else {
+            break Ok(());
+        };
+        match socket.try_write(front) {
+            Ok(n) if n == front.len() => {
+                total += n;
+                waiting.pop_front();
+            }
+            Ok(n) => {
+                total += n;
+                let _ = front.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+            Err(_) => break Err(DirectionEnd::Aborted(ResetReason::Aborted)),
         }
-        assert_eq!(relay_read_size(65_536, budget), MIN_RELAY_CHUNK_BYTES);
-        // A smaller budget is shared the same way.
-        assert_eq!(relay_read_size(100, 16 << 20), (2 << 20) / 100);
+    };
+    // The last is what is left of `arrived`, if anything is.
+    if let (true, Some(last)) = (keep_arrived, waiting.back_mut()) {
+        *last = Bytes::copy_from_slice(last);
     }
+    if total > 0 {
+        written.fetch_add(total as u64, Ordering::Relaxed);
+        stream.on_consumed(total);
+    }
+    outcome
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lock::Locked;
+use crate::mux::autotune::ROUND_TRIP_SAMPLE_INTERVAL;
 use crate::protocol::control::{ControlMessage, EdgeMessage, HubMessage};
 use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{EdgeFrame, Frame, FrameError, HubFrame, ResetReason, StreamFrame};
@@ -401,7 +402,8 @@ pub(crate) async fn serve<E: TunnelEnd>(
                 end.on_control(message)
             })
             .await;
-            let ended = failure.take().unwrap_or(ended);
+            let overrun = || end.streams().quic().take_overrun().map(TunnelError::from);
+            let ended = failure.take().or_else(overrun).unwrap_or(ended);
             let code = if ended.is_protocol_error() {
                 CLOSE_PROTOCOL_ERROR
             } else {
@@ -413,9 +415,6 @@ pub(crate) async fn serve<E: TunnelEnd>(
     };
     failure.take().unwrap_or(ended)
 }
-
-/// How often a TCP+TLS tunnel passes the kernel's round-trip estimate to its streams.
-const ROUND_TRIP_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The frames of a TCP+TLS tunnel. While they arrive, the kernel's round-trip estimate for
 /// the socket is passed to the stream table, whose receive windows grow with it.
@@ -538,7 +537,8 @@ async fn announced_stream<E: TunnelEnd>(
 ) -> Result<Option<NewStream>, TunnelError> {
     // Stream 0 is the control stream, so connection streams count from 1 as over TLS.
     let id = u32::try_from(send.id().index()).unwrap_or(u32::MAX);
-    let open = end.streams().quic().open();
+    let mut open = end.streams().quic().open();
+    open.attach(id);
     let line = tokio::time::timeout(announce_timeout, read_proxy_line(&mut recv)).await;
     match line {
         Ok(Ok((addresses, early_data))) => Ok(Some(NewStream {

@@ -14,13 +14,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::lock::Locked;
-use crate::mux::autotune::{RoundTrip, WindowTuner};
+use crate::mux::autotune::RoundTrip;
 use crate::mux::flow::{
-    receive_window, upstream_413_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW,
+    upstream_413_window, FlowError, StreamCredit, TunnelShare, INITIAL_STREAM_WINDOW,
     TUNNEL_WINDOW_BUDGET, UPSTREAM_413_GRANT_BATCH, UPSTREAM_413_RECEIVE_WINDOW,
 };
 use crate::mux::stream_state::{StreamState, Writer};
-use crate::mux::sustained::FlowMeter;
 use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
@@ -79,12 +78,7 @@ pub(crate) const HUB_SIDE: StreamSide = StreamSide {
 /// Send and receive accounting of one stream, and what the tunnel delivered to it.
 #[derive(Debug)]
 struct Windows {
-    send: SendWindow,
-    recv: RecvWindow,
-    /// Incoming bytes over time, to lock an elephant flow's window to the floor.
-    received: FlowMeter,
-    /// The window the stream's reader calls for over the tunnel's round trip.
-    tuner: WindowTuner,
+    credit: StreamCredit,
     /// Delivered by the tunnel reader, not yet taken by the pump. Bounded by the receive
     /// window; unlike a channel it allocates nothing until the first item, so an idle stream
     /// holds no buffer.
@@ -133,10 +127,7 @@ impl StreamFlow {
         let now = Instant::now();
         Self {
             windows: Mutex::new(Windows {
-                send: SendWindow::new(send),
-                recv: RecvWindow::new(recv),
-                received: FlowMeter::new(now),
-                tuner: WindowTuner::new(now),
+                credit: StreamCredit::new(send, recv, now),
                 inbox: VecDeque::new(),
                 state: StreamState::new(),
                 direct: None,
@@ -159,7 +150,7 @@ impl StreamFlow {
     async fn acquire_send(&self, max: u32) -> u32 {
         loop {
             let notified = self.credit_arrived.notified();
-            let taken = self.windows().send.take(max);
+            let taken = self.windows().credit.send.take(max);
             if taken > 0 {
                 return taken;
             }
@@ -169,14 +160,14 @@ impl StreamFlow {
 
     /// Of `taken` credit from `acquire_send`, `used` bytes were sent; the rest comes back.
     fn settle(&self, taken: u32, used: u32) {
-        self.windows().send.settle(taken, used);
+        self.windows().credit.send.settle(taken, used);
     }
 
     /// A WINDOW_UPDATE from the peer.
     pub(crate) fn grant(&self, credit: u32) -> Result<(), FlowError> {
         {
             let mut windows = self.windows();
-            windows.send.grant(credit)?;
+            windows.credit.send.grant(credit)?;
             windows.peer_spoke = true;
         }
         self.credit_arrived.notify_one();
@@ -190,9 +181,8 @@ impl StreamFlow {
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         let direct = {
             let mut windows = self.windows();
-            windows.recv.on_data(len)?;
+            windows.credit.on_data(len, Instant::now())?;
             windows.peer_spoke = true;
-            windows.received.record(len as usize, Instant::now());
             if windows.state.on_remote_data().is_err() {
                 // After the peer's FIN or a reset: the pump would drop it unwritten.
                 return Ok(());
@@ -305,23 +295,18 @@ impl StreamFlow {
     fn credit_after(&self, windows: &mut Windows, len: u32) -> Option<u32> {
         if self.dialect == Dialect::Upstream413 {
             // A 4.13 sender keeps its own window: it gets back what was consumed.
-            return windows.recv.on_consumed(
+            return windows.credit.recv.on_consumed(
                 len,
                 UPSTREAM_413_RECEIVE_WINDOW,
                 UPSTREAM_413_GRANT_BATCH,
             );
         }
-        // Streams share the tunnel budget; an elephant flow gets no more than it needs, which
-        // on a long path is what it consumes per round trip.
-        let round_trip = self.table.round_trip.get();
-        let tuned = windows.tuner.on_consumed(len, Instant::now(), round_trip);
-        let window = receive_window(
-            self.table.active.load(Ordering::Relaxed),
-            self.budget,
-            windows.received.is_sustained(),
-            tuned,
-        );
-        windows.recv.on_consumed(len, window, window / 4)
+        let tunnel = TunnelShare {
+            active: self.table.active.load(Ordering::Relaxed),
+            budget: self.budget,
+            round_trip: self.table.round_trip.get(),
+        };
+        windows.credit.on_consumed(len, Instant::now(), tunnel)
     }
 
     /// Whether the peer has sent anything for this stream.
@@ -710,11 +695,11 @@ async fn download(
 
 /// Returns once the peer has sent nothing for `linger` and everything it sent is written out.
 async fn until_quiet(flow: &StreamFlow, linger: Duration) {
-    let mut seen = flow.windows().received.bytes();
+    let mut seen = flow.windows().credit.received.bytes();
     loop {
         tokio::time::sleep(linger).await;
         let windows = flow.windows();
-        let received = windows.received.bytes();
+        let received = windows.credit.received.bytes();
         if received == seen && windows.inbox.is_empty() && windows.state.writer().is_none() {
             return;
         }
@@ -1052,7 +1037,7 @@ mod tests {
         let grown = send_and_consume(MAX_STREAM_WINDOW_TARGET as usize).unwrap();
         assert!(grown > MAX_STREAM_WINDOW_TARGET, "{grown}");
         assert!(grown <= MAX_TUNED_STREAM_WINDOW, "{grown}");
-        assert_eq!(flow.windows().recv.remaining(), grown);
+        assert_eq!(flow.windows().credit.recv.remaining(), grown);
     }
 
     /// A 4.13 peer starts with the documented window and is given back what it sent, from
@@ -1062,22 +1047,22 @@ mod tests {
         let table = StreamTable::new(TUNNEL_WINDOW_BUDGET, Dialect::Upstream413);
         let port = table.open(1, Arc::default()).unwrap();
         let windows = port.flow.windows();
-        assert_eq!(windows.recv.remaining(), UPSTREAM_413_RECEIVE_WINDOW);
-        assert_eq!(windows.send.available(), upstream_413_window(1));
+        assert_eq!(windows.credit.recv.remaining(), UPSTREAM_413_RECEIVE_WINDOW);
+        assert_eq!(windows.credit.send.available(), upstream_413_window(1));
         drop(windows);
         for id in 2..=150 {
             table.open(id, Arc::default()).unwrap();
         }
         let port = table.open(151, Arc::default()).unwrap();
         assert_eq!(
-            port.flow.windows().send.available(),
+            port.flow.windows().credit.send.available(),
             upstream_413_window(151)
         );
         // 3 MiB at once, then its consumption comes back in batches.
         let flow = &port.flow;
         flow.on_data(Bytes::from(vec![0; 3 << 20])).unwrap();
         assert_eq!(
-            flow.windows().recv.remaining(),
+            flow.windows().credit.recv.remaining(),
             UPSTREAM_413_RECEIVE_WINDOW - (3 << 20)
         );
         let mut windows = flow.windows();
