@@ -405,17 +405,23 @@ async fn on_loopback_a_bulk_transfer_keeps_its_window_at_the_short_path_bound() 
     rig.hub.stop().await;
 }
 
-/// A TCP target on an assigned port: returns the listener's port.
+/// Assigns the edge `ports` for TCP, beside the UDP target's port.
+fn allow_tcp(rig: &Rig, ports: &[u16]) {
+    let udp = rig.target.local_addr().unwrap().port();
+    let allowed = json!([{ "id": "e", "secret": "s3cret-s3cret", "listenPorts": ports, "listenPortsUdp": [udp] }]);
+    rig.hub
+        .update_allowed_edges(parse_allowed_edges(&allowed).unwrap());
+}
+
+/// A TCP target on an assigned port that hands its first connection to `serve`: returns the
+/// port.
 async fn tcp_target(
     rig: &Rig,
     serve: impl FnOnce(tokio::net::TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static,
 ) -> u16 {
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = target.local_addr().unwrap().port();
-    let udp = rig.target.local_addr().unwrap().port();
-    let allowed = json!([{ "id": "e", "secret": "s3cret-s3cret", "listenPorts": [port], "listenPortsUdp": [udp] }]);
-    rig.hub
-        .update_allowed_edges(parse_allowed_edges(&allowed).unwrap());
+    allow_tcp(rig, &[port]);
     tokio::spawn(async move {
         if let Ok((socket, _)) = target.accept().await {
             let _ = serve(socket).await;
@@ -500,5 +506,63 @@ async fn a_connection_stream_past_its_credit_closes_the_tunnel_with_a_reason() {
     assert!(reason.contains("window left"), "{reason}");
     let reported = rig.reported_disconnect().await;
     assert!(reported.starts_with("protocol error"), "{reported}");
+    rig.hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_for_their_target_hold_up_no_other() {
+    // quinn's connection window at the hub is an eighth of this 16 MiB budget, 2 MiB. Each
+    // waiting connection sends the 64 KiB every stream may send before the hub grants more:
+    // held unread inside quinn, 40 of them were 2.5 MiB.
+    const WAITING: usize = 40;
+    let rig = Rig::start_with(json!({
+        "proxyProtocol": "none", "limits": { "tunnelBufferBytes": 16 << 20 },
+    }))
+    .await;
+    // A target whose accept queue is full: the hub's connects to it wait until they time out.
+    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    slow.listen(0).unwrap();
+    let slow_port = slow.local_addr().unwrap().as_socket().unwrap().port();
+    let queued: Vec<_> = (0..2)
+        .filter_map(|_| {
+            let address = SocketAddr::from(([127, 0, 0, 1], slow_port));
+            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = socket.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    allow_tcp(&rig, &[slow_port, echo_port]);
+    let mut waiting = Vec::new();
+    for _ in 0..WAITING {
+        let (mut send, recv) = open_connection_stream(&rig, slow_port).await;
+        send.write_all(&vec![
+            b'w';
+            crate::mux::flow::INITIAL_STREAM_WINDOW as usize
+        ])
+        .await
+        .unwrap();
+        waiting.push((send, recv));
+    }
+    let (mut send, mut recv) = open_connection_stream(&rig, echo_port).await;
+    send.write_all(b"still served").await.unwrap();
+    let mut answer = [0u8; 12];
+    timeout(WAIT, recv.read_exact(&mut answer))
+        .await
+        .expect("the echo while the others wait")
+        .unwrap();
+    assert_eq!(&answer, b"still served");
+    // They were waiting all along: a connect that timed out would have closed its stream.
+    let open = rig.hub.status().connected_edges[0].active_streams;
+    assert_eq!(open, WAITING + 1, "{} queued connects", queued.len());
     rig.hub.stop().await;
 }

@@ -822,7 +822,7 @@ struct ToTarget {
 }
 
 impl StreamJob for ToTarget {
-    async fn run<S: CarriedStream>(self, stream: S) {
+    async fn run<S: CarriedStream>(self, mut stream: S) {
         let ToTarget {
             session,
             hub,
@@ -832,9 +832,17 @@ impl StreamJob for ToTarget {
         // Also on a panic: its end is reported.
         let _closed = OnDrop::new(|| session.stream_closed(&hub, id));
         let port = addresses.destination.port();
-        match connect_target(&hub, &addresses, port).await {
-            Ok(target) => stream.carry(target, &session.cancel).await,
-            Err(e) => {
+        let connect = async {
+            tokio::select! {
+                _ = session.cancel.cancelled() => None,
+                connected = connect_target(&hub, &addresses, port) => Some(connected),
+            }
+        };
+        match stream.while_connecting(connect).await {
+            // The tunnel ended first.
+            None => stream.refuse(ResetReason::Aborted),
+            Some(Ok(target)) => stream.carry(target, &session.cancel).await,
+            Some(Err(e)) => {
                 stream.refuse(ResetReason::Unreachable);
                 hub.warn(
                     HubWarning::TargetUnreachable,

@@ -10,18 +10,19 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::mux::flow::FlowError;
 use crate::protocol::control::{ControlMessage, EdgeMessage};
 use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{Frame, FrameType};
 use crate::protocol::proxy::{encode_v1, ProxyAddresses};
 
-use quinn::{RecvStream, SendStream};
+use quinn::{ReadError, RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
 
 use crate::protocol::frame::ResetReason;
 
 use super::quic_flow::{OpenStream, QuicStreams};
-use super::quic_link::{relay, reset_stream, RelayCounters};
+use super::quic_link::{relay, reset_reason, reset_stream, RelayCounters};
 use super::retry::{ClientConnection, UnackedStream, UnackedStreams};
 use super::stream::{
     pump, reset_frame, Resend, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE,
@@ -233,6 +234,13 @@ pub(crate) trait CarriedStream: Send + 'static {
     ) -> impl Future<Output = ()> + Send;
     /// Resets the stream with `reason`.
     fn refuse(self, reason: ResetReason);
+    /// Waits for `connect` while the stream keeps taking what the peer sends, within its
+    /// credit (over TCP+TLS the frame reader fills the stream's inbox meanwhile), so streams
+    /// whose target is slow to answer hold nothing of a window the tunnel's streams share.
+    fn while_connecting<T: Send>(
+        &mut self,
+        connect: impl Future<Output = T> + Send,
+    ) -> impl Future<Output = T> + Send;
 }
 
 impl IncomingStream {
@@ -276,6 +284,10 @@ impl CarriedStream for FramesStream {
         .await;
     }
 
+    async fn while_connecting<T: Send>(&mut self, connect: impl Future<Output = T> + Send) -> T {
+        connect.await
+    }
+
     fn refuse(self, reason: ResetReason) {
         self.table.remove(self.id);
         let reset = reset_frame(self.id, HUB_SIDE, reason, self.table.dialect());
@@ -290,30 +302,31 @@ pub(crate) struct QuicAdmittedStream {
 }
 
 impl CarriedStream for QuicAdmittedStream {
-    /// Writes what arrived after the PROXY line to `target` first.
+    /// Writes what arrived before the relay ran to `target` first.
     async fn carry(self, mut target: TcpStream, cancel: &CancellationToken) {
         let QuicAdmittedStream { stream, bytes } = self;
-        if target.write_all(&stream.early_data).await.is_err() {
-            stream.reset(ResetReason::Unreachable);
-            return;
-        }
         let QuicConnectionStream {
             mut send,
             mut recv,
             open,
-            early_data,
+            early,
         } = stream;
-        bytes
-            .written
-            .fetch_add(early_data.len() as u64, Ordering::Relaxed);
-        // The edge sent it within the stream's credit (its PROXY line is outside that); less
-        // than a line, so within the credit every stream starts with.
-        if let Err(overrun) = open.on_data(early_data.len()) {
-            open.overrun(overrun);
-            reset_stream(&mut send, &mut recv, ResetReason::Aborted);
+        let mut written = 0;
+        for chunk in &early.data {
+            if target.write_all(chunk).await.is_err() {
+                reset_stream(&mut send, &mut recv, ResetReason::Unreachable);
+                return;
+            }
+            written += chunk.len();
+        }
+        bytes.written.fetch_add(written as u64, Ordering::Relaxed);
+        open.on_consumed(written);
+        if let Some(reason) = early.aborted {
+            reset_stream(&mut send, &mut recv, reason);
+            // An abort, so the target does not take it for a complete request.
+            let _ = socket2::SockRef::from(&target).set_linger(Some(std::time::Duration::ZERO));
             return;
         }
-        open.on_consumed(early_data.len());
         let counters = RelayCounters {
             read: &bytes.read,
             written: &bytes.written,
@@ -333,19 +346,91 @@ impl CarriedStream for QuicAdmittedStream {
     fn refuse(self, reason: ResetReason) {
         self.stream.reset(reason);
     }
+
+    async fn while_connecting<T: Send>(&mut self, connect: impl Future<Output = T> + Send) -> T {
+        let stream = &mut self.stream;
+        tokio::pin!(connect);
+        loop {
+            tokio::select! {
+                connected = &mut connect => return connected,
+                chunk = stream.recv.read_chunk(EARLY_READ_BYTES, true), if stream.early.reading => {
+                    stream.take_early(chunk);
+                }
+            }
+        }
+    }
+}
+
+/// The most a stream waiting for its target reads at once (its credit is 64 KiB until then).
+const EARLY_READ_BYTES: usize = 16 * 1024;
+
+/// What a connection stream received before its relay ran.
+pub(crate) struct EarlyData {
+    /// Each chunk in an allocation of its own length.
+    data: Vec<Bytes>,
+    /// Still reading: no FIN, reset or overrun yet.
+    reading: bool,
+    /// The peer reset the stream, or sent past its credit: it ends with this reason.
+    aborted: Option<ResetReason>,
 }
 
 /// A QUIC connection stream whose PROXY line has been read.
 pub(crate) struct QuicConnectionStream {
     pub send: SendStream,
     pub recv: RecvStream,
-    /// Its place among the tunnel's open relays.
+    /// Its place among the tunnel's open relays, and its credit.
     pub open: OpenStream,
-    /// What arrived after the PROXY line.
-    pub early_data: Bytes,
+    early: EarlyData,
 }
 
 impl QuicConnectionStream {
+    /// The stream, with `leftover`, what arrived after its PROXY line.
+    pub(crate) fn announced(
+        send: SendStream,
+        recv: RecvStream,
+        open: OpenStream,
+        leftover: Bytes,
+    ) -> Result<Self, FlowError> {
+        open.on_data(leftover.len())?;
+        Ok(Self {
+            send,
+            recv,
+            open,
+            early: EarlyData {
+                data: vec![leftover],
+                reading: true,
+                aborted: None,
+            },
+        })
+    }
+
+    /// Keeps a read made before the relay runs.
+    fn take_early(&mut self, chunk: Result<Option<quinn::Chunk>, ReadError>) {
+        let early = &mut self.early;
+        match chunk {
+            Ok(Some(chunk)) => match self.open.on_data(chunk.bytes.len()) {
+                // A copy: quinn's chunk is a slice of a whole receive batch.
+                Ok(()) => early.data.push(Bytes::copy_from_slice(&chunk.bytes)),
+                Err(overrun) => {
+                    self.open.overrun(overrun);
+                    early.aborted = Some(ResetReason::Aborted);
+                    early.reading = false;
+                }
+            },
+            // The relay reads the FIN again; a lost connection it meets too.
+            Ok(None) | Err(ReadError::ConnectionLost(_)) => early.reading = false,
+            // A reset is reported once: after it quinn reads as a FIN.
+            Err(ReadError::Reset(code)) => {
+                early.aborted = Some(reset_reason(code));
+                early.reading = false;
+            }
+            Err(_) => {
+                early.aborted = Some(ResetReason::Aborted);
+                early.reading = false;
+            }
+        }
+    }
+
     /// Resets both directions with `reason`.
     pub(crate) fn reset(mut self, reason: ResetReason) {
         reset_stream(&mut self.send, &mut self.recv, reason);

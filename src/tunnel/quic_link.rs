@@ -301,7 +301,8 @@ pub(crate) fn reset_code(reason: ResetReason) -> VarInt {
     VarInt::from_u32(u32::from(reason as u8))
 }
 
-fn reason_of(code: VarInt) -> ResetReason {
+/// The reset reason a QUIC reset code carries; an unknown one is an abort.
+pub(crate) fn reset_reason(code: VarInt) -> ResetReason {
     u8::try_from(code.into_inner())
         .ok()
         .and_then(ResetReason::from_byte)
@@ -573,7 +574,7 @@ async fn stream_to_socket(
                         continue;
                     }
                     Ok(None) => finished = true,
-                    Err(ReadError::Reset(code)) => return DirectionEnd::Aborted(reason_of(code)),
+                    Err(ReadError::Reset(code)) => return DirectionEnd::Aborted(reset_reason(code)),
                     Err(_) => return aborted,
                 }
             }

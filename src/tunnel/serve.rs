@@ -541,15 +541,12 @@ async fn announced_stream<E: TunnelEnd>(
     open.attach(id);
     let line = tokio::time::timeout(announce_timeout, read_proxy_line(&mut recv)).await;
     match line {
-        Ok(Ok((addresses, early_data))) => Ok(Some(NewStream {
+        Ok(Ok((addresses, leftover))) => Ok(Some(NewStream {
             id,
             addresses,
-            pending: PendingStream::Quic(QuicConnectionStream {
-                send,
-                recv,
-                open,
-                early_data,
-            }),
+            pending: PendingStream::Quic(QuicConnectionStream::announced(
+                send, recv, open, leftover,
+            )?),
         })),
         Ok(Err(LineFailure::Bad(reason))) => {
             Err(Violation::BadConnectionStream { stream: id, reason }.into())
