@@ -10,9 +10,6 @@ use std::time::{Duration, Instant};
 /// The largest window a stream grows to: 2.7 Gbit/s at a 100 ms round trip.
 pub(crate) const MAX_TUNED_STREAM_WINDOW: u32 = 32 * 1024 * 1024;
 
-/// How often a tunnel passes its transport's round-trip estimate to its streams.
-pub(crate) const ROUND_TRIP_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
-
 /// A tunnel's round trip as its transport last measured it, shared by its streams.
 #[derive(Debug, Default)]
 pub(crate) struct RoundTrip {

@@ -253,6 +253,19 @@ impl StreamCredit {
         );
         self.recv.on_consumed(len, window, window / 4)
     }
+
+    /// As [`StreamCredit::on_consumed`] with the window the stream's share of the budget
+    /// alone ([`stream_window`]): neither grown with the round trip nor held down for an
+    /// elephant flow.
+    pub(crate) fn on_consumed_at_share(
+        &mut self,
+        len: u32,
+        active: usize,
+        budget: u32,
+    ) -> Option<u32> {
+        let window = stream_window(active, budget);
+        self.recv.on_consumed(len, window, window / 4)
+    }
 }
 
 #[cfg(test)]

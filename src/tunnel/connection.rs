@@ -365,7 +365,7 @@ impl CarriedStream for QuicAdmittedStream {
 const EARLY_READ_BYTES: usize = 16 * 1024;
 
 /// What a connection stream received before its relay ran.
-pub(crate) struct EarlyData {
+struct EarlyData {
     /// Each chunk in an allocation of its own length.
     data: Vec<Bytes>,
     /// Still reading: no FIN, reset or overrun yet.

@@ -1,21 +1,22 @@
 //! Flow control of QUIC connection streams: the credit TCP+TLS streams get (windows that share
-//! the tunnel's budget, shrink as streams open and grow with the round trip: `mux::flow`),
-//! granted in WINDOW_UPDATE messages on the control stream. quinn's own stream window is set
+//! the tunnel's budget and shrink as streams open: `mux::flow`), granted in WINDOW_UPDATE
+//! messages on the control stream. Unlike TCP+TLS windows they do not grow with the round
+//! trip: quinn paces a window's worth per round trip whatever BBR measured, and larger windows
+//! overfilled long paths' queues, which cost the small exchanges beside a bulk transfer. quinn's own stream window is set
 //! above any window granted here, and a relay reads its QUIC stream as soon as data arrives, so
 //! a stream whose local reader stopped holds only its own window, in the relay, and never
 //! quinn's connection window, which every stream shares.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quinn::Connection;
 use tokio::sync::Notify;
 
 use crate::lock::Locked;
-use crate::mux::autotune::{RoundTrip, ROUND_TRIP_SAMPLE_INTERVAL};
-use crate::mux::flow::{FlowError, StreamCredit, TunnelShare, INITIAL_STREAM_WINDOW};
+use crate::mux::flow::{FlowError, StreamCredit, INITIAL_STREAM_WINDOW};
 use crate::transport::quic_endpoint::{relay_reads_budget, CLOSE_PROTOCOL_ERROR};
 
 /// The most a relay reads from its socket or its QUIC stream at once.
@@ -44,10 +45,6 @@ struct Shared {
     open: AtomicUsize,
     /// The tunnel's buffer budget per direction, which the streams' windows share.
     budget: u32,
-    round_trip: RoundTrip,
-    /// When the round trip is next read from the connection, in microseconds since `created`.
-    sample_at: AtomicU64,
-    created: Instant,
     /// None on a TCP+TLS tunnel, which has no QUIC streams.
     peer: Option<QuicPeer>,
     /// The first credit overrun a relay found: the peer broke the protocol.
@@ -76,9 +73,6 @@ impl QuicStreams {
                 flows: Mutex::default(),
                 open: AtomicUsize::new(0),
                 budget,
-                round_trip: RoundTrip::default(),
-                sample_at: AtomicU64::new(0),
-                created: Instant::now(),
                 peer,
                 overrun: Mutex::new(None),
             }),
@@ -126,39 +120,6 @@ impl QuicStreams {
     }
 }
 
-impl Shared {
-    fn tunnel_share(&self, now: Instant) -> TunnelShare {
-        TunnelShare {
-            active: self.open.load(Ordering::Relaxed),
-            budget: self.budget,
-            round_trip: self.round_trip(now),
-        }
-    }
-
-    /// The connection's smoothed round trip, read from quinn at most every
-    /// [`ROUND_TRIP_SAMPLE_INTERVAL`] (it takes the connection's lock).
-    fn round_trip(&self, now: Instant) -> Option<Duration> {
-        if let Some(peer) = &self.peer {
-            let at = micros(now.saturating_duration_since(self.created));
-            let due = self.sample_at.load(Ordering::Relaxed);
-            let next = at.saturating_add(micros(ROUND_TRIP_SAMPLE_INTERVAL));
-            if at >= due
-                && self
-                    .sample_at
-                    .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.round_trip.set(peer.connection.rtt());
-            }
-        }
-        self.round_trip.get()
-    }
-}
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
 impl OpenStream {
     /// The QUIC stream now has `index`: grants naming it reach this stream.
     pub(crate) fn attach(&mut self, index: u32) {
@@ -200,9 +161,12 @@ impl OpenStream {
     /// returns that credit.
     pub(crate) fn on_consumed(&self, len: usize) -> Option<u32> {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
-        let now = Instant::now();
-        let tunnel = self.shared.tunnel_share(now);
-        let credit = self.flow.credit.locked().on_consumed(len, now, tunnel)?;
+        let active = self.shared.open.load(Ordering::Relaxed);
+        let credit =
+            self.flow
+                .credit
+                .locked()
+                .on_consumed_at_share(len, active, self.shared.budget)?;
         if let (Some(index), Some(peer)) = (self.index, &self.shared.peer) {
             // False only when the tunnel is gone, which ends this stream too.
             (peer.grant)(index, credit);

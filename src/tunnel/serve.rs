@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lock::Locked;
-use crate::mux::autotune::ROUND_TRIP_SAMPLE_INTERVAL;
 use crate::protocol::control::{ControlMessage, EdgeMessage, HubMessage};
 use crate::protocol::dialect::Dialect;
 use crate::protocol::frame::{EdgeFrame, Frame, FrameError, HubFrame, ResetReason, StreamFrame};
@@ -415,6 +414,9 @@ pub(crate) async fn serve<E: TunnelEnd>(
     };
     failure.take().unwrap_or(ended)
 }
+
+/// How often a TCP+TLS tunnel passes the kernel's round-trip estimate to its streams.
+const ROUND_TRIP_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The frames of a TCP+TLS tunnel. While they arrive, the kernel's round-trip estimate for
 /// the socket is passed to the stream table, whose receive windows grow with it.
