@@ -13,7 +13,6 @@ use rustls::{ClientConfig, ServerConfig};
 use super::quic_congestion::BoundedConfig;
 use super::quic_runtime::TurnSharingRuntime;
 use super::tls::{TlsSetupError, ALPN};
-use crate::mux::autotune::MAX_TUNED_STREAM_WINDOW;
 use crate::mux::flow::MAX_STREAM_WINDOW_TARGET;
 
 /// Kernel buffers asked for each QUIC socket: the default ~200 KiB loses thousands of packets
@@ -22,10 +21,10 @@ pub(crate) const QUIC_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Oversized datagrams in flight at once, each on its own unidirectional stream.
 pub(crate) const MAX_OVERSIZED_DATAGRAM_STREAMS: u32 = 256;
 /// quinn's window for each stream. A connection stream's window is the credit its relays
-/// grant (`tunnel::quic_flow`), and this is above any such window, so a peer that keeps to its
-/// credit never meets it; it bounds one that does not.
-pub(crate) const QUIC_STREAM_WINDOW: u32 = MAX_TUNED_STREAM_WINDOW;
-const _: () = assert!(QUIC_STREAM_WINDOW >= MAX_STREAM_WINDOW_TARGET);
+/// grant (`tunnel::quic_flow`, at most `MAX_STREAM_WINDOW_TARGET`), and this is far above it,
+/// so quinn's own limit, which it raises in steps as data is read, never holds back a peer
+/// that keeps to its credit; it bounds one that does not.
+pub(crate) const QUIC_STREAM_WINDOW: u32 = 8 * MAX_STREAM_WINDOW_TARGET;
 /// Bytes all connections of one tunnel may have in flight unread, per direction: the same
 /// budget as the TLS transport's windows.
 pub(crate) const QUIC_CONNECTION_WINDOW: u32 = crate::mux::flow::TUNNEL_WINDOW_BUDGET;

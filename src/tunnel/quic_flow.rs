@@ -2,10 +2,10 @@
 //! the tunnel's budget and shrink as streams open: `mux::flow`), granted in WINDOW_UPDATE
 //! messages on the control stream. Unlike TCP+TLS windows they do not grow with the round
 //! trip: quinn paces a window's worth per round trip whatever BBR measured, and larger windows
-//! overfilled long paths' queues, which cost the small exchanges beside a bulk transfer. quinn's own stream window is set
-//! above any window granted here, and a relay reads its QUIC stream as soon as data arrives, so
-//! a stream whose local reader stopped holds only its own window, in the relay, and never
-//! quinn's connection window, which every stream shares.
+//! overfilled long paths' queues, at the cost of the small exchanges beside a bulk transfer.
+//! quinn's own stream window is set above any window granted here, and a relay reads its QUIC
+//! stream as soon as data arrives, so a stream whose local reader stopped holds only its own
+//! window, in the relay, and never quinn's connection window, which every stream shares.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
