@@ -188,6 +188,12 @@ impl RecvWindow {
         }
     }
 
+    /// [`RecvWindow::on_consumed`] for a `remoteingress/1` peer: credit goes back in batches of
+    /// a quarter window.
+    pub(crate) fn on_consumed_in_window(&mut self, len: u32, window: u32) -> Option<u32> {
+        self.on_consumed(len, window, window / 4)
+    }
+
     /// Bytes the peer may still send before it must wait for credit.
     #[cfg(test)]
     pub fn remaining(&self) -> u32 {
@@ -204,8 +210,8 @@ pub(crate) struct TunnelShare {
     pub round_trip: Option<Duration>,
 }
 
-/// One stream's credit in both directions, whichever transport carries it: what we may send,
-/// what the peer may send, and what sizes the window we give it.
+/// One TCP+TLS stream's credit in both directions: what we may send, what the peer may send,
+/// and what sizes the window we give it.
 #[derive(Debug)]
 pub(crate) struct StreamCredit {
     pub send: SendWindow,
@@ -251,20 +257,7 @@ impl StreamCredit {
             self.received.is_sustained(),
             tuned,
         );
-        self.recv.on_consumed(len, window, window / 4)
-    }
-
-    /// As [`StreamCredit::on_consumed`] with the window the stream's share of the budget
-    /// alone ([`stream_window`]): neither grown with the round trip nor held down for an
-    /// elephant flow.
-    pub(crate) fn on_consumed_at_share(
-        &mut self,
-        len: u32,
-        active: usize,
-        budget: u32,
-    ) -> Option<u32> {
-        let window = stream_window(active, budget);
-        self.recv.on_consumed(len, window, window / 4)
+        self.recv.on_consumed_in_window(len, window)
     }
 }
 

@@ -212,6 +212,23 @@ pub(crate) async fn read_line<R: AsyncRead + Unpin>(
     }
 }
 
+/// Waits until `take` takes some send credit (nonzero) and returns it; `arrived` is notified
+/// when the peer grants more. The wait is armed before each look, so a grant in between is not
+/// missed.
+pub(crate) async fn take_credit(
+    arrived: &tokio::sync::Notify,
+    mut take: impl FnMut() -> u32,
+) -> u32 {
+    loop {
+        let notified = arrived.notified();
+        let taken = take();
+        if taken > 0 {
+            return taken;
+        }
+        notified.await;
+    }
+}
+
 /// Reads below this are copied into an allocation of their own size; longer ones give back
 /// the unused end of their buffer (a shrink in place). Either way a chunk waiting in a queue
 /// holds no more memory than its length, which is what the windows count.

@@ -10,14 +10,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use quinn::Connection;
 use tokio::sync::Notify;
 
 use crate::lock::Locked;
-use crate::mux::flow::{FlowError, StreamCredit, INITIAL_STREAM_WINDOW};
+use crate::mux::flow::{stream_window, FlowError, RecvWindow, SendWindow, INITIAL_STREAM_WINDOW};
 use crate::transport::quic_endpoint::{relay_reads_budget, CLOSE_PROTOCOL_ERROR};
+
+use super::take_credit;
 
 /// The most a relay reads from its socket or its QUIC stream at once.
 const RELAY_CHUNK_BYTES: usize = 64 * 1024;
@@ -53,8 +54,14 @@ struct Shared {
 
 /// One stream's credit, shared by its relay and the control reader that delivers grants.
 struct QuicFlow {
-    credit: Mutex<StreamCredit>,
+    credit: Mutex<QuicCredit>,
     credit_arrived: Notify,
+}
+
+/// What this end may send on a stream, and what its peer may.
+struct QuicCredit {
+    send: SendWindow,
+    recv: RecvWindow,
 }
 
 /// A relay's place among the tunnel's streams, and its stream's credit.
@@ -82,15 +89,13 @@ impl QuicStreams {
     /// A new relay's stream, with the credit every stream starts with each way.
     pub(crate) fn open(&self) -> OpenStream {
         self.shared.open.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
         OpenStream {
             shared: self.shared.clone(),
             flow: Arc::new(QuicFlow {
-                credit: Mutex::new(StreamCredit::new(
-                    INITIAL_STREAM_WINDOW,
-                    INITIAL_STREAM_WINDOW,
-                    now,
-                )),
+                credit: Mutex::new(QuicCredit {
+                    send: SendWindow::new(INITIAL_STREAM_WINDOW),
+                    recv: RecvWindow::new(INITIAL_STREAM_WINDOW),
+                }),
                 credit_arrived: Notify::new(),
             }),
             index: None,
@@ -135,14 +140,8 @@ impl OpenStream {
 
     /// Waits for send credit and takes up to `max` bytes of it; settle it with `settle`.
     pub(crate) async fn acquire_send(&self, max: u32) -> u32 {
-        loop {
-            let notified = self.flow.credit_arrived.notified();
-            let taken = self.flow.credit.locked().send.take(max);
-            if taken > 0 {
-                return taken;
-            }
-            notified.await;
-        }
+        let flow = &self.flow;
+        take_credit(&flow.credit_arrived, || flow.credit.locked().send.take(max)).await
     }
 
     /// Of `taken` credit from `acquire_send`, `used` bytes were sent; the rest comes back.
@@ -154,19 +153,21 @@ impl OpenStream {
     pub(crate) fn on_data(&self, len: usize) -> Result<(), FlowError> {
         // A read is at most RELAY_CHUNK_BYTES.
         let len = u32::try_from(len).unwrap_or(u32::MAX);
-        self.flow.credit.locked().on_data(len, Instant::now())
+        self.flow.credit.locked().recv.on_data(len)
     }
 
     /// `len` bytes reached the local socket: grants the peer more credit when it is due, and
     /// returns that credit.
     pub(crate) fn on_consumed(&self, len: usize) -> Option<u32> {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
-        let active = self.shared.open.load(Ordering::Relaxed);
-        let credit =
-            self.flow
-                .credit
-                .locked()
-                .on_consumed_at_share(len, active, self.shared.budget)?;
+        // The share alone: see the module's documentation.
+        let window = stream_window(self.shared.open.load(Ordering::Relaxed), self.shared.budget);
+        let credit = self
+            .flow
+            .credit
+            .locked()
+            .recv
+            .on_consumed_in_window(len, window)?;
         if let (Some(index), Some(peer)) = (self.index, &self.shared.peer) {
             // False only when the tunnel is gone, which ends this stream too.
             (peer.grant)(index, credit);

@@ -26,8 +26,8 @@ use crate::protocol::frame::{
 };
 
 use super::retry::{SentBytes, Unacked, UnackedStream};
-use super::try_read_chunk;
 use super::writer::FrameSender;
+use super::{take_credit, try_read_chunk};
 
 /// What the edge sends first on a stream carried again, and the stream's entry among those the
 /// hub has not acknowledged (none towards a 4.13 hub, and on the hub's side).
@@ -148,14 +148,10 @@ impl StreamFlow {
 
     /// Waits for send credit and takes up to `max` bytes of it.
     async fn acquire_send(&self, max: u32) -> u32 {
-        loop {
-            let notified = self.credit_arrived.notified();
-            let taken = self.windows().credit.send.take(max);
-            if taken > 0 {
-                return taken;
-            }
-            notified.await;
-        }
+        take_credit(&self.credit_arrived, || {
+            self.windows().credit.send.take(max)
+        })
+        .await
     }
 
     /// Of `taken` credit from `acquire_send`, `used` bytes were sent; the rest comes back.
