@@ -273,6 +273,16 @@ mod tests {
         ]);
     }
 
+    /// Each message's bytes, decoded for the direction `M` travels in, fail with its error.
+    fn assert_refused<'a, M: ControlMessage + PartialEq>(
+        cases: impl IntoIterator<Item = (&'a [u8], QuicWireError)>,
+    ) {
+        for (bytes, expected) in cases {
+            let mut buf = BytesMut::from(bytes);
+            assert_eq!(decode_control::<M>(&mut buf), Err(expected), "{bytes:?}");
+        }
+    }
+
     #[test]
     fn control_decoder_refuses_bad_types_lengths_payloads_and_directions() {
         // A PING of 65 bytes: one more than any PING payload may have.
@@ -314,14 +324,7 @@ mod tests {
                 FrameError::Unexpected(FrameType::Config).into(),
             ),
         ];
-        for (bytes, expected) in cases {
-            let mut buf = BytesMut::from(bytes);
-            assert_eq!(
-                decode_control::<EdgeMessage>(&mut buf),
-                Err(expected),
-                "{bytes:?}"
-            );
-        }
+        assert_refused::<EdgeMessage>(cases);
         // OPEN_ACK names a stream and nothing more, and travels from the hub only.
         let mut long_ack = BytesMut::from(&[0x10, 0, 0, 0, 5, 0, 0, 0, 1, 0][..]);
         assert_eq!(
@@ -358,14 +361,7 @@ mod tests {
                 FrameError::Unexpected(FrameType::WindowUpdate).into(),
             ),
         ];
-        for (bytes, expected) in window_updates {
-            let mut buf = BytesMut::from(bytes);
-            assert_eq!(
-                decode_control::<HubMessage>(&mut buf),
-                Err(expected),
-                "{bytes:?}"
-            );
-        }
+        assert_refused::<HubMessage>(window_updates);
         // UDP_OPEN travels from the edge only.
         let mut open = BytesMut::new();
         encode_control(
