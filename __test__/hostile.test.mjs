@@ -8,9 +8,11 @@ import {
   SECRET,
   behaviours,
   echoOnce,
+  edgeConfig,
   GUARD_MS,
   once,
   recordEvents,
+  startConnectedEdge,
   startTarget,
   startTunnel,
   stopQuietly,
@@ -29,7 +31,7 @@ async function assertEchoesThrough(port, text) {
  * One login attempt from `localAddress` with a wrong secret. Resolves 'rejected' when the hub
  * answered {"error":"unauthorized"}, 'refused' when it closed the connection before TLS.
  */
-function badLogin(hubPort, localAddress) {
+function badLogin(hubPort, localAddress, edgeId = 'edge-1') {
   return withTimeout(
     new Promise((resolve) => {
       const socket = tls.connect({ host: '127.0.0.1', port: hubPort, localAddress, rejectUnauthorized: false, ALPNProtocols: [ALPN] })
@@ -37,7 +39,7 @@ function badLogin(hubPort, localAddress) {
       let secured = false
       socket.on('secureConnect', () => {
         secured = true
-        socket.write(`EDGE edge-1 wrong-${SECRET}\n`)
+        socket.write(`EDGE ${edgeId} wrong-${SECRET}\n`)
       })
       socket.on('data', (chunk) => {
         answer += chunk
@@ -74,6 +76,45 @@ test('failed logins are throttled per source while other sources and the tunnel 
     assert.deepEqual(status.connectedEdges.map((e) => e.edgeId), ['edge-1'])
   } finally {
     await stopQuietly(tunnel, target)
+  }
+})
+
+test('a client failing logins from the edge\'s own address does not keep the edge out', { timeout: 120000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  let tunnel
+  let edge
+  let attacking = true
+  let attacker
+  try {
+    // The edge logs in from 127.0.0.1, then a client there fails 200 logins with its id.
+    tunnel = await startTunnel({ ports: [target.port] })
+    // Eight at a time: the hub's handshake places per address (maxPendingHandshakesPerSource).
+    const outcomes = []
+    for (let round = 0; round < 25; round++) {
+      outcomes.push(...(await Promise.all(Array.from({ length: 8 }, () => badLogin(tunnel.hubPort, '127.0.0.1')))))
+    }
+    // Past its attempts the address still has edge-1's secret checked, and only edge-1's.
+    assert.deepEqual(outcomes, Array(200).fill('rejected'))
+    assert.equal(await badLogin(tunnel.hubPort, '127.0.0.1', 'intruder'), 'refused')
+
+    // The edge restarts while the client keeps failing: it gets in all the same.
+    await tunnel.edge.stop()
+    attacker = (async () => {
+      for (let i = 0; attacking && i < 2000; i++) await badLogin(tunnel.hubPort, '127.0.0.1')
+    })()
+    ;({ edge } = await startConnectedEdge(edgeConfig(tunnel.hubPort, 'edge-1')))
+    await assertEchoesThrough(target.port, 'the edge is back')
+    attacking = false
+    await attacker
+
+    // The success cleared the address's count, not the throttle: 10 more failures and an
+    // unknown edge id from there is refused again.
+    for (let i = 0; i < MAX_AUTH_FAILURES; i++) await badLogin(tunnel.hubPort, '127.0.0.1')
+    assert.equal(await badLogin(tunnel.hubPort, '127.0.0.1', 'intruder'), 'refused')
+  } finally {
+    attacking = false
+    await attacker
+    await stopQuietly(edge, tunnel, target)
   }
 })
 

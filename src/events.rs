@@ -72,7 +72,8 @@ codes! {
         AcceptFailed = "acceptFailed",
         /// A login with an unknown edge id or a wrong secret.
         AuthFailed = "authFailed",
-        /// An address past the login throttle; its connections are closed before TLS.
+        /// An address past the login throttle: its connections are closed before TLS, or
+        /// after it when they name an edge that has not logged in from there.
         AuthThrottled = "authThrottled",
         /// A login past `maxEdges`.
         EdgeLimit = "edgeLimit",

@@ -40,6 +40,7 @@ use options::{AllowedEdge, HubOptions};
 use pending::{EvictedFor, PendingHandshakes, PendingSlot};
 use registry::TunnelRegistry;
 use session::EdgeSession;
+use throttle::Admission;
 
 /// Everything a hub reports.
 #[derive(Debug, Clone, Serialize)]
@@ -261,16 +262,17 @@ impl HubShared {
         self.auth_throttle.locked()
     }
 
-    /// A place for a new connection from `source` among the pending handshakes, or None when
-    /// the source has used up its login attempts: refused before any TLS or QUIC work, which
-    /// costs the hub nothing. When the table is full another connection is evicted for it.
-    /// The slot is held until the login is decided.
-    fn begin_handshake(&self, source: std::net::IpAddr) -> Option<PendingSlot> {
+    /// A place for a new connection from `source` among the pending handshakes, and how the
+    /// login throttle let it in; None when the source has used up its login attempts (and no
+    /// edge logged in from it lately): refused before any TLS or QUIC work, which costs the
+    /// hub nothing. When the table is full another connection is evicted for it. The slot is
+    /// held until the login is decided.
+    fn begin_handshake(&self, source: std::net::IpAddr) -> Option<(PendingSlot, Admission)> {
         let source = pending::source_key(source);
-        if !self
+        let Some(admission) = self
             .auth_throttle()
             .try_begin(source, std::time::Instant::now())
-        {
+        else {
             self.count_handshake_failure(HandshakeFailureReason::Throttled);
             self.warn_throttled(
                 HubWarning::AuthThrottled,
@@ -281,7 +283,7 @@ impl HubShared {
                 ),
             );
             return None;
-        }
+        };
         let (slot, eviction) = self.pending.admit(source);
         if let Some(eviction) = eviction {
             let limits = &self.options.limits;
@@ -305,7 +307,7 @@ impl HubShared {
                 ),
             );
         }
-        Some(slot)
+        Some((slot, admission))
     }
 
     /// A pending connection was evicted (see `begin_handshake`).

@@ -15,6 +15,7 @@ use crate::tunnel::{read_line, spawn_until};
 
 use super::pending::PendingSlot;
 use super::session::{log_in_and_serve, until_login_line, HandshakeFailure};
+use super::throttle::Admission;
 use super::HubShared;
 
 pub(super) async fn accept_loop(
@@ -47,7 +48,7 @@ pub(super) async fn accept_loop(
             continue;
         }
         let peer = incoming.remote_address();
-        let Some(slot) = hub.begin_handshake(peer.ip()) else {
+        let Some((slot, admission)) = hub.begin_handshake(peer.ip()) else {
             incoming.ignore();
             continue;
         };
@@ -59,6 +60,7 @@ pub(super) async fn accept_loop(
             peer,
             cancel.child_token(),
             slot,
+            admission,
         ));
     }
     endpoint.close(
@@ -75,6 +77,7 @@ async fn serve_edge_connection(
     peer: SocketAddr,
     cancel: CancellationToken,
     slot: PendingSlot,
+    admission: Admission,
 ) {
     // Until the login is decided, datagrams are read and dropped: the hub has no session for
     // them, and quinn would otherwise keep up to its whole datagram buffer per connection.
@@ -112,5 +115,5 @@ async fn serve_edge_connection(
         leftover,
         endpoint: None,
     };
-    log_in_and_serve(hub, peer, cancel, slot, logged_in, line).await;
+    log_in_and_serve(hub, peer, cancel, (slot, admission), logged_in, line).await;
 }

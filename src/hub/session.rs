@@ -32,6 +32,7 @@ use crate::tunnel::{Carrier, LineError, OnDrop, TunnelError, Violation};
 
 use super::options::ProxyProtocol;
 use super::pending::PendingSlot;
+use super::throttle::Admission;
 use super::tls_accept::FIRST_BYTES_TIMEOUT;
 use super::udp::{Refusal, UdpSessions};
 use super::{ConnectedEdgeStatus, HubEvent, HubShared};
@@ -104,7 +105,7 @@ pub(super) async fn log_in_and_serve(
     hub: Arc<HubShared>,
     peer: SocketAddr,
     cancel: CancellationToken,
-    slot: PendingSlot,
+    (slot, admission): (PendingSlot, Admission),
     logged_in: LoggedIn,
     line: Bytes,
 ) {
@@ -115,6 +116,7 @@ pub(super) async fn log_in_and_serve(
         peer,
         cancel: &cancel,
         slot,
+        admission,
         dialect,
     };
     let Some(session) = login.finish(&line, tunnel.login_writer(), carrier).await else {
@@ -189,6 +191,8 @@ pub(super) struct Login<'a> {
     pub cancel: &'a CancellationToken,
     /// Held until the answer is decided, so it bounds handshakes, not failure delays.
     pub slot: PendingSlot,
+    /// How the login throttle let the connection in: which edge ids may be checked.
+    pub admission: Admission,
     /// The edge's: what the answers may contain.
     pub dialect: Dialect,
 }
@@ -208,9 +212,32 @@ impl Login<'_> {
             peer,
             cancel,
             slot,
+            admission,
             dialect,
         } = self;
+        let source = super::pending::source_key(peer.ip());
         let admitted = match parse_auth_line(line) {
+            Ok(auth)
+                if !hub.auth_throttle().may_check(
+                    source,
+                    &auth.edge_id,
+                    admission,
+                    std::time::Instant::now(),
+                ) =>
+            {
+                // Past its source's attempts, and not an edge that logged in from there.
+                hub.count_handshake_failure(HandshakeFailureReason::Throttled);
+                hub.warn_throttled(
+                    HubWarning::AuthThrottled,
+                    format!(
+                        "{source} is past its failed logins; only edges that logged in from it are checked, not {}",
+                        auth.edge_id
+                    ),
+                );
+                drop(slot);
+                refuse(reply_to, "too many failed logins", dialect).await;
+                return None;
+            }
             Ok(auth) => {
                 let admitted = admit(
                     hub,
@@ -234,7 +261,7 @@ impl Login<'_> {
                     ),
                     Ok(_) => {}
                 }
-                admitted
+                admitted.map(|admitted| (admitted, auth.edge_id))
             }
             Err(e) => {
                 hub.warn(
@@ -247,13 +274,12 @@ impl Login<'_> {
         if let Err(LoginRefusal::EdgeLimit) = admitted {
             // Not the edge's fault: no delay, nothing held against its address.
             hub.count_handshake_failure(HandshakeFailureReason::Limit);
-            hub.auth_throttle()
-                .give_back(super::pending::source_key(peer.ip()));
+            hub.auth_throttle().give_back(source);
             drop(slot);
             refuse(reply_to, "edge limit reached", dialect).await;
             return None;
         }
-        let Ok((session, config)) = admitted else {
+        let Ok(((session, config), edge_id)) = admitted else {
             hub.count_handshake_failure(HandshakeFailureReason::Auth);
             // The slot is for handshakes in progress, not for the delay below.
             drop(slot);
@@ -265,7 +291,7 @@ impl Login<'_> {
             return None;
         };
         hub.auth_throttle()
-            .record_success(super::pending::source_key(peer.ip()));
+            .record_success(source, &edge_id, std::time::Instant::now());
         drop(slot);
         // Any CONFIG queued since admission goes out after this answer, once the writer starts.
         let answer = EdgeConfig {

@@ -18,6 +18,7 @@ use crate::tunnel::serve::LoggedIn;
 
 use super::pending::PendingSlot;
 use super::session::{log_in_and_serve, until_login_line, HandshakeFailure};
+use super::throttle::Admission;
 use super::HubShared;
 
 /// A new edge connection must send its first bytes (the TLS ClientHello) within this, or it
@@ -45,7 +46,7 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        let Some(slot) = hub.begin_handshake(peer.ip()) else {
+        let Some((slot, admission)) = hub.begin_handshake(peer.ip()) else {
             continue;
         };
         let _ = crate::transport::tune_tunnel_socket(&tcp);
@@ -56,6 +57,7 @@ pub(super) async fn accept_loop(
             tls.clone(),
             cancel.child_token(),
             slot,
+            admission,
         ));
     }
 }
@@ -67,6 +69,7 @@ async fn serve_edge_connection(
     tls: Arc<rustls::ServerConfig>,
     cancel: CancellationToken,
     slot: PendingSlot,
+    admission: Admission,
 ) {
     let handshake = async {
         // A peek, since tokio may report a new socket readable before any byte has arrived.
@@ -89,5 +92,5 @@ async fn serve_edge_connection(
     else {
         return;
     };
-    log_in_and_serve(hub, peer, cancel, slot, logged_in, line).await;
+    log_in_and_serve(hub, peer, cancel, (slot, admission), logged_in, line).await;
 }
