@@ -89,6 +89,77 @@ export interface AllowedEdge {
   listenPortsUdp?: number[]
   /** How often the edge refreshes its public IP by STUN. Default 300. */
   stunIntervalSecs?: number
+  /**
+   * Which clients the edge serves on its ports and how much each source may take; the edge
+   * applies them before opening a stream. Sent to `remoteingress/1` edges only.
+   */
+  clients?: ClientRules
+  /** Byte rates the hub holds all of this edge's traffic to; the edge cannot raise them. */
+  bandwidth?: BandwidthLimits
+  /**
+   * Rules of single ports, keyed by port number (`"443"`): `clients` over the edge's, field by
+   * field; `bandwidth`, a limit of the port's own, on top of the edge's.
+   */
+  ports?: Record<string, PortRules>
+}
+
+/** The rules of one port of an edge. */
+export interface PortRules {
+  clients?: ClientRules
+  bandwidth?: BandwidthLimits
+}
+
+/**
+ * Bandwidth limits the hub enforces, in bytes per second (1000 to 10^12), shared evenly by the
+ * connections they cover. A TCP connection over its share waits (its sender is held back); a
+ * datagram over the rate is dropped. Default: no limit.
+ */
+export interface BandwidthLimits {
+  /** What clients send towards the targets. */
+  inboundBytesPerSecond?: number
+  /** What comes back to them. */
+  outboundBytesPerSecond?: number
+}
+
+/** One bandwidth limit in `getStatus()`. */
+export interface BandwidthLimitStatus {
+  bytesPerSecond: number
+  /** How long it has held TCP bytes back, summed over its connections (ms). */
+  delayedMs: number
+  droppedDatagrams: number
+}
+
+/** An edge's bandwidth limits in `getStatus()`: its own, and its ports'. */
+export interface EdgeBandwidthStatus {
+  inbound?: BandwidthLimitStatus
+  outbound?: BandwidthLimitStatus
+  ports: { port: number; inbound?: BandwidthLimitStatus; outbound?: BandwidthLimitStatus }[]
+}
+
+/**
+ * Client rules at the edge. A source is an IPv4 address or an IPv6 prefix
+ * (`ipv6PrefixLength`); every count is per source and per port.
+ */
+export interface ClientRules {
+  /** When given, only clients in these CIDR blocks (`"203.0.113.0/24"`, `"2001:db8::/32"`, or one address) are served. */
+  allow?: string[]
+  /** Clients in these CIDR blocks are not served; wins over `allow`. At most 4096 per list. */
+  deny?: string[]
+  /** Open TCP connections per source; more are reset. Default 4096. */
+  maxConnectionsPerSource?: number
+  /** New TCP connections per second per source (a token bucket's refill); more are reset. Default: no limit. */
+  connectionRatePerSource?: number
+  /** New TCP connections a source may open at once (the bucket's size). Default: the rate (a second's worth). */
+  connectionBurstPerSource?: number
+  /** Open UDP sessions per source; datagrams for more are dropped. Default a quarter of the edge's UDP session limit (1024). */
+  maxUdpSessionsPerSource?: number
+  /**
+   * A TCP client that sends nothing within this many ms is reset, and its stream is opened only
+   * at its first byte: for ports whose clients speak first (HTTP, TLS). 0 (default) is off.
+   */
+  firstByteTimeoutMs?: number
+  /** The prefix length that groups IPv6 sources, 32 to 128. Default 64. */
+  ipv6PrefixLength?: number
 }
 
 /** One tunnel of a connected edge (an edge id may hold several). */
@@ -106,8 +177,10 @@ export interface ConnectedEdgeStatus {
   /** Tunnel bytes received from / sent to this edge. */
   bytesIn: number
   bytesOut: number
-  /** Datagrams lost to congestion, a full session queue or a failed send to the target. */
+  /** Datagrams lost to congestion, a full session queue, a failed send to the target or a bandwidth limit. */
   udpDatagramsDropped: number
+  /** The edge's bandwidth limits, shared by its tunnels; only when it has any. */
+  bandwidth?: EdgeBandwidthStatus
 }
 
 export interface HubStatus {
@@ -140,6 +213,7 @@ export type HubWarningCode =
 export type EdgeWarningCode =
   | 'acceptFailed'
   | 'authRejected'
+  | 'clientRefused'
   | 'connectFailed'
   | 'hubNotVerified'
   | 'internalError'

@@ -430,6 +430,12 @@ pub(crate) type Port = Int<u16, 1, 65535>;
 /// A byte count from 1 MiB to 2 GiB (a tunnel's buffer budget).
 pub(crate) type BufferBytes = Int<u32, { 1 << 20 }, { 1 << 31 }>;
 
+impl<T: serde::Serialize, const MIN: u64, const MAX: u64> serde::Serialize for Int<T, MIN, MAX> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 impl<'de, T: TryFrom<u64>, const MIN: u64, const MAX: u64> Deserialize<'de> for Int<T, MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Range<T, const MIN: u64, const MAX: u64>(PhantomData<T>);

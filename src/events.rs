@@ -103,6 +103,9 @@ codes! {
         AcceptFailed = "acceptFailed",
         /// The hub refused the login (unknown edge id, wrong secret, edge limit).
         AuthRejected = "authRejected",
+        /// A client or datagram was turned away by its port's rules (`clients`): denied, past
+        /// a per-source limit, or silent past `firstByteTimeoutMs`.
+        ClientRefused = "clientRefused",
         /// The hub could not be reached, or the tunnel could not be set up.
         ConnectFailed = "connectFailed",
         /// Neither `hubFingerprint` nor `caPem` is set: the hub's identity is not checked.
@@ -116,7 +119,7 @@ codes! {
         /// No STUN server answered.
         StunFailed = "stunFailed",
         /// The UDP session table is full (the oldest unproven session makes room), or one
-        /// source has its share of it (its new sessions are dropped).
+        /// source has its `maxUdpSessionsPerSource` on a port (its new sessions are dropped).
         UdpSessionLimit = "udpSessionLimit",
     }
 }

@@ -68,10 +68,11 @@ export async function startConnectedEdge(config, timeoutMs = GUARD_MS) {
 /**
  * A hub with one edge (`edgeId`, assigned TCP `ports` and, when given, UDP `udpPorts`) connected to it: both sides have said so
  * (edge 'tunnelConnected' + 'portsAssigned', hub 'edgeConnected'), as events from two objects
- * are not ordered with each other. Returns { hub, edge, hubPort, edgeId, stop() }.
+ * are not ordered with each other. `rules` adds keys to the edge's allowed entry (`clients`,
+ * `ports`). Returns { hub, edge, hubPort, edgeId, stop() }.
  */
-export async function startTunnel({ ports, udpPorts, edgeId = 'edge-1', hubOptions = {}, edgeOptions = {} }) {
-  const allowed = { id: edgeId, secret: SECRET, listenPorts: ports }
+export async function startTunnel({ ports, udpPorts, edgeId = 'edge-1', hubOptions = {}, edgeOptions = {}, rules = {} }) {
+  const allowed = { id: edgeId, secret: SECRET, listenPorts: ports, ...rules }
   if (udpPorts !== undefined) allowed.listenPortsUdp = udpPorts // UDP ports only when asked for
   const { hub, hubPort } = await startHub([allowed], hubOptions)
   let edge

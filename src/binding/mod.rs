@@ -755,6 +755,18 @@ mod tests {
             sorted(serde_names::<hub::AllowedEdgeConfig>())
         );
         assert_eq!(
+            names_of("PortRules"),
+            sorted(serde_names::<hub::PortRulesConfig>())
+        );
+        assert_eq!(
+            names_of("BandwidthLimits"),
+            sorted(serde_names::<hub::BandwidthConfig>())
+        );
+        assert_eq!(
+            names_of("ClientRules"),
+            sorted(serde_names::<crate::protocol::client_policy::ClientPolicy>())
+        );
+        assert_eq!(
             names_of("ConnectionTokenData"),
             sorted(serde_names::<TokenConfig>())
         );

@@ -6,26 +6,34 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EdgeWarning;
+use crate::protocol::handshake::EdgeConfig;
 use crate::protocol::proxy::ProxyAddresses;
 use crate::tunnel::retry::{ClientConnection, MAX_RECARRIES};
 
+use super::gate::{ClientRefusal, PortGate, PortRules};
 use super::parking::{reset, WaitEnd};
-use super::{EdgeShared, ResetBeforeTunnel};
+use super::{EdgeShared, Protocol, ResetBeforeTunnel, MAX_AWAITING_FIRST_BYTE};
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 1024;
 
+/// A port being listened on: its task's cancel and its client rules.
+struct Listener {
+    cancel: CancellationToken,
+    gate: Arc<PortGate>,
+}
+
 pub(super) struct ListenerSet {
     bind: IpAddr,
-    tcp: BTreeMap<u16, CancellationToken>,
-    udp: BTreeMap<u16, CancellationToken>,
+    tcp: BTreeMap<u16, Listener>,
+    udp: BTreeMap<u16, Listener>,
 }
 
 impl ListenerSet {
@@ -47,19 +55,29 @@ impl ListenerSet {
         self.udp.keys().copied().collect()
     }
 
-    /// Listens on exactly these ports: new ones start, dropped ones stop at once (connections
-    /// already accepted on them carry on). A port that cannot be bound is a warning.
-    pub(super) fn apply(&mut self, edge: &Arc<EdgeShared>, tcp_ports: &[u16], udp_ports: &[u16]) {
+    /// Listens on exactly the ports of `config`, with its client rules: new ports start,
+    /// dropped ones stop at once (connections already accepted on them carry on), and ports
+    /// kept take the new rules for their next clients. A port that cannot be bound is a
+    /// warning.
+    pub(super) fn apply(&mut self, edge: &Arc<EdgeShared>, config: &EdgeConfig) {
         let bind_address = self.bind;
+        let rules = |port: u16| {
+            let policy = match config.port_clients.get(&port) {
+                Some(own) => config.clients.for_port(own),
+                None => config.clients.clone(),
+            };
+            PortRules::new(&policy, config.max_udp_sessions)
+        };
         reconcile(
             &mut self.tcp,
-            tcp_ports,
-            |port| {
+            &config.listen_ports,
+            rules,
+            |port, gate| {
                 let address = SocketAddr::new(bind_address, port);
                 let listener = bind(address).map_err(|e| (address, e))?;
                 let cancel = edge.cancel.child_token();
                 edge.tasks
-                    .spawn(accept_loop(edge.clone(), listener, cancel.clone()));
+                    .spawn(accept_loop(edge.clone(), listener, gate, cancel.clone()));
                 Ok(cancel)
             },
             edge,
@@ -67,8 +85,9 @@ impl ListenerSet {
         );
         reconcile(
             &mut self.udp,
-            udp_ports,
-            |port| {
+            &config.listen_ports_udp,
+            rules,
+            |port, gate| {
                 let address = SocketAddr::new(bind_address, port);
                 let socket = super::udp::bind(address).map_err(|e| (address, e))?;
                 let cancel = edge.cancel.child_token();
@@ -76,6 +95,7 @@ impl ListenerSet {
                     edge.clone(),
                     Arc::new(socket),
                     port,
+                    gate,
                     cancel.clone(),
                 ));
                 Ok(cancel)
@@ -86,26 +106,30 @@ impl ListenerSet {
     }
 
     pub(super) fn close_all(&mut self) {
-        for cancel in self.tcp.values().chain(self.udp.values()) {
-            cancel.cancel();
+        for listener in self.tcp.values().chain(self.udp.values()) {
+            listener.cancel.cancel();
         }
         self.tcp.clear();
         self.udp.clear();
     }
 }
 
-/// Stops listeners on ports no longer wanted and starts the missing ones.
+/// Stops listeners on ports no longer wanted, gives the others their new rules, and starts
+/// the missing ones.
 fn reconcile(
-    active: &mut BTreeMap<u16, CancellationToken>,
+    active: &mut BTreeMap<u16, Listener>,
     wanted: &[u16],
-    mut start: impl FnMut(u16) -> Result<CancellationToken, (SocketAddr, std::io::Error)>,
+    rules: impl Fn(u16) -> PortRules,
+    mut start: impl FnMut(u16, Arc<PortGate>) -> Result<CancellationToken, (SocketAddr, std::io::Error)>,
     edge: &EdgeShared,
     protocol: &str,
 ) {
-    active.retain(|port, cancel| {
+    active.retain(|port, listener| {
         let keep = wanted.contains(port);
-        if !keep {
-            cancel.cancel();
+        if keep {
+            listener.gate.set_rules(rules(*port));
+        } else {
+            listener.cancel.cancel();
         }
         keep
     });
@@ -113,9 +137,10 @@ fn reconcile(
         if active.contains_key(&port) {
             continue;
         }
-        match start(port) {
+        let gate = PortGate::new(rules(port));
+        match start(port, gate.clone()) {
             Ok(cancel) => {
-                active.insert(port, cancel);
+                active.insert(port, Listener { cancel, gate });
             }
             Err((address, e)) => edge.warn(
                 EdgeWarning::ListenFailed,
@@ -135,19 +160,24 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: CancellationToken) {
+async fn accept_loop(
+    edge: Arc<EdgeShared>,
+    listener: TcpListener,
+    gate: Arc<PortGate>,
+    cancel: CancellationToken,
+) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     // A listener on one address gives every client that address: no getsockname per client
     // (one syscall of the dozen a short connection costs the edge). On a wildcard address
     // each client's own says which local address it reached.
-    let bound = listener
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified());
+    let bound = Some(local).filter(|a| !a.ip().is_unspecified());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => carry(&edge, ClientConnection::new(client), peer, bound),
+                Ok((client, peer)) => admit(&edge, &gate, (client, peer), (local.port(), bound)),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     edge.warn(EdgeWarning::AcceptFailed, format!("accepting a client failed: {e}"));
@@ -156,6 +186,57 @@ async fn accept_loop(edge: Arc<EdgeShared>, listener: TcpListener, cancel: Cance
             },
         }
     }
+}
+
+/// A new client on `port`: turned away at once (reset) when the port's rules say so, else
+/// carried, after its first byte when the port waits for one.
+fn admit(
+    edge: &Arc<EdgeShared>,
+    gate: &Arc<PortGate>,
+    (socket, peer): (TcpStream, SocketAddr),
+    (port, bound): (u16, Option<SocketAddr>),
+) {
+    let source = peer.ip().to_canonical();
+    let lease = match gate.admit_connection(source, Instant::now()) {
+        Ok(lease) => lease,
+        Err(refusal) => {
+            reset(&socket);
+            return edge.refuse_client(refusal, Protocol::Tcp, port, source);
+        }
+    };
+    let client = ClientConnection::new(socket, Some(lease));
+    let Some(timeout) = gate.rules().first_byte_timeout else {
+        return carry(edge, client, peer, bound);
+    };
+    let awaiting = &edge.awaiting_first_byte;
+    if awaiting.fetch_add(1, Ordering::AcqRel) >= MAX_AWAITING_FIRST_BYTE {
+        awaiting.fetch_sub(1, Ordering::AcqRel);
+        reset(&client.socket);
+        return edge.refuse_client(
+            ClientRefusal::FirstByteWaitFull,
+            Protocol::Tcp,
+            port,
+            source,
+        );
+    }
+    let edge = edge.clone();
+    edge.tasks.clone().spawn(async move {
+        let mut probe = [0u8; 1];
+        let first_byte = tokio::select! {
+            _ = edge.cancel.cancelled() => None,
+            peeked = tokio::time::timeout(timeout, client.socket.peek(&mut probe)) => Some(peeked),
+        };
+        edge.awaiting_first_byte.fetch_sub(1, Ordering::AcqRel);
+        match first_byte {
+            Some(Ok(Ok(n))) if n > 0 => carry(&edge, client, peer, bound),
+            Some(Err(_)) => {
+                reset(&client.socket);
+                edge.refuse_client(ClientRefusal::FirstByteTimeout, Protocol::Tcp, port, source);
+            }
+            // Closed without a byte, failed, or the edge is stopping: nothing to carry.
+            _ => {}
+        }
+    });
 }
 
 /// Opens a stream for a client. Without a tunnel the client waits for one (up to

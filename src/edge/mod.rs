@@ -2,6 +2,7 @@
 //! accepted connection through the live tunnel that carries the fewest.
 
 mod backoff;
+pub(crate) mod gate;
 mod listeners;
 pub(crate) mod options;
 mod parking;
@@ -31,6 +32,7 @@ use crate::tunnel::stream::SocketBytes;
 use crate::tunnel::Carrier;
 use stun::{discover, PreferFamily};
 
+use gate::ClientRefusal;
 use listeners::ListenerSet;
 use options::{EdgeOptions, HubAddress};
 
@@ -172,6 +174,8 @@ struct EdgeShared {
     udp_evicted: AtomicU64,
     /// Connections carried again because their tunnel ended before the hub acknowledged them.
     connections_carried_again: AtomicU64,
+    /// TCP clients waiting for their first byte before a stream is opened for them.
+    awaiting_first_byte: AtomicUsize,
     warning_rate_limit: crate::events::WarningRateLimit<EdgeWarning>,
     /// Tunnel bytes over the edge's life, all tunnels together.
     bytes_in: Arc<AtomicU64>,
@@ -212,7 +216,29 @@ struct EdgeTotals {
     udp_sessions_by_port: BTreeMap<u16, u64>,
     /// TCP payload per port: read from clients (`read`) and written to them (`written`).
     bytes_by_port: BTreeMap<u16, Arc<SocketBytes>>,
+    /// Clients (TCP) and datagrams (UDP) turned away by a port's rules.
+    clients_refused: BTreeMap<(ClientRefusal, Protocol, u16), u64>,
 }
+
+/// The transport protocol of a listening port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// TCP clients that may wait for their first byte at once (`firstByteTimeoutMs`), all ports
+/// together; past it new ones are reset.
+const MAX_AWAITING_FIRST_BYTE: usize = 16_384;
 
 impl EdgeShared {
     fn emit(&self, event: EdgeEvent) {
@@ -329,6 +355,31 @@ impl EdgeShared {
 
     fn count_udp_eviction(&self) {
         self.udp_evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client (or datagram) from `source` that `port`'s rules turned away, and warns
+    /// at most once a second.
+    fn refuse_client(&self, refusal: ClientRefusal, protocol: Protocol, port: u16, source: IpAddr) {
+        *self
+            .totals()
+            .clients_refused
+            .entry((refusal, protocol, port))
+            .or_default() += 1;
+        let code = match refusal {
+            ClientRefusal::UdpSessionLimit => EdgeWarning::UdpSessionLimit,
+            _ => EdgeWarning::ClientRefused,
+        };
+        let protocol = match protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        };
+        self.warn_throttled(
+            code,
+            format!(
+                "{source} turned away on {protocol} port {port}: {}",
+                refusal.describe()
+            ),
+        );
     }
 
     /// A warning for a condition that can repeat thousands of times a second.
@@ -492,6 +543,7 @@ impl Edge {
             udp_dropped: AtomicU64::new(0),
             udp_evicted: AtomicU64::new(0),
             connections_carried_again: AtomicU64::new(0),
+            awaiting_first_byte: AtomicUsize::new(0),
             warning_rate_limit: Default::default(),
             bytes_in: Arc::default(),
             bytes_out: Arc::default(),
@@ -671,6 +723,24 @@ impl Edge {
             m.sample(
                 "remoteingress_edge_connections_reset_total",
                 &[("reason", reason.as_str())],
+                count,
+            );
+        }
+        m.family(
+            "remoteingress_edge_clients_refused_total",
+            Kind::Counter,
+            "Clients (TCP) and datagrams (UDP) a port's rules turned away before a stream or \
+             session was opened, by reason (denied, connectionLimit, rateLimit, \
+             firstByteTimeout, firstByteWaitFull, udpSessionLimit), protocol and port.",
+        );
+        for (&(reason, protocol, port), &count) in &totals.clients_refused {
+            m.sample(
+                "remoteingress_edge_clients_refused_total",
+                &[
+                    ("reason", reason.as_str()),
+                    ("protocol", protocol.as_str()),
+                    ("port", &port.to_string()),
+                ],
                 count,
             );
         }

@@ -547,6 +547,5 @@ fn stun_interval(config: &EdgeConfig) -> Duration {
 }
 
 fn apply_ports(edge: &Arc<EdgeShared>, config: &EdgeConfig) {
-    edge.listeners()
-        .apply(edge, &config.listen_ports, &config.listen_ports_udp);
+    edge.listeners().apply(edge, config);
 }

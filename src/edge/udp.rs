@@ -15,18 +15,14 @@ use crate::events::EdgeWarning;
 use crate::lock::Locked;
 use crate::protocol::control::{EdgeMessage, UdpOpen};
 use crate::protocol::proxy::ProxyAddresses;
-use crate::source::SourceCounts;
 use crate::transport::recv_batch::ReceiveBatch;
 
-use super::{EdgeShared, TunnelLink};
+use super::gate::{ClientRefusal, PortGate, SourceLease};
+use super::{EdgeShared, Protocol, TunnelLink};
 
 /// Receive buffer asked of the kernel for each UDP listener, so bursts are not lost before
 /// the edge reads them (the kernel caps it at net.core.rmem_max).
 const LISTENER_RECV_BUFFER: usize = 4 * 1024 * 1024;
-
-/// The share of the session table one client address may hold (IPv6: one /64): generous
-/// for a carrier-grade NAT (1,024 of the default 4,096), yet one source cannot fill it.
-pub(super) const UDP_SESSIONS_PER_SOURCE_DIVISOR: usize = 4;
 
 struct Session {
     socket: Arc<UdpSocket>,
@@ -39,6 +35,8 @@ struct Session {
     protected: bool,
     /// Protected only: active (a datagram either way) since the eviction hand last passed.
     active_since_passed: bool,
+    /// Its place among its source's sessions on the port.
+    _lease: SourceLease,
 }
 
 /// The UDP sessions of one tunnel; they end with it, since the hub's sockets end too.
@@ -54,8 +52,6 @@ enum Room {
     Free,
     /// This session was ended to make room; the hub is told.
     Evicted(u32),
-    /// The client's address has as many sessions as it may.
-    SourceFull,
 }
 
 /// The part of a full table kept for sessions on probation: while they hold more, the oldest
@@ -73,7 +69,6 @@ struct SessionTable {
     max_sessions: usize,
     by_id: HashMap<u32, Session>,
     by_client: HashMap<(u16, SocketAddr), u32>,
-    per_source: SourceCounts,
     /// Sessions on probation, oldest first; ids that have since ended or been protected are
     /// skipped when met.
     probation: VecDeque<u32>,
@@ -88,15 +83,10 @@ impl SessionTable {
             max_sessions: max_sessions.max(1),
             by_id: HashMap::new(),
             by_client: HashMap::new(),
-            per_source: SourceCounts::default(),
             probation: VecDeque::new(),
             on_probation: 0,
             protected: VecDeque::new(),
         }
-    }
-
-    fn max_per_source(&self) -> usize {
-        (self.max_sessions / UDP_SESSIONS_PER_SOURCE_DIVISOR).max(1)
     }
 
     /// The session of a known client, marked active; its client's second datagram protects it.
@@ -116,11 +106,8 @@ impl SessionTable {
         Some(id)
     }
 
-    /// Makes room for a new session from `client`.
-    fn make_room(&mut self, client: SocketAddr) -> Room {
-        if self.per_source.get(client.ip()) >= self.max_per_source() {
-            return Room::SourceFull;
-        }
+    /// Makes room for a new session.
+    fn make_room(&mut self) -> Room {
         if self.by_id.len() < self.max_sessions {
             return Room::Free;
         }
@@ -163,7 +150,6 @@ impl SessionTable {
     }
 
     fn insert(&mut self, id: u32, session: Session) {
-        self.per_source.add(session.client.ip());
         self.by_client.insert((session.port, session.client), id);
         self.by_id.insert(id, session);
         self.probation.push_back(id);
@@ -179,7 +165,6 @@ impl SessionTable {
             self.on_probation -= 1;
         }
         self.by_client.remove(&(session.port, session.client));
-        self.per_source.remove(session.client.ip());
         Some(session)
     }
 }
@@ -243,6 +228,7 @@ pub(super) async fn listen(
     edge: Arc<EdgeShared>,
     socket: Arc<UdpSocket>,
     port: u16,
+    gate: Arc<PortGate>,
     cancel: CancellationToken,
 ) {
     let mut batch = ReceiveBatch::default();
@@ -255,7 +241,7 @@ pub(super) async fn listen(
             Ok(()) => {
                 for (datagram, client) in batch.datagrams() {
                     let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-                    carry(&edge, &socket, port, client, datagram);
+                    carry(&edge, (&socket, port, &gate), client, datagram);
                 }
             }
             // Errors queued by ICMP for earlier replies; the socket itself is fine.
@@ -282,14 +268,18 @@ fn session_link(
     Some((edge.pick_link()?, None))
 }
 
-/// Sends one client datagram through the tunnel, opening a session for a new client.
+/// Sends one client datagram that reached `port` through the tunnel, opening a session for a
+/// new client the port's rules admit.
 fn carry(
     edge: &Arc<EdgeShared>,
-    socket: &Arc<UdpSocket>,
-    port: u16,
+    (socket, port, gate): (&Arc<UdpSocket>, u16, &Arc<PortGate>),
     client: SocketAddr,
     datagram: &[u8],
 ) {
+    if !gate.admits(client.ip()) {
+        edge.count_udp_drop();
+        return edge.refuse_client(ClientRefusal::Denied, Protocol::Udp, port, client.ip());
+    }
     let Some((link, known)) = session_link(edge, port, client) else {
         edge.count_udp_drop();
         return;
@@ -297,8 +287,15 @@ fn carry(
     let id = match known {
         Some(id) => id,
         None => {
+            let lease = match gate.admit_udp_session(client.ip()) {
+                Ok(lease) => lease,
+                Err(refusal) => {
+                    edge.count_udp_drop();
+                    return edge.refuse_client(refusal, Protocol::Udp, port, client.ip());
+                }
+            };
             let mut table = link.udp.table();
-            match table.make_room(client) {
+            match table.make_room() {
                 Room::Free => link.udp.limit_warned.store(false, Ordering::Relaxed),
                 Room::Evicted(victim) => {
                     link.carrier.send(EdgeMessage::UdpClose { session: victim });
@@ -309,16 +306,6 @@ fn carry(
                                 format!("{} UDP sessions are open; new clients take the places of the oldest unproven ones", table.max_sessions),
                             );
                     }
-                }
-                Room::SourceFull => {
-                    let most = table.max_per_source();
-                    drop(table);
-                    edge.warn_throttled(
-                            EdgeWarning::UdpSessionLimit,
-                            format!("{} has {most} UDP sessions open; its datagrams for new ones are dropped", client.ip()),
-                        );
-                    edge.count_udp_drop();
-                    return;
                 }
             }
             let Some(id) = link.streams.next_id() else {
@@ -346,6 +333,7 @@ fn carry(
                     last_active: Instant::now(),
                     protected: false,
                     active_since_passed: false,
+                    _lease: lease,
                 },
             );
             id
@@ -406,6 +394,8 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::gate::PortRules;
+    use crate::protocol::client_policy::ClientPolicy;
 
     fn client(last: u8, port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, last], port))
@@ -417,20 +407,21 @@ mod tests {
 
     /// Opens a session as `carry` does, after `make_room` said so.
     fn open(table: &mut SessionTable, socket: &Arc<UdpSocket>, id: u32, from: SocketAddr) -> Room {
-        let room = table.make_room(from);
-        if room != Room::SourceFull {
-            table.insert(
-                id,
-                Session {
-                    socket: socket.clone(),
-                    client: from,
-                    port: 53,
-                    last_active: Instant::now(),
-                    protected: false,
-                    active_since_passed: false,
-                },
-            );
-        }
+        // A port without limits of its own: the table's own rules are under test.
+        let gate = PortGate::new(PortRules::new(&ClientPolicy::default(), 1 << 20));
+        let room = table.make_room();
+        table.insert(
+            id,
+            Session {
+                socket: socket.clone(),
+                client: from,
+                port: 53,
+                last_active: Instant::now(),
+                protected: false,
+                active_since_passed: false,
+                _lease: gate.admit_udp_session(from.ip()).unwrap(),
+            },
+        );
         room
     }
 
@@ -500,27 +491,6 @@ mod tests {
             open(&mut table, &socket, 6, client(6, 1000)),
             Room::Evicted(2)
         );
-    }
-
-    #[tokio::test]
-    async fn one_source_cannot_hold_more_than_its_share() {
-        let socket = socket().await;
-        let mut table = SessionTable::new(400);
-        for port in 0..100 {
-            assert_eq!(
-                open(&mut table, &socket, port.into(), client(9, port)),
-                Room::Free
-            );
-        }
-        let more = client(9, 60_000);
-        assert_eq!(open(&mut table, &socket, 99_999, more), Room::SourceFull);
-        assert_eq!(
-            open(&mut table, &socket, 99_999, client(8, 60_000)),
-            Room::Free
-        );
-        // A session that ends gives its source the place back.
-        table.remove(0);
-        assert_eq!(open(&mut table, &socket, 100_000, more), Room::Free);
     }
 
     #[tokio::test]

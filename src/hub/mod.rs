@@ -1,6 +1,7 @@
 //! The hub: accepts edges over TLS, authenticates them, and forwards each tunneled connection
 //! to `targetHost:<edge port>` behind a PROXY header.
 
+mod bandwidth;
 pub(crate) mod options;
 mod pending;
 mod quic_accept;
@@ -187,8 +188,11 @@ pub(crate) struct ConnectedEdgeStatus {
     pub active_udp_sessions: usize,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Datagrams lost to congestion, a full session queue or a send error.
+    /// Datagrams lost to congestion, a full session queue, a send error or a bandwidth limit.
     pub udp_datagrams_dropped: u64,
+    /// The edge's bandwidth limits (shared by its tunnels), when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<bandwidth::BandwidthStatus>,
 }
 
 /// Counts that outlive a session, for `getMetrics`: per edge, and per port within it.
@@ -222,6 +226,8 @@ struct HubShared {
     totals: Mutex<HubTotals>,
     warning_rate_limit: crate::events::WarningRateLimit<HubWarning>,
     allowed: RwLock<HashMap<String, AllowedEdge>>,
+    /// The allowed edges' bandwidth limits, which their streams and sessions draw on.
+    bandwidth: Mutex<bandwidth::BandwidthLimits>,
     /// The edges' tunnels now.
     sessions: Mutex<TunnelRegistry>,
     /// Numbers tunnels in status and events; never repeats within the hub's life.
@@ -256,6 +262,10 @@ impl HubShared {
     /// Updates one edge's totals, created at first use.
     fn update_edge_totals<R>(&self, edge_id: &str, update: impl FnOnce(&mut EdgeTotals) -> R) -> R {
         update(self.totals().edges.entry(edge_id.to_string()).or_default())
+    }
+
+    fn bandwidth(&self) -> MutexGuard<'_, bandwidth::BandwidthLimits> {
+        self.bandwidth.locked()
     }
 
     fn auth_throttle(&self) -> MutexGuard<'_, throttle::AuthThrottle> {
@@ -364,6 +374,8 @@ impl Hub {
         );
         // In place before the port takes logins, so no edge is refused for want of a list.
         let allowed = allowed_by_id(std::mem::take(&mut options.allowed_edges), &options);
+        let mut bandwidth = bandwidth::BandwidthLimits::default();
+        bandwidth.apply(&allowed.values().cloned().collect::<Vec<_>>());
         let shared = Arc::new(HubShared {
             options,
             auth_throttle: Mutex::default(),
@@ -371,6 +383,7 @@ impl Hub {
             warning_rate_limit: Default::default(),
             totals: Mutex::default(),
             allowed: RwLock::new(allowed),
+            bandwidth: Mutex::new(bandwidth),
             sessions: Mutex::default(),
             next_tunnel_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
@@ -404,6 +417,7 @@ impl Hub {
     /// Replaces the allowed edges. Connected edges get their new ports at once; an edge that
     /// was removed or whose secret changed is disconnected.
     pub(crate) fn update_allowed_edges(&self, edges: Vec<AllowedEdge>) {
+        self.shared.bandwidth().apply(&edges);
         let by_id = allowed_by_id(edges, &self.shared.options);
         // Held while the sessions are read: an edge being admitted right now is either checked
         // against the new list or already registered and reached below.
@@ -421,9 +435,68 @@ impl Hub {
         }
     }
 
+    /// Each bandwidth limit's rate, how long it held bytes back and the datagrams it dropped,
+    /// labelled by edge, port (`all` for the edge's own limit) and direction.
+    fn bandwidth_metrics(&self, m: &mut crate::metrics::MetricsText) {
+        use crate::metrics::Kind;
+        let bandwidth = self.shared.bandwidth();
+        let statuses = bandwidth.statuses();
+        let mut limits = Vec::new();
+        for (edge, status) in &statuses {
+            let edge_wide = [("all".to_string(), &status.inbound, &status.outbound)];
+            let ports = status
+                .ports
+                .iter()
+                .map(|p| (p.port.unwrap_or(0).to_string(), &p.inbound, &p.outbound));
+            for (port, inbound, outbound) in edge_wide.into_iter().chain(ports) {
+                for (direction, limit) in [("inbound", inbound), ("outbound", outbound)] {
+                    if let Some(limit) = limit {
+                        limits.push((*edge, port.clone(), direction, limit.clone()));
+                    }
+                }
+            }
+        }
+        for (name, kind, help, value) in [
+            (
+                "remoteingress_hub_bandwidth_limit_bytes_per_second",
+                Kind::Gauge,
+                "A bandwidth limit's rate.",
+                (|l: &bandwidth::LimitStatus| l.bytes_per_second)
+                    as fn(&bandwidth::LimitStatus) -> u64,
+            ),
+            (
+                "remoteingress_hub_bandwidth_delayed_milliseconds_total",
+                Kind::Counter,
+                "How long a bandwidth limit held TCP bytes back, summed over its streams.",
+                |l| l.delayed_ms,
+            ),
+            (
+                "remoteingress_hub_bandwidth_dropped_datagrams_total",
+                Kind::Counter,
+                "Datagrams a bandwidth limit dropped.",
+                |l| l.dropped_datagrams,
+            ),
+        ] {
+            m.family(name, kind, help);
+            for (edge, port, direction, limit) in &limits {
+                let labels = [
+                    ("edge", *edge),
+                    ("port", port.as_str()),
+                    ("direction", *direction),
+                ];
+                m.sample(name, &labels, value(limit));
+            }
+        }
+    }
+
     pub(crate) fn status(&self) -> HubStatus {
         let mut connected_edges: Vec<ConnectedEdgeStatus> =
             self.shared.sessions().all().map(|s| s.status()).collect();
+        let bandwidth = self.shared.bandwidth();
+        for edge in &mut connected_edges {
+            edge.bandwidth = bandwidth.status(&edge.edge_id);
+        }
+        drop(bandwidth);
         connected_edges.sort_by(|a, b| (&a.edge_id, a.tunnel_id).cmp(&(&b.edge_id, b.tunnel_id)));
         HubStatus {
             running: !self.cancel.is_cancelled(),
@@ -584,6 +657,7 @@ impl Hub {
                 }
             }
         }
+        self.bandwidth_metrics(&mut m);
         m.family(
             "remoteingress_hub_handshake_failures_total",
             Kind::Counter,

@@ -1,5 +1,6 @@
 //! The hub's start options and its list of allowed edges, read from JavaScript values.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use crate::config::{
     from_value, join_path, required, BindAddress, BufferBytes, ConfigError, EdgeId, Int, Millis,
     NonEmpty, PortList, Secret, Text,
 };
+use crate::protocol::client_policy::ClientPolicy;
 use crate::protocol::handshake::{
     validate_instance_id, EdgeConfig, DEFAULT_STUN_INTERVAL_SECS, MAX_UDP_SESSIONS_LIMIT,
 };
@@ -291,6 +293,69 @@ pub(crate) struct AllowedEdgeConfig {
     listen_ports: Option<PortList>,
     listen_ports_udp: Option<PortList>,
     stun_interval_secs: Option<Int<u64, 1, { 7 * 24 * 3600 }>>,
+    clients: Option<ClientPolicy>,
+    bandwidth: Option<BandwidthConfig>,
+    /// Rules of single ports, by port number.
+    ports: Option<BTreeMap<String, PortRulesConfig>>,
+}
+
+/// One entry of an allowed edge's `ports` (index.d.ts `PortRules`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct PortRulesConfig {
+    clients: Option<ClientPolicy>,
+    bandwidth: Option<BandwidthConfig>,
+}
+
+/// The slowest bandwidth limit: 1 kB/s.
+pub(crate) const MIN_BANDWIDTH_BYTES_PER_SECOND: u64 = 1000;
+/// The fastest: 1 TB/s.
+pub(crate) const MAX_BANDWIDTH_BYTES_PER_SECOND: u64 = 1_000_000_000_000;
+
+type BytesPerSecond = Int<u64, MIN_BANDWIDTH_BYTES_PER_SECOND, MAX_BANDWIDTH_BYTES_PER_SECOND>;
+
+/// `bandwidth` of an allowed edge or of one of its ports (index.d.ts `BandwidthLimits`):
+/// inbound is what clients send towards the targets, outbound what comes back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct BandwidthConfig {
+    inbound_bytes_per_second: Option<BytesPerSecond>,
+    outbound_bytes_per_second: Option<BytesPerSecond>,
+}
+
+/// A rate in each direction, in bytes per second; None: unlimited.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DirectionRates {
+    pub inbound: Option<u64>,
+    pub outbound: Option<u64>,
+}
+
+impl DirectionRates {
+    pub(crate) fn is_unlimited(&self) -> bool {
+        self.inbound.is_none() && self.outbound.is_none()
+    }
+}
+
+impl From<BandwidthConfig> for DirectionRates {
+    fn from(c: BandwidthConfig) -> Self {
+        Self {
+            inbound: c.inbound_bytes_per_second.map(|n| n.0),
+            outbound: c.outbound_bytes_per_second.map(|n| n.0),
+        }
+    }
+}
+
+/// The bandwidth limits the hub holds one edge to: the edge's own, and its ports'.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct BandwidthRates {
+    pub edge: DirectionRates,
+    pub ports: BTreeMap<u16, DirectionRates>,
+}
+
+impl BandwidthRates {
+    pub(crate) fn is_unlimited(&self) -> bool {
+        self.edge.is_unlimited() && self.ports.is_empty()
+    }
 }
 
 /// One entry of `updateAllowedEdges`.
@@ -299,6 +364,8 @@ pub(crate) struct AllowedEdge {
     pub id: String,
     pub secret: String,
     pub config: EdgeConfig,
+    /// Enforced by the hub; the edge is not told.
+    pub bandwidth: BandwidthRates,
 }
 
 impl std::fmt::Debug for AllowedEdge {
@@ -307,6 +374,7 @@ impl std::fmt::Debug for AllowedEdge {
         f.debug_struct("AllowedEdge")
             .field("id", &self.id)
             .field("config", &self.config)
+            .field("bandwidth", &self.bandwidth)
             .finish_non_exhaustive()
     }
 }
@@ -335,16 +403,57 @@ fn parse_allowed_edges_at(value: &Value, at: &str) -> Result<Vec<AllowedEdge>, C
                 format!("{id:?} appears more than once"),
             ));
         }
+        let listen_ports = entry.listen_ports.unwrap_or_default().0;
+        let listen_ports_udp = entry.listen_ports_udp.unwrap_or_default().0;
+        let mut port_clients = BTreeMap::new();
+        let mut bandwidth = BandwidthRates {
+            edge: entry
+                .bandwidth
+                .map(DirectionRates::from)
+                .unwrap_or_default(),
+            ports: BTreeMap::new(),
+        };
+        for (key, rules) in entry.ports.unwrap_or_default() {
+            let field = join_path(&join_path(&path, "ports"), &key);
+            let port = key
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0 && key.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| ConfigError::new(&field, "must be a port from 1 to 65535"))?;
+            if !listen_ports.contains(&port) && !listen_ports_udp.contains(&port) {
+                return Err(ConfigError::new(
+                    field,
+                    "is in neither listenPorts nor listenPortsUdp",
+                ));
+            }
+            if let Some(clients) = rules.clients.filter(|c| !c.is_empty()) {
+                port_clients.insert(port, clients);
+            }
+            let rates = rules
+                .bandwidth
+                .map(DirectionRates::from)
+                .unwrap_or_default();
+            if !rates.is_unlimited() {
+                bandwidth.ports.insert(port, rates);
+            }
+        }
         let config = EdgeConfig {
-            listen_ports: entry.listen_ports.unwrap_or_default().0,
-            listen_ports_udp: entry.listen_ports_udp.unwrap_or_default().0,
+            listen_ports,
+            listen_ports_udp,
             stun_interval_secs: entry
                 .stun_interval_secs
                 .map_or(DEFAULT_STUN_INTERVAL_SECS, |n| n.0),
+            clients: entry.clients.unwrap_or_default(),
+            port_clients,
             // The hub's limit, set when the list is applied.
             ..EdgeConfig::default()
         };
-        edges.push(AllowedEdge { id, secret, config });
+        edges.push(AllowedEdge {
+            id,
+            secret,
+            config,
+            bandwidth,
+        });
     }
     Ok(edges)
 }
@@ -457,9 +566,52 @@ mod tests {
                 "edges[1].id: \"a\" appears more than once",
             ),
             (
-                json!([{"id": "a", "secret": "s", "ports": []}]),
-                "edges[0].ports: is not a known option (known: id, secret, listenPorts, \
-                 listenPortsUdp, stunIntervalSecs)",
+                json!([{"id": "a", "secret": "s", "port": []}]),
+                "edges[0].port: is not a known option (known: id, secret, listenPorts, \
+                 listenPortsUdp, stunIntervalSecs, clients, bandwidth, ports)",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "clients": {"deny": ["10.0.0.0/33"]}}]),
+                "edges[0].clients.deny[0]: \"10.0.0.0/33\" is not an IPv4 or IPv6 address or \
+                 CIDR block",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "clients": {"deny": "10.0.0.0/8"}}]),
+                "edges[0].clients.deny: must be an array of at most 4096 CIDR blocks",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "clients": {"maxConnectionsPerSource": 0}}]),
+                "edges[0].clients.maxConnectionsPerSource: must be an integer from 1 to 1000000",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "clients": {"maxConnections": 5}}]),
+                "edges[0].clients.maxConnections: is not a known option (known: allow, deny, \
+                 maxConnectionsPerSource, connectionRatePerSource, connectionBurstPerSource, \
+                 maxUdpSessionsPerSource, firstByteTimeoutMs, ipv6PrefixLength)",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "bandwidth": {"inboundBytesPerSecond": 999}}]),
+                "edges[0].bandwidth.inboundBytesPerSecond: must be an integer from 1000 to \
+                 1000000000000",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "bandwidth": {"inbound": 5000}}]),
+                "edges[0].bandwidth.inbound: is not a known option (known: \
+                 inboundBytesPerSecond, outboundBytesPerSecond)",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "listenPorts": [80], "ports": {"443": {}}}]),
+                "edges[0].ports.443: is in neither listenPorts nor listenPortsUdp",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "listenPorts": [80], "ports": {"+80": {}}}]),
+                "edges[0].ports.+80: must be a port from 1 to 65535",
+            ),
+            (
+                json!([{"id": "a", "secret": "s", "listenPorts": [80],
+                        "ports": {"80": {"clients": {"firstByteTimeoutMs": -1}}}}]),
+                "edges[0].ports.80.clients.firstByteTimeoutMs: must be an integer from 0 to \
+                 3600000",
             ),
         ];
         for (edges, message) in cases {
@@ -477,6 +629,44 @@ mod tests {
         .unwrap();
         assert_eq!(edges[0].config.listen_ports, vec![80, 443]);
         assert_eq!(edges[1].config.stun_interval_secs, 300);
+        let edges = parse_allowed_edges(&json!([{
+            "id": "a", "secret": "s", "listenPorts": [80, 443], "listenPortsUdp": [53],
+            "clients": {"deny": ["192.0.2.0/24"], "maxConnectionsPerSource": 100},
+            "ports": {"443": {"clients": {"allow": ["10.0.0.0/8"]}}, "53": {}, "80": {"clients": {}}}
+        }]))
+        .unwrap();
+        let config = &edges[0].config;
+        assert_eq!(
+            serde_json::to_value(&config.clients).unwrap(),
+            json!({"deny": ["192.0.2.0/24"], "maxConnectionsPerSource": 100})
+        );
+        // Ports without rules are left out.
+        assert_eq!(config.port_clients.keys().collect::<Vec<_>>(), [&443]);
+        assert!(edges[0].bandwidth.is_unlimited());
+        let edges = parse_allowed_edges(&json!([{
+            "id": "a", "secret": "s", "listenPorts": [80, 443],
+            "bandwidth": {"outboundBytesPerSecond": 10_000_000},
+            "ports": {"443": {"bandwidth": {"inboundBytesPerSecond": 5000}}, "80": {"bandwidth": {}}}
+        }]))
+        .unwrap();
+        let bandwidth = &edges[0].bandwidth;
+        assert_eq!(
+            bandwidth.edge,
+            DirectionRates {
+                inbound: None,
+                outbound: Some(10_000_000)
+            }
+        );
+        assert_eq!(
+            bandwidth.ports,
+            BTreeMap::from([(
+                443,
+                DirectionRates {
+                    inbound: Some(5000),
+                    outbound: None
+                }
+            )])
+        );
         let err =
             parse_allowed_edges(&json!([{"id": "a", "secret": "s"}, {"id": "a", "secret": "s"}]))
                 .unwrap_err();

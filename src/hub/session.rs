@@ -25,6 +25,7 @@ use crate::protocol::proxy::{encode_v2, ProxyAddresses, ProxyTransport};
 use crate::protocol::quic_messages::parse_open;
 use crate::transport::quic_endpoint::CLOSE_SESSION_ENDED;
 use crate::transport::tls::ALPN;
+use crate::tunnel::bandwidth::Pacing;
 use crate::tunnel::connection::{CarriedStream, ConnectionStreams, StreamJob};
 use crate::tunnel::serve::{serve, LoggedIn, NewStream, ServeOptions, TunnelEnd};
 use crate::tunnel::stream::SocketBytes;
@@ -618,6 +619,7 @@ impl EdgeSession {
             bytes_in,
             bytes_out,
             udp_datagrams_dropped: self.udp.dropped(),
+            bandwidth: None,
         }
     }
 
@@ -720,11 +722,11 @@ impl EdgeSession {
             );
             return;
         }
+        let paces = hub.bandwidth().session_paces(&self.edge_id, port);
         let opened = self.udp.open(
             hub,
             &self.carrier,
-            id,
-            addresses,
+            (id, addresses, paces),
             Some(header),
             self.cancel.child_token(),
         );
@@ -822,11 +824,15 @@ impl EdgeSession {
                 return Ok(());
             }
         };
+        let pacing = hub
+            .bandwidth()
+            .stream_pacing(&self.edge_id, addresses.destination.port());
         let job = ToTarget {
             session: self.clone(),
             hub: hub.clone(),
             id,
             addresses,
+            pacing,
         };
         let stream = stream.admit(port_bytes)?;
         if self.dialect.acknowledges_opens() {
@@ -845,6 +851,8 @@ struct ToTarget {
     hub: Arc<HubShared>,
     id: u32,
     addresses: ProxyAddresses,
+    /// The edge's and the port's bandwidth limits.
+    pacing: Pacing,
 }
 
 impl StreamJob for ToTarget {
@@ -854,6 +862,7 @@ impl StreamJob for ToTarget {
             hub,
             id,
             addresses,
+            pacing,
         } = self;
         // Also on a panic: its end is reported.
         let _closed = OnDrop::new(|| session.stream_closed(&hub, id));
@@ -867,7 +876,7 @@ impl StreamJob for ToTarget {
         match stream.while_connecting(connect).await {
             // The tunnel ended first.
             None => stream.refuse(ResetReason::Aborted),
-            Some(Ok(target)) => stream.carry(target, &session.cancel).await,
+            Some(Ok(target)) => stream.carry(target, pacing, &session.cancel).await,
             Some(Err(e)) => {
                 stream.refuse(ResetReason::Unreachable);
                 hub.warn(

@@ -24,6 +24,7 @@ use crate::transport::recv_batch::ReceiveBatch;
 use super::options::UdpProxyHeader;
 use super::HubShared;
 use crate::protocol::control::HubMessage;
+use crate::tunnel::bandwidth::Pace;
 use crate::tunnel::Carrier;
 
 thread_local! {
@@ -46,6 +47,8 @@ const KEPT_SEND_BUFFER_BYTES: usize = 4096;
 
 struct Flow {
     datagrams: mpsc::Sender<Bytes>,
+    /// The bandwidth limits what the client sends passes.
+    inbound: Option<Pace>,
     cancel: CancellationToken,
     /// The PROXY header of an open that came as a QUIC datagram: a repeat of it is not data.
     open: Option<Bytes>,
@@ -80,13 +83,13 @@ impl UdpSessions {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Starts a session; its socket is set up by its own task.
+    /// Starts session `id`, whose datagrams pass the bandwidth limits `(inbound, outbound)`;
+    /// its socket is set up by its own task.
     pub(super) fn open(
         self: &Arc<Self>,
         hub: &Arc<HubShared>,
         carrier: &Carrier<HubMessage>,
-        id: u32,
-        addresses: ProxyAddresses,
+        (id, addresses, (inbound, outbound)): (u32, ProxyAddresses, (Option<Pace>, Option<Pace>)),
         open: Option<Bytes>,
         cancel: CancellationToken,
     ) -> Result<(), Refusal> {
@@ -100,6 +103,7 @@ impl UdpSessions {
                 id,
                 Flow {
                     datagrams: tx,
+                    inbound,
                     cancel: cancel.clone(),
                     open,
                 },
@@ -111,6 +115,7 @@ impl UdpSessions {
             carrier: carrier.clone(),
             id,
             addresses,
+            outbound,
         };
         hub.tasks.spawn(run.run(rx, cancel));
         Ok(())
@@ -142,8 +147,14 @@ impl UdpSessions {
         true
     }
 
-    /// Queues a datagram for its session's task, or counts it as dropped when the queue is full.
+    /// Queues a datagram for its session's task, or counts it as dropped when the queue is full
+    /// or it is over the session's bandwidth.
     fn queue(&self, flow: &Flow, datagram: Bytes) {
+        if let Some(pace) = &flow.inbound {
+            if !pace.admit_datagram(datagram.len()) {
+                return self.count_drop();
+            }
+        }
         if let Err(TrySendError::Full(_)) = flow.datagrams.try_send(datagram) {
             self.count_drop();
         }
@@ -163,6 +174,8 @@ struct FlowTask {
     carrier: Carrier<HubMessage>,
     id: u32,
     addresses: ProxyAddresses,
+    /// The bandwidth limits the target's replies pass.
+    outbound: Option<Pace>,
 }
 
 impl FlowTask {
@@ -244,6 +257,12 @@ impl FlowTask {
         REPLY_BATCH.with_borrow_mut(|batch| {
             batch.try_receive(socket)?;
             for (reply, _) in batch.datagrams() {
+                if let Some(pace) = &self.outbound {
+                    if !pace.admit_datagram(reply.len()) {
+                        self.sessions.count_drop();
+                        continue;
+                    }
+                }
                 let reply = Bytes::copy_from_slice(reply);
                 if !self.carrier.udp(self.id, reply) {
                     self.sessions.count_drop();

@@ -7,11 +7,13 @@
 //! liberally where the documentation is silent). QUIC requires an ALPN and 4.13 documents none,
 //! so a QUIC peer always speaks `remoteingress/1`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::client_policy::ClientPolicy;
 use super::frame::{close_payload, CloseKind};
 use super::handshake::{EdgeConfig, DEFAULT_MAX_UDP_SESSIONS};
 
@@ -59,13 +61,15 @@ impl Dialect {
     }
 
     /// The config as this peer is sent it (login answer and CONFIG): a 4.13 peer gets only
-    /// the documented keys, so the UDP session limit stays the hub's own.
+    /// the documented keys, so the UDP session limit and the client rules stay the hub's own.
     pub fn config_for_peer(self, config: &EdgeConfig) -> EdgeConfig {
         match self {
             Dialect::RemoteIngress1 => config.clone(),
             Dialect::Upstream413 => EdgeConfig {
                 max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
                 instance_id: None,
+                clients: ClientPolicy::default(),
+                port_clients: BTreeMap::new(),
                 ..config.clone()
             },
         }
@@ -122,7 +126,7 @@ impl Serialize for Dialect {
 mod tests {
     use super::*;
     use crate::protocol::frame::ResetReason;
-    use crate::protocol::handshake::{encode_reply, HubReply};
+    use crate::protocol::handshake::{encode_reply, parse_reply, HubReply};
 
     #[test]
     fn a_peer_is_classified_by_its_alpn() {
@@ -153,6 +157,11 @@ mod tests {
             stun_interval_secs: 300,
             max_udp_sessions: 100,
             instance_id: Some("hub-a".into()),
+            clients: serde_json::from_str(r#"{"deny":["192.0.2.0/24"]}"#).unwrap(),
+            port_clients: BTreeMap::from([(
+                443,
+                serde_json::from_str(r#"{"maxConnectionsPerSource":8}"#).unwrap(),
+            )]),
         };
         let answer =
             |dialect: Dialect| encode_reply(&HubReply::Accepted(dialect.config_for_peer(&config)));
@@ -162,7 +171,10 @@ mod tests {
         );
         assert_eq!(
             answer(Dialect::RemoteIngress1),
-            b"{\"listenPorts\":[80,443],\"listenPortsUdp\":[53],\"stunIntervalSecs\":300,\"maxUdpSessions\":100,\"instanceId\":\"hub-a\"}\n"
+            b"{\"listenPorts\":[80,443],\"listenPortsUdp\":[53],\"stunIntervalSecs\":300,\"maxUdpSessions\":100,\"instanceId\":\"hub-a\",\"clients\":{\"deny\":[\"192.0.2.0/24\"]},\"portClients\":{\"443\":{\"maxConnectionsPerSource\":8}}}\n"
         );
+        let answer = answer(Dialect::RemoteIngress1);
+        let read_back = parse_reply(answer.strip_suffix(b"\n").unwrap()).unwrap();
+        assert_eq!(read_back, HubReply::Accepted(config.clone()));
     }
 }

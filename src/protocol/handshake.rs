@@ -4,9 +4,12 @@
 //! line: either the edge's [`EdgeConfig`] or `{"error":"..."}`. The same
 //! config JSON (without the newline) is the payload of later CONFIG frames.
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::client_policy::ClientPolicy;
 use super::frame::MAX_FRAME_PAYLOAD;
 
 /// Longest auth line the hub reads, including the '\n': the auth line is at
@@ -226,6 +229,13 @@ pub struct EdgeConfig {
     /// that keeps several tunnels through one load-balanced address tells replicas apart by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// Which clients the edge serves and how many per source, on every port (`remoteingress/1`
+    /// only; sent when any rule is set).
+    #[serde(default, skip_serializing_if = "ClientPolicy::is_empty")]
+    pub clients: ClientPolicy,
+    /// Rules of single ports, over `clients` field by field (sent when there are any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_clients: BTreeMap<u16, ClientPolicy>,
 }
 
 /// The longest instance id a hub may report.
@@ -248,6 +258,8 @@ impl Default for EdgeConfig {
             stun_interval_secs: DEFAULT_STUN_INTERVAL_SECS,
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
             instance_id: None,
+            clients: ClientPolicy::default(),
+            port_clients: BTreeMap::new(),
         }
     }
 }
@@ -279,6 +291,11 @@ impl EdgeConfig {
         }
         if let Some(id) = &self.instance_id {
             validate_instance_id(id).map_err(HandshakeError::InvalidConfig)?;
+        }
+        if self.port_clients.contains_key(&0) {
+            return Err(HandshakeError::InvalidConfig(
+                "portClients ports must be from 1 to 65535",
+            ));
         }
         Ok(())
     }
@@ -317,6 +334,15 @@ fn push_config(out: &mut Vec<u8>, config: &EdgeConfig) {
     if let Some(id) = &config.instance_id {
         out.extend_from_slice(b",\"instanceId\":");
         out.extend_from_slice(serde_json::Value::String(id.clone()).to_string().as_bytes());
+    }
+    // Numbers, strings and port-keyed maps only: serde_json cannot fail on them.
+    if !config.clients.is_empty() {
+        out.extend_from_slice(b",\"clients\":");
+        serde_json::to_writer(&mut *out, &config.clients).expect("rules serialize");
+    }
+    if !config.port_clients.is_empty() {
+        out.extend_from_slice(b",\"portClients\":");
+        serde_json::to_writer(&mut *out, &config.port_clients).expect("rules serialize");
     }
     out.push(b'}');
 }

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client_policy;
 pub mod control;
 pub mod dialect;
 pub mod frame;

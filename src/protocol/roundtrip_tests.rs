@@ -4,11 +4,15 @@
 //! The fuzz targets in fuzz/ (run with scripts/fuzz.sh) cover the other direction: arbitrary
 //! bytes into the decoders.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 
+use crate::config::Int;
+use crate::protocol::client_policy::{
+    Cidr, CidrList, ClientPolicy, MAX_FIRST_BYTE_TIMEOUT_MS, MAX_PER_SOURCE_LIMIT,
+};
 use crate::protocol::control::{
     parse_open_header, ControlMessage, EdgeMessage, HubMessage, UdpOpen,
 };
@@ -89,6 +93,8 @@ fn any_config() -> impl Strategy<Value = EdgeConfig> {
         MIN_STUN_INTERVAL_SECS..=MAX_STUN_INTERVAL_SECS,
         prop_oneof![Just(DEFAULT_MAX_UDP_SESSIONS), 1..=MAX_UDP_SESSIONS_LIMIT],
         prop::option::of("[!-~]{1,64}"),
+        any_client_policy(),
+        prop::collection::btree_map(port(), any_client_policy(), 0..3),
     )
         .prop_map(
             |(
@@ -97,6 +103,8 @@ fn any_config() -> impl Strategy<Value = EdgeConfig> {
                 stun_interval_secs,
                 max_udp_sessions,
                 instance_id,
+                clients,
+                port_clients,
             )| {
                 EdgeConfig {
                     listen_ports,
@@ -104,7 +112,42 @@ fn any_config() -> impl Strategy<Value = EdgeConfig> {
                     stun_interval_secs,
                     max_udp_sessions,
                     instance_id,
+                    clients,
+                    port_clients,
                 }
+            },
+        )
+}
+
+fn any_cidr() -> impl Strategy<Value = Cidr> {
+    prop_oneof![
+        (any::<u32>(), 0u8..=32).prop_map(|(a, p)| format!("{}/{p}", Ipv4Addr::from(a))),
+        (any::<u128>(), 0u8..=128).prop_map(|(a, p)| format!("{}/{p}", Ipv6Addr::from(a))),
+    ]
+    .prop_map(|text| Cidr::parse(&text).expect("a generated block parses"))
+}
+
+fn any_client_policy() -> impl Strategy<Value = ClientPolicy> {
+    let list = || prop::option::of(prop::collection::vec(any_cidr(), 0..4).prop_map(CidrList));
+    let count = || prop::option::of((1..=MAX_PER_SOURCE_LIMIT as u32).prop_map(Int));
+    (
+        list(),
+        list(),
+        (count(), count(), count()),
+        prop::option::of((1..=MAX_UDP_SESSIONS_LIMIT as u32).prop_map(Int)),
+        prop::option::of((0..=MAX_FIRST_BYTE_TIMEOUT_MS as u32).prop_map(Int)),
+        prop::option::of((32u8..=128).prop_map(Int)),
+    )
+        .prop_map(
+            |(allow, deny, (most, rate, burst), udp, first_byte, prefix)| ClientPolicy {
+                allow,
+                deny,
+                max_connections_per_source: most,
+                connection_rate_per_source: rate,
+                connection_burst_per_source: burst,
+                max_udp_sessions_per_source: udp,
+                first_byte_timeout_ms: first_byte,
+                ipv6_prefix_length: prefix,
             },
         )
 }

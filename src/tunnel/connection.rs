@@ -21,8 +21,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::protocol::frame::ResetReason;
 
+use super::bandwidth::Pacing;
 use super::quic_flow::{OpenStream, QuicStreams};
-use super::quic_link::{relay, reset_reason, reset_stream, RelayCounters};
+use super::quic_link::{relay, reset_reason, reset_stream, LocalSide};
 use super::retry::{ClientConnection, UnackedStream, UnackedStreams};
 use super::stream::{
     pump, reset_frame, Resend, SocketBytes, StreamPort, StreamTable, EDGE_SIDE, HUB_SIDE,
@@ -122,6 +123,7 @@ impl ConnectionStreams {
                         socket,
                         resend,
                         carries,
+                        lease,
                     } = client;
                     let resend = Resend {
                         sent: resend,
@@ -130,7 +132,7 @@ impl ConnectionStreams {
                     let end = pump(socket, id, EDGE_SIDE, port, frames, cancel, resend).await;
                     table.remove(id);
                     if let Err(lost) = end {
-                        unacked(lost.into_client(carries));
+                        unacked(lost.into_client(carries, lease));
                     }
                 });
             }
@@ -147,6 +149,7 @@ impl ConnectionStreams {
                         socket,
                         resend,
                         carries,
+                        lease,
                     } = client;
                     // A stream of its own, announced by its first bytes: the PROXY line. The
                     // hub acknowledges it by its index, like an id over TCP+TLS.
@@ -166,20 +169,21 @@ impl ConnectionStreams {
                         // The tunnel ended before the stream was announced: the hub has none
                         // of it.
                         return unacked(ClientConnection::after_lost_tunnel(
-                            socket, resend, carries,
+                            socket, resend, carries, lease,
                         ));
                     };
-                    let counters = RelayCounters {
+                    let local = LocalSide {
                         read: &bytes.read,
                         written: &bytes.written,
+                        pacing: &Pacing::default(),
                     };
                     let resend = Resend {
                         sent: resend,
                         unacked: Some(tracked),
                     };
-                    let end = relay(socket, send, recv, &open, counters, &cancel, resend).await;
+                    let end = relay(socket, send, recv, &open, local, &cancel, resend).await;
                     if let Some(lost) = end {
-                        unacked(lost.into_client(carries));
+                        unacked(lost.into_client(carries, lease));
                     }
                 });
             }
@@ -225,11 +229,12 @@ pub(crate) trait StreamJob: Send + 'static {
 
 /// An admitted stream of one transport.
 pub(crate) trait CarriedStream: Send + 'static {
-    /// Moves bytes between `target` and the stream until both directions are done, either
-    /// side resets, or `cancel` fires.
+    /// Moves bytes between `target` and the stream, at the pace of `pacing`, until both
+    /// directions are done, either side resets, or `cancel` fires.
     fn carry(
         self,
         target: TcpStream,
+        pacing: Pacing,
         cancel: &CancellationToken,
     ) -> impl Future<Output = ()> + Send;
     /// Resets the stream with `reason`.
@@ -262,13 +267,14 @@ pub(crate) struct FramesStream {
 }
 
 impl CarriedStream for FramesStream {
-    async fn carry(self, target: TcpStream, cancel: &CancellationToken) {
+    async fn carry(self, target: TcpStream, pacing: Pacing, cancel: &CancellationToken) {
         let FramesStream {
             id,
-            port,
+            mut port,
             frames,
             table,
         } = self;
+        port.pacing = pacing;
         // Also on a panic.
         let _left = OnDrop::new(|| table.remove(id));
         // The hub's side keeps nothing to send again: it never gets Err.
@@ -303,7 +309,7 @@ pub(crate) struct QuicAdmittedStream {
 
 impl CarriedStream for QuicAdmittedStream {
     /// Writes what arrived before the relay ran to `target` first.
-    async fn carry(self, mut target: TcpStream, cancel: &CancellationToken) {
+    async fn carry(self, mut target: TcpStream, pacing: Pacing, cancel: &CancellationToken) {
         let QuicAdmittedStream { stream, bytes } = self;
         let QuicConnectionStream {
             mut send,
@@ -313,6 +319,9 @@ impl CarriedStream for QuicAdmittedStream {
         } = stream;
         let mut written = 0;
         for chunk in &early.data {
+            if let Some(pace) = &pacing.written {
+                pace.take(chunk.len()).await;
+            }
             if target.write_all(chunk).await.is_err() {
                 reset_stream(&mut send, &mut recv, ResetReason::Unreachable);
                 return;
@@ -327,20 +336,12 @@ impl CarriedStream for QuicAdmittedStream {
             let _ = socket2::SockRef::from(&target).set_linger(Some(std::time::Duration::ZERO));
             return;
         }
-        let counters = RelayCounters {
+        let local = LocalSide {
             read: &bytes.read,
             written: &bytes.written,
+            pacing: &pacing,
         };
-        relay(
-            target,
-            send,
-            recv,
-            &open,
-            counters,
-            cancel,
-            Resend::default(),
-        )
-        .await;
+        relay(target, send, recv, &open, local, cancel, Resend::default()).await;
     }
 
     fn refuse(self, reason: ResetReason) {

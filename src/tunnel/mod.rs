@@ -2,6 +2,7 @@
 //! socket's write half, the frame reader, the stream table and the per-connection pump; for
 //! QUIC the control stream, datagrams and the relay (`quic_link`); and the receive loop of both.
 
+pub(crate) mod bandwidth;
 pub(crate) mod connection;
 pub(crate) mod quic_flow;
 pub(crate) mod quic_link;

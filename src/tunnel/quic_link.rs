@@ -20,6 +20,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +33,7 @@ use crate::protocol::quic_messages::{
 };
 use crate::transport::quic_endpoint::MAX_OVERSIZED_DATAGRAM_STREAMS;
 
+use super::bandwidth::{Pace, Pacing};
 use super::quic_flow::{OpenStream, QuicPeer};
 use super::receive_loop::MessageSource;
 use super::retry::{SentBytes, Unacked, UnackedStream};
@@ -327,10 +329,11 @@ impl DirectionEnd {
     }
 }
 
-/// Bytes read from and written to the local socket, for per-port metrics.
-pub(crate) struct RelayCounters<'a> {
+/// What the relay counts of its local socket (for per-port metrics) and how it paces it.
+pub(crate) struct LocalSide<'a> {
     pub read: &'a AtomicU64,
     pub written: &'a AtomicU64,
+    pub pacing: &'a Pacing,
 }
 
 /// Moves bytes between a local TCP socket and the QUIC stream that carries it, both ways at
@@ -344,7 +347,7 @@ pub(crate) async fn relay(
     mut send: SendStream,
     mut recv: RecvStream,
     stream: &OpenStream,
-    counters: RelayCounters<'_>,
+    local: LocalSide<'_>,
     cancel: &CancellationToken,
     resend: Resend,
 ) -> Option<Unacked> {
@@ -357,7 +360,7 @@ pub(crate) async fn relay(
                 &socket,
                 &mut send,
                 stream,
-                counters.read,
+                (local.read, local.pacing.read.as_ref()),
                 &abort,
                 sent,
                 unacked,
@@ -373,7 +376,7 @@ pub(crate) async fn relay(
                 &mut recv,
                 &socket,
                 stream,
-                counters.written,
+                (local.written, local.pacing.written.as_ref()),
                 &abort,
                 unacked,
             )
@@ -414,7 +417,7 @@ async fn socket_to_stream(
     socket: &TcpStream,
     send: &mut SendStream,
     stream: &OpenStream,
-    read: &AtomicU64,
+    (read, pace): (&AtomicU64, Option<&Pace>),
     abort: &CancellationToken,
     resend: Option<Box<SentBytes>>,
     unacked: Option<&UnackedStream>,
@@ -465,6 +468,13 @@ async fn socket_to_stream(
         read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if let Some(unacked) = unacked {
             unacked.record(&chunk);
+        }
+        if let Some(pace) = pace {
+            tokio::select! {
+                _ = abort.cancelled() => return aborted,
+                stop = &mut stopped => return stopped_end(stop),
+                _ = pace.take(chunk.len()) => {}
+            }
         }
         let written = tokio::select! {
             _ = abort.cancelled() => return aborted,
@@ -538,14 +548,20 @@ async fn stream_to_socket(
     recv: &mut RecvStream,
     socket: &TcpStream,
     stream: &OpenStream,
-    written: &AtomicU64,
+    (written, pace): (&AtomicU64, Option<&Pace>),
     abort: &CancellationToken,
     unacked: Option<&UnackedStream>,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
     let mut waiting: VecDeque<Bytes> = VecDeque::new();
     let mut finished = false;
+    // Paced: what arrived is booked at once (the stream is still read as data arrives) and
+    // written once its turn has come.
+    let mut held_until: Option<Instant> = None;
     loop {
+        if held_until.is_some_and(|until| until <= Instant::now()) {
+            held_until = None;
+        }
         if finished && waiting.is_empty() {
             return match SockRef::from(socket).shutdown(std::net::Shutdown::Write) {
                 Ok(()) => DirectionEnd::Finished,
@@ -567,6 +583,17 @@ async fn stream_to_socket(
                         if let Err(error) = stream.on_data(chunk.bytes.len()) {
                             return DirectionEnd::Overrun(error);
                         }
+                        if let Some(pace) = pace {
+                            let wait = pace.book(chunk.bytes.len());
+                            if !wait.is_zero() {
+                                let until = Instant::now() + wait;
+                                held_until = Some(held_until.map_or(until, |held| held.max(until)));
+                            }
+                        }
+                        if held_until.is_some() {
+                            waiting.push_back(Bytes::copy_from_slice(&chunk.bytes));
+                            continue;
+                        }
                         let arrived = Some(chunk.bytes);
                         if let Err(end) = write_or_keep(socket, &mut waiting, arrived, stream, written) {
                             return end;
@@ -578,15 +605,26 @@ async fn stream_to_socket(
                     Err(_) => return aborted,
                 }
             }
-            ready = socket.writable(), if !waiting.is_empty() => {
+            ready = socket.writable(), if !waiting.is_empty() && held_until.is_none() => {
                 if ready.is_err() {
                     return aborted;
                 }
             }
+            _ = sleep_until_held(held_until) => continue,
         }
-        if let Err(end) = write_or_keep(socket, &mut waiting, None, stream, written) {
-            return end;
+        if held_until.is_none() {
+            if let Err(end) = write_or_keep(socket, &mut waiting, None, stream, written) {
+                return end;
+            }
         }
+    }
+}
+
+/// Completes at `until`; never without one.
+async fn sleep_until_held(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
+use crate::edge::gate::SourceLease;
 use crate::lock::Locked;
 
 /// The most a client may have sent on an unacknowledged stream and still be carried again:
@@ -55,14 +56,17 @@ pub(crate) struct ClientConnection {
     pub resend: Option<Box<SentBytes>>,
     /// Tunnels it was carried on before.
     pub carries: u8,
+    /// Its place among its source's connections on the port, held until it ends.
+    pub lease: Option<SourceLease>,
 }
 
 impl ClientConnection {
-    pub(crate) fn new(socket: TcpStream) -> Self {
+    pub(crate) fn new(socket: TcpStream, lease: Option<SourceLease>) -> Self {
         Self {
             socket,
             resend: None,
             carries: 0,
+            lease,
         }
     }
 
@@ -72,11 +76,13 @@ impl ClientConnection {
         socket: TcpStream,
         resend: Option<Box<SentBytes>>,
         carries: u8,
+        lease: Option<SourceLease>,
     ) -> Self {
         Self {
             socket,
             resend,
             carries: carries.saturating_add(1),
+            lease,
         }
     }
 }
@@ -91,8 +97,8 @@ pub(crate) struct Unacked {
 
 impl Unacked {
     /// The connection to carry again, which has now lost `carries` + 1 tunnels.
-    pub(crate) fn into_client(self, carries: u8) -> ClientConnection {
-        ClientConnection::after_lost_tunnel(self.socket, Some(self.sent), carries)
+    pub(crate) fn into_client(self, carries: u8, lease: Option<SourceLease>) -> ClientConnection {
+        ClientConnection::after_lost_tunnel(self.socket, Some(self.sent), carries, lease)
     }
 }
 

@@ -25,6 +25,7 @@ use crate::protocol::frame::{
     close_payload, CloseKind, Frame, FrameType, ResetReason, MAX_DATA_PAYLOAD,
 };
 
+use super::bandwidth::{Pace, Pacing};
 use super::retry::{SentBytes, Unacked, UnackedStream};
 use super::writer::FrameSender;
 use super::{take_credit, try_read_chunk};
@@ -327,6 +328,8 @@ pub(crate) struct StreamHandle {
 pub(crate) struct StreamPort {
     pub flow: Arc<StreamFlow>,
     bytes: Arc<SocketBytes>,
+    /// The hub's bandwidth limits on the stream's socket (none at the edge).
+    pub pacing: Pacing,
 }
 
 /// Bytes read from and written to local sockets, shared by the streams of one port for
@@ -405,7 +408,11 @@ impl StreamTable {
         ));
         slot.insert(StreamHandle { flow: flow.clone() });
         self.shared.active.store(map.len(), Ordering::Relaxed);
-        Some(StreamPort { flow, bytes })
+        Some(StreamPort {
+            flow,
+            bytes,
+            pacing: Pacing::default(),
+        })
     }
 
     pub(crate) fn get(&self, id: u32) -> Option<StreamHandle> {
@@ -478,25 +485,34 @@ pub(crate) async fn pump(
     cancel: CancellationToken,
     resend: Resend,
 ) -> Result<StreamEnd, Unacked> {
-    let StreamPort { flow, bytes } = port;
+    let StreamPort {
+        flow,
+        bytes,
+        pacing,
+    } = port;
     let Resend { sent, unacked } = resend;
     let shared_socket = Arc::new(socket);
-    flow.set_direct(Some(Arc::new(DirectWrite {
-        socket: shared_socket.clone(),
-        frames: frames.clone(),
-        id,
-        window_update: side.window_update,
-        bytes: bytes.clone(),
-    })));
+    // A paced stream writes only from `download`, which waits for its turn.
+    if pacing.written.is_none() {
+        flow.set_direct(Some(Arc::new(DirectWrite {
+            socket: shared_socket.clone(),
+            frames: frames.clone(),
+            id,
+            window_update: side.window_update,
+            bytes: bytes.clone(),
+        })));
+    }
     // However the pump ends, the reader must not write to the socket after it.
     let _detach = super::OnDrop::new(|| flow.set_direct(None));
     let socket = &*shared_socket;
     let unacked = unacked.as_ref();
     let both_directions = async {
-        let upload = upload(socket, id, side, &flow, &frames, &bytes.read, sent, unacked);
+        let read = (&bytes.read, pacing.read.as_ref());
+        let upload = upload(socket, id, side, &flow, &frames, read, sent, unacked);
         tokio::pin!(upload);
         {
-            let download = download(socket, id, side, &flow, &frames, &bytes.written);
+            let written = (&bytes.written, pacing.written.as_ref());
+            let download = download(socket, id, side, &flow, &frames, written);
             tokio::pin!(download);
             tokio::select! {
                 done = &mut upload => {
@@ -561,7 +577,8 @@ fn reset_on_tunnel_end(socket: &TcpStream) -> StreamEnd {
 }
 
 /// Local socket to tunnel, after `resend`. Reads only with credit in hand, through
-/// `try_read_chunk`, so an idle connection holds no buffer. What is sent is kept in `unacked`.
+/// `try_read_chunk`, so an idle connection holds no buffer; each chunk waits for its turn
+/// under `pace`. What is sent is kept in `unacked`.
 #[allow(clippy::too_many_arguments)]
 async fn upload(
     socket: &TcpStream,
@@ -569,7 +586,7 @@ async fn upload(
     side: StreamSide,
     flow: &StreamFlow,
     frames: &FrameSender,
-    bytes_read: &AtomicU64,
+    (bytes_read, pace): (&AtomicU64, Option<&Pace>),
     resend: Option<Box<SentBytes>>,
     unacked: Option<&UnackedStream>,
 ) -> Result<(), Abort> {
@@ -598,6 +615,9 @@ async fn upload(
         bytes_read.fetch_add(read as u64, Ordering::Relaxed);
         // `read` is at most `credit`, a u32.
         flow.settle(credit, read as u32);
+        if let Some(pace) = pace {
+            pace.take(read).await;
+        }
         if let Some(unacked) = unacked {
             unacked.record(&chunk);
         }
@@ -657,19 +677,23 @@ fn send_fin(
     Ok(())
 }
 
-/// Tunnel to local socket, until the peer half-closes.
+/// Tunnel to local socket, until the peer half-closes; each chunk waits for its turn under
+/// `pace` (what waits stays in the stream's inbox, within its credit).
 async fn download(
     socket: &TcpStream,
     id: u32,
     side: StreamSide,
     flow: &StreamFlow,
     frames: &FrameSender,
-    bytes_written: &AtomicU64,
+    (bytes_written, pace): (&AtomicU64, Option<&Pace>),
 ) -> Result<(), Abort> {
     // The tunnel's end is the pump's cancellation, not an end of this loop.
     loop {
         match flow.next_input().await {
             StreamInput::Data(bytes) => {
+                if let Some(pace) = pace {
+                    pace.take(bytes.len()).await;
+                }
                 write_all(socket, &bytes).await.map_err(Abort::Local)?;
                 bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
