@@ -60,52 +60,61 @@ test('downloads share the edge\'s outbound limit evenly and never pass it', { ti
   }
 })
 
-test('a port\'s inbound limit holds an upload back, and a new rate applies to it at once', { timeout: 120000 }, async () => {
+test('a port\'s inbound limit holds uploads back, and a new rate reaches the bytes already waiting', { timeout: 120000 }, async () => {
   const target = await startTarget(behaviours.sink)
   let tunnel
-  let client
+  const clients = []
+  let writing = true
   try {
-    const rate = 200_000
+    // Eight uploads at 10 kB/s: each 64 KiB chunk books 6.5 s, so the chunks of all eight
+    // wait in a queue almost a minute long.
+    const rate = 10_000
     const rules = { ports: { [target.port]: { bandwidth: { inboundBytesPerSecond: rate } } } }
     tunnel = await startTunnel({ ports: [target.port], rules })
-    client = await connect(target.port)
-    client.on('error', () => {})
     const chunk = Buffer.alloc(64 * 1024, 7)
-    let writing = true
-    const pump = () => {
-      while (writing && client.write(chunk)) {}
-    }
-    client.on('drain', pump)
     const started = performance.now()
-    pump()
+    for (let i = 0; i < 8; i++) {
+      const client = await connect(target.port)
+      client.on('error', () => {})
+      const pump = () => {
+        while (writing && client.write(chunk)) {}
+      }
+      client.on('drain', pump)
+      pump()
+      clients.push(client)
+    }
     const arrived = () => target.connections.reduce((n, c) => n + c.received.reduce((m, b) => m + b.length, 0), 0)
     await new Promise((resolve) => setTimeout(resolve, 2000))
     const seconds = (performance.now() - started) / 1000
     const atLimit = arrived()
-    assert.ok(atLimit > 0)
     assert.ok(atLimit <= mostThrough(rate, seconds), `${atLimit} bytes in ${seconds.toFixed(2)} s at ${rate} B/s`)
     const [port] = (await statusOf(tunnel.hub)).ports
     assert.equal(port.port, target.port)
     assert.equal(port.inbound.bytesPerSecond, rate)
 
-    // Ten times the rate, for the same connection: more arrives in the next second than the
-    // old rate allowed for it.
-    const faster = rate * 10
+    // A thousand times the rate: the waiting chunks book their turn again, so more arrives
+    // than the old rate would ever have let through in the time it took (the queue at the
+    // old rate outlasts the wait's bound).
+    const faster = rate * 1000
     await tunnel.hub.updateAllowedEdges([
       { id: 'edge-1', secret: SECRET, listenPorts: [target.port], ports: { [target.port]: { bandwidth: { inboundBytesPerSecond: faster } } } },
     ])
     const before = arrived()
     const from = performance.now()
-    await waitFor(() => arrived() - before > mostThrough(rate, (performance.now() - from) / 1000), { what: 'the upload speeding up' })
+    await waitFor(() => arrived() - before > mostThrough(rate, (performance.now() - from) / 1000), { what: 'the uploads speeding up' })
     assert.equal((await statusOf(tunnel.hub)).ports[0].inbound.bytesPerSecond, faster)
-    writing = false
+
+    // Lifted: no limit left to show.
+    await tunnel.hub.updateAllowedEdges([{ id: 'edge-1', secret: SECRET, listenPorts: [target.port] }])
+    await waitFor(async () => (await statusOf(tunnel.hub)) === undefined, { what: 'the limit gone from getStatus' })
   } finally {
-    client?.destroy()
+    writing = false
+    for (const client of clients) client.destroy()
     await stopQuietly(tunnel, target)
   }
 })
 
-test('datagrams over an edge\'s inbound limit are dropped and counted', { timeout: 120000 }, async () => {
+test('datagrams over an edge\'s inbound limit are dropped and counted; one larger than the burst still fits a quiet limit', { timeout: 120000 }, async () => {
   const target = await startUdpTarget(udpBehaviours.sink)
   let tunnel
   let client
@@ -113,6 +122,10 @@ test('datagrams over an edge\'s inbound limit are dropped and counted', { timeou
     const rate = 20_000
     tunnel = await startTunnel({ ports: [], udpPorts: [target.port], rules: { bandwidth: { inboundBytesPerSecond: rate } } })
     client = await startUdpClient()
+    // A quiet limit takes a datagram larger than its burst (100 ms of the rate: 2,000 bytes).
+    const large = Buffer.alloc(3000, 2)
+    await client.send(large, target.port)
+    await waitFor(() => target.datagrams.some((d) => d.payload?.length === large.length), { what: 'the large datagram' })
     const payload = Buffer.alloc(1000, 1)
     const started = performance.now()
     // 100 a second, five times the rate: well within what either transport carries.
@@ -121,7 +134,7 @@ test('datagrams over an edge\'s inbound limit are dropped and counted', { timeou
       await new Promise((resolve) => setTimeout(resolve, 10))
     }
     // What the edge carried has reached the hub once the hub's counts add up.
-    const seen = () => target.datagrams.length
+    const seen = () => target.datagrams.length - 1
     await waitFor(async () => {
       const status = await statusOf(tunnel.hub)
       return status.inbound.droppedDatagrams > 0 && seen() + status.inbound.droppedDatagrams === 200

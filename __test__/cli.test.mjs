@@ -242,6 +242,14 @@ test('hub and edge from the command line: traffic, edges.json hot reload, SIGHUP
     assert.ok(await echoes(first.port, 'still the last good list'))
     assert.ok(await echoes(second.port, 'still the last good list'))
 
+    // Client rules in edges.json reach the edge: the second port turns loopback away.
+    const denied = { [second.port]: { clients: { deny: ['127.0.0.0/8'] } } }
+    fs.writeFileSync(edgesFile, JSON.stringify([{ id: 'cli-edge', secret: SECRET, listenPorts: [first.port, second.port], ports: denied }]))
+    await waitFor(async () => !(await echoes(second.port, 'denied').catch(() => false)), { what: 'the deny list from edges.json at the edge' })
+    assert.ok(await echoes(first.port, 'the other port still serves'))
+    const refused = `remoteingress_edge_clients_refused_total{reason="denied",protocol="tcp",port="${second.port}"}`
+    await waitFor(async () => parsePrometheus(await httpGet(edgeMetricsUrl)).get(refused) >= 1, { what: 'the denial counted' })
+
     writeEdges([second.port])
     hub.child.kill('SIGHUP')
     await edge.waitForLog((l) => l.event === 'portsUpdated' && !l.listenPorts.includes(first.port), 'portsUpdated without the removed port')

@@ -203,7 +203,8 @@ test('denied datagrams are dropped at the edge, and a source\'s UDP sessions are
     tunnel = await startTunnel({
       ports: [],
       udpPorts: [target.port],
-      edgeOptions: { udpIdleTimeoutMs: 500 },
+      // Long enough that no session ends before the third asks; the end is waited for below.
+      edgeOptions: { udpIdleTimeoutMs: 3000 },
       rules: { clients: { deny: ['127.0.13.0/24'], maxUdpSessionsPerSource: 2 } },
     })
     const port = target.port

@@ -19,7 +19,8 @@ use crate::protocol::client_policy::{
 /// fill the table.
 pub(super) const UDP_SESSIONS_PER_SOURCE_DIVISOR: usize = 4;
 /// Sources whose connection rate a port tracks at once; past it, sources whose bucket is full
-/// again (as good as new) are forgotten first, then all, so rotating sources cannot grow it.
+/// again (as good as new) are forgotten, and all of them when that frees less than a quarter,
+/// so rotating sources can neither grow it nor make each new source pay for a scan.
 pub(super) const MAX_RATE_TRACKED_SOURCES: usize = 16_384;
 
 /// Why a client was turned away before any stream or session was opened for it.
@@ -33,7 +34,9 @@ pub(crate) enum ClientRefusal {
     RateLimit,
     /// It sent nothing within `firstByteTimeoutMs`.
     FirstByteTimeout,
-    /// [`super::MAX_AWAITING_FIRST_BYTE`] clients were waiting for their first byte.
+    /// Its source had [`super::first_byte::MAX_AWAITING_FIRST_BYTE_PER_SOURCE`] clients waiting
+    /// for their first byte, or it waited longest when the edge had
+    /// [`super::first_byte::MAX_AWAITING_FIRST_BYTE`].
     FirstByteWaitFull,
     /// Its source holds `maxUdpSessionsPerSource` sessions on the port.
     UdpSessionLimit,
@@ -51,7 +54,9 @@ impl ClientRefusal {
                 "its source opens connections faster than connectionRatePerSource"
             }
             ClientRefusal::FirstByteTimeout => "it sent nothing within firstByteTimeoutMs",
-            ClientRefusal::FirstByteWaitFull => "too many clients are waiting for their first byte",
+            ClientRefusal::FirstByteWaitFull => {
+                "too many clients wait for their first byte (from its source, or in all)"
+            }
             ClientRefusal::UdpSessionLimit => {
                 "its source holds maxUdpSessionsPerSource sessions; the datagram was dropped"
             }
@@ -190,7 +195,8 @@ impl Sources {
                 bucket.refill(now, rate, burst);
                 bucket.tokens < burst
             });
-            if self.buckets.len() >= MAX_RATE_TRACKED_SOURCES {
+            // Not a scan per new source while the table stays nearly full.
+            if self.buckets.len() >= MAX_RATE_TRACKED_SOURCES * 3 / 4 {
                 self.buckets.clear();
             }
         }

@@ -19,7 +19,7 @@ use crate::tunnel::retry::{ClientConnection, MAX_RECARRIES};
 
 use super::gate::{ClientRefusal, PortGate, PortRules};
 use super::parking::{reset, WaitEnd};
-use super::{EdgeShared, Protocol, ResetBeforeTunnel, MAX_AWAITING_FIRST_BYTE};
+use super::{EdgeShared, Protocol, ResetBeforeTunnel};
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -208,9 +208,7 @@ fn admit(
     let Some(timeout) = gate.rules().first_byte_timeout else {
         return carry(edge, client, peer, bound);
     };
-    let awaiting = &edge.awaiting_first_byte;
-    if awaiting.fetch_add(1, Ordering::AcqRel) >= MAX_AWAITING_FIRST_BYTE {
-        awaiting.fetch_sub(1, Ordering::AcqRel);
+    let Some(wait) = edge.first_byte_waits.admit(source) else {
         reset(&client.socket);
         return edge.refuse_client(
             ClientRefusal::FirstByteWaitFull,
@@ -218,20 +216,23 @@ fn admit(
             port,
             source,
         );
-    }
+    };
     let edge = edge.clone();
     edge.tasks.clone().spawn(async move {
         let mut probe = [0u8; 1];
         let first_byte = tokio::select! {
             _ = edge.cancel.cancelled() => None,
-            peeked = tokio::time::timeout(timeout, client.socket.peek(&mut probe)) => Some(peeked),
+            _ = wait.evicted.cancelled() => Some(Err(ClientRefusal::FirstByteWaitFull)),
+            peeked = tokio::time::timeout(timeout, client.socket.peek(&mut probe)) => {
+                Some(peeked.map_err(|_| ClientRefusal::FirstByteTimeout))
+            }
         };
-        edge.awaiting_first_byte.fetch_sub(1, Ordering::AcqRel);
+        drop(wait);
         match first_byte {
             Some(Ok(Ok(n))) if n > 0 => carry(&edge, client, peer, bound),
-            Some(Err(_)) => {
+            Some(Err(refusal)) => {
                 reset(&client.socket);
-                edge.refuse_client(ClientRefusal::FirstByteTimeout, Protocol::Tcp, port, source);
+                edge.refuse_client(refusal, Protocol::Tcp, port, source);
             }
             // Closed without a byte, failed, or the edge is stopping: nothing to carry.
             _ => {}

@@ -2,6 +2,7 @@
 //! accepted connection through the live tunnel that carries the fewest.
 
 mod backoff;
+mod first_byte;
 pub(crate) mod gate;
 mod listeners;
 pub(crate) mod options;
@@ -175,7 +176,7 @@ struct EdgeShared {
     /// Connections carried again because their tunnel ended before the hub acknowledged them.
     connections_carried_again: AtomicU64,
     /// TCP clients waiting for their first byte before a stream is opened for them.
-    awaiting_first_byte: AtomicUsize,
+    first_byte_waits: Arc<first_byte::FirstByteWaits>,
     warning_rate_limit: crate::events::WarningRateLimit<EdgeWarning>,
     /// Tunnel bytes over the edge's life, all tunnels together.
     bytes_in: Arc<AtomicU64>,
@@ -235,10 +236,6 @@ impl Protocol {
         }
     }
 }
-
-/// TCP clients that may wait for their first byte at once (`firstByteTimeoutMs`), all ports
-/// together; past it new ones are reset.
-const MAX_AWAITING_FIRST_BYTE: usize = 16_384;
 
 impl EdgeShared {
     fn emit(&self, event: EdgeEvent) {
@@ -373,20 +370,20 @@ impl EdgeShared {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
         };
-        self.warn_throttled(
-            code,
+        self.warn_throttled(code, || {
             format!(
                 "{source} turned away on {protocol} port {port}: {}",
                 refusal.describe()
-            ),
-        );
+            )
+        });
     }
 
     /// A warning for a condition that can repeat thousands of times a second.
-    fn warn_throttled(&self, code: EdgeWarning, message: String) {
+    fn warn_throttled(&self, code: EdgeWarning, message: impl FnOnce() -> String) {
+        // The message is made only when it goes out: a flood repeats the condition.
         let now = crate::events::unix_millis();
         if self.warning_rate_limit.allows(code, now) {
-            self.warn(code, message);
+            self.warn(code, message());
         }
     }
 
@@ -543,7 +540,7 @@ impl Edge {
             udp_dropped: AtomicU64::new(0),
             udp_evicted: AtomicU64::new(0),
             connections_carried_again: AtomicU64::new(0),
-            awaiting_first_byte: AtomicUsize::new(0),
+            first_byte_waits: Arc::default(),
             warning_rate_limit: Default::default(),
             bytes_in: Arc::default(),
             bytes_out: Arc::default(),

@@ -17,7 +17,9 @@ use crate::protocol::control::{EdgeMessage, UdpOpen};
 use crate::protocol::proxy::ProxyAddresses;
 use crate::transport::recv_batch::ReceiveBatch;
 
-use super::gate::{ClientRefusal, PortGate, SourceLease};
+use crate::source::SourceCounts;
+
+use super::gate::{ClientRefusal, PortGate, SourceLease, UDP_SESSIONS_PER_SOURCE_DIVISOR};
 use super::{EdgeShared, Protocol, TunnelLink};
 
 /// Receive buffer asked of the kernel for each UDP listener, so bursts are not lost before
@@ -52,6 +54,8 @@ enum Room {
     Free,
     /// This session was ended to make room; the hub is told.
     Evicted(u32),
+    /// The client's address holds its share of the table, over all ports.
+    SourceFull,
 }
 
 /// The part of a full table kept for sessions on probation: while they hold more, the oldest
@@ -69,6 +73,9 @@ struct SessionTable {
     max_sessions: usize,
     by_id: HashMap<u32, Session>,
     by_client: HashMap<(u16, SocketAddr), u32>,
+    /// Sessions per source (IPv6: per /64) over all ports: the table's own bound, whatever
+    /// each port's `maxUdpSessionsPerSource`.
+    per_source: SourceCounts,
     /// Sessions on probation, oldest first; ids that have since ended or been protected are
     /// skipped when met.
     probation: VecDeque<u32>,
@@ -83,6 +90,7 @@ impl SessionTable {
             max_sessions: max_sessions.max(1),
             by_id: HashMap::new(),
             by_client: HashMap::new(),
+            per_source: SourceCounts::default(),
             probation: VecDeque::new(),
             on_probation: 0,
             protected: VecDeque::new(),
@@ -106,8 +114,16 @@ impl SessionTable {
         Some(id)
     }
 
-    /// Makes room for a new session.
-    fn make_room(&mut self) -> Room {
+    /// The share of the table one source may hold over all ports.
+    fn max_per_source(&self) -> usize {
+        (self.max_sessions / UDP_SESSIONS_PER_SOURCE_DIVISOR).max(1)
+    }
+
+    /// Makes room for a new session from `client`.
+    fn make_room(&mut self, client: SocketAddr) -> Room {
+        if self.per_source.get(client.ip()) >= self.max_per_source() {
+            return Room::SourceFull;
+        }
         if self.by_id.len() < self.max_sessions {
             return Room::Free;
         }
@@ -150,6 +166,7 @@ impl SessionTable {
     }
 
     fn insert(&mut self, id: u32, session: Session) {
+        self.per_source.add(session.client.ip());
         self.by_client.insert((session.port, session.client), id);
         self.by_id.insert(id, session);
         self.probation.push_back(id);
@@ -165,6 +182,7 @@ impl SessionTable {
             self.on_probation -= 1;
         }
         self.by_client.remove(&(session.port, session.client));
+        self.per_source.remove(session.client.ip());
         Some(session)
     }
 }
@@ -295,7 +313,7 @@ fn carry(
                 }
             };
             let mut table = link.udp.table();
-            match table.make_room() {
+            match table.make_room(client) {
                 Room::Free => link.udp.limit_warned.store(false, Ordering::Relaxed),
                 Room::Evicted(victim) => {
                     link.carrier.send(EdgeMessage::UdpClose { session: victim });
@@ -306,6 +324,12 @@ fn carry(
                                 format!("{} UDP sessions are open; new clients take the places of the oldest unproven ones", table.max_sessions),
                             );
                     }
+                }
+                Room::SourceFull => {
+                    drop(table);
+                    edge.count_udp_drop();
+                    let refusal = ClientRefusal::UdpSessionLimit;
+                    return edge.refuse_client(refusal, Protocol::Udp, port, client.ip());
                 }
             }
             let Some(id) = link.streams.next_id() else {
@@ -409,7 +433,10 @@ mod tests {
     fn open(table: &mut SessionTable, socket: &Arc<UdpSocket>, id: u32, from: SocketAddr) -> Room {
         // A port without limits of its own: the table's own rules are under test.
         let gate = PortGate::new(PortRules::new(&ClientPolicy::default(), 1 << 20));
-        let room = table.make_room();
+        let room = table.make_room(from);
+        if room == Room::SourceFull {
+            return room;
+        }
         table.insert(
             id,
             Session {
@@ -491,6 +518,27 @@ mod tests {
             open(&mut table, &socket, 6, client(6, 1000)),
             Room::Evicted(2)
         );
+    }
+
+    #[tokio::test]
+    async fn one_source_cannot_hold_more_than_its_share_over_all_ports() {
+        let socket = socket().await;
+        let mut table = SessionTable::new(400);
+        for port in 0..100 {
+            assert_eq!(
+                open(&mut table, &socket, port.into(), client(9, port)),
+                Room::Free
+            );
+        }
+        let more = client(9, 60_000);
+        assert_eq!(open(&mut table, &socket, 99_999, more), Room::SourceFull);
+        assert_eq!(
+            open(&mut table, &socket, 99_999, client(8, 60_000)),
+            Room::Free
+        );
+        // A session that ends gives its source the place back.
+        table.remove(0);
+        assert_eq!(open(&mut table, &socket, 100_000, more), Room::Free);
     }
 
     #[tokio::test]

@@ -56,24 +56,35 @@ pub(crate) struct DirectionLimits {
 }
 
 impl DirectionLimits {
-    /// These limits at `rates`: rates changed in place, limits created or dropped as needed.
+    /// These limits at `rates`: rates changed in place (a lifted one stays, without a rate,
+    /// so the streams that hold it stop waiting and get it back if it returns), limits created
+    /// as needed.
     fn update(&mut self, rates: DirectionRates) {
         for (limit, rate) in [
             (&mut self.inbound, rates.inbound),
             (&mut self.outbound, rates.outbound),
         ] {
             match (limit.as_ref(), rate) {
-                (Some(existing), Some(rate)) => existing.set_rate(rate),
+                (Some(existing), rate) => existing.set_rate(rate),
                 (None, Some(rate)) => *limit = Some(RateLimit::new(rate)),
-                (_, None) => *limit = None,
+                (None, None) => {}
             }
         }
     }
 
+    /// Whether any limit has a rate.
+    fn is_limited(&self) -> bool {
+        [&self.inbound, &self.outbound]
+            .into_iter()
+            .flatten()
+            .any(|limit| limit.bytes_per_second().is_some())
+    }
+
     fn status(&self, port: Option<u16>) -> DirectionStatus {
         let of = |limit: &Option<Arc<RateLimit>>| {
-            limit.as_ref().map(|limit| LimitStatus {
-                bytes_per_second: limit.bytes_per_second(),
+            let limit = limit.as_ref()?;
+            Some(LimitStatus {
+                bytes_per_second: limit.bytes_per_second()?,
                 delayed_ms: u64::try_from(limit.delayed().as_millis()).unwrap_or(u64::MAX),
                 dropped_datagrams: limit.dropped_datagrams(),
             })
@@ -95,7 +106,9 @@ struct EdgeLimits {
 impl EdgeLimits {
     fn update(&mut self, rates: &BandwidthRates) {
         self.edge.update(rates.edge);
-        self.ports.retain(|port, _| rates.ports.contains_key(port));
+        for (port, limits) in &mut self.ports {
+            limits.update(rates.ports.get(port).copied().unwrap_or_default());
+        }
         for (&port, &port_rates) in &rates.ports {
             self.ports.entry(port).or_default().update(port_rates);
         }
@@ -122,18 +135,20 @@ pub(super) struct BandwidthLimits {
 }
 
 impl BandwidthLimits {
-    /// Follows a new list of allowed edges: edges without limits are forgotten.
+    /// Follows a new list of allowed edges: an edge removed is forgotten (its tunnels end), an
+    /// edge whose limits were lifted keeps them without a rate.
     pub(super) fn apply(&mut self, edges: &[AllowedEdge]) {
-        self.edges.retain(|id, _| {
-            edges
-                .iter()
-                .any(|e| &e.id == id && !e.bandwidth.is_unlimited())
-        });
-        for edge in edges.iter().filter(|e| !e.bandwidth.is_unlimited()) {
-            self.edges
-                .entry(edge.id.clone())
-                .or_default()
-                .update(&edge.bandwidth);
+        self.edges.retain(|id, _| edges.iter().any(|e| &e.id == id));
+        for edge in edges {
+            match self.edges.get_mut(&edge.id) {
+                Some(limits) => limits.update(&edge.bandwidth),
+                None if !edge.bandwidth.is_unlimited() => {
+                    let mut limits = EdgeLimits::default();
+                    limits.update(&edge.bandwidth);
+                    self.edges.insert(edge.id.clone(), limits);
+                }
+                None => {}
+            }
         }
     }
 
@@ -167,6 +182,9 @@ impl BandwidthLimits {
 
     pub(super) fn status(&self, edge_id: &str) -> Option<BandwidthStatus> {
         let limits = self.edges.get(edge_id)?;
+        if !limits.edge.is_limited() && !limits.ports.values().any(DirectionLimits::is_limited) {
+            return None;
+        }
         let DirectionStatus {
             inbound, outbound, ..
         } = limits.edge.status(None);
@@ -176,6 +194,7 @@ impl BandwidthLimits {
             ports: limits
                 .ports
                 .iter()
+                .filter(|(_, limits)| limits.is_limited())
                 .map(|(&port, limits)| limits.status(Some(port)))
                 .collect(),
         })
@@ -233,6 +252,7 @@ mod tests {
         assert!(limits.status("free").is_none());
         let status = limits.status("a").unwrap();
         assert_eq!(status.inbound.unwrap().bytes_per_second, 10_000);
+        assert!(status.outbound.is_none());
         assert_eq!(status.ports[0].port, Some(443));
         assert_eq!(
             status.ports[0].outbound.as_ref().unwrap().bytes_per_second,
@@ -245,20 +265,23 @@ mod tests {
         let mut limits = BandwidthLimits::default();
         limits.apply(&[edge("a", rates(Some(10_000), None), &[])]);
         let held = limits.edges["a"].edge.inbound.clone().unwrap();
+        let current = |limits: &BandwidthLimits| limits.edges["a"].edge.inbound.clone().unwrap();
         limits.apply(&[edge("a", rates(Some(20_000), Some(1_000)), &[])]);
         assert_eq!(
             held.bytes_per_second(),
-            20_000,
+            Some(20_000),
             "the same limit, a new rate"
         );
-        assert!(Arc::ptr_eq(
-            &held,
-            limits.edges["a"].edge.inbound.as_ref().unwrap()
-        ));
+        assert!(Arc::ptr_eq(&held, &current(&limits)));
+        // Lifted: the streams holding it wait no more, and it no longer shows.
         limits.apply(&[edge("a", DirectionRates::default(), &[])]);
-        assert!(
-            limits.edges.is_empty(),
-            "an edge without limits is forgotten"
-        );
+        assert_eq!(held.bytes_per_second(), None);
+        assert!(limits.status("a").is_none());
+        // Set again: the same limit, so old and new streams share it.
+        limits.apply(&[edge("a", rates(Some(5_000), None), &[])]);
+        assert_eq!(held.bytes_per_second(), Some(5_000));
+        assert!(Arc::ptr_eq(&held, &current(&limits)));
+        limits.apply(&[]);
+        assert!(limits.edges.is_empty(), "a removed edge is forgotten");
     }
 }

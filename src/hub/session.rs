@@ -275,7 +275,9 @@ impl Login<'_> {
         if let Err(LoginRefusal::EdgeLimit) = admitted {
             // Not the edge's fault: no delay, nothing held against its address.
             hub.count_handshake_failure(HandshakeFailureReason::Limit);
-            hub.auth_throttle().give_back(source);
+            if admission == Admission::Counted {
+                hub.auth_throttle().give_back(source);
+            }
             drop(slot);
             refuse(reply_to, "edge limit reached", dialect).await;
             return None;

@@ -3,7 +3,8 @@
 //! time its bytes take at the rate after everything booked before it, so the streams drawing
 //! on one limit are served in the order they ask, a chunk at a time, and share it evenly. A
 //! stream's chunk waits for its time, which holds back the stream's flow control (its sender
-//! stops at its window); a datagram over the rate is dropped instead.
+//! stops at its window); a datagram over the rate is dropped instead. A limit whose rate
+//! changes starts its schedule afresh, and chunks waiting for it book their turn again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,34 +16,38 @@ use crate::lock::Locked;
 
 /// How far ahead of its rate a limit lets bytes go: the burst a quiet limit allows.
 pub(crate) const BANDWIDTH_BURST: Duration = Duration::from_millis(100);
+/// How often a waiting chunk looks whether its limits' rates changed.
+pub(crate) const RATE_RECHECK: Duration = Duration::from_millis(100);
 
-/// The booked time of one limit, without I/O.
+/// The booked time of one limit, without I/O. No rate: the limit was lifted, nothing waits.
 #[derive(Debug)]
 struct Schedule {
-    bytes_per_second: u64,
+    bytes_per_second: Option<u64>,
     /// When what was booked so far is through at the rate.
     booked_until: Option<Instant>,
 }
 
 impl Schedule {
-    /// When `bytes` booked at `now` would be through.
-    fn through_at(&self, bytes: usize, now: Instant) -> Instant {
-        let start = self.booked_until.map_or(now, |until| until.max(now));
-        start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64)
-    }
-
     /// Books `bytes` at `now`; how long they must wait for their turn.
     fn book(&mut self, bytes: usize, now: Instant) -> Duration {
-        let until = self.through_at(bytes, now);
+        let Some(rate) = self.bytes_per_second else {
+            return Duration::ZERO;
+        };
+        let start = self.booked_until.map_or(now, |until| until.max(now));
+        let until = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
         self.booked_until = Some(until);
         until
             .saturating_duration_since(now)
             .saturating_sub(BANDWIDTH_BURST)
     }
 
-    /// Whether `bytes` booked at `now` would not wait.
-    fn has_room(&self, bytes: usize, now: Instant) -> bool {
-        self.through_at(bytes, now).saturating_duration_since(now) <= BANDWIDTH_BURST
+    /// Whether something booked at `now` would start without waiting: a datagram of any size
+    /// fits a limit with no more than its burst booked ahead.
+    fn has_room(&self, now: Instant) -> bool {
+        self.bytes_per_second.is_none()
+            || self
+                .booked_until
+                .is_none_or(|until| until.saturating_duration_since(now) <= BANDWIDTH_BURST)
     }
 }
 
@@ -51,6 +56,8 @@ impl Schedule {
 #[derive(Debug)]
 pub(crate) struct RateLimit {
     schedule: Mutex<Schedule>,
+    /// Counts rate changes, so waiting chunks notice one.
+    changes: AtomicU64,
     /// Time chunks waited for their turn here, in nanoseconds.
     delayed_nanos: AtomicU64,
     /// Datagrams dropped for this limit.
@@ -61,21 +68,30 @@ impl RateLimit {
     pub(crate) fn new(bytes_per_second: u64) -> Arc<Self> {
         Arc::new(Self {
             schedule: Mutex::new(Schedule {
-                bytes_per_second: bytes_per_second.max(1),
+                bytes_per_second: Some(bytes_per_second.max(1)),
                 booked_until: None,
             }),
+            changes: AtomicU64::new(0),
             delayed_nanos: AtomicU64::new(0),
             dropped_datagrams: AtomicU64::new(0),
         })
     }
 
-    pub(crate) fn bytes_per_second(&self) -> u64 {
+    /// The rate; None once the limit was lifted.
+    pub(crate) fn bytes_per_second(&self) -> Option<u64> {
         self.schedule.locked().bytes_per_second
     }
 
-    /// A new rate for what is booked from now on.
-    pub(crate) fn set_rate(&self, bytes_per_second: u64) {
-        self.schedule.locked().bytes_per_second = bytes_per_second.max(1);
+    /// A new rate (None: no limit), from now on: the schedule starts afresh, and what waits
+    /// books its turn again within [`RATE_RECHECK`].
+    pub(crate) fn set_rate(&self, bytes_per_second: Option<u64>) {
+        let mut schedule = self.schedule.locked();
+        let rate = bytes_per_second.map(|r| r.max(1));
+        if schedule.bytes_per_second != rate {
+            schedule.bytes_per_second = rate;
+            schedule.booked_until = None;
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// How long chunks have waited for this limit in all.
@@ -124,11 +140,29 @@ impl Pace {
             .unwrap_or_default()
     }
 
-    /// Waits until `bytes` may go on, by every limit.
+    /// Changes so far to the rates of these limits: a booking made before a change is stale.
+    pub(crate) fn rate_changes(&self) -> u64 {
+        self.limits
+            .iter()
+            .map(|limit| limit.changes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Waits until `bytes` may go on, by every limit; booked again if a rate changes meanwhile.
     pub(crate) async fn take(&self, bytes: usize) {
-        let wait = self.book(bytes);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let mut changes = self.rate_changes();
+        let mut until = Instant::now() + self.book(bytes);
+        loop {
+            let now = Instant::now();
+            if until <= now {
+                return;
+            }
+            tokio::time::sleep_until(until.min(now + RATE_RECHECK)).await;
+            let current = self.rate_changes();
+            if current != changes {
+                changes = current;
+                until = Instant::now() + self.book(bytes);
+            }
         }
     }
 
@@ -138,7 +172,7 @@ impl Pace {
         let now = Instant::now();
         // Always locked in the same order (the edge's, then the port's).
         let mut schedules: Vec<_> = self.limits.iter().map(|l| l.schedule.locked()).collect();
-        let full: Vec<bool> = schedules.iter().map(|s| !s.has_room(bytes, now)).collect();
+        let full: Vec<bool> = schedules.iter().map(|s| !s.has_room(now)).collect();
         if !full.contains(&true) {
             for schedule in &mut schedules {
                 schedule.book(bytes, now);
@@ -170,7 +204,7 @@ mod tests {
     fn chunks_wait_for_their_turn_at_the_rate_after_a_burst() {
         let t0 = Instant::now();
         let mut schedule = Schedule {
-            bytes_per_second: 1_000_000,
+            bytes_per_second: Some(1_000_000),
             booked_until: None,
         };
         // 100 ms of burst: the first 100,000 bytes go at once.
@@ -188,7 +222,7 @@ mod tests {
     fn two_streams_asking_in_turn_share_the_rate_evenly() {
         let t0 = Instant::now();
         let mut schedule = Schedule {
-            bytes_per_second: 1_000_000,
+            bytes_per_second: Some(1_000_000),
             booked_until: None,
         };
         // Each asks for its next chunk when its previous one was let through.
@@ -209,19 +243,31 @@ mod tests {
     }
 
     #[test]
-    fn a_datagram_fits_only_within_the_burst() {
+    fn a_datagram_starts_within_the_burst_whatever_its_size() {
         let t0 = Instant::now();
         let mut schedule = Schedule {
-            bytes_per_second: 10_000,
+            bytes_per_second: Some(10_000),
             booked_until: None,
         };
-        // 100 ms at 10 kB/s: 1,000 bytes of burst.
-        assert!(schedule.has_room(600, t0));
-        schedule.book(600, t0);
-        assert!(!schedule.has_room(600, t0));
-        assert!(schedule.has_room(400, t0));
-        schedule.book(400, t0);
-        assert!(schedule.has_room(100, t0 + Duration::from_millis(10)));
+        // A quiet limit takes a datagram larger than its burst (100 ms at 10 kB/s: 1,000 bytes).
+        assert!(schedule.has_room(t0));
+        schedule.book(1_200, t0);
+        // 120 ms booked ahead: no room until 20 ms have passed.
+        assert!(!schedule.has_room(t0));
+        assert!(!schedule.has_room(t0 + Duration::from_millis(19)));
+        assert!(schedule.has_room(t0 + Duration::from_millis(20)));
+        // One a second at 1,200 bytes is a tenth of the rate: each finds room.
+        for second in 1..10 {
+            let at = t0 + Duration::from_secs(second);
+            assert!(schedule.has_room(at));
+            schedule.book(1_200, at);
+        }
+        let mut lifted = Schedule {
+            bytes_per_second: None,
+            booked_until: Some(t0 + Duration::from_secs(60)),
+        };
+        assert!(lifted.has_room(t0));
+        assert_eq!(lifted.book(1 << 20, t0), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -238,8 +284,31 @@ mod tests {
         assert_eq!(port.delayed(), Duration::from_secs(1));
         assert_eq!(edge.delayed(), Duration::from_millis(10));
         assert!(Pace::new([]).is_none());
-        port.set_rate(1_000_000_000);
-        assert_eq!(port.bytes_per_second(), 1_000_000_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_reaches_chunks_already_waiting() {
+        let limit = RateLimit::new(1_000);
+        let pace = Pace::new([limit.clone()]).unwrap();
+        // 10 chunks of 64 KiB booked at 1 kB/s: the last would wait almost 11 minutes.
+        let t0 = Instant::now();
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let pace = pace.clone();
+                tokio::spawn(async move { pace.take(64 * 1024).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        limit.set_rate(Some(1_000_000_000));
+        for chunk in waiting {
+            chunk.await.unwrap();
+        }
+        assert!(Instant::now() - t0 <= Duration::from_secs(1) + 2 * RATE_RECHECK);
+        limit.set_rate(None);
+        assert_eq!(limit.bytes_per_second(), None);
+        let t1 = Instant::now();
+        pace.take(1 << 30).await;
+        assert_eq!(Instant::now(), t1, "a lifted limit holds nothing back");
     }
 
     #[test]
@@ -247,6 +316,8 @@ mod tests {
         let edge = RateLimit::new(1_000_000);
         let port = RateLimit::new(10_000);
         let pace = Pace::new([edge.clone(), port.clone()]).unwrap();
+        // The port's 100 ms burst is 1,000 bytes: the second starts as it is used up.
+        assert!(pace.admit_datagram(1_000));
         assert!(pace.admit_datagram(1_000));
         assert!(!pace.admit_datagram(1_000));
         assert_eq!(port.dropped_datagrams(), 1);

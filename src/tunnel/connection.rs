@@ -320,7 +320,10 @@ impl CarriedStream for QuicAdmittedStream {
         let mut written = 0;
         for chunk in &early.data {
             if let Some(pace) = &pacing.written {
-                pace.take(chunk.len()).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return reset_stream(&mut send, &mut recv, ResetReason::Aborted),
+                    _ = pace.take(chunk.len()) => {}
+                }
             }
             if target.write_all(chunk).await.is_err() {
                 reset_stream(&mut send, &mut recv, ResetReason::Unreachable);

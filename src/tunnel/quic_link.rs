@@ -33,7 +33,7 @@ use crate::protocol::quic_messages::{
 };
 use crate::transport::quic_endpoint::MAX_OVERSIZED_DATAGRAM_STREAMS;
 
-use super::bandwidth::{Pace, Pacing};
+use super::bandwidth::{Pace, Pacing, RATE_RECHECK};
 use super::quic_flow::{OpenStream, QuicPeer};
 use super::receive_loop::MessageSource;
 use super::retry::{SentBytes, Unacked, UnackedStream};
@@ -558,7 +558,16 @@ async fn stream_to_socket(
     // Paced: what arrived is booked at once (the stream is still read as data arrives) and
     // written once its turn has come.
     let mut held_until: Option<Instant> = None;
+    let mut rate_changes = pace.map_or(0, Pace::rate_changes);
     loop {
+        if let (Some(pace), Some(_)) = (pace, held_until) {
+            // A new rate: what waits books its turn again.
+            if pace.rate_changes() != rate_changes {
+                rate_changes = pace.rate_changes();
+                let held: usize = waiting.iter().map(Bytes::len).sum();
+                held_until = Some(Instant::now() + pace.book(held));
+            }
+        }
         if held_until.is_some_and(|until| until <= Instant::now()) {
             held_until = None;
         }
@@ -584,6 +593,9 @@ async fn stream_to_socket(
                             return DirectionEnd::Overrun(error);
                         }
                         if let Some(pace) = pace {
+                            if held_until.is_none() {
+                                rate_changes = pace.rate_changes();
+                            }
                             let wait = pace.book(chunk.bytes.len());
                             if !wait.is_zero() {
                                 let until = Instant::now() + wait;
@@ -620,10 +632,10 @@ async fn stream_to_socket(
     }
 }
 
-/// Completes at `until`; never without one.
+/// Completes at `until`, or after [`RATE_RECHECK`] to look for a new rate; never without one.
 async fn sleep_until_held(until: Option<Instant>) {
     match until {
-        Some(until) => tokio::time::sleep_until(until).await,
+        Some(until) => tokio::time::sleep_until(until.min(Instant::now() + RATE_RECHECK)).await,
         None => std::future::pending().await,
     }
 }
