@@ -176,6 +176,7 @@ impl ConnectionStreams {
                         read: &bytes.read,
                         written: &bytes.written,
                         pacing: &Pacing::default(),
+                        early: Vec::new(),
                     };
                     let resend = Resend {
                         sent: resend,
@@ -317,14 +318,14 @@ impl CarriedStream for QuicAdmittedStream {
             open,
             early,
         } = stream;
+        // A paced stream's early bytes wait in the relay, which goes on reading the stream
+        // meanwhile (unread, they would hold quinn's connection window).
+        let (unpaced, paced) = match pacing.written {
+            Some(_) => (Vec::new(), early.data),
+            None => (early.data, Vec::new()),
+        };
         let mut written = 0;
-        for chunk in &early.data {
-            if let Some(pace) = &pacing.written {
-                tokio::select! {
-                    _ = cancel.cancelled() => return reset_stream(&mut send, &mut recv, ResetReason::Aborted),
-                    _ = pace.take(chunk.len()) => {}
-                }
-            }
+        for chunk in &unpaced {
             if target.write_all(chunk).await.is_err() {
                 reset_stream(&mut send, &mut recv, ResetReason::Unreachable);
                 return;
@@ -343,6 +344,7 @@ impl CarriedStream for QuicAdmittedStream {
             read: &bytes.read,
             written: &bytes.written,
             pacing: &pacing,
+            early: paced,
         };
         relay(target, send, recv, &open, local, cancel, Resend::default()).await;
     }

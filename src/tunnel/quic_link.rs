@@ -329,11 +329,14 @@ impl DirectionEnd {
     }
 }
 
-/// What the relay counts of its local socket (for per-port metrics) and how it paces it.
+/// What the relay counts of its local socket (for per-port metrics), how it paces it, and
+/// what it already read from the stream to write to it first.
 pub(crate) struct LocalSide<'a> {
     pub read: &'a AtomicU64,
     pub written: &'a AtomicU64,
     pub pacing: &'a Pacing,
+    /// Each chunk in an allocation of its own length.
+    pub early: Vec<Bytes>,
 }
 
 /// Moves bytes between a local TCP socket and the QUIC stream that carries it, both ways at
@@ -377,7 +380,7 @@ pub(crate) async fn relay(
                 &socket,
                 stream,
                 (local.written, local.pacing.written.as_ref()),
-                &abort,
+                (local.early, &abort),
                 unacked,
             )
             .await;
@@ -549,16 +552,18 @@ async fn stream_to_socket(
     socket: &TcpStream,
     stream: &OpenStream,
     (written, pace): (&AtomicU64, Option<&Pace>),
-    abort: &CancellationToken,
+    (early, abort): (Vec<Bytes>, &CancellationToken),
     unacked: Option<&UnackedStream>,
 ) -> DirectionEnd {
     let aborted = DirectionEnd::Aborted(ResetReason::Aborted);
-    let mut waiting: VecDeque<Bytes> = VecDeque::new();
+    let mut waiting: VecDeque<Bytes> = early.into();
     let mut finished = false;
     // Paced: what arrived is booked at once (the stream is still read as data arrives) and
     // written once its turn has come.
-    let mut held_until: Option<Instant> = None;
     let mut rate_changes = pace.map_or(0, Pace::rate_changes);
+    let mut held_until: Option<Instant> = pace
+        .filter(|_| !waiting.is_empty())
+        .map(|pace| Instant::now() + pace.book(waiting.iter().map(Bytes::len).sum()));
     loop {
         if let (Some(pace), Some(_)) = (pace, held_until) {
             // A new rate: what waits books its turn again.
