@@ -15,14 +15,14 @@
 //            2,000, and the per-source limit left at its default; control: firstByteTimeoutMs
 //            3000.
 // udp        one address sends from 6,000 client ports, each once a second, at an edge whose
-//            UDP session table holds 4,096; the legitimate clients ask over UDP. Without the
-//            control, maxUdpSessionsPerSource is 4096; with it, the default (1,024).
+//            UDP session table holds 4,096; the legitimate clients ask over UDP. One run: the
+//            table's own share per source (a quarter, over all ports) cannot be turned off.
 // bandwidth  20 clients download without end from one port; the legitimate clients ask on
 //            another port of the same edge; control: an outbound limit of 20 Mbit/s on the
 //            download port. Also: the download port's throughput.
 // login      a client behind the edge's own address fails logins, 8 at a time, without end;
-//            the edge restarts: how long until its tunnel is up again (no "without" run: the
-//            previous throttle kept it out for the rest of a minute).
+//            the edge restarts: how long until its tunnel is up again (one run: the throttle
+//            before 83114b0 kept it out for the rest of a minute).
 //
 // Everything runs on loopback, in this process (the busy attackers of `churn` and `udp` in a
 // child process), bounded in count and time, and stops by itself.
@@ -328,7 +328,7 @@ const scenarios = {
   idle: [idle, {}, { clients: { maxConnectionsPerSource: 100 } }],
   churn: [churn, {}, { clients: { connectionRatePerSource: 20 } }],
   silent: [silent, {}, { clients: { firstByteTimeoutMs: 3000 } }],
-  udp: [udp, { clients: { maxUdpSessionsPerSource: 4096 } }, {}],
+  udp: [udp],
   bandwidth: [bandwidth, {}, { limit: 20_000_000 / 8 }],
   login: [login],
 }
