@@ -16,8 +16,9 @@ use crate::lock::Locked;
 
 /// How far ahead of its rate a limit lets bytes go: the burst a quiet limit allows.
 pub(crate) const BANDWIDTH_BURST: Duration = Duration::from_millis(100);
-/// How often a waiting chunk looks whether its limits' rates changed.
-pub(crate) const RATE_RECHECK: Duration = Duration::from_millis(100);
+/// How often a waiting chunk looks whether its limits' rates changed: seldom enough that
+/// thousands of waiting streams cost little.
+pub(crate) const RATE_RECHECK: Duration = Duration::from_secs(1);
 
 /// The booked time of one limit, without I/O. No rate: the limit was lifted, nothing waits.
 #[derive(Debug)]
@@ -304,6 +305,10 @@ mod tests {
             chunk.await.unwrap();
         }
         assert!(Instant::now() - t0 <= Duration::from_secs(1) + 2 * RATE_RECHECK);
+        assert!(
+            Instant::now() - t0 < Duration::from_secs(60),
+            "not the old rate's minutes"
+        );
         limit.set_rate(None);
         assert_eq!(limit.bytes_per_second(), None);
         let t1 = Instant::now();
