@@ -145,7 +145,7 @@ export interface ClientRules {
   allow?: string[]
   /** Clients in these CIDR blocks are not served; wins over `allow`. At most 4096 per list. */
   deny?: string[]
-  /** Open TCP connections per source; more are reset. Default 4096. */
+  /** Open TCP connections per source; more are reset. Default 16384, a quarter of the hub's default maxStreamsPerEdge: lower it with that limit. */
   maxConnectionsPerSource?: number
   /** New TCP connections per second per source (a token bucket's refill); more are reset. Default: no limit. */
   connectionRatePerSource?: number

@@ -544,6 +544,15 @@ mod tests {
     }
 
     #[test]
+    fn one_source_may_hold_a_quarter_of_the_default_stream_limit() {
+        use crate::protocol::client_policy::DEFAULT_MAX_CONNECTIONS_PER_SOURCE;
+        assert_eq!(
+            DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            DEFAULT_MAX_STREAMS_PER_EDGE / 4
+        );
+    }
+
+    #[test]
     fn allowed_edge_messages_are_the_path_then_the_reason() {
         let cases = [
             (json!({}), "edges: must be an array"),

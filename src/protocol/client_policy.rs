@@ -15,9 +15,10 @@ use super::handshake::MAX_UDP_SESSIONS_LIMIT;
 
 /// Entries an allow or deny list may hold.
 pub const MAX_CIDRS_PER_LIST: usize = 4096;
-/// Concurrent TCP connections per source on a port, by default: room for a carrier-grade NAT
-/// with a few hundred busy users behind one address.
-pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 4096;
+/// Concurrent TCP connections per source on a port, by default: a quarter of the hub's default
+/// `maxStreamsPerEdge`, room for a carrier-grade NAT or a load test behind one address (a
+/// benchmark holds 10,000 idle connections from one), yet no one address takes every stream.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 16_384;
 /// The prefix that groups IPv6 sources by default: one host is usually given a whole /64.
 pub const DEFAULT_IPV6_PREFIX_LENGTH: u8 = 64;
 /// The longest `firstByteTimeoutMs`: an hour.
