@@ -3,21 +3,19 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-/// The prefix length that groups IPv6 sources: one host is usually given a whole /64.
-pub(crate) const IPV6_SOURCE_PREFIX: u32 = 64;
+use crate::protocol::client_policy::{mask, DEFAULT_IPV6_PREFIX_LENGTH};
 
 /// The address a source is counted under: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its
 /// /64, since one host can use every address of its prefix.
 pub(crate) fn source_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mask = u128::MAX << (128 - IPV6_SOURCE_PREFIX);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        },
+    source_key_by(address, DEFAULT_IPV6_PREFIX_LENGTH)
+}
+
+/// [`source_key`] with IPv6 grouped by `ipv6_prefix` instead.
+pub(crate) fn source_key_by(address: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match address.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
+        v6 @ IpAddr::V6(_) => mask(v6, ipv6_prefix),
     }
 }
 

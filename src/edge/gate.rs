@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::lock::{Locked, ReadWriteLocked};
 use crate::protocol::client_policy::{
-    mask, CidrList, ClientPolicy, DEFAULT_IPV6_PREFIX_LENGTH, DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    CidrList, ClientPolicy, DEFAULT_IPV6_PREFIX_LENGTH, DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
 };
 
 /// The share of the edge's UDP session limit one source may hold on a port by default
@@ -129,10 +129,7 @@ impl PortRules {
 
     /// What `address` counts under: IPv4 as it is, IPv6 by its prefix.
     fn source_key(&self, address: IpAddr) -> IpAddr {
-        match address {
-            IpAddr::V4(_) => address,
-            IpAddr::V6(_) => mask(address, self.ipv6_prefix_length),
-        }
+        crate::source::source_key_by(address, self.ipv6_prefix_length)
     }
 }
 

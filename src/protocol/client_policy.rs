@@ -19,7 +19,8 @@ pub const MAX_CIDRS_PER_LIST: usize = 4096;
 /// `maxStreamsPerEdge`, room for a carrier-grade NAT or a load test behind one address (a
 /// benchmark holds 10,000 idle connections from one), yet no one address takes every stream.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 16_384;
-/// The prefix that groups IPv6 sources by default: one host is usually given a whole /64.
+/// The prefix that groups IPv6 sources by default (and everywhere else the edge and hub count
+/// sources): one host is usually given a whole /64.
 pub const DEFAULT_IPV6_PREFIX_LENGTH: u8 = 64;
 /// The longest `firstByteTimeoutMs`: an hour.
 pub const MAX_FIRST_BYTE_TIMEOUT_MS: u64 = 3_600_000;
