@@ -270,6 +270,13 @@ interface EdgeExtras {
    */
   connectionsPerHub?: number
   /**
+   * Tunnels to each hub process (1-8), connections spread over them by load: on a long lossy
+   * path one TCP connection holds every stream back after a loss, several do not. 'auto'
+   * (default): 1, and 8 once a TCP+TLS tunnel through the address measures a round trip of
+   * 20 ms or more. A 4.13 hub gets no extra lanes.
+   */
+  lanes?: number | 'auto'
+  /**
    * 'tcpTls' (default): one TLS connection, frame-multiplexed. 'quic': QUIC on the hub's
    * tunnel port over UDP, a QUIC stream per connection, UDP as QUIC datagrams.
    * 'quicWithFallback': QUIC, or TCP+TLS when QUIC is not up within 5 s (each attempt);
@@ -345,6 +352,8 @@ export interface EdgeTunnelStatus {
   draining: boolean
   /** The hub process at the other end, when the hub says (not 4.13 hubs). */
   instanceId: string | null
+  /** 0 for the tunnels every hub address gets; 1-7 for extra lanes (`lanes`). */
+  lane: number
   transport: TransportKind | null
   protocol: ProtocolDialect | null
   activeStreams: number

@@ -92,6 +92,14 @@ test('token encode and decode round-trip; bad input exits non-zero with a messag
   const missing = cli(['hub'])
   assert.equal(missing.status, 2)
   assert.match(missing.stderr, /--edges is required/)
+
+  const edgeFlags = ['edge', '--hub-host', '127.0.0.1', '--hub-port', '1', '--edge-id', 'e1', '--secret', 's', '--no-stun']
+  const wordLanes = cli([...edgeFlags, '--lanes', 'many'])
+  assert.equal(wordLanes.status, 2)
+  assert.match(wordLanes.stderr, /--lanes must be auto or a whole number, got "many"/)
+  const tooManyLanes = cli([...edgeFlags, '--lanes', '9'])
+  assert.notEqual(tooManyLanes.status, 0)
+  assert.match(tooManyLanes.stderr, /lanes: must be 'auto' or an integer from 1 to 8/)
 })
 
 /** A CLI child with JSON logs; `waitForLog` resolves with the first log line matching. */

@@ -332,7 +332,7 @@ test('4.13 edge → hub: an OPEN to an unassigned port or an unreachable target 
  * A 4.13 hub answering `compat-edge` with one TCP and one UDP port, and our edge connected to it
  * with both listeners up. Returns { peerHub, session, edge, events, tcpPort, udpPort, stop }.
  */
-async function edgeWith413Hub({ edgeId = 'compat-edge' } = {}) {
+async function edgeWith413Hub({ edgeId = 'compat-edge', edgeOptions = {} } = {}) {
   const tcpPort = await freeTcpPort()
   const udpPort = await freeEdgeUdpPort()
   const expected = `EDGE ${edgeId} ${SECRET}\n`
@@ -342,7 +342,7 @@ async function edgeWith413Hub({ edgeId = 'compat-edge' } = {}) {
   const edge = new RemoteIngressEdge()
   const events = recordEvents(edge, ['tunnelConnected', 'tunnelDisconnected', 'portsAssigned', 'portsUpdated', 'warning'])
   try {
-    await edge.start(edgeConfig(peerHub.port, edgeId, SECRET))
+    await edge.start(edgeConfig(peerHub.port, edgeId, SECRET, edgeOptions))
     await waitFor(() => events.of('tunnelConnected').length > 0 && events.of('portsAssigned').length > 0, { what: 'the edge to connect' })
     await waitFor(
       async () => {
@@ -371,8 +371,8 @@ async function assertEdgeTunnelUp(ctx) {
 const openFor = (session, clientPort) =>
   session.nextFrame((f) => f.type === T413.OPEN && f.payload.toString('latin1').includes(` ${clientPort} `), GUARD_MS, `the OPEN for client port ${clientPort}`)
 
-test('our edge → 4.13 hub: auth line, documented answer; the edge says protocol 4.13', { timeout: 60000 }, async () => {
-  const ctx = await edgeWith413Hub()
+test('our edge → 4.13 hub: auth line, documented answer; the edge says protocol 4.13 and opens no extra lanes', { timeout: 60000 }, async () => {
+  const ctx = await edgeWith413Hub({ edgeOptions: { lanes: 4 } })
   try {
     assert.ok(ctx.session, 'the 4.13 hub got the auth line')
     assert.equal(ctx.session.authLine, `EDGE compat-edge ${SECRET}\n`)

@@ -230,7 +230,7 @@ test('getStatus on hub and edge reflects the connection, streams and bytes', { t
     const edgeStatus = await edge.getStatus()
     const { instanceId } = await hub.getStatus()
     assert.match(instanceId, /^[0-9a-f]{16}$/, 'a random instance id by default')
-    const tunnelStatus = { hub: `127.0.0.1:${hubPort}`, address: `127.0.0.1:${hubPort}`, connected: true, draining: false, instanceId, transport: TEST_TRANSPORT, protocol: 'remoteingress/1', activeStreams: 0, activeUdpSessions: 0 }
+    const tunnelStatus = { hub: `127.0.0.1:${hubPort}`, address: `127.0.0.1:${hubPort}`, connected: true, draining: false, instanceId, lane: 0, transport: TEST_TRANSPORT, protocol: 'remoteingress/1', activeStreams: 0, activeUdpSessions: 0 }
     assert.deepEqual(
       { ...edgeStatus, activeStreams: undefined },
       { running: true, connected: true, publicIp: null, activeStreams: undefined, activeUdpSessions: 0, listenPorts: [target.port], listenPortsUdp: [], transport: TEST_TRANSPORT, protocol: 'remoteingress/1', udpDatagramsDropped: 0, waitingConnections: 0, tunnels: [tunnelStatus] },

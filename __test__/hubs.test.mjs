@@ -1,11 +1,14 @@
 // An edge on several hubs: a tunnel to each, new connections to the live tunnel carrying the
 // fewest, a hub that goes away costs only what was on it, tokens that name several hubs, and
-// connectionsPerHub through one address that load-balances across hub processes.
+// connectionsPerHub through one address that load-balances across hub processes, and lanes
+// (several tunnels to one hub process).
 import test from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import {
   behaviours,
+  connect,
+  echoOver,
   echoOnce,
   edgeConfig,
   once,
@@ -220,6 +223,76 @@ test('connectionsPerHub: 2 through one balanced address reaches two distinct hub
     assert.deepEqual(loneStatus.tunnels.map((t) => t.connected).sort(), [false, true])
     assert.deepEqual(connectedTunnels(loneStatus).map((t) => t.instanceId), [instances[0]])
     assert.equal(await echoOnce(target.port, 'balanced'), 'balanced')
+  } finally {
+    await stopQuietly(...edges, ...hubs.map(({ hub }) => hub), target)
+    await balancer?.close()
+    await single?.close()
+  }
+})
+
+test('lanes: 3 keeps three tunnels to one hub process and spreads connections over them', { timeout: 90000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  const allowed = [{ id: 'laned', secret: SECRET, listenPorts: [target.port] }]
+  const hubs = []
+  const edge = new RemoteIngressEdge()
+  const clients = []
+  try {
+    hubs.push(await startHub(allowed))
+    const { hub, hubPort } = hubs[0]
+    const { instanceId } = await hub.getStatus()
+    await edge.start(hubsConfig([{ host: '127.0.0.1', port: hubPort }], 'laned', { lanes: 3 }))
+    const status = await statusWhen(edge, (s) => connectedTunnels(s).length === 3, 'three lanes up')
+    assert.deepEqual(
+      status.tunnels.map((t) => [t.lane, t.connected, t.instanceId, t.transport]),
+      [0, 1, 2].map((lane) => [lane, true, instanceId, TEST_TRANSPORT]),
+    )
+    await waitFor(async () => (await hub.getStatus()).connectedEdges.length === 3, { what: 'the hub to see three tunnels of the edge' })
+
+    // Six held connections: each new one goes to a lane carrying the fewest.
+    for (let i = 0; i < 6; i++) {
+      const client = await connect(target.port)
+      clients.push(client)
+      assert.equal(await echoOver(client, `held ${i}`), `held ${i}`)
+    }
+    const spread = await statusWhen(edge, (s) => s.activeStreams === 6, 'six streams')
+    assert.deepEqual(spread.tunnels.map((t) => t.activeStreams), [2, 2, 2])
+    const atHub = (await hub.getStatus()).connectedEdges.map((e) => e.activeStreams)
+    assert.deepEqual(atHub, [2, 2, 2], 'the hub carries two on each tunnel')
+  } finally {
+    for (const client of clients) client.destroy()
+    await stopQuietly(edge, ...hubs.map(({ hub }) => hub), target)
+  }
+})
+
+test('connectionsPerHub: 2 with lanes: 2 through a balanced address: four tunnels, at most two to one hub process', { skip: TEST_TRANSPORT === 'quic' && 'a TCP load balancer; QUIC would need a UDP one', timeout: 90000 }, async () => {
+  const target = await startTarget(behaviours.echo)
+  const allowed = [{ id: 'laned-balanced', secret: SECRET, listenPorts: [target.port] }]
+  const hubs = []
+  const edge = new RemoteIngressEdge()
+  const edges = [edge]
+  let balancer, single
+  try {
+    hubs.push(await startHub(allowed), await startHub(allowed), await startHub(allowed))
+    balancer = await startRoundRobin(hubs.map(({ hubPort }) => hubPort))
+    await edge.start(hubsConfig([{ host: '127.0.0.1', port: balancer.port }], 'laned-balanced', { connectionsPerHub: 2, lanes: 2 }))
+    const status = await statusWhen(edge, (s) => connectedTunnels(s).length === 4, 'four tunnels up')
+    assert.equal(status.tunnels.length, 4)
+    const perInstance = {}
+    for (const t of connectedTunnels(status)) perInstance[t.instanceId] = (perInstance[t.instanceId] ?? 0) + 1
+    const counts = Object.values(perInstance)
+    assert.ok(counts.length >= 2 && counts.every((n) => n <= 2), `at most two lanes to one hub process: ${JSON.stringify(perInstance)}`)
+    assert.deepEqual(status.tunnels.map((t) => t.lane).sort(), [0, 0, 1, 1])
+    assert.equal(await echoOnce(target.port, 'laned'), 'laned')
+
+    // Behind an address with one hub process, two of the four stay up: its two lanes.
+    single = await startRoundRobin([hubs[0].hubPort])
+    const lone = new RemoteIngressEdge()
+    edges.push(lone)
+    const turnedAway = recordEvents(hubs[0].hub, ['edgeDisconnected'])
+    await lone.start(hubsConfig([{ host: '127.0.0.1', port: single.port }], 'laned-balanced', { connectionsPerHub: 2, lanes: 2 }))
+    await statusWhen(lone, (s) => connectedTunnels(s).length === 2, 'two tunnels up')
+    await waitFor(() => turnedAway.of('edgeDisconnected').length >= 2, { what: 'tunnels past the lanes turned away' })
+    assert.deepEqual((await lone.getStatus()).tunnels.map((t) => t.connected).sort(), [false, false, true, true])
   } finally {
     await stopQuietly(...edges, ...hubs.map(({ hub }) => hub), target)
     await balancer?.close()

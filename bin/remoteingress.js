@@ -55,6 +55,8 @@ Run 'remoteingress <command> --help' for the options of a command.`,
   --hub-host H            hub address; --hub-port P (default 8443)
   --hub HOST[:PORT]       a hub (repeatable: a tunnel to each); [v6]:PORT for IPv6
   --connections-per-hub N tunnels through each hub address, to distinct hub processes (default 1)
+  --lanes N|auto          tunnels to each hub process, 1-8 (default auto: 8 once a TCP+TLS
+                          round trip is 20 ms or longer, else 1)
   --edge-id ID --secret S edge credentials
   --transport MODE        tcpTls (default), quic, or quicWithFallback (QUIC, else TCP+TLS after 5 s)
   --bind ADDR             address the edge's listeners bind (default 0.0.0.0)
@@ -108,6 +110,13 @@ function parseCommand(command, args, options) {
 function integer(value, flag) {
   if (value === undefined) return undefined
   if (!/^\d+$/.test(value)) throw new UsageError(`--${flag} must be a whole number, got ${JSON.stringify(value)}`)
+  return Number(value)
+}
+
+/** `--lanes`: 'auto' or a whole number (the addon checks the range). */
+function lanes(value) {
+  if (value === undefined || value === 'auto') return value
+  if (!/^\d+$/.test(value)) throw new UsageError(`--lanes must be auto or a whole number, got ${JSON.stringify(value)}`)
   return Number(value)
 }
 
@@ -389,6 +398,7 @@ async function runEdge(args) {
     'hub-port': { type: 'string' },
     hub: { type: 'string', multiple: true },
     'connections-per-hub': { type: 'string' },
+    lanes: { type: 'string' },
     'edge-id': { type: 'string' },
     secret: { type: 'string' },
     transport: { type: 'string' },
@@ -421,6 +431,7 @@ async function runEdge(args) {
     tunnelBufferBytes: integer(values['tunnel-buffer-bytes'], 'tunnel-buffer-bytes'),
     connectWaitMs: integer(values['connect-wait-ms'], 'connect-wait-ms'),
     connectionsPerHub: integer(values['connections-per-hub'], 'connections-per-hub'),
+    lanes: lanes(values.lanes),
     heartbeatTimeoutMs: integer(values['heartbeat-timeout-ms'], 'heartbeat-timeout-ms'),
   })
   const edgeMetrics = metricsEndpoint(values)

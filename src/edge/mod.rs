@@ -11,7 +11,7 @@ pub(crate) mod stun;
 mod tunnel;
 mod udp;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,6 +111,8 @@ pub(crate) struct TunnelStatus {
     pub draining: bool,
     /// The hub process at the other end, when the hub says.
     pub instance_id: Option<String>,
+    /// 0 for the tunnels every hub address gets; 1 and up for extra lanes (`lanes`).
+    pub lane: usize,
     pub transport: Option<TransportKind>,
     pub protocol: Option<Dialect>,
     pub active_streams: usize,
@@ -124,6 +126,11 @@ struct TunnelSlot {
     /// Cancelled when the address no longer resolves: no more reconnects; a live tunnel runs
     /// on until it ends.
     retired: CancellationToken,
+    /// 0 for the `connectionsPerHub` tunnels every address gets; 1 and up for extra lanes.
+    lane: usize,
+    /// Lanes kept through this address, shared by its slots: how many tunnels one hub
+    /// process behind it may hold.
+    lanes: Arc<AtomicUsize>,
 }
 
 /// A tunnel that is up; listeners hand accepted connections to the live one with the least
@@ -161,9 +168,9 @@ struct EdgeShared {
     links: Mutex<Vec<Arc<TunnelLink>>>,
     /// Every tunnel kept, up or not, in the order they were set up.
     slots: Mutex<Vec<Arc<TunnelSlot>>>,
-    /// (address, instance) pairs a tunnel holds, so tunnels through one address reach
-    /// distinct hub processes.
-    instances: Mutex<HashSet<(SocketAddr, String)>>,
+    /// Tunnels holding each (address, instance) pair, so tunnels through one address reach
+    /// distinct hub processes, as many lanes to each.
+    instances: Mutex<HashMap<(SocketAddr, String), usize>>,
     /// Where `pick_link` starts looking, so tunnels that carry as much take turns.
     next_pick: AtomicUsize,
     /// Connections accepted while no tunnel is up, waiting for one.
@@ -311,22 +318,30 @@ impl EdgeShared {
             .set_tunnel_up(links.iter().any(|link| !link.is_draining()));
     }
 
-    /// Holds `instance` through `address` for one tunnel; None when another tunnel through
-    /// that address holds it already. A hub that names no instance is never a duplicate.
+    /// Holds `instance` for a tunnel through `slot`; None when that hub process already has
+    /// as many tunnels through the address as it may have lanes. A hub that names no instance
+    /// (4.13) is never a duplicate, and gets no extra lanes.
     fn claim_instance(
         self: &Arc<Self>,
-        address: SocketAddr,
+        slot: &TunnelSlot,
         instance: Option<&str>,
     ) -> Option<InstanceClaim> {
-        let key = instance.map(|id| (address, id.to_string()));
-        if let Some(key) = &key {
-            if !self.instances.locked().insert(key.clone()) {
-                return None;
-            }
+        let Some(instance) = instance else {
+            return (slot.lane == 0).then(|| InstanceClaim {
+                edge: self.clone(),
+                key: None,
+            });
+        };
+        let key = (slot.address, instance.to_string());
+        let mut instances = self.instances.locked();
+        let held = instances.entry(key.clone()).or_default();
+        if *held >= slot.lanes.load(Ordering::Acquire) {
+            return None;
         }
+        *held += 1;
         Some(InstanceClaim {
             edge: self.clone(),
-            key,
+            key: Some(key),
         })
     }
 
@@ -435,7 +450,13 @@ struct InstanceClaim {
 impl Drop for InstanceClaim {
     fn drop(&mut self) {
         if let Some(key) = &self.key {
-            self.edge.instances.locked().remove(key);
+            let mut instances = self.edge.instances.locked();
+            if let Some(held) = instances.get_mut(key) {
+                *held -= 1;
+                if *held == 0 {
+                    instances.remove(key);
+                }
+            }
         }
     }
 }
@@ -462,6 +483,7 @@ impl TunnelLink {
             connected: true,
             draining: self.is_draining(),
             instance_id: self.instance_id.clone(),
+            lane: self.slot.lane,
             transport: Some(self.carrier.transport()),
             protocol: Some(self.dialect),
             active_streams: self.streams.len(),
@@ -575,6 +597,7 @@ impl Edge {
                         connected: false,
                         draining: false,
                         instance_id: None,
+                        lane: slot.lane,
                         transport: None,
                         protocol: None,
                         active_streams: 0,

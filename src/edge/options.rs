@@ -36,6 +36,64 @@ pub(crate) const DEFAULT_CONNECT_WAIT: Duration = Duration::from_secs(10);
 pub(crate) const MAX_CONNECT_WAIT_MS: u64 = 3_600_000;
 /// The most tunnels one edge keeps through one hub address (`connectionsPerHub`).
 pub(crate) const MAX_CONNECTIONS_PER_HUB: u64 = 8;
+/// The most tunnels the edge keeps to one hub process (`lanes`), and what `auto` opens once
+/// the path is long: as many loss-limited TCP flows as rathole runs for eight connections.
+pub(crate) const MAX_LANES: usize = 8;
+/// A TCP+TLS tunnel whose round trip is at least this gets more lanes under `auto`: below
+/// it, one TCP connection recovers from a loss within a few milliseconds.
+pub(crate) const LONG_PATH_ROUND_TRIP: Duration = Duration::from_millis(20);
+
+/// How many tunnels the edge keeps to each hub process (`lanes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lanes {
+    /// One, and [`MAX_LANES`] once a TCP+TLS tunnel through the address measures a round
+    /// trip of at least [`LONG_PATH_ROUND_TRIP`].
+    Auto,
+    Fixed(usize),
+}
+
+impl Lanes {
+    /// The lanes to keep now, given a new TCP+TLS tunnel's round trip (None: not measured, or
+    /// not TCP+TLS).
+    pub(crate) fn wanted(self, round_trip: Option<Duration>) -> usize {
+        match self {
+            Lanes::Fixed(lanes) => lanes,
+            Lanes::Auto if round_trip.is_some_and(|rtt| rtt >= LONG_PATH_ROUND_TRIP) => MAX_LANES,
+            Lanes::Auto => 1,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Lanes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected, Visitor};
+        struct LanesVisitor;
+
+        impl Visitor<'_> for LanesVisitor {
+            type Value = Lanes;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "must be 'auto' or an integer from 1 to {MAX_LANES}")
+            }
+
+            fn visit_u64<E: Error>(self, n: u64) -> Result<Lanes, E> {
+                match usize::try_from(n) {
+                    Ok(lanes @ 1..=MAX_LANES) => Ok(Lanes::Fixed(lanes)),
+                    _ => Err(E::invalid_value(Unexpected::Unsigned(n), &self)),
+                }
+            }
+
+            fn visit_str<E: Error>(self, text: &str) -> Result<Lanes, E> {
+                match text {
+                    "auto" => Ok(Lanes::Auto),
+                    _ => Err(E::invalid_value(Unexpected::Str(text), &self)),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(LanesVisitor)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -119,6 +177,8 @@ pub(crate) struct EdgeOptions {
     pub hubs: Vec<HubAddress>,
     /// Tunnels kept through each hub address, each to a distinct hub instance.
     pub connections_per_hub: usize,
+    /// Tunnels to each hub process, for TCP+TLS on long lossy paths.
+    pub lanes: Lanes,
     pub edge_id: String,
     pub secret: String,
     pub transport: TransportMode,
@@ -158,6 +218,7 @@ pub(crate) struct EdgeConfig {
     hub_port: Option<Port>,
     hubs: Option<Vec<HubEntryConfig>>,
     connections_per_hub: Option<Int<usize, 1, MAX_CONNECTIONS_PER_HUB>>,
+    lanes: Option<Lanes>,
     edge_id: Option<EdgeId>,
     secret: Option<Secret>,
     transport_mode: Option<TransportMode>,
@@ -280,6 +341,7 @@ impl EdgeOptions {
         Ok(Self {
             hubs: connection.hubs,
             connections_per_hub: c.connections_per_hub.map_or(1, |n| n.0),
+            lanes: c.lanes.unwrap_or(Lanes::Auto),
             edge_id: connection.edge_id,
             secret: connection.secret,
             transport: c.transport_mode.unwrap_or(TransportMode::TcpTls),
@@ -453,14 +515,26 @@ mod tests {
                 "connectionsPerHub: must be an integer from 1 to 8".into(),
             ),
             (
+                with("lanes", json!(9)),
+                "lanes: must be 'auto' or an integer from 1 to 8".into(),
+            ),
+            (
+                with("lanes", json!("many")),
+                "lanes: must be 'auto' or an integer from 1 to 8".into(),
+            ),
+            (
+                with("lanes", json!(-1)),
+                "lanes: must be 'auto' or an integer from 1 to 8".into(),
+            ),
+            (
                 json!({"hubHost": "h", "edgeId": "e", "secret": "s", "reconnectMinMs": 5000, "reconnectMaxMs": 1000}),
                 "reconnectMaxMs: must not be less than reconnectMinMs".into(),
             ),
             (with("caPem", json!(1)), "caPem: must be a string".into()),
             (
                 with("hubPrt", json!(1)),
-                "hubPrt: is not a known option (known: token, hubHost, hubPort, hubs, connectionsPerHub, edgeId, secret, \
-                 transportMode, bindAddress, hubFingerprint, caPem, stunServers, stunTimeoutMs, \
+                "hubPrt: is not a known option (known: token, hubHost, hubPort, hubs, connectionsPerHub, lanes, edgeId, \
+                 secret, transportMode, bindAddress, hubFingerprint, caPem, stunServers, stunTimeoutMs, \
                  heartbeatTimeoutMs, reconnectMinMs, reconnectMaxMs, connectTimeoutMs, connectWaitMs, \
                  udpIdleTimeoutMs, tunnelBufferBytes)"
                     .into(),
@@ -472,6 +546,31 @@ mod tests {
                 Ok(_) => panic!("{config} was accepted"),
             }
         }
+    }
+
+    #[test]
+    fn lanes_open_on_long_paths_under_auto_and_as_many_as_given_otherwise() {
+        let lanes = |value: Value| {
+            EdgeOptions::from_json(
+                &json!({"hubHost": "h", "edgeId": "e", "secret": "s", "lanes": value}),
+            )
+            .unwrap()
+            .lanes
+        };
+        let auto = EdgeOptions::from_json(&json!({"hubHost": "h", "edgeId": "e", "secret": "s"}))
+            .unwrap()
+            .lanes;
+        assert_eq!((auto, lanes(json!("auto"))), (Lanes::Auto, Lanes::Auto));
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(
+            [None, ms(0), ms(19), ms(20), ms(150)].map(|rtt| Lanes::Auto.wanted(rtt)),
+            [1, 1, 1, MAX_LANES, MAX_LANES]
+        );
+        assert_eq!(lanes(json!(3)), Lanes::Fixed(3));
+        assert_eq!(
+            [None, ms(150)].map(|rtt| Lanes::Fixed(3).wanted(rtt)),
+            [3, 3]
+        );
     }
 
     #[test]

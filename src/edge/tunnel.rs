@@ -1,10 +1,10 @@
 //! Keeps tunnels to the hubs up: one per slot (each address a hub resolves to, times
-//! `connectionsPerHub`): connect, authenticate, serve, and on any failure report it and
-//! reconnect with backoff; on GOAWAY dial a replacement at once.
+//! `connectionsPerHub`, times its lanes): connect, authenticate, serve, and on any failure
+//! report it and reconnect with backoff; on GOAWAY dial a replacement at once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,9 +81,9 @@ pub(super) fn supervise(edge: &Arc<EdgeShared>, tls: &Arc<ClientConfig>) {
     }
 }
 
-/// Keeps `connectionsPerHub` tunnels through every address `hub` resolves to, until the edge
-/// stops. A name is resolved again every [`RESOLVE_INTERVAL`]: a new address gets tunnels, one
-/// that is gone is not dialed again (its live tunnels run on until they end).
+/// Keeps `connectionsPerHub` tunnels (times their lanes) through every address `hub` resolves
+/// to, until the edge stops. A name is resolved again every [`RESOLVE_INTERVAL`]: a new address
+/// gets tunnels, one that is gone is not dialed again (its live tunnels run on until they end).
 async fn keep_hub(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>, hub: HubAddress) {
     let mut backoff = Backoff::new(edge.options.reconnect_min, edge.options.reconnect_max);
     let mut served: HashMap<SocketAddr, CancellationToken> = HashMap::new();
@@ -101,18 +101,15 @@ async fn keep_hub(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>, hub: HubAddress
                 });
                 for address in addresses {
                     served.entry(address).or_insert_with(|| {
-                        let retired = edge.cancel.child_token();
-                        for _ in 0..edge.options.connections_per_hub {
-                            let slot = Arc::new(TunnelSlot {
-                                hub: hub.clone(),
-                                address,
-                                retired: retired.clone(),
-                            });
-                            edge.slots().push(slot.clone());
-                            edge.tasks
-                                .spawn(keep_tunnel(edge.clone(), tls.clone(), slot));
-                        }
-                        retired
+                        let first = TunnelSlot {
+                            hub: hub.clone(),
+                            address,
+                            retired: edge.cancel.child_token(),
+                            lane: 0,
+                            lanes: Arc::new(AtomicUsize::new(0)),
+                        };
+                        keep_lanes(&edge, &tls, &first, 1);
+                        first.retired
                     });
                 }
                 if literal {
@@ -129,6 +126,31 @@ async fn keep_hub(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>, hub: HubAddress
         tokio::select! {
             _ = edge.cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Keeps `wanted` lanes through `through`'s address (never fewer than it keeps): each lane it
+/// lacks gets `connectionsPerHub` slots.
+fn keep_lanes(
+    edge: &Arc<EdgeShared>,
+    tls: &Arc<ClientConfig>,
+    through: &TunnelSlot,
+    wanted: usize,
+) {
+    let kept = through.lanes.fetch_max(wanted, Ordering::AcqRel);
+    for lane in kept..wanted {
+        for _ in 0..edge.options.connections_per_hub {
+            let slot = Arc::new(TunnelSlot {
+                hub: through.hub.clone(),
+                address: through.address,
+                retired: through.retired.clone(),
+                lane,
+                lanes: through.lanes.clone(),
+            });
+            edge.slots().push(slot.clone());
+            edge.tasks
+                .spawn(keep_tunnel(edge.clone(), tls.clone(), slot));
         }
     }
 }
@@ -165,10 +187,17 @@ async fn keep_tunnel(edge: Arc<EdgeShared>, tls: Arc<ClientConfig>, slot: Arc<Tu
         };
         match outcome {
             Ok((established, config)) => {
-                let Some(claim) = edge.claim_instance(slot.address, config.instance_id.as_deref())
-                else {
-                    // Another tunnel through this address reached the same hub process: this
-                    // one closes and tries again later, for a distinct one.
+                if config.instance_id.is_none() && slot.lane > 0 {
+                    break; // a 4.13 hub: one tunnel per slot of the first lane
+                }
+                if config.instance_id.is_some() {
+                    // A hub of this build: it takes lanes, as many as this path wants.
+                    let wanted = edge.options.lanes.wanted(established.round_trip());
+                    keep_lanes(&edge, &tls, &slot, wanted);
+                }
+                let Some(claim) = edge.claim_instance(&slot, config.instance_id.as_deref()) else {
+                    // That hub process holds its lanes through this address already: this one
+                    // closes and tries again later, for another.
                     drop(established);
                     let delay = backoff.next_delay(jitter());
                     tokio::select! {
@@ -407,8 +436,8 @@ async fn serve(
         link.clone(),
         edge.options.udp_idle_timeout,
     ));
-    if !edge.options.stun_servers.is_empty() {
-        // Its own task: discovery never holds up the tunnel.
+    if !edge.options.stun_servers.is_empty() && link.slot.lane == 0 {
+        // Its own task: discovery never holds up the tunnel. Lanes share the first's path.
         edge.tasks.spawn(super::refresh_public_ip(
             edge.clone(),
             link.cancel.clone(),

@@ -89,6 +89,18 @@ impl LoggedIn {
         }
     }
 
+    /// The kernel's round-trip estimate for a TCP+TLS tunnel (None over QUIC, or unknown).
+    pub(crate) fn round_trip(&self) -> Option<Duration> {
+        match self {
+            LoggedIn::Tls { connection, .. } => {
+                crate::transport::smoothed_rtt(connection.reader.tcp())
+                    .ok()
+                    .filter(|rtt| *rtt != Duration::MAX)
+            }
+            LoggedIn::Quic { .. } => None,
+        }
+    }
+
     /// The protocol the peer speaks: over QUIC always ours.
     pub(crate) fn dialect(&self) -> Dialect {
         match self {
