@@ -159,10 +159,7 @@ impl BandwidthLimits {
             return Pacing::default();
         };
         let (inbound, outbound) = limits.on_port(port);
-        Pacing {
-            read: outbound,
-            written: inbound,
-        }
+        Pacing::new(outbound, inbound)
     }
 
     /// The limits a UDP session of `edge_id` on `port` passes: (inbound, outbound).
@@ -235,20 +232,20 @@ mod tests {
         ]);
         let on_443 = limits.stream_pacing("a", 443);
         assert_eq!(
-            on_443.written.unwrap().limits_len(),
+            on_443.written().unwrap().limits_len(),
             2,
             "inbound: edge and port"
         );
         assert_eq!(
-            on_443.read.unwrap().limits_len(),
+            on_443.read().unwrap().limits_len(),
             1,
             "outbound: the port's only"
         );
         let on_80 = limits.stream_pacing("a", 80);
-        assert_eq!(on_80.written.unwrap().limits_len(), 1);
-        assert!(on_80.read.is_none());
+        assert_eq!(on_80.written().unwrap().limits_len(), 1);
+        assert!(on_80.read().is_none());
         let free = limits.stream_pacing("free", 443);
-        assert!(free.read.is_none() && free.written.is_none());
+        assert!(free.read().is_none() && free.written().is_none());
         assert!(limits.status("free").is_none());
         let status = limits.status("a").unwrap();
         assert_eq!(status.inbound.unwrap().bytes_per_second, 10_000);

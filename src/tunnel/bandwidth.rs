@@ -6,6 +6,8 @@
 //! stops at its window); a datagram over the rate is dropped instead. A limit whose rate
 //! changes starts its schedule afresh, and chunks waiting for it book their turn again.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -150,21 +152,25 @@ impl Pace {
     }
 
     /// Waits until `bytes` may go on, by every limit; booked again if a rate changes meanwhile.
-    pub(crate) async fn take(&self, bytes: usize) {
-        let mut changes = self.rate_changes();
-        let mut until = Instant::now() + self.book(bytes);
-        loop {
-            let now = Instant::now();
-            if until <= now {
-                return;
+    /// Boxed, so the state of a stream that is never paced holds no timer (an idle stream's
+    /// memory is mostly that state).
+    pub(crate) fn take(&self, bytes: usize) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let mut changes = self.rate_changes();
+            let mut until = Instant::now() + self.book(bytes);
+            loop {
+                let now = Instant::now();
+                if until <= now {
+                    return;
+                }
+                tokio::time::sleep_until(until.min(now + RATE_RECHECK)).await;
+                let current = self.rate_changes();
+                if current != changes {
+                    changes = current;
+                    until = Instant::now() + self.book(bytes);
+                }
             }
-            tokio::time::sleep_until(until.min(now + RATE_RECHECK)).await;
-            let current = self.rate_changes();
-            if current != changes {
-                changes = current;
-                until = Instant::now() + self.book(bytes);
-            }
-        }
+        })
     }
 
     /// Whether a datagram of `bytes` may go now, booked by every limit; one that may not is
@@ -189,17 +195,48 @@ impl Pace {
 }
 
 /// What a stream's local socket reads and is written, paced (none: as fast as it goes).
+/// Boxed: most streams have no limit, and each carries this for its whole life.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Pacing {
-    /// Bytes read from the local socket, before they enter the tunnel.
-    pub read: Option<Pace>,
-    /// Bytes from the tunnel, before they are written to the local socket.
-    pub written: Option<Pace>,
+pub(crate) struct Pacing(Option<Box<Paces>>);
+
+#[derive(Debug, Clone)]
+struct Paces {
+    read: Option<Pace>,
+    written: Option<Pace>,
+}
+
+impl Pacing {
+    /// `read`: bytes read from the local socket, before they enter the tunnel; `written`:
+    /// bytes from the tunnel, before they are written to the local socket.
+    pub(crate) fn new(read: Option<Pace>, written: Option<Pace>) -> Self {
+        if read.is_none() && written.is_none() {
+            return Self(None);
+        }
+        Self(Some(Box::new(Paces { read, written })))
+    }
+
+    pub(crate) fn read(&self) -> Option<&Pace> {
+        self.0.as_ref().and_then(|paces| paces.read.as_ref())
+    }
+
+    pub(crate) fn written(&self) -> Option<&Pace> {
+        self.0.as_ref().and_then(|paces| paces.written.as_ref())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_without_limits_carries_one_empty_pointer() {
+        assert_eq!(std::mem::size_of::<Pacing>(), std::mem::size_of::<usize>());
+        let unpaced = Pacing::new(None, None);
+        assert!(unpaced.0.is_none());
+        let limit = Pace::new([RateLimit::new(1_000)]);
+        let paced = Pacing::new(None, limit);
+        assert!(paced.read().is_none() && paced.written().is_some());
+    }
 
     #[test]
     fn chunks_wait_for_their_turn_at_the_rate_after_a_burst() {

@@ -320,7 +320,7 @@ impl CarriedStream for QuicAdmittedStream {
         } = stream;
         // A paced stream's early bytes wait in the relay, which goes on reading the stream
         // meanwhile (unread, they would hold quinn's connection window).
-        let (unpaced, paced) = match pacing.written {
+        let (unpaced, paced) = match pacing.written() {
             Some(_) => (Vec::new(), early.data),
             None => (early.data, Vec::new()),
         };

@@ -363,7 +363,7 @@ pub(crate) async fn relay(
                 &socket,
                 &mut send,
                 stream,
-                (local.read, local.pacing.read.as_ref()),
+                (local.read, local.pacing.read()),
                 &abort,
                 sent,
                 unacked,
@@ -379,7 +379,7 @@ pub(crate) async fn relay(
                 &mut recv,
                 &socket,
                 stream,
-                (local.written, local.pacing.written.as_ref()),
+                (local.written, local.pacing.written()),
                 (local.early, &abort),
                 unacked,
             )

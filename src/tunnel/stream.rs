@@ -493,7 +493,7 @@ pub(crate) async fn pump(
     let Resend { sent, unacked } = resend;
     let shared_socket = Arc::new(socket);
     // A paced stream writes only from `download`, which waits for its turn.
-    if pacing.written.is_none() {
+    if pacing.written().is_none() {
         flow.set_direct(Some(Arc::new(DirectWrite {
             socket: shared_socket.clone(),
             frames: frames.clone(),
@@ -507,11 +507,11 @@ pub(crate) async fn pump(
     let socket = &*shared_socket;
     let unacked = unacked.as_ref();
     let both_directions = async {
-        let read = (&bytes.read, pacing.read.as_ref());
+        let read = (&bytes.read, pacing.read());
         let upload = upload(socket, id, side, &flow, &frames, read, sent, unacked);
         tokio::pin!(upload);
         {
-            let written = (&bytes.written, pacing.written.as_ref());
+            let written = (&bytes.written, pacing.written());
             let download = download(socket, id, side, &flow, &frames, written);
             tokio::pin!(download);
             tokio::select! {
