@@ -258,6 +258,12 @@ test('lanes: 3 keeps three tunnels to one hub process and spreads connections ov
     assert.deepEqual(spread.tunnels.map((t) => t.activeStreams), [2, 2, 2])
     const atHub = (await hub.getStatus()).connectedEdges.map((e) => e.activeStreams)
     assert.deepEqual(atHub, [2, 2, 2], 'the hub carries two on each tunnel')
+    // One series for the three, counting them: a scrape may hold a series only once.
+    const metrics = await edge.getMetrics()
+    const hubLabel = `127.0.0.1:${hubPort}`
+    const info = metrics.split('\n').filter((line) => line.startsWith('remoteingress_edge_tunnel_info{'))
+    assert.deepEqual(info, [`remoteingress_edge_tunnel_info{hub="${hubLabel}",address="${hubLabel}",transport="${TEST_TRANSPORT}",protocol="remoteingress/1"} 3`])
+    assert.match(metrics, /^remoteingress_edge_tunnels_up 3$/m)
   } finally {
     for (const client of clients) client.destroy()
     await stopQuietly(edge, ...hubs.map(({ hub }) => hub), target)

@@ -641,21 +641,32 @@ impl Edge {
         m.family(
             "remoteingress_edge_tunnel_info",
             Kind::Gauge,
-            "1 for each tunnel up, with its hub, address, transport and protocol.",
+            "Tunnels up by hub, address, transport and protocol (lanes and connectionsPerHub \
+             give several the same labels).",
         );
+        let mut up: BTreeMap<(&str, &str, &str, &str), u64> = BTreeMap::new();
         for tunnel in &status.tunnels {
             if let (Some(transport), Some(protocol)) = (tunnel.transport, tunnel.protocol) {
-                m.sample(
-                    "remoteingress_edge_tunnel_info",
-                    &[
-                        ("hub", tunnel.hub.as_str()),
-                        ("address", tunnel.address.as_str()),
-                        ("transport", transport.as_str()),
-                        ("protocol", protocol.as_str()),
-                    ],
-                    1,
+                let labels = (
+                    tunnel.hub.as_str(),
+                    tunnel.address.as_str(),
+                    transport.as_str(),
+                    protocol.as_str(),
                 );
+                *up.entry(labels).or_default() += 1;
             }
+        }
+        for ((hub, address, transport, protocol), tunnels) in up {
+            m.sample(
+                "remoteingress_edge_tunnel_info",
+                &[
+                    ("hub", hub),
+                    ("address", address),
+                    ("transport", transport),
+                    ("protocol", protocol),
+                ],
+                tunnels,
+            );
         }
         let mut single = |name: &str, kind, help: &str, value: u64| {
             m.family(name, kind, help);
