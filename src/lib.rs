@@ -20,6 +20,7 @@
 //!   `fuzzing` module (under `--cfg fuzzing`) the crate's only public surface.
 
 mod config;
+mod counts;
 mod edge;
 mod events;
 mod heap;

@@ -1,8 +1,8 @@
 //! Client addresses as limits count them.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::counts::Counts;
 use crate::protocol::client_policy::{mask, DEFAULT_IPV6_PREFIX_LENGTH};
 
 /// The address a source is counted under: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its
@@ -21,26 +21,20 @@ pub(crate) fn source_key_by(address: IpAddr, ipv6_prefix: u8) -> IpAddr {
 
 /// How many entries of a table each source holds, by [`source_key`].
 #[derive(Debug, Default)]
-pub(crate) struct SourceCounts(HashMap<IpAddr, usize>);
+pub(crate) struct SourceCounts(Counts<IpAddr>);
 
 impl SourceCounts {
     pub(crate) fn get(&self, source: IpAddr) -> usize {
-        self.0.get(&source_key(source)).copied().unwrap_or(0)
+        self.0.get(&source_key(source))
     }
 
     pub(crate) fn add(&mut self, source: IpAddr) {
-        *self.0.entry(source_key(source)).or_default() += 1;
+        self.0.add(source_key(source));
     }
 
     /// Forgets a source whose count falls to zero, so the map holds only present sources.
     pub(crate) fn remove(&mut self, source: IpAddr) {
-        let key = source_key(source);
-        if let Some(count) = self.0.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                self.0.remove(&key);
-            }
-        }
+        self.0.remove(&source_key(source));
     }
 }
 
@@ -73,7 +67,7 @@ mod tests {
         assert_eq!(counts.get(ip("2001:db8::ffff")), 2);
         counts.remove(ip("2001:db8::1"));
         counts.remove(ip("2001:db8::2"));
-        assert!(counts.0.is_empty());
+        assert_eq!(counts.0.keys(), 0);
         counts.remove(ip("2001:db8::1"));
         assert_eq!(counts.get(ip("2001:db8::1")), 0);
     }

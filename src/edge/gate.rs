@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::counts::Counts;
 use crate::lock::{Locked, ReadWriteLocked};
 use crate::protocol::client_policy::{
     CidrList, ClientPolicy, DEFAULT_IPV6_PREFIX_LENGTH, DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
@@ -169,20 +170,11 @@ impl TokenBucket {
 #[derive(Debug, Default)]
 struct Sources {
     /// Connections (or sessions) held, by source key; a source holding none has no entry.
-    held: HashMap<IpAddr, u32>,
+    held: Counts<IpAddr>,
     buckets: HashMap<IpAddr, TokenBucket>,
 }
 
 impl Sources {
-    fn release(&mut self, key: IpAddr) {
-        if let Some(count) = self.held.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                self.held.remove(&key);
-            }
-        }
-    }
-
     fn take_token(&mut self, key: IpAddr, now: Instant, rules: &PortRules) -> bool {
         let Some((rate, burst)) = rules.connection_rate else {
             return true;
@@ -220,7 +212,7 @@ pub(crate) struct SourceLease {
 
 impl Drop for SourceLease {
     fn drop(&mut self) {
-        self.gate.sources().release(self.key);
+        self.gate.sources().held.remove(&self.key);
     }
 }
 
@@ -266,13 +258,13 @@ impl PortGate {
         }
         let key = rules.source_key(address);
         let mut sources = self.sources();
-        if sources.held.get(&key).copied().unwrap_or(0) >= rules.max_connections_per_source {
+        if sources.held.get(&key) >= rules.max_connections_per_source as usize {
             return Err(ClientRefusal::ConnectionLimit);
         }
         if !sources.take_token(key, now, &rules) {
             return Err(ClientRefusal::RateLimit);
         }
-        *sources.held.entry(key).or_default() += 1;
+        sources.held.add(key);
         drop(sources);
         Ok(self.lease(key))
     }
@@ -285,10 +277,10 @@ impl PortGate {
         let rules = self.rules();
         let key = rules.source_key(address);
         let mut sources = self.sources();
-        if sources.held.get(&key).copied().unwrap_or(0) >= rules.max_udp_sessions_per_source {
+        if sources.held.get(&key) >= rules.max_udp_sessions_per_source as usize {
             return Err(ClientRefusal::UdpSessionLimit);
         }
-        *sources.held.entry(key).or_default() += 1;
+        sources.held.add(key);
         drop(sources);
         Ok(self.lease(key))
     }
@@ -303,7 +295,7 @@ impl PortGate {
     /// Sources holding something now.
     #[cfg(test)]
     fn sources_held(&self) -> usize {
-        self.sources().held.len()
+        self.sources().held.keys()
     }
 }
 

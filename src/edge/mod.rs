@@ -11,7 +11,7 @@ pub(crate) mod stun;
 mod tunnel;
 mod udp;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::counts::Counts;
 use crate::events::{ConnectFailureReason, EdgeWarning, EventSink, TransportKind};
 use crate::lock::Locked;
 use crate::protocol::control::EdgeMessage;
@@ -170,7 +171,7 @@ struct EdgeShared {
     slots: Mutex<Vec<Arc<TunnelSlot>>>,
     /// Tunnels holding each (address, instance) pair, so tunnels through one address reach
     /// distinct hub processes, as many lanes to each.
-    instances: Mutex<HashMap<(SocketAddr, String), usize>>,
+    instances: Mutex<Counts<(SocketAddr, String)>>,
     /// Where `pick_link` starts looking, so tunnels that carry as much take turns.
     next_pick: AtomicUsize,
     /// Connections accepted while no tunnel is up, waiting for one.
@@ -334,11 +335,10 @@ impl EdgeShared {
         };
         let key = (slot.address, instance.to_string());
         let mut instances = self.instances.locked();
-        let held = instances.entry(key.clone()).or_default();
-        if *held >= slot.lanes.load(Ordering::Acquire) {
+        if instances.get(&key) >= slot.lanes.load(Ordering::Acquire) {
             return None;
         }
-        *held += 1;
+        instances.add(key.clone());
         Some(InstanceClaim {
             edge: self.clone(),
             key: Some(key),
@@ -450,13 +450,7 @@ struct InstanceClaim {
 impl Drop for InstanceClaim {
     fn drop(&mut self) {
         if let Some(key) = &self.key {
-            let mut instances = self.edge.instances.locked();
-            if let Some(held) = instances.get_mut(key) {
-                *held -= 1;
-                if *held == 0 {
-                    instances.remove(key);
-                }
-            }
+            self.edge.instances.locked().remove(key);
         }
     }
 }

@@ -347,11 +347,7 @@ async fn connect_tls(
     // The answer lists every assigned port, so it may be far longer than the auth line.
     let line = read_line(&mut tls.reader, &mut buf, MAX_REPLY_LINE).await?;
     match parse_reply(&line)? {
-        HubReply::Accepted(config) => {
-            // Best effort: without a round-trip estimate the kernel's autotuning stays.
-            let _ = crate::transport::bound_receive_buffer(tls.reader.tcp());
-            Ok((LoggedIn::tls(tls, buf, dialect), config))
-        }
+        HubReply::Accepted(config) => Ok((LoggedIn::tls(tls, buf, dialect), config)),
         HubReply::Rejected { error } => Err(ConnectError::Rejected(error)),
     }
 }
